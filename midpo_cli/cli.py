@@ -1,0 +1,91 @@
+"""The `midpo` typer app: global options, error mapping, and the command registry.
+
+Nothing here (or in commands/) imports torch, transformers, datasets or deepspeed at module
+level: `midpo --help` and `midpo recipe check` must answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from midpo_cli import __version__, console
+from midpo_cli.errors import MidpoError
+
+app = typer.Typer(
+    name="midpo",
+    help="Align language models for safety and helpfulness with MidPO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Each module exposes register(app); order is the order shown in --help.
+COMMAND_MODULES = [
+    "midpo_cli.commands.recipe_cmd",
+    "midpo_cli.commands.env_cmd",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"midpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Align language models for safety and helpfulness with MidPO."""
+    console.configure(quiet=quiet, debug=debug)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: map midpo's errors to one line and a stable exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, standalone_mode=False)
+    except MidpoError as exc:
+        if debug:
+            raise
+        console.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.err.print("(rerun with --debug for a traceback)", style="dim")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.err.print("[red]interrupted[/red]")
+        return 130
+    except SystemExit as exc:  # typer.Exit inside commands
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            console.err.print("[red]aborted[/red]")
+            return 130
+        if debug:
+            raise
+        console.err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        console.err.print("(rerun with --debug for a traceback)", style="dim")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

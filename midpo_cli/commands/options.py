@@ -1,0 +1,18 @@
+"""Options shared by several commands, declared once so their help text stays identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML (default: the embedded quickstart settings).")
+SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set train.lr=3e-5 (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+
+
+def recipe_from(recipe: Path | None, overrides: list[str] | None, extra: list[str] | None = None):
+    """Load the recipe with --set overrides plus command-specific overrides (flags win over --set)."""
+    from midpo_cli.recipe import load_recipe
+
+    return load_recipe(recipe, [*(overrides or []), *(extra or [])])

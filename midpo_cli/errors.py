@@ -1,0 +1,37 @@
+"""Error types the CLI maps to one stderr line and a stable exit code.
+
+Scripts call midpo; they need to tell "you gave me bad input" (2) from "training blew up" (3)
+from "interrupted, resumable" (130) without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class MidpoError(Exception):
+    """Base class: the message is shown as-is on one line, no traceback unless --debug."""
+
+    exit_code = 1
+
+
+class InputError(MidpoError):
+    """Bad recipe, flag, file, column or row: the message names it."""
+
+    exit_code = 2
+
+
+class TrainingError(MidpoError):
+    """Training diverged (NaN/inf) or an artifact failed its post-save check."""
+
+    exit_code = 3
+
+
+class GateError(MidpoError):
+    """A score model failed its sanity audit and the pipeline refuses to use it."""
+
+    exit_code = 4
+
+
+class Interrupted(MidpoError):
+    """SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue."""
+
+    exit_code = 130

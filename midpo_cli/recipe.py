@@ -1,0 +1,425 @@
+"""The recipe: one typed YAML document that describes a run (DESIGN §4).
+
+Everything is checked before any model loads: unknown keys, wrong types and bad choices are
+collected and reported together, each with its key path and, where it came from a file, the line.
+This module imports no torch: `midpo recipe check` must answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from midpo_cli.errors import InputError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Template = Literal["safe-rlhf", "chat"]
+TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router")
+STAGE_ORDER = (
+    "sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
+    "generate", "score",
+)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, types are not coerced (a quoted "0.1" is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class CheckpointSettings(Strict):
+    every_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N optimizer steps.")
+    keep: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+
+
+class TrainSettings(Strict):
+    """Defaults shared by every training stage; each stage may override any of them."""
+
+    epochs: int = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Micro-batch size per process (pairs or rows).")
+    eval_batch_size: int | None = Field(None, gt=0, description="Evaluation batch size (default: batch_size).")
+    grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
+    seed: int = Field(42, description="Seed for weights init, data order and dropout.")
+    precision: Precision = Field("fp32", description="fp32 on CPU; bf16 or fp16 on GPUs.")
+    eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
+    eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
+    log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+
+
+class TrainOverrides(Strict):
+    """Every TrainSettings key, unset by default: unset means 'inherit from train:'."""
+
+    epochs: int | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    grad_accum: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+    scheduler: Literal["cosine", "linear", "constant"] | None = None
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    max_grad_norm: float | None = Field(None, gt=0)
+    seed: int | None = None
+    precision: Precision | None = None
+    eval_every: int | None = Field(None, gt=0)
+    eval_each_epoch: bool | None = None
+    log_every: int | None = Field(None, gt=0)
+    checkpoint: CheckpointSettings | None = None
+
+
+class DataSettings(Strict):
+    train: str = Field("embedded:toy-safety/train", description="Pair dataset: embedded:, hub org/name[:split], or a path.")
+    eval: str | None = Field("embedded:toy-safety/test", description="Held-out pairs for evaluation and audits.")
+    sft: str | None = Field("embedded:toy-safety/sft", description="Prompt/answer rows for train-sft.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Canonical column → source column.")
+    max_length: int = Field(256, gt=8, description="Max tokens of prompt + answer.")
+    max_prompt_length: int | None = Field(None, gt=0, description="Max prompt tokens (left-truncated).")
+    template: Template = Field("safe-rlhf", description="Prompt template: safe-rlhf or the tokenizer's chat.")
+
+
+class DeepSpeedSettings(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage.")
+    config: str | None = Field(None, description="A DeepSpeed JSON merged under the recipe's batch sizes.")
+    offload: bool = Field(False, description="Offload optimizer state to CPU (DeepSpeed CPU Adam).")
+
+
+class LauncherSettings(Strict):
+    kind: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Multi-process launcher.")
+    num_gpus: int | None = Field(None, gt=0, description="Processes (GPUs) per node.")
+    num_nodes: int = Field(1, gt=0, description="Nodes.")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
+    master_port: int | None = Field(None, gt=0, lt=65536, description="Rendezvous port.")
+
+
+class LoggingSettings(Strict):
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
+
+
+class SFTStage(TrainOverrides):
+    enabled: bool = Field(True, description="Run SFT; false uses base_model as the policy.")
+    use: str | None = Field(None, description="Skip training and use this model as the base policy.")
+    data: str | None = Field(None, description="Prompt/answer data (default: data.sft).")
+    answers: Literal["column", "better", "safer"] = Field(
+        "column", description="'column' reads `answer`; better/safer pick from a pair dataset."
+    )
+
+
+class ScoreModelStage(TrainOverrides):
+    use: str | None = Field(None, description="Use this score model instead of training one.")
+    base_model: str | None = Field(None, description="Backbone to start from (default: the SFT policy).")
+    score_regularization: float = Field(0.001, ge=0, description="λ of the score² regulariser.")
+    min_accuracy: float = Field(0.6, ge=0, le=1, description="Refuse to use the model below this accuracy.")
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(default_factory=lambda: ["down_proj"], min_length=1)
+
+
+class ExpertStage(TrainOverrides):
+    beta: float = Field(0.1, gt=0, description="DPO β.")
+    margin_scale: float = Field(1.0, ge=0, description="γ multiplying the SPE-DPO margin.")
+    loss: Literal["spe", "dpo"] = Field("spe", description="spe: score-model margin; dpo: plain DPO.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
+
+
+class RankStage(Strict):
+    rule: Literal["models", "labels", "agree"] = Field("models", description="How D_dual is chosen.")
+    batch_size: int = Field(32, gt=0, description="Scoring batch size.")
+
+
+class RouterPenalty(Strict):
+    safety: float = Field(1.0, ge=0, description="λ_s · mean|g_s|.")
+    helpfulness: float = Field(1.0, ge=0, description="λ_h · mean|g_h − 1|.")
+
+
+class RouterStage(TrainOverrides):
+    beta: float = Field(0.1, gt=0, description="DPO β of router training.")
+    granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
+    hidden: int | None = Field(None, gt=0, description="Router MLP hidden size (null: one linear map).")
+    penalty: RouterPenalty = Field(default_factory=RouterPenalty)
+    data: Literal["dual", "labels", "agree"] = Field("dual", description="D_dual from rank, or a label filter.")
+
+
+class GenerateStage(Strict):
+    prompts: list[str] = Field(
+        default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
+    )
+    models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo"]] = Field(
+        default_factory=lambda: ["base", "safety_expert", "helpfulness_expert", "midpo"], min_length=1
+    )
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(32, gt=0)
+    seed: int = 0
+    max_prompt_length: int | None = Field(None, gt=0)
+    gate_sweep: list[list[float]] = Field(default_factory=list, description="Fixed [g_s, g_h] mixtures to compare.")
+
+    @field_validator("gate_sweep")
+    @classmethod
+    def _gates_in_unit_square(cls, value: list[list[float]]) -> list[list[float]]:
+        for pair in value:
+            if len(pair) != 2 or not all(0.0 <= g <= 1.0 for g in pair):
+                raise ValueError(f"each entry must be [g_safety, g_helpfulness] in [0, 1], got {pair}")
+        return value
+
+
+class ScoreStage(Strict):
+    batch_size: int = Field(32, gt=0)
+    refusal_patterns: list[str] | None = Field(None, description="Regexes that mark a refusal (default: built-in).")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+
+
+class Stages(Strict):
+    sft: SFTStage = Field(default_factory=SFTStage)
+    reward_model: ScoreModelStage = Field(default_factory=ScoreModelStage)
+    cost_model: ScoreModelStage = Field(default_factory=ScoreModelStage)
+    safety_expert: ExpertStage = Field(default_factory=ExpertStage)
+    helpfulness_expert: ExpertStage = Field(default_factory=ExpertStage)
+    rank: RankStage = Field(default_factory=RankStage)
+    router: RouterStage = Field(default_factory=RouterStage)
+    generate: GenerateStage = Field(default_factory=GenerateStage)
+    score: ScoreStage = Field(default_factory=ScoreStage)
+
+
+class Recipe(Strict):
+    run_dir: str = Field("runs/midpo", description="Where every stage writes <run_dir>/<stage>/.")
+    base_model: str = Field("embedded:tiny-llama", description="Base LM: embedded:, hub name or path.")
+    tokenizer: str | None = Field(None, description="Tokenizer (default: the base model's).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    stages: Stages = Field(default_factory=Stages)
+
+    def train_settings(self, stage: str) -> TrainSettings:
+        """The stage's effective training settings: `train:` overlaid with the stage's own keys."""
+        if stage not in TRAINING_STAGES:
+            raise KeyError(stage)
+        overrides = getattr(self.stages, stage)
+        merged = self.train.model_dump()
+        for name in TrainOverrides.model_fields:
+            value = getattr(overrides, name)
+            if value is not None:
+                merged[name] = value.model_dump() if isinstance(value, BaseModel) else value
+        return TrainSettings.model_validate(merged)
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as a plain dict with every training stage's inherited settings filled in."""
+        out = self.model_dump(mode="json")
+        for stage in TRAINING_STAGES:
+            out["stages"][stage].update(self.train_settings(stage).model_dump(mode="json"))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers, and YAML 1.2 floats ("1e-4" is a number, not a string).
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _ch in list("-+0123456789."):
+    _Loader.yaml_implicit_resolvers[_ch] = [
+        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_ch, []) if tag != "tag:yaml.org,2002:float"
+    ]
+    _Loader.yaml_implicit_resolvers[_ch].append(("tag:yaml.org,2002:float", _FLOAT_RE))
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML and map each key path ("stages.router.granularity") to its 1-based line."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InputError(f"{where}: invalid YAML: {problem}") from None
+    if node is None:
+        return {}, {}
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node, path: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                child = f"{path}.{key.value}" if path else str(key.value)
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                child = f"{path}.{i}"
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    walk(node, "")
+    return yaml.load(text, Loader=_Loader), lines  # noqa: S506 - _Loader is a SafeLoader
+
+
+def parse_value(text: str) -> Any:
+    """Type a `--set` value the way YAML would: 3e-5 → float, true → bool, [0,1] → list, x → str."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Apply `a.b=c` overrides in order; return the data and {path: '--set a.b'} for error messages."""
+    origin: dict[str, str] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+        key, _, raw = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise InputError(f"--set {item!r}: empty key")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = parse_value(raw)
+        origin[".".join(parts)] = f"--set {key.strip()}"
+    return data, origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation errors → one readable line each.
+
+
+class RecipeError(InputError):
+    """Every problem of a recipe at once; `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    loc = tuple(err["loc"])
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}; allowed: {', '.join(allowed)}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        choices = [c.strip().strip("'") for c in re.split(r",| or ", expected) if c.strip()]
+        return f"must be one of {', '.join(choices)}, got {value!r}"
+    if kind == "missing":
+        return "required key is missing"
+    names = {
+        "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+        "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+        "model_type": "a mapping", "int_from_float": "an integer",
+    }
+    if kind in names:
+        return f"must be {names[kind]}, got {value!r}"
+    for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if key in ctx and kind.startswith(("greater", "less")):
+            return f"must be {op} {ctx[key]}, got {value!r}"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _problem_lines(exc: ValidationError, source: str, lines: dict[str, int], origin: dict[str, str]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        # Drop union-branch markers pydantic adds for `X | None` fields.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")) and p not in ("function-after",))
+        path = ".".join(str(p) for p in loc)
+        where = "--set" if path in origin else None
+        if where is None:
+            probe = path
+            while probe and probe not in lines:
+                probe = probe.rpartition(".")[0]
+            where = f"{source}:{lines[probe]}" if probe in lines else source
+        err = {**err, "loc": loc}
+        out.append(f"{where} {path or '<root>'}: {_describe(err)}")
+    return list(dict.fromkeys(out))
+
+
+def load_recipe(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    source = str(path) if path is not None else "<defaults>"
+    data: Any = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise InputError(f"recipe file not found: {file}")
+        data, lines = parse_yaml(file.read_text(encoding="utf-8"), source)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    if base:
+        data = _deep_merge(base, data)
+    data, origin = apply_overrides(data, list(overrides or []))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_problem_lines(exc, source, lines, origin)) from None
+
+
+def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    out = dict(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
