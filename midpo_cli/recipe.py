@@ -80,7 +80,9 @@ class TrainOverrides(Strict):
 
 
 class DataSettings(Strict):
-    train: str = Field("embedded:toy-safety/train", description="Pair dataset: embedded:, hub org/name[:split], or a path.")
+    train: str = Field(
+        "embedded:toy-safety/train", description="Pair dataset: embedded:, hub org/name[:split], or a path."
+    )
     eval: str | None = Field("embedded:toy-safety/test", description="Held-out pairs for evaluation and audits.")
     sft: str | None = Field("embedded:toy-safety/sft", description="Prompt/answer rows for train-sft.")
     columns: dict[str, str] = Field(default_factory=dict, description="Canonical column → source column.")
@@ -370,7 +372,9 @@ def _problem_lines(exc: ValidationError, source: str, lines: dict[str, int], ori
     out = []
     for err in exc.errors():
         # Drop union-branch markers pydantic adds for `X | None` fields.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")) and p not in ("function-after",))
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")) and p != "function-after"
+        )
         path = ".".join(str(p) for p in loc)
         where = "--set" if path in origin else None
         if where is None:

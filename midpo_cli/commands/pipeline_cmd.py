@@ -1,0 +1,142 @@
+"""`midpo pipeline run|plan|status`: the whole method from one recipe, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from midpo_cli import console
+from midpo_cli.commands.options import JsonOpt, SetOpt
+from midpo_cli.recipe import STAGE_ORDER
+
+StageHelp = f"One of: {', '.join(STAGE_ORDER)}."
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(help="Run, plan and inspect the whole pipeline.", no_args_is_help=True)
+    sub.command("run")(run)
+    sub.command("plan")(plan)
+    sub.command("status")(status)
+    app.add_typer(sub, name="pipeline")
+
+
+def _check_stage_names(names: list[str]) -> None:
+    from midpo_cli.errors import InputError
+
+    bad = [n for n in names if n not in STAGE_ORDER]
+    if bad:
+        raise InputError(f"unknown stage {', '.join(bad)}; stages: {', '.join(STAGE_ORDER)}")
+
+
+def _selection(start: str | None, until: str | None, only: list[str] | None) -> list[str]:
+    from midpo_cli.stages.graph import select_stages
+
+    _check_stage_names([s for s in (start, until) if s] + list(only or []))
+    return select_stages(start=start, until=until, only=only)
+
+
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: list[str] = SetOpt,
+    start: str = typer.Option(None, "--from", help=f"First stage to run. {StageHelp}"),
+    until: str = typer.Option(None, "--until", help="Last stage to run."),
+    only: list[str] = typer.Option(None, "--only", help="Run only this stage (repeatable)."),
+    force: list[str] = typer.Option(None, "--force", help="Re-run this stage even if done (repeatable)."),
+    launcher: str = typer.Option(None, "--launcher", help="none | deepspeed | torchrun for training stages."),
+    num_gpus: int = typer.Option(None, "--num-gpus", min=1),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run every stage in dependency order; finished stages with unchanged settings are skipped."""
+    from midpo_cli.commands.options import recipe_from
+    from midpo_cli.stages.pipeline import run_pipeline
+
+    extra = [f"launcher.kind={launcher}"] if launcher else []
+    extra += [f"launcher.num_gpus={num_gpus}"] if num_gpus else []
+    cfg = recipe_from(recipe, overrides, extra)
+    _check_stage_names(list(force or []))
+    stages = _selection(start, until, only)
+    summary = run_pipeline(cfg, stages=stages, force=set(force or []))
+    _print_summary(cfg, summary)
+    if as_json:
+        console.emit_json({"run_dir": cfg.run_dir, "stages": summary})
+
+
+def _print_summary(cfg, summary: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"pipeline {cfg.run_dir}")
+    for col in ("stage", "action", "wall s", "key metrics"):
+        table.add_column(col)
+    for row in summary:
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:4])
+        table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", metrics)
+    if not console.quiet():
+        console.err.print(table)
+    report = Path(cfg.run_dir) / "score" / "report" / "report.html"
+    if report.exists():
+        console.log(f"report: {report}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: list[str] = SetOpt,
+    start: str = typer.Option(None, "--from"),
+    until: str = typer.Option(None, "--until"),
+    only: list[str] = typer.Option(None, "--only"),
+    force: list[str] = typer.Option(None, "--force"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show each stage's status (done / will run / will resume / blocked) and why; loads no model."""
+    from rich.table import Table
+
+    from midpo_cli.commands.options import recipe_from
+    from midpo_cli.stages.graph import plan as make_plan
+
+    cfg = recipe_from(recipe, overrides)
+    rows = make_plan(cfg, _selection(start, until, only), set(force or []))
+    if as_json:
+        console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
+        return
+    table = Table(title=f"plan for {cfg.run_dir}")
+    for col in ("stage", "status", "why", "depends on"):
+        table.add_column(col)
+    colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "blocked": "red"}
+    for row in rows:
+        table.add_row(row["stage"], f"[{colours[row['status']]}]{row['status']}[/]", row["why"],
+                      ", ".join(row["depends_on"]))
+    console.err.print(table)
+
+
+def status(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """What ran, when, how long, and its key metrics."""
+    from rich.table import Table
+
+    from midpo_cli.errors import InputError
+    from midpo_cli.manifest import read_manifest
+
+    if not run_dir.is_dir():
+        raise InputError(f"run directory not found: {run_dir}")
+    rows = []
+    for stage in STAGE_ORDER:
+        m = read_manifest(run_dir / stage)
+        state = "done" if m else ("started" if (run_dir / stage).exists() else "not run")
+        rows.append({"stage": stage, "state": state, "finished_at": (m or {}).get("finished_at"),
+                     "wall_s": (m or {}).get("wall_s"), "metrics": (m or {}).get("metrics", {})})
+    if as_json:
+        console.emit_json({"run_dir": str(run_dir), "stages": rows})
+        return
+    table = Table(title=f"status of {run_dir}")
+    for col in ("stage", "state", "finished", "wall s", "key metrics"):
+        table.add_column(col)
+    for r in rows:
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:5])
+        table.add_row(r["stage"], r["state"], r["finished_at"] or "", f"{r['wall_s'] or 0:.0f}", metrics)
+    console.err.print(table)

@@ -1,0 +1,227 @@
+"""Training and ranking commands: options → recipe overrides → the same stage function the pipeline calls.
+
+`train-sft`, `train-rm`, `train-cost`, `train-expert`, `rank`, `train-router`. With a launcher,
+the command resolves the recipe, writes it into the stage folder, and runs
+`python -m midpo_cli.worker` under `deepspeed`/`torchrun` (argv list, never a shell string).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from midpo_cli import console
+from midpo_cli.commands.options import JsonOpt, RecipeOpt, SetOpt
+
+
+class Launcher(str, Enum):
+    none = "none"
+    deepspeed = "deepspeed"
+    torchrun = "torchrun"
+
+
+class ExpertKind(str, Enum):
+    safety = "safety"
+    helpfulness = "helpfulness"
+    dpo = "dpo"
+
+
+LauncherOpt = typer.Option(None, "--launcher", help="Run under a multi-process launcher.")
+GpusOpt = typer.Option(None, "--num-gpus", min=1, help="Processes (GPUs) per node.")
+NodesOpt = typer.Option(None, "--num-nodes", min=1, help="Number of nodes.")
+HostfileOpt = typer.Option(None, "--hostfile", help="DeepSpeed hostfile (multi-node).")
+PortOpt = typer.Option(None, "--master-port", help="Rendezvous port.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the launcher command and exit.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue from the stage's latest checkpoint.")
+
+
+def _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port) -> list[str]:
+    sets = []
+    if launcher is not None:
+        sets.append(f"launcher.kind={launcher.value}")
+    if num_gpus is not None:
+        sets.append(f"launcher.num_gpus={num_gpus}")
+    if num_nodes is not None:
+        sets.append(f"launcher.num_nodes={num_nodes}")
+    if hostfile is not None:
+        sets.append(f"launcher.hostfile={hostfile}")
+    if master_port is not None:
+        sets.append(f"launcher.master_port={master_port}")
+    return sets
+
+
+def run_stage_command(
+    stage: str,
+    recipe_path: Path | None,
+    overrides: list[str] | None,
+    extra: list[str],
+    *,
+    resume: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Shared body of every stage command (also used by the worker through `execute`)."""
+    from midpo_cli.commands.options import recipe_from
+
+    recipe = recipe_from(recipe_path, overrides, extra)
+    if recipe.launcher.kind != "none":
+        code = launch(stage, recipe, resume=resume, dry_run=dry_run)
+        raise typer.Exit(code)
+    if dry_run:
+        console.log("--dry-run only applies with --launcher deepspeed|torchrun")
+        raise typer.Exit(0)
+    manifest = execute(stage, recipe, resume=resume)
+    if as_json:
+        console.emit_json(manifest)
+
+
+def execute(stage: str, recipe, *, resume: bool) -> dict:
+    from midpo_cli.manifest import read_manifest
+    from midpo_cli.stages.context import make_context
+    from midpo_cli.stages.pipeline import runner
+
+    ctx = make_context(recipe, stage, resume=resume)
+    runner(stage)(ctx)
+    return read_manifest(ctx.folder) or {}
+
+
+def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
+    import sys
+
+    from midpo_cli.engine.launch import build_launcher_argv, format_argv, run_argv
+    from midpo_cli.io import atomic_write_text
+    from midpo_cli.manifest import stage_dir
+    from midpo_cli.recipe import dump_yaml
+
+    lc = recipe.launcher
+    config = stage_dir(recipe.run_dir, stage) / "resolved.yaml"
+    worker = ["--stage", stage, "--config", str(config)] + (["--resume"] if resume else [])
+    argv = build_launcher_argv(
+        lc.kind, num_gpus=lc.num_gpus, num_nodes=lc.num_nodes, hostfile=lc.hostfile,
+        master_port=lc.master_port, worker_argv=worker,
+    )
+    if dry_run:
+        sys.stdout.write(format_argv(argv) + "\n")
+        return 0
+    from midpo_cli.stages.context import make_context
+
+    make_context(recipe, stage, resume=resume)  # prepare the folder once, before the ranks start
+    payload = recipe.model_dump(mode="json")
+    payload["launcher"]["kind"] = "none"  # the worker runs the stage in-process
+    atomic_write_text(config, dump_yaml(payload))
+    console.log(f"launching: {format_argv(argv)}")
+    return run_argv(argv)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-sft")(train_sft)
+    app.command("train-rm")(train_rm)
+    app.command("train-cost")(train_cost)
+    app.command("train-expert")(train_expert)
+    app.command("rank")(rank)
+    app.command("train-router")(train_router)
+
+
+def train_sft(
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    answers: str = typer.Option(None, "--answers", help="From pair data: better or safer."),
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Supervised fine-tuning on prompt/answer text (loss on answer tokens only)."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    if answers:
+        extra.append(f"stages.sft.answers={answers}")
+    run_stage_command("sft", recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+def train_rm(
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the reward (helpfulness score) model on pairs ordered by `better`."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    run_stage_command("reward_model", recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+def train_cost(
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the cost (safety score) model: safer pairs plus safe/unsafe signs, cost < 0 ⇔ safe."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    run_stage_command("cost_model", recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+def train_expert(
+    kind: ExpertKind = typer.Option(..., "--kind", help="safety | helpfulness | dpo (plain-DPO baseline)."),
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a LoRA expert with SPE-DPO (margin from the score model); --kind dpo: plain DPO on `better`."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    stage = "safety_expert" if kind is ExpertKind.safety else "helpfulness_expert"
+    if kind is ExpertKind.dpo:
+        extra.append("stages.helpfulness_expert.loss=dpo")
+    run_stage_command(stage, recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+def rank(
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    rule: str = typer.Option(None, "--rule", help="models | labels | agree (default: the recipe's)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score every pair with the reward and cost models and write D_dual by the chosen rule."""
+    extra = [f"stages.rank.rule={rule}"] if rule else []
+    run_stage_command("rank", recipe, overrides, extra, resume=False, dry_run=False, as_json=as_json)
+
+
+def train_router(
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the per-layer routers that mix the two experts (everything else frozen)."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    run_stage_command("router", recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)

@@ -1,0 +1,106 @@
+"""The stage graph and what each stage's fingerprint covers (no torch: `pipeline plan` uses it).
+
+Why each edge exists: the reward and cost models start from the SFT policy's backbone; each
+expert needs its score model for margins; rank needs both score models; the router mixes both
+experts on the SFT base and reads D_dual from rank; generate runs every model; score needs the
+answers and both score models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
+from midpo_cli.recipe import STAGE_ORDER, TRAINING_STAGES, Recipe
+
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "sft": (),
+    "reward_model": ("sft",),
+    "cost_model": ("sft",),
+    "safety_expert": ("sft", "cost_model"),
+    "helpfulness_expert": ("sft", "reward_model"),
+    "rank": ("reward_model", "cost_model"),
+    "router": ("sft", "safety_expert", "helpfulness_expert", "rank"),
+    "generate": ("sft", "safety_expert", "helpfulness_expert", "router"),
+    "score": ("generate", "reward_model", "cost_model"),
+}
+
+
+def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
+    """The slice of the recipe a stage's result depends on (launcher/logging don't change results)."""
+    section = recipe.resolved()["stages"][stage]
+    config: dict[str, Any] = {
+        "base_model": recipe.base_model,
+        "tokenizer": recipe.tokenizer,
+        "data": recipe.data.model_dump(mode="json"),
+        "stage": section,
+    }
+    if stage in TRAINING_STAGES:
+        config["zero_stage"] = recipe.deepspeed.zero_stage
+    if stage == "router" and recipe.stages.router.data != "dual":
+        config["rank_unused"] = True
+    return config
+
+
+def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    deps = DEPENDS[stage]
+    if stage == "router" and recipe.stages.router.data != "dual":
+        deps = tuple(d for d in deps if d != "rank")
+    if stage == "safety_expert" and recipe.stages.safety_expert.loss == "dpo":
+        deps = tuple(d for d in deps if d != "cost_model")
+    if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
+        deps = tuple(d for d in deps if d != "reward_model")
+    return deps
+
+
+def select_stages(
+    *, start: str | None = None, until: str | None = None, only: list[str] | None = None
+) -> list[str]:
+    order = list(STAGE_ORDER)
+    if only:
+        return [s for s in order if s in only]
+    lo = order.index(start) if start else 0
+    hi = order.index(until) + 1 if until else len(order)
+    return order[lo:hi]
+
+
+def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[str, Any] | None]) -> str:
+    inputs = {dep: manifests.get(dep) for dep in dependencies(recipe, stage)}
+    return stage_fingerprint(stage, stage_config(recipe, stage), inputs)
+
+
+def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[dict[str, Any]]:
+    """Each stage's status — done / will run / will resume / blocked — and why, from manifests only.
+
+    A stage that will re-run changes its fingerprint, so everything downstream re-runs too; the
+    walk goes in dependency order and feeds each stage's *would-be* fingerprint forward.
+    """
+    force = force or set()
+    run_dir = Path(recipe.run_dir)
+    manifests: dict[str, dict[str, Any] | None] = {}
+    rows = []
+    for stage in STAGE_ORDER:
+        folder = stage_dir(run_dir, stage)
+        current = read_manifest(folder)
+        want = expected_fingerprint(recipe, stage, manifests)
+        deps = dependencies(recipe, stage)
+        missing = [d for d in deps if manifests.get(d) is None and d not in stages]
+        if stage not in stages:
+            manifests[stage] = current if current and current.get("fingerprint") == want else current
+            continue
+        if missing:
+            status, why = "blocked", f"needs {', '.join(missing)} (not selected and not done)"
+        elif stage in force:
+            status, why = "will run", "forced"
+        elif current and current.get("fingerprint") == want:
+            status, why = "done", f"finished {current.get('finished_at', '?')}"
+        elif (folder / "checkpoints" / "latest").exists():
+            status, why = "will resume", "checkpoint found"
+        elif current:
+            status, why = "will run", "settings or inputs changed"
+        else:
+            status, why = "will run", "not run yet"
+        manifests[stage] = current if status == "done" else {"fingerprint": want}
+        rows.append({"stage": stage, "status": status, "why": why, "depends_on": list(deps), "fingerprint": want})
+    return rows

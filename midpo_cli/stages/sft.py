@@ -1,0 +1,124 @@
+"""Stage `sft`: supervised fine-tuning on prompt/answer text, loss on the answer tokens only.
+
+With `stages.sft.use: MODEL` or `enabled: false` nothing is trained: the manifest records which
+model is the base policy, so every later stage reads its policy from one place.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from midpo_cli import console
+from midpo_cli.data.filters import select_pairs
+from midpo_cli.data.readers import Table, load_rows
+from midpo_cli.data.tokenize import collate_sft, encode_sft
+from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.engine.loop import train
+from midpo_cli.errors import InputError
+from midpo_cli.losses import sft_loss
+from midpo_cli.manifest import write_manifest
+from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
+from midpo_cli.stages.common import engine_settings, tokenizer_ref
+from midpo_cli.stages.context import StageContext
+
+EVAL_FRACTION = 0.05
+EVAL_MAX_ROWS = 300
+
+
+def run(ctx: StageContext) -> None:
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
+    record = ctx.record()
+    if cfg.use or not cfg.enabled:
+        ref = cfg.use or recipe.base_model
+        load_tokenizer(tokenizer_ref(recipe, ref), trust_remote_code=recipe.trust_remote_code)  # fail early
+        console.log(f"sft: not training; base policy is {ref}")
+        record.outputs = {"model": ref}
+        write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
+        return
+
+    settings = engine_settings(recipe, "sft")
+    tokenizer = load_tokenizer(tokenizer_ref(recipe, recipe.base_model), trust_remote_code=recipe.trust_remote_code)
+    rows = sft_rows(cfg.data or recipe.data.sft, cfg.answers, recipe.data.columns)
+    train_rows, eval_rows = split_eval(rows, seed=settings.seed)
+    train_feats, drops = encode_sft(train_rows, tokenizer, recipe.data.template, recipe.data.max_length)
+    eval_feats, _ = encode_sft(eval_rows, tokenizer, recipe.data.template, recipe.data.max_length)
+    console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows, dropped {drops}")
+
+    model = load_causal_lm(recipe.base_model, dtype=settings.precision, seed=settings.seed,
+                           trust_remote_code=recipe.trust_remote_code)
+    pad_id = tokenizer.pad_token_id
+
+    def collate(features):
+        return collate_sft(features, pad_id)
+
+    def loss_fn(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = sft_loss(logits, batch["input_ids"], batch["response_mask"])
+        return loss, {"nll": loss.detach()}
+
+    result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
+                   out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name="sft")
+
+    out = ctx.folder / "model"
+    save_causal_lm(result.model, tokenizer, out, collate([*eval_feats, *train_feats][:4]))
+    record.outputs = {"model": ctx.rel(out)}
+    record.metrics = {
+        "train_loss": result.last_metrics.get("loss"),
+        "eval_loss": (result.last_eval or {}).get("loss"),
+        "steps": result.global_step,
+        "samples_per_s": result.samples_per_s,
+    }
+    record.extra = {"data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops}}
+    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
+
+
+def sft_rows(spec: str | None, answers: str, columns: dict[str, str]) -> list[dict]:
+    """Prompt/answer rows: an `answer` column, or the better/safer response of a pair dataset."""
+    if not spec:
+        raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data")
+    table = load_rows(spec, columns=columns)
+    if answers == "column":
+        missing = [c for c in ("prompt", "answer") if table.rows and c not in table.rows[0]]
+        if missing:
+            raise InputError(
+                f"{table.source}: missing column {missing[0]!r} for SFT (columns: {', '.join(table.rows[0])}); "
+                "map it with data.columns or use --answers better|safer on a pair dataset"
+            )
+        return [{"prompt": r["prompt"], "answer": r["answer"]} for r in table.rows]
+    stage = "reward_model" if answers == "better" else "cost_model"
+    selection = select_pairs(Table(rows=table.rows, source=table.source), stage)
+    return [{"prompt": p.prompt, "answer": p.chosen} for p in selection.pairs]
+
+
+def split_eval(rows: list[dict], *, seed: int) -> tuple[list[dict], list[dict]]:
+    """A deterministic held-out slice for eval loss (the SFT set has no split of its own)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(EVAL_MAX_ROWS, int(len(rows) * EVAL_FRACTION))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in order[:n_eval]]
+
+
+def save_causal_lm(model, tokenizer, out, probe_batch: dict) -> None:
+    """save_pretrained into a temp folder, reload, compare probe logits, then rename into place."""
+    from transformers import AutoModelForCausalLM
+
+    model.eval()
+    probe = {k: v for k, v in probe_batch.items() if k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        reference = model(**probe).logits.float()
+
+    def save_fn(path):
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+
+    def load_fn(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    def probe_fn(loaded):
+        with torch.no_grad():
+            return loaded(**probe).logits.float()
+
+    save_verified(save_fn, out, load_fn=load_fn, probe_fn=probe_fn, reference=reference)

@@ -1,0 +1,112 @@
+"""Pipeline orchestration without models: skip-if-done, downstream re-runs, plan, and the run lock.
+
+Stage runners are replaced by a recorder that writes a manifest the way real stages do, so these
+tests exercise the real fingerprinting, context and lock code in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from midpo_cli.errors import InputError
+from midpo_cli.manifest import write_manifest
+from midpo_cli.recipe import STAGE_ORDER, load_recipe
+from midpo_cli.stages import pipeline
+from midpo_cli.stages.graph import plan
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def fake_runner(stage: str):
+        def run(ctx) -> None:
+            calls.append(stage)
+            record = ctx.record()
+            record.outputs = {"artifact": ctx.rel(ctx.folder / "x")}
+            write_manifest(ctx.folder, record, {"stage": stage})
+
+        return run
+
+    monkeypatch.setattr(pipeline, "runner", fake_runner)
+    return calls
+
+
+def _recipe(tmp_path: Path, *sets: str):
+    return load_recipe(None, [f"run_dir={tmp_path / 'run'}", *sets])
+
+
+def test_second_run_skips_everything(tmp_path: Path, ran: list[str]) -> None:
+    recipe = _recipe(tmp_path)
+    pipeline.run_pipeline(recipe, stages=list(STAGE_ORDER))
+    assert ran == list(STAGE_ORDER)
+    ran.clear()
+    summary = pipeline.run_pipeline(recipe, stages=list(STAGE_ORDER))
+    assert ran == [] and {row["action"] for row in summary} == {"skipped"}
+
+
+def test_router_penalty_change_reruns_router_generate_score_only(tmp_path: Path, ran: list[str]) -> None:
+    pipeline.run_pipeline(_recipe(tmp_path), stages=list(STAGE_ORDER))
+    ran.clear()
+    changed = _recipe(tmp_path, "stages.router.penalty.safety=0.5")
+    assert [r["stage"] for r in plan(changed, list(STAGE_ORDER)) if r["status"] != "done"] == [
+        "router", "generate", "score"]
+    pipeline.run_pipeline(changed, stages=list(STAGE_ORDER))
+    assert ran == ["router", "generate", "score"]
+
+
+def test_cost_model_change_reruns_its_dependants(tmp_path: Path, ran: list[str]) -> None:
+    pipeline.run_pipeline(_recipe(tmp_path), stages=list(STAGE_ORDER))
+    ran.clear()
+    pipeline.run_pipeline(_recipe(tmp_path, "stages.cost_model.lr=1e-3"), stages=list(STAGE_ORDER))
+    assert ran == ["cost_model", "safety_expert", "rank", "router", "generate", "score"]
+
+
+def test_force_and_only(tmp_path: Path, ran: list[str]) -> None:
+    recipe = _recipe(tmp_path)
+    pipeline.run_pipeline(recipe, stages=list(STAGE_ORDER))
+    ran.clear()
+    pipeline.run_pipeline(recipe, stages=["rank"], force={"rank"})
+    assert ran == ["rank"]
+
+
+def test_missing_dependency_is_blocked(tmp_path: Path, ran: list[str]) -> None:
+    recipe = _recipe(tmp_path)
+    rows = plan(recipe, ["router"])
+    assert rows[0]["status"] == "blocked" and "sft" in rows[0]["why"]
+    with pytest.raises(InputError, match="needs sft"):
+        pipeline.run_pipeline(recipe, stages=["router"])
+    assert ran == []
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / pipeline.LOCK
+    import socket
+
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    with pytest.raises(InputError, match=r"in use by `pipeline run` \(pid"), pipeline.run_lock(run_dir):
+        pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
+    with pipeline.run_lock(run_dir) as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_changed_settings_discard_stale_checkpoints(tmp_path: Path) -> None:
+    from midpo_cli.stages.context import make_context
+
+    recipe = _recipe(tmp_path, "stages.sft.lr=1e-3")
+    ctx = make_context(recipe, "sft")
+    (ctx.folder / "checkpoints").mkdir()
+    assert make_context(recipe, "sft").folder.joinpath("checkpoints").exists()  # same settings: kept
+    make_context(_recipe(tmp_path, "stages.sft.lr=2e-3"), "sft")
+    assert not (ctx.folder / "checkpoints").exists()
