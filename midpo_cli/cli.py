@@ -25,6 +25,11 @@ app = typer.Typer(
 
 # Each module exposes register(app); order is the order shown in --help.
 COMMAND_MODULES = [
+    "midpo_cli.commands.pipeline_cmd",
+    "midpo_cli.commands.stage_cmds",
+    "midpo_cli.commands.generate_cmd",
+    "midpo_cli.commands.score_cmd",
+    "midpo_cli.commands.data_cmd",
     "midpo_cli.commands.recipe_cmd",
     "midpo_cli.commands.env_cmd",
 ]

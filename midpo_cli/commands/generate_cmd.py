@@ -1,0 +1,79 @@
+"""`midpo generate`: answers of one or more models on one or more prompt sets, into a resumable JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from midpo_cli import console
+from midpo_cli.commands.options import JsonOpt
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+
+
+def _gates(text: str | None) -> tuple[float, float] | None:
+    from midpo_cli.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        gs, gh = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--gates {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. --gates 0.5,0.5") from None
+    if not (0 <= gs <= 1 and 0 <= gh <= 1):
+        raise InputError(f"--gates {text!r}: both gates must be in [0, 1]")
+    return gs, gh
+
+
+def generate(
+    model: list[str] = typer.Option(..., "--model", "-m", help="[LABEL=]SPEC: base model (embedded:, hub, path), "
+                                    "PEFT adapter folder, or MidPO model folder. Repeatable."),
+    prompts: list[str] = typer.Option(..., "--prompts", "-p", help="[NAME=]SPEC: preset, embedded:, hub dataset, "
+                                      "or a .jsonl/.csv/.txt file (one prompt a line). Repeatable."),
+    output: Path = typer.Option(..., "--output", "-o", help="Answers JSONL (resumed if it exists)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per batch."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    max_prompt_length: int = typer.Option(None, "--max-prompt-length", min=2,
+                                          help="Prompt tokens kept (from the end; default: context - new tokens)."),
+    template: str = typer.Option("safe-rlhf", "--template", help="safe-rlhf or chat."),
+    columns: str = typer.Option(None, "--columns", help="Column mapping for hub/file prompt sets: prompt=question,..."),
+    gates: str = typer.Option(None, "--gates", help="Fixed G_SAFETY,G_HELPFULNESS for MidPO models."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate answers (batched, KV cache, left padding); resumable: existing rows are skipped."""
+    from midpo_cli.data.schema import parse_columns_option
+    from midpo_cli.data.template import check_template
+    from midpo_cli.stages import generate as stage
+
+    check_template(template)
+    fixed = _gates(gates)
+    sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
+    stage.log_counts(sets)
+    entries = stage.model_entries(model)
+    if fixed is not None:  # gates only change MidPO models; the others keep their plain id
+        entries = [stage.ModelEntry(f"{e.label}@gates={fixed[0]:g},{fixed[1]:g}", e.spec, fixed)
+                   if (Path(e.spec) / "midpo_config.json").is_file() else e for e in entries]
+        if not any(e.gates for e in entries):
+            from midpo_cli.errors import InputError
+
+            raise InputError("--gates: none of the --model folders is a MidPO model (midpo_config.json)")
+
+    def loader(e):
+        return stage.load_policy(e.spec, gates=e.gates, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+
+    stats = stage.generate_to_file(entries, sets, output, template=template, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
+                                   max_prompt_length=max_prompt_length, loader=loader)
+    console.log(f"generate: {stats['rows_written']} new answers ({stats['rows_existing']} already there) → {output}"
+                + (f"; {stats['truncated_prompts']} prompts truncated from the left" if stats["truncated_prompts"]
+                   else ""))
+    if as_json:
+        console.emit_json(stats)

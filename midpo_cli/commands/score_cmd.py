@@ -1,0 +1,57 @@
+"""`midpo score` (score answers, summarise, write the report) and `midpo report` (re-draw a report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from midpo_cli import console
+from midpo_cli.commands.options import JsonOpt
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
+    app.command("report")(report)
+
+
+def score(
+    answers: Path = typer.Argument(..., help="Answers JSONL from `midpo generate`."),
+    reward_model: str = typer.Option(None, "--reward-model", help="Reward (helpfulness) score model."),
+    cost_model: str = typer.Option(None, "--cost-model", help="Cost (safety) score model; cost < 0 = safe."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for scores.csv, summary.json, report.html."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Scoring batch size."),
+    template: str = typer.Option("safe-rlhf", "--template", help="Prompt template the score models expect."),
+    refusal_pattern: list[str] = typer.Option(None, "--refusal-pattern",
+                                              help="Regex marking a refusal; repeatable; replaces the built-in set."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples (0: no intervals)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the plots and report.html."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score answers with the reward and cost models; per-model summary with bootstrap CIs; report."""
+    from midpo_cli.data.template import check_template
+    from midpo_cli.stages.score import score_answers
+
+    check_template(template)
+    summary = score_answers(answers, reward_model=reward_model, cost_model=cost_model, out_dir=output,
+                            batch_size=batch_size, template=template, refusal_patterns=refusal_pattern or None,
+                            bootstrap=bootstrap, seed=seed, report=not no_report)
+    console.log(f"score: {output / 'scores.csv'}, {output / 'summary.json'}")
+    if as_json:
+        console.emit_json(summary)
+
+
+def report(
+    path: Path = typer.Argument(..., help="A `midpo score` output folder (or its summary.json), or a run dir."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-draw the plots and report.html from scores.csv + summary.json."""
+    from midpo_cli.report import load_scores, print_tables, write_report
+
+    rows, summary, folder = load_scores(path)
+    print_tables(summary)
+    html = write_report(rows, summary, folder)
+    console.log(f"report: {html}")
+    if as_json:
+        console.emit_json({"report": str(html), "folder": str(folder)})

@@ -1,0 +1,107 @@
+"""Named evaluation prompt sets (presets): where each lives on the hub and how its columns map.
+
+A recipe (`stages.generate.prompts`) or `midpo generate --prompts` may name a preset instead of a
+file. Each preset fixes the hub spec, the prompt column, the `category` column, the harm label and
+which rows are kept; the result is a prompt set in the canonical shape (`prompt`, `category`,
+`is_harmful`). `load_preset(name, source=PATH)` reads a local file of the same shape instead of the
+hub (tests, offline mirrors).
+
+Presets (hub spec → kept rows; is_harmful; category column):
+- `PKU-Alignment/PKU-SafeRLHF:test` → the first row of each distinct prompt; is_harmful = either response
+  labelled unsafe (a proxy: the prompts are red-team prompts); no category.
+- `LibrAI/do-not-answer` (split train) → all 939 prompts a model should not answer; True; `risk_area`.
+- `allenai/wildguardmix` (config `wildguardtest`, split test) → `prompt_harm_label == "harmful"`; True;
+  `subcategory`.
+- `walledai/XSTest` (split test) → `label == "safe"` (over-refusal probes); False; `type`.
+- `natolambert/xstest-v2-copy` (split `prompts`) → `type` not starting with `contrast_` (the safe ones);
+  False; `type`.
+
+WildGuardMix is gated on the hub: accept its terms and `huggingface-cli login` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from midpo_cli.data.readers import Table, load_rows
+from midpo_cli.errors import InputError
+
+
+def _any_unsafe(row: dict[str, Any]) -> bool | None:
+    labels = [row.get("is_response_0_safe"), row.get("is_response_1_safe")]
+    if any(v is None for v in labels):
+        return None
+    return not all(str(v).lower() in ("true", "1") for v in labels)
+
+
+@dataclass(frozen=True)
+class PromptPreset:
+    name: str
+    source: str  # readers spec (hub)
+    prompt: str  # source column of the prompt text
+    category: str | None
+    harmful: bool | Callable[[dict[str, Any]], bool | None] | None
+    keep: Callable[[dict[str, Any]], bool] | None = None
+    keep_rule: str = "all rows"
+    unique: bool = False
+    note: str = ""
+
+
+PRESETS: dict[str, PromptPreset] = {p.name: p for p in (
+    PromptPreset("PKU-Alignment/PKU-SafeRLHF:test", "PKU-Alignment/PKU-SafeRLHF:test", "prompt", None,
+                 _any_unsafe, unique=True, keep_rule="distinct prompts",
+                 note="is_harmful = either response labelled unsafe (proxy)"),
+    PromptPreset("LibrAI/do-not-answer", "LibrAI/do-not-answer:train", "question", "risk_area", True),
+    PromptPreset("allenai/wildguardmix", "allenai/wildguardmix/wildguardtest:test", "prompt", "subcategory", True,
+                 keep=lambda r: str(r.get("prompt_harm_label", "")).lower() == "harmful",
+                 keep_rule="prompt_harm_label == harmful", note="gated: accept the terms on the hub first"),
+    PromptPreset("walledai/XSTest", "walledai/XSTest:test", "prompt", "type", False,
+                 keep=lambda r: str(r.get("label", "")).lower() == "safe", keep_rule="label == safe"),
+    PromptPreset("natolambert/xstest-v2-copy", "natolambert/xstest-v2-copy:prompts", "prompt", "type", False,
+                 keep=lambda r: not str(r.get("type", "")).startswith("contrast"),
+                 keep_rule="type not contrast_*"),
+)}
+
+
+def is_preset(spec: str) -> bool:
+    return spec in PRESETS
+
+
+def load_preset(name: str, *, source: str | None = None) -> tuple[Table, dict[str, int]]:
+    """The preset's prompts as a canonical Table (`prompt`, `category`, `is_harmful`) and its row counts."""
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise InputError(f"unknown prompt-set preset {name!r}; presets: {', '.join(PRESETS)}")
+    table = load_rows(source or preset.source)
+    return apply_preset(preset, table)
+
+
+def apply_preset(preset: PromptPreset, table: Table) -> tuple[Table, dict[str, int]]:
+    """Keep, deduplicate and map rows; a missing source column is an error naming it."""
+    needed = [c for c in (preset.prompt, preset.category) if c]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise InputError(f"{table.source}: preset {preset.name!r} needs column(s) {', '.join(missing)} "
+                         f"(columns: {', '.join(table.columns)})")
+    counts = {"rows_in": len(table.rows), f"dropped:not({preset.keep_rule})": 0, "dropped:duplicate_prompt": 0}
+    seen: set[str] = set()
+    rows = []
+    for row in table.rows:
+        if preset.keep is not None and not preset.keep(row):
+            counts[f"dropped:not({preset.keep_rule})"] += 1
+            continue
+        prompt = row.get(preset.prompt)
+        if preset.unique:
+            key = str(prompt).strip()
+            if key in seen:
+                counts["dropped:duplicate_prompt"] += 1
+                continue
+            seen.add(key)
+        harmful = preset.harmful(row) if callable(preset.harmful) else preset.harmful
+        rows.append({"prompt": prompt, "category": row.get(preset.category) if preset.category else None,
+                     "is_harmful": harmful})
+    if not rows:
+        raise InputError(f"{table.source}: preset {preset.name!r} kept no rows ({counts})")
+    return Table(rows, f"{preset.name} ({table.source})", dict(table.skipped)), counts

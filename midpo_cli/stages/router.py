@@ -1,0 +1,145 @@
+"""Stage `router`: learn the per-layer gates that mix the two experts inside the base (DESIGN §2).
+
+Only router parameters train — the base, both LoRA experts and lm_head are frozen, and the stage
+asserts it before the first step. The reference policy is the same model with routing disabled
+(the base), so there is one copy of the base weights. Loss = DPO(β) + λ_s·mean|g_s| +
+λ_h·mean|g_h − 1| over real tokens of every layer (averaged over layers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from midpo_cli import console
+from midpo_cli.data.filters import select_pairs
+from midpo_cli.data.readers import load_rows
+from midpo_cli.data.tokenize import collate_pairs, encode_pairs
+from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.engine.loop import train
+from midpo_cli.losses import router_penalty, sequence_logps, spe_dpo_loss
+from midpo_cli.manifest import write_manifest
+from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
+from midpo_cli.modeling.lora import read_adapter
+from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
+from midpo_cli.stages.common import engine_settings, policy_ref, tokenizer_ref
+from midpo_cli.stages.context import StageContext
+from midpo_cli.stages.dpo import RefLogpCache, fill_ref_logps
+from midpo_cli.stages.expert import ref_namespace
+
+EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def run(ctx: StageContext) -> None:
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
+    settings = engine_settings(recipe, "router")
+    policy = policy_ref(ctx)
+    tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
+    selection, train_feats = router_data(ctx, tokenizer)
+
+    safety_dir = ctx.input_path("safety_expert", "adapter")
+    help_dir = ctx.input_path("helpfulness_expert", "adapter")
+    base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
+                          trust_remote_code=recipe.trust_remote_code)
+    router_settings = RouterSettings(granularity=cfg.granularity, hidden=cfg.hidden)
+    model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
+    trainable = model.router_parameters()
+    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
+    assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
+    n_router = count_router_parameters(model)
+    console.log(f"router: {n_router:,} router parameters over {len(model.routed)} routed layers "
+                f"({sum(p.numel() for p in model.parameters()):,} in the whole model)")
+
+    pad_id = tokenizer.pad_token_id
+
+    def collate(features):
+        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
+
+    cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe))
+    computed = fill_ref_logps(model, train_feats, selection.pairs, collate, cache,
+                              batch_size=settings.batch_size * 2, reference=model.routing_disabled)
+    console.log(f"router: reference log-probs: {len(train_feats) - computed} cached, {computed} computed")
+
+    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.granularity)
+    result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
+                   out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+
+    out = ctx.folder / "model"
+    save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]))
+    record = ctx.record()
+    record.outputs = {"model": ctx.rel(out)}
+    record.metrics = {
+        "train_loss": result.last_metrics.get("loss"),
+        "gate_safety_chosen": result.last_metrics.get("gate_safety_chosen"),
+        "gate_safety_rejected": result.last_metrics.get("gate_safety_rejected"),
+        "gate_help_chosen": result.last_metrics.get("gate_help_chosen"),
+        "router_parameters": n_router,
+        "pairs": len(train_feats),
+        "steps": result.global_step,
+    }
+    record.extra = {"data": selection.counts, "router": router_settings.to_dict()}
+    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def router_data(ctx: StageContext, tokenizer):
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
+    if cfg.data == "dual":
+        table = load_rows(str(ctx.input_path("rank", "dual")))
+        selection = select_pairs(table, "router")
+    else:
+        selection = select_pairs(load_rows(recipe.data.train, columns=recipe.data.columns), "router", rule=cfg.data)
+    feats, drops = encode_pairs(selection.pairs, tokenizer, recipe.data.template, recipe.data.max_length)
+    console.log(f"router: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
+    return selection, feats
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def make_router_loss(beta: float, lam_safety: float, lam_help: float, granularity: str):
+    def loss_fn(model, batch):
+        response = batch["response_mask"].bool()
+        kwargs = {}
+        if granularity == "prompt":
+            kwargs["prompt_mask"] = batch["attention_mask"].bool() & ~response
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+        logps = sequence_logps(logits.float(), batch["input_ids"], batch["response_mask"])
+        half = logps.shape[0] // 2
+        losses, chosen_r, rejected_r = spe_dpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"],
+                                                    batch["ref_rejected_logps"], 0.0, beta)
+        g_s, g_h = model.gate_tensors()
+        penalty = router_penalty(g_s, g_h, batch["attention_mask"], lam_safety, lam_help)
+        with torch.no_grad():
+            mean_s = torch.stack([g.float() for g in g_s]).mean(0)  # (2B, T) averaged over layers
+            mean_h = torch.stack([g.float() for g in g_h]).mean(0)
+            resp = response.float()
+            metrics = {
+                "dpo_loss": losses.mean().detach(),
+                "penalty": penalty.detach(),
+                "reward_accuracy": (chosen_r > rejected_r).float().mean(),
+                "gate_safety_chosen": _masked_mean(mean_s[:half], resp[:half]),
+                "gate_safety_rejected": _masked_mean(mean_s[half:], resp[half:]),
+                "gate_help_chosen": _masked_mean(mean_h[:half], resp[:half]),
+                "gate_help_rejected": _masked_mean(mean_h[half:], resp[half:]),
+            }
+        return losses.mean() + penalty, metrics
+
+    return loss_fn
+
+
+def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_batch: dict) -> None:
+    model.eval()
+    probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
+    if model.settings.granularity == "prompt":
+        probe["prompt_mask"] = probe_batch["attention_mask"].bool() & ~probe_batch["response_mask"].bool()
+    with torch.no_grad():
+        reference = model(**probe).logits.float()
+
+    def probe_fn(loaded):
+        with torch.no_grad():
+            return loaded(**probe).logits.float()
+
+    save_verified(
+        lambda path: save_midpo(model, tokenizer, path, base_model=policy, safety_adapter=str(safety_dir),
+                                helpfulness_adapter=str(help_dir)),
+        out, load_fn=lambda path: load_midpo(path)[0], probe_fn=probe_fn, reference=reference)
