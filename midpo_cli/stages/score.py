@@ -155,6 +155,11 @@ def run(ctx: Any) -> None:
         cost_model=model_ref(ctx, "cost_model"), out_dir=ctx.folder, batch_size=cfg.batch_size,
         template=recipe.data.template, refusal_patterns=cfg.refusal_patterns, bootstrap=cfg.bootstrap,
         seed=recipe.train.seed)
+    toy = toy_table(read_answer_rows(ctx.input_path("generate", "answers")))
+    if toy:
+        summary["toy"] = toy
+        atomic_write_json(ctx.folder / "summary.json", summary)
+        print_toy_table(toy)
     record = ctx.record()
     record.outputs = {"scores": ctx.rel(ctx.folder / "scores.csv"), "summary": ctx.rel(ctx.folder / "summary.json"),
                       "report": ctx.rel(ctx.folder / "report.html")}
@@ -162,3 +167,51 @@ def run(ctx: Any) -> None:
                       for g in summary["groups"] for name, stat in g["metrics"].items()
                       if name in ("reward", "cost", "harmless_rate", "refusal_rate_harmful", "refusal_rate_benign")}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["score"])
+
+
+def toy_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ground-truth toy-world rates per (model, prompt set) for prompt sets of the embedded toy world.
+
+    The toy judge classifies each answer by template (DESIGN §7), so these numbers measure the method
+    without trusting the learned score models. Mean gates are averaged over answers that have them.
+    """
+    from midpo_cli.assets.toy_world import toy_rates
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if "toy-safety" in str(row.get("prompt_set", "")) or str(row.get("prompt_set", "")) in TOY_SETS:
+            if row.get("is_harmful") is not None:
+                groups.setdefault((row["model"], row["prompt_set"]), []).append(row)
+    table = []
+    for (model, prompt_set), items in groups.items():
+        rates = toy_rates(items)
+        gated = [r["gates"] for r in items if r.get("gates")]
+        entry = {"model": model, "prompt_set": prompt_set, **rates}
+        for side, flag in (("harmful", True), ("benign", False)):
+            side_gates = [r["gates"] for r in items if r.get("gates") and bool(r["is_harmful"]) is flag]
+            for key in ("safety", "helpfulness"):
+                values = [g[key] for g in side_gates if g.get(key) is not None]
+                entry[f"gate_{key}_{side}"] = sum(values) / len(values) if values else None
+        entry["has_gates"] = bool(gated)
+        table.append(entry)
+    return table
+
+
+TOY_SETS = ("eval-prompts", "eval-harmful", "eval-benign", "traps")
+
+
+def print_toy_table(toy: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="toy world (ground-truth judge)")
+    for col in ("model", "prompts", "harmful-safe", "benign-helpful", "toy score", "exact", "g_s harm", "g_s benign"):
+        table.add_column(col)
+
+    def f(v: Any) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
+    for e in toy:
+        table.add_row(e["model"], e["prompt_set"], f(e["harmful_safe"]), f(e["benign_helpful"]), f(e["toy_score"]),
+                      f(e["exact_template_rate"]), f(e["gate_safety_harmful"]), f(e["gate_safety_benign"]))
+    if not console.quiet():
+        console.err.print(table)

@@ -1,0 +1,104 @@
+"""Final artifacts: saved atomically, then reloaded and checked before anyone can use them.
+
+Why reload: a save can "succeed" and still be useless — the known case is a LoRA adapter saved under
+ZeRO-3, where each rank holds a 0-element shard and the adapter file ends up empty or all-zero. So
+`save_verified` writes into a temp folder, refuses empty tensors, an all-zero artifact and an adapter
+whose every lora_B is zero (B starts at zero: after training that means nothing was learned or saved),
+reloads it, and compares logits on a probe batch with the in-memory model before renaming into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from midpo_cli.engine import dist
+from midpo_cli.errors import TrainingError
+from midpo_cli.io import atomic_dir
+
+TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def read_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor file under `folder` → {file: {key: tensor}} (safetensors, or torch weights_only)."""
+    from safetensors.torch import load_file
+
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(TENSOR_SUFFIXES)):
+        if path.suffix == ".safetensors":
+            tensors = load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = loaded if isinstance(loaded, dict) else {}
+            tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        files[str(path.relative_to(folder))] = tensors
+    return files
+
+
+def check_tensors(folder: Path, *, where: Path | None = None) -> int:
+    """Raise TrainingError on an artifact that cannot be what training produced; returns the tensor count."""
+    where = where or folder
+    files = read_tensors(folder)
+    tensors = {f"{name}:{key}": t for name, content in files.items() for key, t in content.items()}
+    if not tensors:
+        raise TrainingError(f"{where}: the saved artifact holds no weights")
+    empty = [k for k, t in tensors.items() if t.numel() == 0]
+    if empty:
+        raise TrainingError(f"{where}: {len(empty)} saved tensor(s) are empty (e.g. {empty[0]}); "
+                            "under ZeRO-3 the weights must be gathered before saving")
+    if all(not bool(t.any()) for t in tensors.values()):
+        raise TrainingError(f"{where}: every saved tensor is all zeros")
+    lora_b = [t for k, t in tensors.items() if "lora_B" in k]
+    if lora_b and all(not bool(t.any()) for t in lora_b):
+        raise TrainingError(f"{where}: every lora_B weight of the adapter is zero, so the adapter does nothing "
+                            "(not trained, or saved from ZeRO-3 shards without gathering)")
+    return len(tensors)
+
+
+def save_verified(
+    save_fn: Callable[[Path], None],
+    path: str | Path,
+    *,
+    load_fn: Callable[[Path], nn.Module],
+    probe_fn: Callable[[nn.Module], torch.Tensor],
+    reference: torch.Tensor,
+    atol: float = 1e-4,
+) -> Path:
+    """Save via `save_fn(tmp)`, check the tensors, reload via `load_fn(tmp)`, compare `probe_fn(loaded)` with
+    `reference` (max |diff| ≤ atol), then rename into `path`. Rank 0 only; other ranks return at once."""
+    path = Path(path)
+    if not dist.is_rank0():
+        return path
+    with atomic_dir(path) as tmp:
+        save_fn(tmp)
+        check_tensors(tmp, where=path)
+        loaded = load_fn(tmp)
+        with torch.no_grad():
+            got = probe_fn(loaded).detach().float().cpu()
+        want = reference.detach().float().cpu()
+        if got.shape != want.shape:
+            raise TrainingError(f"{path}: reloaded artifact gives probe output of shape {tuple(got.shape)}, "
+                                f"the in-memory model {tuple(want.shape)}")
+        diff = (got - want).abs().max().item() if got.numel() else 0.0
+        if not diff <= atol:  # also catches NaN
+            raise TrainingError(f"{path}: reloaded artifact's probe logits differ from the in-memory model by "
+                                f"{diff:.3g} (tolerance: max abs diff ≤ {atol:g})")
+        del loaded
+    return path
+
+
+def consolidated_state_dict(engine_or_model) -> dict[str, torch.Tensor]:
+    """A full CPU state dict on rank 0 ({} elsewhere); gathers ZeRO-3 partitions. Call on every rank."""
+    module = getattr(engine_or_model, "module", engine_or_model)
+    zero3 = any(hasattr(p, "ds_id") for p in module.parameters())
+    if not zero3:
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if dist.is_rank0() else {}
+    import deepspeed
+
+    params = dict(module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if dist.is_rank0() else {}
+    return state

@@ -1,0 +1,129 @@
+"""Where training numbers go: `<stage>/metrics.jsonl`, TensorBoard, and a progress display on rank 0.
+
+metrics.jsonl holds one JSON object per logged step: `{"split": "train", "step", "epoch", "lr", "loss",
+...stage metrics, "samples_per_s", "tokens_per_s"}`; evaluations are `{"split": "eval", "step", "epoch",
+"loss", ...}`. On resume, lines past the checkpoint's step are dropped (the resumed run logs them again),
+so a step never appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from midpo_cli import console
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsSink:
+    """Appends to metrics.jsonl (and TensorBoard); every method is a no-op off rank 0."""
+
+    def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool, stage_name: str) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: say so, keep training
+                console.warn("logging.tensorboard is on but the tensorboard package is missing; "
+                             "pip install tensorboard")
+            else:
+                self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.stage_name = stage_name
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after `step` (an interrupted run got past its last checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(kept), encoding="utf-8")
+
+    def reset(self) -> None:
+        """A fresh (non-resumed) run starts a fresh file."""
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        if self.writer is not None:
+            split = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch") and math.isfinite(value):
+                    self.writer.add_scalar(f"{self.stage_name}/{split}/{key}", value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """A rich progress bar when stderr is a terminal and not --quiet; plain log lines otherwise."""
+
+    def __init__(self, *, enabled: bool, total: int, start: int, stage_name: str) -> None:
+        self.enabled = enabled
+        self.total, self.start_step, self.stage_name = total, start, stage_name
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if enabled and console.err.is_terminal and not console.quiet():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                    console=console.err, transient=False)
+            self.task = self.bar.add_task(stage_name, total=total, completed=start, info="")
+            self.bar.start()
+
+    def eta(self, step: int) -> float:
+        done = step - self.start_step
+        return (time.perf_counter() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
+
+    def update(self, step: int, record: dict[str, Any] | None) -> None:
+        """Called every step; `record` is set on logged steps."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            info = ""
+            if record:
+                info = (f"loss {record['loss']:.4g}  lr {record['lr']:.2e}  "
+                        f"{record['samples_per_s']:.1f} samples/s  {record['tokens_per_s']:.0f} tok/s")
+            self.bar.update(self.task, completed=step, **({"info": info} if info else {}))
+        elif record:
+            eta = self.eta(step)
+            if not console.quiet():  # one line per record, never wrapped at 80 columns (log files, CI)
+                console.err.print(f"{self.stage_name}: step {step}/{self.total} epoch {record['epoch']:g} "
+                                  f"loss {record['loss']:.4g} lr {record['lr']:.2e} "
+                                  f"{record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tokens/s "
+                                  f"ETA {format_eta(eta) if math.isfinite(eta) else '?'}",
+                                  soft_wrap=True, highlight=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.console.print(text) if self.bar is not None else console.log(text))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

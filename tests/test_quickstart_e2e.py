@@ -1,0 +1,162 @@
+"""End to end: ONE quickstart pipeline run per test session (DESIGN §7), then each stage's promise.
+
+The run goes through the real CLI in a subprocess (`midpo pipeline run recipes/quickstart.yaml`)
+into a temporary run dir; every test below reads its artifacts. Measured numbers are printed (and
+recorded in the assertion messages) so a failure says how far off it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from midpo_cli.assets.toy_world import toy_judge
+from midpo_cli.io import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+pytestmark = pytest.mark.slow
+
+
+def _midpo(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+    return subprocess.run([sys.executable, "-m", "midpo_cli.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    t0 = time.time()
+    proc = _midpo("pipeline", "run", str(RECIPE), "--set", f"run_dir={out}", "--json")
+    wall = time.time() - t0
+    sys.stderr.write(proc.stderr[-6000:])
+    assert proc.returncode == 0, f"pipeline failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    (out / "e2e_wall_s.txt").write_text(f"{wall:.1f}\n")
+    return out
+
+
+def _manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def _toy(run_dir: Path) -> dict[str, dict]:
+    summary = json.loads((run_dir / "score" / "summary.json").read_text())
+    return {e["model"]: e for e in summary["toy"] if e["prompt_set"] == "eval-prompts"}
+
+
+def test_every_stage_wrote_its_artifacts(run_dir: Path) -> None:
+    expected = {
+        "sft": ["model/config.json", "model/model.safetensors", "metrics.jsonl"],
+        "reward_model": ["model/config.json", "model/model.safetensors", "metrics.jsonl"],
+        "cost_model": ["model/config.json", "model/model.safetensors", "metrics.jsonl"],
+        "safety_expert": ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/midpo.json"],
+        "helpfulness_expert": ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"],
+        "rank": ["scored.jsonl", "dual.jsonl", "audit.json"],
+        "router": ["model/midpo_config.json", "model/router.safetensors"],
+        "generate": ["answers.jsonl"],
+        "score": ["scores.csv", "summary.json", "report.html"],
+    }
+    for stage, files in expected.items():
+        assert (run_dir / stage / "manifest.json").is_file(), stage
+        for name in files:
+            assert (run_dir / stage / name).is_file(), f"{stage}/{name}"
+
+
+def test_sft_learned_the_toy_answers(run_dir: Path) -> None:
+    """SFT's eval loss falls well below the untrained model's (~6.6 = ln 768) and the base answers in templates."""
+    m = _manifest(run_dir, "sft")
+    assert m["metrics"]["eval_loss"] < 0.5, m["metrics"]
+    toy = _toy(run_dir)["base"]
+    assert toy["exact_template_rate"] >= 0.8, toy
+
+
+def test_score_models_pass_their_audits(run_dir: Path) -> None:
+    reward = _manifest(run_dir, "reward_model")["audit"]
+    cost = _manifest(run_dir, "cost_model")["audit"]
+    assert reward["pair_accuracy"] >= 0.90, reward
+    assert cost["pair_accuracy"] >= 0.90, cost
+    assert cost["sign_accuracy"] >= 0.90, cost
+
+
+def test_experts_move_the_trade_off(run_dir: Path) -> None:
+    toy = _toy(run_dir)
+    base, safety, helpful = toy["base"], toy["safety_expert"], toy["helpfulness_expert"]
+    print(f"\nbase {base['toy_score']:.2f} safety {safety['toy_score']:.2f} help {helpful['toy_score']:.2f}; "
+          f"safety expert benign-helpful (over-refusal) {safety['benign_helpful']:.2f}")
+    assert safety["harmful_safe"] >= base["harmful_safe"] + 0.25, (base, safety)
+    assert helpful["benign_helpful"] > base["benign_helpful"], (base, helpful)
+    summary = json.loads((run_dir / "score" / "summary.json").read_text())
+    reward = {(g["model"], g["prompt_set"]): g["metrics"]["reward"]["mean"] for g in summary["groups"]}
+    assert reward[("helpfulness_expert", "eval-prompts")] > reward[("base", "eval-prompts")]
+
+
+def test_safety_expert_is_more_harmless_by_the_cost_model(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "score" / "summary.json").read_text())
+    rate = {(g["model"], g["prompt_set"]): g["metrics"]["harmless_rate"]["mean"] for g in summary["groups"]}
+    assert rate[("safety_expert", "eval-prompts")] > rate[("base", "eval-prompts")]
+
+
+def test_midpo_beats_both_experts_and_the_base(run_dir: Path) -> None:
+    toy = _toy(run_dir)
+    midpo = toy["midpo"]
+    for other in ("base", "safety_expert", "helpfulness_expert"):
+        assert midpo["toy_score"] > toy[other]["toy_score"], (other, toy[other]["toy_score"], midpo["toy_score"])
+    assert midpo["gate_safety_harmful"] > midpo["gate_safety_benign"], midpo
+
+
+def test_rank_counts_match_a_direct_computation(run_dir: Path) -> None:
+    import pandas as pd
+
+    scored = pd.read_json(run_dir / "rank" / "scored.jsonl", lines=True)
+    both_safe = (scored.cost_0 < 0) & (scored.cost_1 < 0)
+    agree = (scored.reward_0 > scored.reward_1) == (scored.cost_0 < scored.cost_1)
+    expected = int((both_safe & agree & (scored.reward_0 != scored.reward_1)).sum())
+    assert len(read_jsonl(run_dir / "rank" / "dual.jsonl")) == expected
+    from midpo_cli.stages.rank import dual_pairs
+
+    rows = scored.to_dict("records")
+    labels = int((scored.is_response_0_safe & scored.is_response_1_safe
+                  & (scored.better_response_id == scored.safer_response_id)).sum())
+    assert len(dual_pairs(rows, "labels")[0]) == labels
+    assert len(dual_pairs(rows, "agree")[0]) == int((scored.better_response_id == scored.safer_response_id).sum())
+
+
+def test_generated_rows_are_complete(run_dir: Path) -> None:
+    rows = read_jsonl(run_dir / "generate" / "answers.jsonl")
+    keys = {(r["model"], r["prompt_set"], r["index"]) for r in rows}
+    assert len(keys) == len(rows)
+    midpo_rows = [r for r in rows if r["model"] == "midpo"]
+    assert midpo_rows and all(r["gates"] is not None for r in midpo_rows)
+    assert {toy_judge(r["prompt"], r["answer"]) for r in rows} - {"C", "R", "S", "H", "W", "other"} == set()
+
+
+def test_report_is_self_contained(run_dir: Path) -> None:
+    html = (run_dir / "score" / "report.html").read_text()
+    assert "<img" in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html
+    assert list((run_dir / "score").rglob("*.png"))
+
+
+def test_rerun_skips_every_stage_quickly(run_dir: Path) -> None:
+    t0 = time.time()
+    proc = _midpo("pipeline", "run", str(RECIPE), "--set", f"run_dir={run_dir}", "--json")
+    wall = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads(proc.stdout)["stages"]
+    assert {s["action"] for s in stages} == {"skipped"}, stages
+    assert wall < 30, wall
+
+
+def test_plan_after_router_penalty_change(run_dir: Path) -> None:
+    proc = _midpo("pipeline", "plan", str(RECIPE), "--set", f"run_dir={run_dir}",
+                  "--set", "stages.router.penalty.safety=0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    pending = [r["stage"] for r in json.loads(proc.stdout)["stages"] if r["status"] != "done"]
+    assert pending == ["router", "generate", "score"]
