@@ -160,3 +160,28 @@ def test_plan_after_router_penalty_change(run_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     pending = [r["stage"] for r in json.loads(proc.stdout)["stages"] if r["status"] != "done"]
     assert pending == ["router", "generate", "score"]
+
+
+def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    """SIGINT mid-way through the safety expert (a real signal, via the engine's test hook), then the
+    same command again: it continues from the checkpoint instead of starting over."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    args = ["pipeline", "run", str(RECIPE), "--set", f"run_dir={copy}", "--only", "safety_expert",
+            "--set", "stages.safety_expert.checkpoint.every_steps=10"]
+    os.environ["MIDPO_ENGINE_FAULT"] = "sigint@30"
+    try:
+        first = _midpo(*args)
+    finally:
+        del os.environ["MIDPO_ENGINE_FAULT"]
+    assert first.returncode == 130, first.stderr[-2000:]
+    assert "--resume" in first.stderr or "resume" in first.stderr
+    assert (copy / "safety_expert" / "checkpoints" / "step-30").is_dir()
+    assert not (copy / "safety_expert" / "manifest.json").exists()
+    second = _midpo(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    manifest = _manifest(copy, "safety_expert")
+    assert manifest["resumed_from_step"] == 30
+    assert manifest["metrics"]["steps"] == 80

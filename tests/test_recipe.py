@@ -99,3 +99,21 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(Exception, match="recipe file not found: nope.yaml"):
         load_recipe("nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path: Path) -> None:
+    recipe = load_recipe(path)
+    for stage in TRAINING_STAGES:
+        assert recipe.train_settings(stage).lr > 0
+
+
+def test_paper_recipe_matches_the_paper_setting() -> None:
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "paper-alpaca7b.yaml")
+    expert = recipe.stages.safety_expert
+    assert (expert.lora.r, expert.lora.alpha, expert.lora.target_modules) == (16, 32.0, ["down_proj"])
+    settings = recipe.train_settings("safety_expert")
+    assert (settings.lr, settings.epochs, settings.batch_size, settings.precision) == (1e-5, 3, 4, "bf16")
+    assert (recipe.deepspeed.zero_stage, recipe.launcher.kind, expert.beta) == (1, "deepspeed", 0.1)
+    assert recipe.stages.reward_model.use == "PKU-Alignment/beaver-7b-unified-reward"
