@@ -97,7 +97,8 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         "pairs_per_s": result.samples_per_s,
         "margin_zero_fraction": margin_stats.get("zero_fraction"),
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step, "margins": margin_stats, "health_warnings": sorted(health.warned),
+    record.extra = {"resumed_from_step": result.resumed_from_step, "margins": margin_stats,
+                    "health_warnings": sorted(health.warned),
                     "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 

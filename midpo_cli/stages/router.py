@@ -76,7 +76,8 @@ def run(ctx: StageContext) -> None:
         "pairs": len(train_feats),
         "steps": result.global_step,
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step, "data": selection.counts, "router": router_settings.to_dict()}
+    record.extra = {"resumed_from_step": result.resumed_from_step, "data": selection.counts,
+                    "router": router_settings.to_dict()}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
 

@@ -70,7 +70,8 @@ def run(ctx: StageContext) -> None:
         "steps": result.global_step,
         "samples_per_s": result.samples_per_s,
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step, "data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops}}
+    record.extra = {"resumed_from_step": result.resumed_from_step,
+                    "data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
 
 
