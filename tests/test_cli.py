@@ -62,3 +62,36 @@ def test_version() -> None:
 
     proc = subprocess.run([sys.executable, "-m", "midpo_cli.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"midpo {__version__}"
+
+
+def test_launcher_dry_run_prints_pasteable_argv(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node1 slots=8\nnode2 slots=8\n")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "midpo_cli.cli", "train-expert", "--kind", "safety", "--dry-run",
+         "--launcher", "deepspeed", "--num-gpus", "8", "--num-nodes", "2", "--hostfile", str(hosts),
+         "--set", f"run_dir={run}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        f"deepspeed --hostfile {hosts} --num_nodes 2 --num_gpus 8 --module midpo_cli.worker "
+        f"--stage safety_expert --config {run}/safety_expert/resolved.yaml")
+    assert not run.exists()  # a dry run starts nothing and writes nothing
+
+
+def test_missing_hostfile_is_an_error_before_anything_starts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "midpo_cli.cli", "train-sft", "--launcher", "deepspeed", "--num-gpus", "2",
+         "--hostfile", str(tmp_path / "nope"), "--set", f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'nope'} does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_product_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "midpo_cli.cli", "--help"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+    for name in ("train-sft", "train-rm", "train-cost", "train-expert", "rank", "train-router", "generate",
+                 "score", "report", "pipeline", "data", "recipe", "env"):
+        assert f" {name} " in proc.stdout, name

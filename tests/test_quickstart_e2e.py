@@ -185,3 +185,23 @@ def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path
     manifest = _manifest(copy, "safety_expert")
     assert manifest["resumed_from_step"] == 30
     assert manifest["metrics"]["steps"] == 80
+
+
+def test_only_one_copy_of_the_base_is_alive_while_an_expert_trains(run_dir: Path) -> None:
+    """Counted by a gc walk over live parameters at step 1: the policy + its LoRA, no reference model,
+    no score model (they would double the count)."""
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "sft" / "model" / "model.safetensors"), "pt") as fh:
+        policy = sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+    for stage in ("safety_expert", "helpfulness_expert"):
+        live = _manifest(run_dir, stage)["live_parameters_during_training"]
+        assert policy <= live["parameter_elements"] < 1.2 * policy, (stage, policy, live)
+        assert live["top_level_models"] == 1, live
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

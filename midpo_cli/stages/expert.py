@@ -77,10 +77,17 @@ def run_expert(ctx: StageContext, stage: str) -> None:
                 console.log(f"{stage}: reference log-probs: {len(feats) - computed} cached, {computed} computed")
 
     health = DpoHealth(warmup_steps=10)
+    memory: dict[str, int] = {}
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        health.update(step, metrics)
+        if step == 1:  # what is alive while training: the policy (+ adapter) only, no reference copy
+            memory.update(live_parameters())
+
     loss_fn = make_dpo_loss(cfg.beta, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
-                   on_step=lambda step, metrics: health.update(step, metrics))
+                   on_step=on_step)
 
     out = ctx.folder / "adapter"
     meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, "base_model": policy, "beta": cfg.beta,
@@ -98,7 +105,7 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         "margin_zero_fraction": margin_stats.get("zero_fraction"),
     }
     record.extra = {"resumed_from_step": result.resumed_from_step, "margins": margin_stats,
-                    "health_warnings": sorted(health.warned),
+                    "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
                     "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
@@ -218,3 +225,31 @@ def save_adapter(model, out: Path, probe_batch: dict, meta: dict) -> None:
             loaded.delete_adapter("verify")
 
     save_verified(save_fn, out, load_fn=load_fn, probe_fn=probe_fn, reference=reference)
+
+
+def live_parameters() -> dict[str, int]:
+    """Count distinct parameter storages held by every live nn.Module (gc walk), and the modules' count.
+
+    If a second copy of the base (a reference model) or a score model were alive, its weights would
+    show up here; the e2e test compares this with the policy's own size.
+    """
+    import warnings
+
+    seen: set[int] = set()
+    total = 0
+    modules = 0
+    with warnings.catch_warnings():  # isinstance on torch's deprecated module proxies warns
+        warnings.simplefilter("ignore")
+        objects = [o for o in gc.get_objects() if isinstance(o, torch.nn.Module | torch.nn.Parameter)]
+    for obj in objects:
+        name = obj.__class__.__name__
+        if isinstance(obj, torch.nn.Module) and (
+            (name.endswith("ForCausalLM") and not name.startswith("Peft")) or name == "ScoreModel"
+        ):
+            modules += 1
+        if isinstance(obj, torch.nn.Parameter):
+            key = obj.data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += obj.numel()
+    return {"parameter_elements": total, "top_level_models": modules}
