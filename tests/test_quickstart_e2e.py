@@ -22,6 +22,7 @@ from midpo_cli.io import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
 pytestmark = pytest.mark.slow
+EVAL = "embedded:toy-safety/eval-prompts"
 
 
 def _midpo(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
@@ -48,7 +49,7 @@ def _manifest(run_dir: Path, stage: str) -> dict:
 
 def _toy(run_dir: Path) -> dict[str, dict]:
     summary = json.loads((run_dir / "score" / "summary.json").read_text())
-    return {e["model"]: e for e in summary["toy"] if e["prompt_set"] == "eval-prompts"}
+    return {e["model"]: e for e in summary["toy"] if e["prompt_set"] == EVAL}
 
 
 def test_every_stage_wrote_its_artifacts(run_dir: Path) -> None:
@@ -94,13 +95,13 @@ def test_experts_move_the_trade_off(run_dir: Path) -> None:
     assert helpful["benign_helpful"] > base["benign_helpful"], (base, helpful)
     summary = json.loads((run_dir / "score" / "summary.json").read_text())
     reward = {(g["model"], g["prompt_set"]): g["metrics"]["reward"]["mean"] for g in summary["groups"]}
-    assert reward[("helpfulness_expert", "eval-prompts")] > reward[("base", "eval-prompts")]
+    assert reward[("helpfulness_expert", EVAL)] > reward[("base", EVAL)]
 
 
 def test_safety_expert_is_more_harmless_by_the_cost_model(run_dir: Path) -> None:
     summary = json.loads((run_dir / "score" / "summary.json").read_text())
     rate = {(g["model"], g["prompt_set"]): g["metrics"]["harmless_rate"]["mean"] for g in summary["groups"]}
-    assert rate[("safety_expert", "eval-prompts")] > rate[("base", "eval-prompts")]
+    assert rate[("safety_expert", EVAL)] > rate[("base", EVAL)]
 
 
 def test_midpo_beats_both_experts_and_the_base(run_dir: Path) -> None:
