@@ -54,6 +54,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a syntax error becomes an InputError naming the file and line."""
+    from midpo_cli.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

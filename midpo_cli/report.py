@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.io import atomic_write_text
+from midpo_cli.io import atomic_write_text, read_json
 from midpo_cli.summary import as_bool, as_float, pareto_front
 
 COLUMNS = (  # metric, header, lower is better, short header (terminal)
@@ -381,10 +380,7 @@ def load_scores(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any],
     for p in (summary_path, scores_path):
         if not p.is_file():
             raise InputError(f"{p} not found; give a `midpo score` output folder or a run dir with score/")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{summary_path}: invalid JSON ({exc.msg})") from None
+    summary = read_json(summary_path)
     with open(scores_path, encoding="utf-8", newline="") as fh:
         rows = [dict(r) for r in csv.DictReader(fh)]
     return rows, summary, folder

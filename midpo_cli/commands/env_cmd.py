@@ -60,7 +60,8 @@ def env(as_json: bool = JsonOpt) -> None:
     """Print Python, library and accelerator versions, and DeepSpeed's op compatibility."""
     import os
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu") if not _has_cuda_quick() else None
+    if not _has_cuda_quick():  # silence DeepSpeed's accelerator guess on CPU machines
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     report = {
         "midpo": __version__,
         "python": sys.version.split()[0],

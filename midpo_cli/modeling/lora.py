@@ -12,7 +12,6 @@ the forward in ways the routed linear does not reproduce (DoRA, LoRA biases, Con
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from midpo_cli.errors import InputError
+from midpo_cli.io import read_json
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -111,10 +111,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise InputError(f"{folder}: not a PEFT adapter folder ({CONFIG_NAME} missing)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from exc
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: expected a JSON object")
     return cfg

@@ -30,7 +30,6 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -43,7 +42,7 @@ import torch
 from torch import nn
 
 from midpo_cli.errors import InputError
-from midpo_cli.io import atomic_dir, atomic_write_json
+from midpo_cli.io import atomic_dir, atomic_write_json, read_json
 from midpo_cli.modeling.lora import AdapterWeights, LoraBranch, read_adapter
 
 FORMAT = "midpo-model"
@@ -446,10 +445,7 @@ def read_midpo_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{folder}: not a MidPO model folder ({CONFIG_FILE} missing)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from exc
+    cfg = read_json(path)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise InputError(f"{path}: not a {FORMAT} config")
     if cfg.get("format_version") != FORMAT_VERSION:
