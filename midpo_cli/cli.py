@@ -57,11 +57,22 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's exception class `name`: typer ≥ 0.2x raises its vendored copy (typer._click), older typer click's."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: map midpo's errors to one line and a stable exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except MidpoError as exc:
         if debug:
             raise
@@ -71,17 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.err.print("[red]interrupted[/red]")
         return 130
-    except SystemExit as exc:  # typer.Exit inside commands
+    except SystemExit as exc:
         return int(exc.code or 0)
     except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, _click_classes("Exit")):
             return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _click_classes("ClickException")):
+            exc.show()  # usage errors: the usage line and the message, exit 2
+            return exc.exit_code
+        if isinstance(exc, _click_classes("Abort")):
             console.err.print("[red]aborted[/red]")
             return 130
         if debug:
@@ -89,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         console.err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
         console.err.print("(rerun with --debug for a traceback)", style="dim")
         return 1
-    return 0
+    # standalone_mode=False: click returns a `typer.Exit(code)` raised inside a command as its value
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

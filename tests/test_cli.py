@@ -95,3 +95,25 @@ def test_help_lists_every_product_command() -> None:
     for name in ("train-sft", "train-rm", "train-cost", "train-expert", "rank", "train-router", "generate",
                  "score", "report", "pipeline", "data", "recipe", "env"):
         assert f" {name} " in proc.stdout, name
+
+
+def test_usage_errors_exit_2_with_click_message() -> None:
+    for argv, message in ((["train-sft", "--bogus"], "No such option: --bogus"),
+                          (["bogus"], "No such command 'bogus'")):
+        proc = subprocess.run([sys.executable, "-m", "midpo_cli.cli", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failed_launcher_run_exit_code_reaches_the_shell(tmp_path: Path, monkeypatch) -> None:
+    """`raise typer.Exit(code)` after the launcher returns: click hands the code back, main must return it."""
+    import midpo_cli.engine.launch as launch
+    from midpo_cli.cli import main
+
+    calls = []
+    monkeypatch.setattr(launch, "run_argv", lambda argv: calls.append(argv) or 7)
+    code = main(["--quiet", "train-sft", "--launcher", "torchrun", "--num-gpus", "2",
+                 "--set", f"run_dir={tmp_path / 'run'}"])
+    assert code == 7
+    assert calls and calls[0][0] == "torchrun"
