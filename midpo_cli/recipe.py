@@ -55,6 +55,9 @@ class TrainSettings(Strict):
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
     eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
     log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass: less memory, more compute."
+    )
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
 
@@ -76,6 +79,7 @@ class TrainOverrides(Strict):
     eval_every: int | None = Field(None, gt=0)
     eval_each_epoch: bool | None = None
     log_every: int | None = Field(None, gt=0)
+    activation_checkpointing: bool | None = None
     checkpoint: CheckpointSettings | None = None
 
 

@@ -57,6 +57,26 @@ class TrainResult:
 
 # ---------------------------------------------------------------- pure pieces (unit-tested directly)
 
+def enable_activation_checkpointing(model: nn.Module, stage_name: str) -> None:
+    """Have the Hugging Face model recompute each layer's activations in the backward pass.
+
+    Non-reentrant checkpointing: the reentrant kind needs inputs that require grad, which a LoRA
+    model with frozen embeddings does not have (its LoRA weights would silently get no gradient).
+    transformers ≥ 5 names the switch `activation_checkpointing_enable`; older ones
+    `gradient_checkpointing_enable` (PeftModel forwards either to its base model).
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if callable(enable):
+        enable(activation_checkpointing_kwargs=kwargs)
+        return
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise InputError(f"{stage_name}: activation_checkpointing is on but {type(model).__name__} does not "
+                         "support it; set activation_checkpointing: false for this stage")
+    enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def lr_lambda(scheduler: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier after `step` optimizer steps: linear warmup, then cosine/linear decay to 0 or constant."""
     if scheduler not in ("cosine", "linear", "constant"):
@@ -305,6 +325,8 @@ def train(
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
 
+    if settings.activation_checkpointing:
+        enable_activation_checkpointing(model, stage_name)
     config = deepspeed_config(settings, world)
     groups = param_groups(params, settings.weight_decay)
     schedule = lr_lambda(settings.scheduler, warmup_steps, total_steps)

@@ -32,6 +32,7 @@ class EngineSettings:
     checkpoint_keep: int = 2
     tensorboard: bool = False
     eval_batch_size: int | None = None
+    activation_checkpointing: bool = False  # recompute layer activations in backward (HF models)
 
     def as_dict(self) -> dict:
         return asdict(self)

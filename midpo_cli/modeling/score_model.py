@@ -107,8 +107,13 @@ class ScoreModel(nn.Module):
     def backbone(self) -> nn.Module:
         return getattr(self, self.prefix)
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.backbone.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """The engine's memory switch, handed to the backbone (the head is one linear: nothing to recompute)."""
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+        if callable(enable):  # transformers ≥ 5
+            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

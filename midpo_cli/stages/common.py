@@ -33,6 +33,7 @@ def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
         checkpoint_every=t.checkpoint.every_steps,
         checkpoint_keep=t.checkpoint.keep,
         tensorboard=recipe.logging.tensorboard,
+        activation_checkpointing=t.activation_checkpointing,
     )
 
 

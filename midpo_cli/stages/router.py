@@ -32,6 +32,10 @@ EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 def run(ctx: StageContext) -> None:
     recipe, cfg = ctx.recipe, ctx.recipe.stages.router
     settings = engine_settings(recipe, "router")
+    if settings.activation_checkpointing:  # a recomputed forward would record every layer's gates twice
+        console.warn("router: activation_checkpointing is not supported for the router (its gates are recorded "
+                     "during the forward); training without it")
+        settings.activation_checkpointing = False
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     selection, train_feats = router_data(ctx, tokenizer)
