@@ -73,7 +73,8 @@ def fill_ref_logps(
     """Set features[i]['ref_chosen_logps'/'ref_rejected_logps'], computing only uncached sequences.
 
     `reference()` is a context that turns the model into π_ref (adapter or routing disabled):
-    the same weights, no second copy. Returns how many pairs needed a forward pass.
+    the same weights, no second copy. Pairs are batched longest first, so each batch pads to
+    similar lengths (the values do not depend on the batch). Returns how many pairs needed a forward pass.
     """
     todo = []
     for f in features:
@@ -83,6 +84,7 @@ def fill_ref_logps(
             f["ref_chosen_logps"], f["ref_rejected_logps"] = cache.values[kc], cache.values[kr]
         else:
             todo.append((f, kc, kr))
+    todo.sort(key=lambda item: -max(len(item[0]["chosen_input_ids"]), len(item[0]["rejected_input_ids"])))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
