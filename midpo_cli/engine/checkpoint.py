@@ -3,10 +3,16 @@
 Layout: `<stage>/checkpoints/step-<N>/` (DeepSpeed's files) and `<stage>/checkpoints/latest`, a one-line
 pointer written atomically *after* the step folder is complete, so a crash mid-save leaves the pointer
 on the previous, whole checkpoint. DeepSpeed's own `latest` file is not used (`save_latest=False`).
+
+Frozen parameters are left out (`exclude_frozen_parameters`): a LoRA expert or a router on a 7B base
+would otherwise write the 13 GB base into every checkpoint, although a resumed run reloads the same
+base from its source. `step-<N>/midpo-trainable.json` lists the trainable parameters that were saved;
+a resume loads the module non-strictly only after checking that list against the model's own.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -21,6 +27,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_text
 
 POINTER = "latest"
+TRAINABLE = "midpo-trainable.json"
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -59,9 +66,11 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: 
     """Every rank writes its shard; rank 0 then moves the pointer and prunes old folders."""
     tag = f"step-{step}"
     client_state = {**client_state, "rng": rng_state()}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)
     dist.barrier()
     if dist.is_rank0():
+        atomic_write_text(ckpt_dir / tag / TRAINABLE, json.dumps(trainable_names(engine.module)))
         atomic_write_text(ckpt_dir / POINTER, tag + "\n")
         prune(ckpt_dir, keep=keep, current=tag)
     dist.barrier()
@@ -77,10 +86,28 @@ def prune(ckpt_dir: Path, *, keep: int, current: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def trainable_names(module: torch.nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if p.requires_grad]
+
+
 def load(engine, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Restore module, optimizer, scheduler and RNG; returns our client_state."""
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+    """Restore the trainable weights, optimizer, scheduler and RNG; returns our client_state."""
+    listing = ckpt_dir / tag / TRAINABLE
+    try:
+        saved = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(f"{ckpt_dir / tag}: no readable {TRAINABLE} (an incomplete or foreign checkpoint); "
+                         f"delete {ckpt_dir} to start over") from None
+    current = trainable_names(engine.module)
+    if saved != current:
+        missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        raise InputError(f"{ckpt_dir / tag}: its trainable parameters differ from the model's (not in the "
+                         f"checkpoint: {missing[:3]}; only in the checkpoint: {extra[:3]}); "
+                         f"delete {ckpt_dir} to start over")
+    # frozen weights are not in the checkpoint, so the module loads non-strictly; the listing above
+    # proves every trainable tensor is there
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False,
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None or client_state is None:
         raise InputError(f"{ckpt_dir / tag}: checkpoint could not be loaded; delete {ckpt_dir} to start over")
     set_rng_state(client_state["rng"])
