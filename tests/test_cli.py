@@ -113,7 +113,7 @@ def test_failed_launcher_run_exit_code_reaches_the_shell(tmp_path: Path, monkeyp
 
     calls = []
     monkeypatch.setattr(launch, "run_argv", lambda argv: calls.append(argv) or 7)
-    code = main(["--quiet", "train-sft", "--launcher", "torchrun", "--num-gpus", "2",
+    code = main(["train-sft", "--launcher", "torchrun", "--num-gpus", "2",  # no --quiet: console state is global
                  "--set", f"run_dir={tmp_path / 'run'}"])
     assert code == 7
     assert calls and calls[0][0] == "torchrun"
