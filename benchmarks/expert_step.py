@@ -121,7 +121,7 @@ def rss_now() -> int:
     return psutil.Process().memory_info().rss
 
 
-def child_midpo(work: Path, settings: dict, overrides: list[str]) -> dict:
+def child_midpo(work: Path, overrides: list[str]) -> dict:
     import deepspeed  # noqa: F401  (imported before the baseline RSS, like the others' libraries)
     import peft  # noqa: F401
     import transformers  # noqa: F401
@@ -259,11 +259,11 @@ def run_child(variant: str, work: Path) -> None:
 
     torch.set_num_threads(settings["threads"])
     if variant == "midpo":
-        result = child_midpo(work, settings, [])
+        result = child_midpo(work, [])
     elif variant == "midpo-dpo":
-        result = child_midpo(work, settings, ["stages.safety_expert.loss=dpo"])
+        result = child_midpo(work, ["stages.safety_expert.loss=dpo"])
     elif variant == "midpo-ckpt":
-        result = child_midpo(work, settings, ["train.activation_checkpointing=true"])
+        result = child_midpo(work, ["train.activation_checkpointing=true"])
     elif variant == "reference":
         result = child_reference(work, settings)
     else:
@@ -322,14 +322,14 @@ def main() -> None:
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for round_ in range(args.repeat):
             for variant in variants:
-                result = run_variant(variant, work, settings)
+                result = run_variant(variant, work)
                 runs[variant].append(result)
                 print(f"[{round_ + 1}/{args.repeat}] {variant}: {result['wall_s']:.1f} s, peak RSS "
                       f"{result['peak_rss'] / 2**20:.0f} MiB", file=sys.stderr)
     print(report(runs, settings))
 
 
-def run_variant(variant: str, work: Path, settings: dict) -> dict:
+def run_variant(variant: str, work: Path) -> dict:
     for stale in ("cache", "safety_expert"):  # no variant reuses another's cached reference log-probs
         shutil.rmtree(work / "run" / stale, ignore_errors=True)
     t0 = time.perf_counter()
