@@ -59,6 +59,7 @@ class RouterSettings:
     """Router shape (recipe `stages.router`): a linear map h → 2 logits unless `hidden` is set."""
 
     granularity: Literal["token", "prompt"] = "token"
+    input: Literal["token", "token+prompt"] = "token"
     hidden: int | None = None
     activation: Literal["silu", "gelu"] = "silu"
     init_gates: tuple[float, float] = (0.5, 0.5)
@@ -66,6 +67,8 @@ class RouterSettings:
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "prompt"):
             raise InputError(f"router.granularity: must be 'token' or 'prompt', got {self.granularity!r}")
+        if self.input not in ("token", "token+prompt"):
+            raise InputError(f"router.input: must be 'token' or 'token+prompt', got {self.input!r}")
         if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden <= 0):
             raise InputError(f"router.hidden: must be a positive integer or null, got {self.hidden!r}")
         if self.activation not in ACTIVATIONS:
@@ -79,14 +82,19 @@ class RouterSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "router") -> RouterSettings:
-        unknown = set(data) - {"granularity", "hidden", "activation", "init_gates"}
+        unknown = set(data) - {"granularity", "input", "hidden", "activation", "init_gates"}
         if unknown:
             raise InputError(f"{where}: unknown router setting(s) {sorted(unknown)}")
         return cls(**{**data, **({"init_gates": tuple(data["init_gates"])} if "init_gates" in data else {})})
 
 
 class Router(nn.Module):
-    """h (…, d_in) → gates (…, 2) = sigmoid(logits); column 0 is g_safety, column 1 g_helpfulness."""
+    """h (…, d_in) → gates (…, 2) = sigmoid(logits + (b, −b)); column 0 is g_safety, column 1 g_helpfulness.
+
+    b is the inference-time safety dial (`RoutingState.safety_bias`): it shifts both logits in opposite
+    directions, so one trained router moves along its own safety/helpfulness curve; b = 0 is the
+    router as trained, b → ±∞ the fixed gates (1, 0) / (0, 1).
+    """
 
     def __init__(self, d_in: int, settings: RouterSettings, *, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
@@ -102,8 +110,11 @@ class Router(nn.Module):
             last.weight.zero_()
             last.bias.copy_(torch.tensor([math.log(g / (1 - g)) for g in settings.init_gates]))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(h))
+    def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+        logits = self.net(h)
+        if safety_bias:
+            logits = logits + logits.new_tensor([safety_bias, -safety_bias])
+        return torch.sigmoid(logits)
 
 
 @dataclass
@@ -113,8 +124,15 @@ class RoutingState:
     granularity: str = "token"
     enabled: bool = True
     fixed: tuple[float, float] | None = None
-    prompt_mask: torch.Tensor | None = None  # (B, T), 1 on prompt tokens (granularity "prompt")
-    hold: bool = False  # generation: prompt gates computed by the first forward, reused afterwards
+    prompt_mask: torch.Tensor | None = None  # (B, T), 1 on prompt tokens (granularity "prompt", input "token+prompt")
+    hold: bool = False  # generation: the prompt's mean h computed by the first forward, reused afterwards
+    safety_bias: float = 0.0  # the safety dial (see Router)
+    router_input: str = "token"  # "token" or "token+prompt" (RouterSettings.input)
+
+    @property
+    def needs_prompt(self) -> bool:
+        """Whether the gates read the prompt's mean h (granularity "prompt" or input "token+prompt")."""
+        return self.granularity == "prompt" or self.router_input == "token+prompt"
 
 
 class RoutedLinear(nn.Module):
@@ -141,17 +159,25 @@ class RoutedLinear(nn.Module):
         self.router = router
         self.state = state
         self.last_gates: torch.Tensor | None = None  # (…, 2) of the last forward, with grad in training
-        self.held_gates: torch.Tensor | None = None  # (B, 1, 2) prompt gates held during generation
+        self.held_mean: torch.Tensor | None = None  # (B, 1, d) the prompt's mean h, held during generation
 
     def gates_for(self, h: torch.Tensor) -> torch.Tensor:
-        """Gates broadcastable to (…, 2): fixed, per token, or from the prompt's mean h."""
+        """Gates broadcastable to (…, 2): fixed, per token, from the prompt's mean h, or from both."""
         st = self.state
         if st.fixed is not None:
             return h.new_tensor(st.fixed)
-        if st.granularity == "token":
-            return self.router(h)
-        if self.held_gates is not None:
-            return self.held_gates
+        if not st.needs_prompt:
+            return self.router(h, st.safety_bias)
+        mean = self.prompt_mean(h)
+        if st.granularity == "prompt":
+            return self.router(mean, st.safety_bias)  # (B, 1, 2)
+        return self.router(torch.cat([h, mean.expand_as(h)], dim=-1), st.safety_bias)
+
+    def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, 1, d): mean h over the prompt tokens; computed once and held while generating."""
+        st = self.state
+        if self.held_mean is not None:
+            return self.held_mean
         if st.prompt_mask is None:
             raise ValueError(
                 "router granularity 'prompt' needs the prompt mask: call MidpoModel(..., prompt_mask=...) "
@@ -161,10 +187,9 @@ class RoutedLinear(nn.Module):
             raise ValueError(f"prompt_mask {tuple(st.prompt_mask.shape)} does not match hidden states {tuple(h.shape)}")
         mask = st.prompt_mask.to(device=h.device, dtype=h.dtype).unsqueeze(-1)  # (B, T, 1)
         mean = (h * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1, d)
-        gates = self.router(mean)  # (B, 1, 2)
         if st.hold:
-            self.held_gates = gates
-        return gates
+            self.held_mean = mean
+        return mean
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         y = self.base(h)
@@ -225,7 +250,7 @@ class MidpoModel(nn.Module):
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """HF `generate`, KV cache included; prompt gates are computed at the first step and held."""
-        if self.settings.granularity != "prompt":
+        if not self.state.needs_prompt:
             return self.model.generate(*args, **kwargs)
 
         def capture_prompt(module: nn.Module, f_args: tuple, f_kwargs: dict) -> None:
@@ -249,7 +274,7 @@ class MidpoModel(nn.Module):
             self.state.hold = False
             self.state.prompt_mask = None
             for mod in self.routed.values():
-                mod.held_gates = None
+                mod.held_mean = None
 
     # -- routing controls ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -270,6 +295,22 @@ class MidpoModel(nn.Module):
             yield self
         finally:
             self.state.fixed = previous
+
+    @contextlib.contextmanager
+    def safety_dial(self, bias: float) -> Iterator[MidpoModel]:
+        """Add `bias` to every safety-gate logit and subtract it from the helpfulness one (see Router)."""
+        previous = self.state.safety_bias
+        self.set_safety_bias(bias)
+        try:
+            yield self
+        finally:
+            self.state.safety_bias = previous
+
+    def set_safety_bias(self, bias: float) -> None:
+        bias = float(bias)
+        if not math.isfinite(bias):
+            raise InputError(f"safety bias: must be a finite number, got {bias!r}")
+        self.state.safety_bias = bias
 
     def set_fixed_gates(self, gates: Sequence[float] | None) -> None:
         if gates is not None:
@@ -372,12 +413,13 @@ def wrap(model: nn.Module, safety: AdapterWeights, helpfulness: AdapterWeights,
     paths = _select_targets(model, {"safety": safety, "helpfulness": helpfulness}, target_modules)
     for p in model.parameters():
         p.requires_grad_(False)
-    state = RoutingState(granularity=router.granularity)
+    state = RoutingState(granularity=router.granularity, router_input=router.input)
+    d_factor = 2 if router.input == "token+prompt" and router.granularity == "token" else 1
     for path in paths:
         base = model.get_submodule(path)
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        r = Router(base.in_features, router, dtype=base.weight.dtype, device=base.weight.device)
+        r = Router(d_factor * base.in_features, router, dtype=base.weight.dtype, device=base.weight.device)
         setattr(parent, child, RoutedLinear(base, safety.modules[path], helpfulness.modules[path], r, state))
     midpo = MidpoModel(model, state, router, {"safety": safety.source, "helpfulness": helpfulness.source})
     midpo.set_fixed_gates(fixed_gates)

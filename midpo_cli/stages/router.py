@@ -135,7 +135,7 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, granularit
 def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_batch: dict) -> None:
     model.eval()
     probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
-    if model.settings.granularity == "prompt":
+    if model.state.needs_prompt:
         probe["prompt_mask"] = probe_batch["attention_mask"].bool() & ~probe_batch["response_mask"].bool()
     with torch.no_grad():
         reference = model(**probe).logits.float()
