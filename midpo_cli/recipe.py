@@ -145,21 +145,27 @@ class ExpertStage(TrainOverrides):
 
 
 class RankStage(Strict):
-    rule: Literal["models", "labels", "agree"] = Field("models", description="How D_dual is chosen.")
+    rule: Literal["joint", "models", "labels", "agree"] = Field(
+        "joint", description="How D_dual is chosen: joint (one answer wins on both axes), or the paper's models/labels."
+    )
+    balance: bool = Field(True, description="joint: keep as many harmful-prompt pairs as benign ones.")
     batch_size: int = Field(32, gt=0, description="Scoring batch size.")
 
 
 class RouterPenalty(Strict):
     safety: float = Field(1.0, ge=0, description="λ_s · mean|g_s|.")
     helpfulness: float = Field(1.0, ge=0, description="λ_h · mean|g_h − 1|.")
+    scope: Literal["answer", "all"] = Field("answer", description="Average over answer tokens or all real tokens.")
 
 
 class RouterStage(TrainOverrides):
     beta: float = Field(0.1, gt=0, description="DPO β of router training.")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
+    input: Literal["token", "token+prompt"] = Field(
+        "token", description="Router input: the token's h, or h and the prompt's mean h."
+    )
     hidden: int | None = Field(None, gt=0, description="Router MLP hidden size (null: one linear map).")
     penalty: RouterPenalty = Field(default_factory=RouterPenalty)
-    data: Literal["dual", "labels", "agree"] = Field("dual", description="D_dual from rank, or a label filter.")
 
 
 class GenerateStage(Strict):

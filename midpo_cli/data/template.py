@@ -1,11 +1,12 @@
 """Prompt templates: the text a model sees before and after the answer.
 
 `safe-rlhf` (default) is the format of safe-rlhf, alpaca-7b-reproduced and the beaver score models:
-`BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`; the answer follows after one space. `chat` uses
-the tokenizer's own chat template with a generation prompt; the answer follows directly.
+`BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`, and the answer follows **directly**, with no
+space: safe-rlhf's PreferenceDataset tokenizes `prompt + answer + eos`, so that is the text the released
+beaver score models were trained on. `chat` uses the tokenizer's own chat template with a generation
+prompt; the answer follows directly there too.
 
-Answers are stripped of surrounding whitespace first, so " Sure" and "Sure\\n" read the same: the one
-space after `ASSISTANT:` belongs to the answer text (as it does when a model generates after the colon).
+Answers are stripped of surrounding whitespace first, so " Sure" and "Sure\\n" read the same.
 Every place that joins prompt and answer (training, scoring, generation) goes through these functions,
 so a score model and a policy always see the same text.
 """
@@ -41,7 +42,7 @@ def format_prompt(prompt: str, template: str = "safe-rlhf", tokenizer: Any = Non
 def answer_text(answer: str, template: str = "safe-rlhf") -> str:
     """The answer as appended after format_prompt's text (no EOS: that is added as a token id)."""
     check_template(template)
-    return (" " if template == "safe-rlhf" else "") + answer.strip()
+    return answer.strip()
 
 
 def format_conversation(prompt: str, answer: str, template: str = "safe-rlhf", tokenizer: Any = None) -> str:
