@@ -23,12 +23,16 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+DEBUG_HINT = "(rerun with --debug for a traceback)"
+
 # Each module exposes register(app); order is the order shown in --help.
 COMMAND_MODULES = [
     "midpo_cli.commands.pipeline_cmd",
     "midpo_cli.commands.stage_cmds",
     "midpo_cli.commands.generate_cmd",
     "midpo_cli.commands.score_cmd",
+    "midpo_cli.commands.chat_cmd",
+    "midpo_cli.commands.export_cmd",
     "midpo_cli.commands.data_cmd",
     "midpo_cli.commands.recipe_cmd",
     "midpo_cli.commands.env_cmd",
@@ -57,6 +61,29 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _escape_help(typer_app: typer.Typer) -> None:
+    """Help texts are plain text with literal brackets (`org/name[/config][:split]`); rich would read them
+    as markup tags and crash `--help`, so every command's docstring and option help is escaped once here."""
+    import inspect
+
+    from rich.markup import escape
+
+    for command in typer_app.registered_commands:
+        doc = command.help or inspect.getdoc(command.callback) or ""
+        command.help = escape(doc) if doc else command.help
+        for param in inspect.signature(command.callback).parameters.values():
+            info = param.default
+            if isinstance(getattr(info, "help", None), str) and not getattr(info, "_midpo_escaped", False):
+                info.help = escape(info.help)
+                info._midpo_escaped = True  # shared option objects (RecipeOpt, ...) are escaped once
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _escape_help(group.typer_instance)
+
+
+_escape_help(app)
+
+
 def _click_classes(name: str) -> tuple[type, ...]:
     """click's exception class `name`: typer ≥ 0.2x raises its vendored copy (typer._click), older typer click's."""
     found = []
@@ -76,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except MidpoError as exc:
         if debug:
             raise
-        console.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        console.err.print("(rerun with --debug for a traceback)", style="dim")
+        # bad input (exit 2) is fully described by its message; a traceback would not help the user
+        console.error(str(exc), hint=None if exc.exit_code == 2 else DEBUG_HINT)
         return exc.exit_code
     except KeyboardInterrupt:
         console.err.print("[red]interrupted[/red]")
@@ -95,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if debug:
             raise
-        console.err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        console.err.print("(rerun with --debug for a traceback)", style="dim")
+        console.error(f"{type(exc).__name__}: {exc}", hint=DEBUG_HINT)
         return 1
     # standalone_mode=False: click returns a `typer.Exit(code)` raised inside a command as its value
     return result if isinstance(result, int) else 0

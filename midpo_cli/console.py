@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 _state = {"quiet": False, "debug": False, "json": False}
 err = Console(stderr=True, highlight=False)
@@ -25,15 +26,27 @@ def debug() -> bool:
     return bool(_state["debug"])
 
 
-def log(message: str, *, style: str | None = None) -> None:
-    """Progress/info line on stderr, silenced by --quiet."""
+def log(message: str, *, style: str | None = None, markup: bool = False) -> None:
+    """Progress/info line on stderr, silenced by --quiet.
+
+    Plain text by default: messages carry user text (paths, column names, `[[2, 0]]`) that rich would
+    otherwise read as markup tags and crash on or swallow. A caller that styles with markup passes
+    markup=True and escapes its own user parts with `escape`.
+    """
     if not _state["quiet"]:
-        err.print(message, style=style)
+        err.print(message, style=style, markup=markup, highlight=False)
 
 
 def warn(message: str) -> None:
-    """Warnings are shown even with --quiet: they are what a user must not miss."""
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    """Warnings are shown even with --quiet: they are what a user must not miss (plain text, escaped)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def error(message: str, *, hint: str | None = None) -> None:
+    """The one `error: ...` line a failed command leaves on stderr (user text escaped)."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        err.print(hint, style="dim", markup=False, highlight=False)
 
 
 def emit_json(payload: Any) -> None:

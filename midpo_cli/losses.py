@@ -1,4 +1,4 @@
-"""Loss functions of every training stage, as pure tensor maths (DESIGN.md §2).
+"""Loss functions of every training stage, as pure tensor maths (docs/design.md §2).
 
 Each function takes tensors and floats and returns per-example losses (the caller reduces them, so
 gradient accumulation and masking stay its choice) plus detached metrics. No model, no recipe, no
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """log π(y|x) = Σ_t mask[t]·log p(labels[t] | labels[<t]) over the response tokens (DESIGN §2).
+    """log π(y|x) = Σ_t mask[t]·log p(labels[t] | labels[<t]) over the response tokens (docs/design.md §2).
 
     logits (B, T, V): position t-1 scores the token at t, so labels[:, 0] is never scored.
     labels (B, T): token ids (ids at masked positions are ignored, they may be pad or -100).
@@ -58,7 +58,7 @@ def spe_dpo_loss(
     """SPE-DPO: L = −log σ(β·Δ − m), Δ = [log π_θ(y_w) − log π_ref(y_w)] − [log π_θ(y_l) − log π_ref(y_l)].
 
     All log-prob inputs are (B,) sequence sums (`sequence_logps`); margin m is a float or (B,)
-    (precomputed by `preference_margin`, DESIGN §2). m = 0 is plain sigmoid DPO.
+    (precomputed by `preference_margin`, docs/design.md §2). m = 0 is plain sigmoid DPO.
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the implicit rewards
     β·(log π_θ − log π_ref) are detached: they are metrics, not part of the objective.
     """
@@ -73,7 +73,7 @@ def spe_dpo_loss(
 def preference_margin(
     score_chosen: torch.Tensor, score_rejected: torch.Tensor, scale: float = 1.0
 ) -> torch.Tensor:
-    """m = max(0, γ·(S(y_w) − S(y_l))) (DESIGN §2); 0 where the score model disagrees with the label.
+    """m = max(0, γ·(S(y_w) − S(y_l))) (docs/design.md §2); 0 where the score model disagrees with the label.
 
     Inputs (B,) scores S (reward r, or safety −c); returns (B,).
     """
@@ -83,7 +83,7 @@ def preference_margin(
 def reward_model_loss(
     r_chosen: torch.Tensor, r_rejected: torch.Tensor, regularization: float = 0.001
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = −log σ(r_w − r_l) + λ·(r_w² + r_l²)/2 (DESIGN §2, reward model); inputs (B,) end scores.
+    """L = −log σ(r_w − r_l) + λ·(r_w² + r_l²)/2 (docs/design.md §2, reward model); inputs (B,) end scores.
 
     The λ term keeps scores near 0 (Bradley–Terry alone is shift-invariant). Returns (losses (B,),
     metrics: accuracy (r_w > r_l), chosen_mean, rejected_mean, margin (mean r_w − r_l), all detached).
@@ -107,7 +107,7 @@ def cost_model_loss(
     unsafer_is_safe: torch.Tensor,
     regularization: float = 0.001,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = −log σ(c_u − c_s) − log σ(s_u·c_u) − log σ(s_s·c_s) + λ·(c_u² + c_s²)/2 (DESIGN §2, cost model).
+    """L = −log σ(c_u − c_s) − log σ(s_u·c_u) − log σ(s_s·c_s) + λ·(c_u² + c_s²)/2 (docs/design.md §2, cost model).
 
     c_safer, c_unsafer (B,): end scores of the safer / other answer; *_is_safe (B,) bool or 0/1
     labels; sign s = +1 for an answer labelled unsafe, −1 for safe, so the two sign terms push safe
@@ -147,11 +147,11 @@ def router_penalty(
     lam_safety: float = 1.0,
     lam_help: float = 1.0,
 ) -> torch.Tensor:
-    """λ_s·mean|g_s| + λ_h·mean|g_h − 1| over real tokens of every routed layer (DESIGN §2, router).
+    """λ_s·mean|g_s| + λ_h·mean|g_h − 1| over real tokens of every routed layer (docs/design.md §2, router).
 
     g_safety, g_help: (L, B, T) or a list of L (B, T) gate tensors; token_mask (B, T), 1 = real token.
     The mean runs over all (layer, real token) cells, i.e. the per-layer means averaged over
-    layers — summing over layers would act as λ·L (DESIGN §7). Padding never contributes; an
+    layers — summing over layers would act as λ·L (docs/design.md §7). Padding never contributes; an
     all-padding batch gives 0. Returns a scalar.
     """
     gs, gh = _stack_layers(g_safety), _stack_layers(g_help)  # (L, B, T)

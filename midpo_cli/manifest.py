@@ -1,4 +1,4 @@
-"""Stage folders and their manifests (DESIGN §3).
+"""Stage folders and their manifests (docs/design.md §3).
 
 A stage is *done* when `<run_dir>/<stage>/manifest.json` exists and its fingerprint matches the
 fingerprint of the stage's resolved config, its inputs' manifests and the code version. The

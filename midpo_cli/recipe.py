@@ -1,4 +1,4 @@
-"""The recipe: one typed YAML document that describes a run (DESIGN §4).
+"""The recipe: one typed YAML document that describes a run (docs/design.md §4).
 
 Everything is checked before any model loads: unknown keys, wrong types and bad choices are
 collected and reported together, each with its key path and, where it came from a file, the line.
@@ -17,13 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from midpo_cli.errors import InputError
 
-Precision = Literal["fp32", "bf16", "fp16"]
-Template = Literal["safe-rlhf", "chat"]
-TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Template = Literal["auto", "safe-rlhf", "chat"]
+TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router", "dpo_expert")
 STAGE_ORDER = (
     "sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
     "generate", "score",
 )
+# Stages outside the pipeline's default order: run on request (`midpo train-expert --kind dpo`, `--only`).
+OPTIONAL_STAGES = ("dpo_expert",)
+TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 
 
 class Strict(BaseModel):
@@ -51,7 +54,9 @@ class TrainSettings(Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
     seed: int = Field(42, description="Seed for weights init, data order and dropout.")
-    precision: Precision = Field("fp32", description="fp32 on CPU; bf16 or fp16 on GPUs.")
+    precision: Precision = Field(
+        "auto", description="Weights' dtype: auto (bf16 on a CUDA GPU that has it, else fp32), fp32, bf16 or fp16."
+    )
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
     eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
     log_every: int = Field(10, gt=0, description="Log metrics every N optimizer steps.")
@@ -92,7 +97,10 @@ class DataSettings(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="Canonical column → source column.")
     max_length: int = Field(256, gt=8, description="Max tokens of prompt + answer.")
     max_prompt_length: int | None = Field(None, gt=0, description="Max prompt tokens (left-truncated).")
-    template: Template = Field("safe-rlhf", description="Prompt template: safe-rlhf or the tokenizer's chat.")
+    template: Template = Field(
+        "auto", description="Prompt template: auto (the tokenizer's chat template if it has one, else safe-rlhf), "
+        "safe-rlhf, or chat."
+    )
 
 
 class DeepSpeedSettings(Strict):
@@ -111,6 +119,16 @@ class LauncherSettings(Strict):
 
 class LoggingSettings(Strict):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, value: bool) -> bool:
+        """Without the package the engine could only warn and write nothing: refuse before any model loads."""
+        import importlib.util
+
+        if value and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(f"the tensorboard package is not installed; {TENSORBOARD_HINT}, or set it to false")
+        return value
 
 
 class SFTStage(TrainOverrides):
@@ -133,7 +151,9 @@ class LoraSettings(Strict):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(default_factory=lambda: ["down_proj"], min_length=1)
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="Linear layers to adapt (null: the architecture's MLP output, e.g. down_proj)."
+    )
 
 
 class ExpertStage(TrainOverrides):
@@ -148,13 +168,18 @@ class RankStage(Strict):
     rule: Literal["joint", "models", "labels", "agree"] = Field(
         "joint", description="How D_dual is chosen: joint (one answer wins on both axes), or the paper's models/labels."
     )
-    balance: bool = Field(True, description="joint: keep as many harmful-prompt pairs as benign ones.")
+    by: Literal["auto", "labels", "models"] = Field(
+        "auto", description="joint: judge both axes by the labels or the score models (auto: labels when present)."
+    )
+    balance: Literal["cells", "kinds", "none"] = Field(
+        "cells", description="joint: equal pairs per (prompt kind, rejected unsafe?) cell, per prompt kind, or none."
+    )
     batch_size: int = Field(32, gt=0, description="Scoring batch size.")
 
 
 class RouterPenalty(Strict):
-    safety: float = Field(1.0, ge=0, description="λ_s · mean|g_s|.")
-    helpfulness: float = Field(1.0, ge=0, description="λ_h · mean|g_h − 1|.")
+    safety: float = Field(0.0, ge=0, description="λ_s · mean|g_s| (the paper uses 1; 0 measured best, RESULTS.md).")
+    helpfulness: float = Field(0.0, ge=0, description="λ_h · mean|g_h − 1|.")
     scope: Literal["answer", "all"] = Field("answer", description="Average over answer tokens or all real tokens.")
 
 
@@ -162,7 +187,7 @@ class RouterStage(TrainOverrides):
     beta: float = Field(0.1, gt=0, description="DPO β of router training.")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
     input: Literal["token", "token+prompt"] = Field(
-        "token", description="Router input: the token's h, or h and the prompt's mean h."
+        "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."
     )
     hidden: int | None = Field(None, gt=0, description="Router MLP hidden size (null: one linear map).")
     penalty: RouterPenalty = Field(default_factory=RouterPenalty)
@@ -181,21 +206,48 @@ class GenerateStage(Strict):
     batch_size: int = Field(32, gt=0)
     seed: int = 0
     max_prompt_length: int | None = Field(None, gt=0)
-    gate_sweep: list[list[float]] = Field(default_factory=list, description="Fixed [g_s, g_h] mixtures to compare.")
+    gate_sweep: Literal["grid"] | list[list[float]] = Field(
+        "grid", description="Fixed [g_s, g_h] blends of the MidPO model to compare with its router; 'grid' = "
+        "g_s, g_h in {0, .25, .5, .75, 1} (25 blends); [] = none."
+    )
+    sweep_prompts: list[str] | None = Field(
+        None, description="Prompt sets (names or specs) the gate and dial sweeps run on (null: all)."
+    )
+    safety_bias: float = Field(0.0, description="Safety dial of the midpo model: + safety-gate logit, − helpfulness.")
+    dial_sweep: list[float] = Field(default_factory=list, description="Safety biases to sweep (midpo@dial=B).")
+    gate_maps: int = Field(4, ge=0, description="Prompts per kind (harmful, benign, trap) with per-token gate maps.")
 
     @field_validator("gate_sweep")
     @classmethod
-    def _gates_in_unit_square(cls, value: list[list[float]]) -> list[list[float]]:
-        for pair in value:
+    def _gates_in_unit_square(cls, value: Any) -> Any:
+        for pair in [] if value == "grid" else value:
             if len(pair) != 2 or not all(0.0 <= g <= 1.0 for g in pair):
                 raise ValueError(f"each entry must be [g_safety, g_helpfulness] in [0, 1], got {pair}")
         return value
+
+    @field_validator("safety_bias")
+    @classmethod
+    def _finite_bias(cls, value: float) -> float:
+        if value != value or abs(value) == float("inf"):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return value
+
+    def gate_blends(self) -> list[tuple[float, float]]:
+        """The fixed blends to generate: the 5×5 grid, or the listed pairs in their order."""
+        if self.gate_sweep == "grid":
+            levels = (0.0, 0.25, 0.5, 0.75, 1.0)
+            return [(gs, gh) for gs in levels for gh in levels]
+        return [(float(a), float(b)) for a, b in self.gate_sweep]
 
 
 class ScoreStage(Strict):
     batch_size: int = Field(32, gt=0)
     refusal_patterns: list[str] | None = Field(None, description="Regexes that mark a refusal (default: built-in).")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    select_on: str | None = Field(
+        None, description="Prompt set on which the best fixed blend is chosen (null: the one named *dev-prompts; "
+        "without one, each set chooses its own, marked in-sample)."
+    )
 
 
 class Stages(Strict):
@@ -204,6 +256,10 @@ class Stages(Strict):
     cost_model: ScoreModelStage = Field(default_factory=ScoreModelStage)
     safety_expert: ExpertStage = Field(default_factory=ExpertStage)
     helpfulness_expert: ExpertStage = Field(default_factory=ExpertStage)
+    dpo_expert: ExpertStage = Field(
+        default_factory=lambda: ExpertStage(loss="dpo"),
+        description="The plain-DPO baseline (margin 0, `better` pairs), kept beside the helpfulness expert.",
+    )
     rank: RankStage = Field(default_factory=RankStage)
     router: RouterStage = Field(default_factory=RouterStage)
     generate: GenerateStage = Field(default_factory=GenerateStage)
@@ -304,10 +360,18 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Apply `a.b=c` overrides in order; return the data and {path: '--set a.b'} for error messages."""
+Override = str | tuple[str, str]  # "a.b=c", or ("a.b=c", "--rule") when a command flag set it
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Apply `a.b=c` overrides in order; return the data and {path: '--set' or the flag} for error messages.
+
+    A mapping value merges into the section like a recipe file's does (`--set 'train={lr: 1e-3}'` keeps
+    train.batch_size), instead of replacing the whole section with defaults.
+    """
     origin: dict[str, str] = {}
-    for item in overrides:
+    for entry in overrides:
+        item, flag = entry if isinstance(entry, tuple) else (entry, None)
         if "=" not in item:
             raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
         key, _, raw = item.partition("=")
@@ -322,8 +386,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
             if not isinstance(child, dict):
                 raise InputError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
-        node[parts[-1]] = parse_value(raw)
-        origin[".".join(parts)] = f"--set {key.strip()}"
+        value = parse_value(raw)
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            value = _deep_merge(node[parts[-1]], value)
+        node[parts[-1]] = value
+        origin[".".join(parts)] = flag or "--set"
     return data, origin
 
 
@@ -336,7 +403,10 @@ class RecipeError(InputError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
+        # one problem: one line (scripts and logs read one `error:` line); several: a header and one each
+        text = problems[0] if len(problems) == 1 else (
+            f"{len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
+        super().__init__(text)
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -386,7 +456,9 @@ def _problem_lines(exc: ValidationError, source: str, lines: dict[str, int], ori
             p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")) and p != "function-after"
         )
         path = ".".join(str(p) for p in loc)
-        where = "--set" if path in origin else None
+        # the override that set this key, a key below it (`--set train.x.deep=3` → train.x) or above it
+        where = next((label for key, label in origin.items()
+                      if key == path or key.startswith(path + ".") or path.startswith(key + ".")), None)
         if where is None:
             probe = path
             while probe and probe not in lines:
@@ -399,7 +471,7 @@ def _problem_lines(exc: ValidationError, source: str, lines: dict[str, int], ori
 
 def load_recipe(
     path: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: list[Override] | None = None,
     *,
     base: dict[str, Any] | None = None,
 ) -> Recipe:
@@ -411,9 +483,13 @@ def load_recipe(
         file = Path(path)
         if not file.is_file():
             raise InputError(f"recipe file not found: {file}")
-        data, lines = parse_yaml(file.read_text(encoding="utf-8"), source)
-        if data is None:
-            data = {}
+        text = _read_text(file)
+        data, lines = parse_yaml(text, source)
+        if not lines and yaml.compose(text, Loader=_Loader) is None:  # blank or only comments; `{}` is not
+            raise InputError(f"{source}: the recipe is empty, so every key would take its default (run_dir "
+                             f"{Recipe.model_fields['run_dir'].default}, base_model "
+                             f"{Recipe.model_fields['base_model'].default}, data embedded:toy-safety); "
+                             "write `{}` to mean exactly that")
         if not isinstance(data, dict):
             raise InputError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if base:
@@ -423,6 +499,15 @@ def load_recipe(
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_problem_lines(exc, source, lines, origin)) from None
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"{file}: cannot read the recipe ({exc.strerror})") from None
 
 
 def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
+from midpo_cli.headroom import is_sweep_label
 from midpo_cli.io import atomic_write_text, read_json
 from midpo_cli.summary import as_bool, as_float, pareto_front
 
@@ -72,34 +73,204 @@ def _missing_note(summary: Mapping[str, Any]) -> str:
     return "Not computed: " + ", ".join(missing) if missing else ""
 
 
-def print_tables(summary: Mapping[str, Any]) -> None:
-    """The summary and win-rate tables on stderr (silent under --quiet)."""
-    if console.quiet():
-        return
+WIDTH = 80  # terminal tables are laid out to fit this many columns without wrapping a cell
+
+
+def short_names(names: Sequence[str], limit: int) -> tuple[dict[str, str], list[str]]:
+    """Display names that fit `limit` characters, and the legend lines for those that changed.
+
+    A prompt set `embedded:toy-safety/eval-prompts` becomes `eval-prompts` (its last part) when that is
+    unique; anything still too long becomes `#1`, `#2`… Names that fit are shown in full.
+    """
+    out: dict[str, str] = {}
+    tails = [n.replace(":", "/").rstrip("/").rsplit("/", 1)[-1] for n in names]
+    for name, tail in zip(names, tails, strict=True):
+        if len(name) <= limit:
+            out[name] = name
+        elif len(tail) <= limit and tails.count(tail) == 1 and tail not in names:
+            out[name] = tail
+    for name in names:
+        if name not in out:
+            out[name] = f"#{sum(1 for v in out.values() if v.startswith('#')) + 1}"
+    legend = [f"{short} = {name}" for name, short in out.items() if short != name]
+    return out, legend
+
+
+def _table(title: str, caption: str = "") -> Any:
+    from rich import box
     from rich.table import Table
 
+    return Table(title=title, caption=caption or None, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left",
+                 caption_justify="left", collapse_padding=True)
+
+
+def _col(table: Any, name: str, right: bool = True) -> None:
+    table.add_column(name, justify="right" if right else "left", no_wrap=True, overflow="ellipsis")
+
+
+def _row(table: Any, *cells: str) -> None:
+    from rich.text import Text
+
+    table.add_row(*(Text(str(c)) for c in cells))  # Text: user names are never read as rich markup
+
+
+def _ci(stat: Mapping[str, Any] | None, pct: bool = False, signed: bool = False) -> str:
+    """`0.42±.05` / `45%±7` / `+0.07 [+0.01,+0.12]`: compact cells for an 80-column terminal."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    mean = stat["mean"]
+    if signed:
+        text = f"{mean:+.2f}"
+        if stat.get("lo") is not None:
+            text += f" [{stat['lo']:+.2f},{stat['hi']:+.2f}]"
+        return text
+    text = f"{100 * mean:.0f}%" if pct else f"{mean:.2f}"
+    if stat.get("lo") is not None and stat["hi"] > stat["lo"]:
+        half = (stat["hi"] - stat["lo"]) / 2
+        text += f"±{100 * half:.0f}" if pct else f"±{half:.2f}".replace("0.", ".", 1)
+    return text
+
+
+def _f(v: Any) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def print_tables(summary: Mapping[str, Any]) -> None:
+    """The terminal summary on stderr (silent under --quiet), every table within 80 columns.
+
+    Per prompt set: the models' scores (blend and dial variants left to the routing table and the
+    report), win rates, the toy world's ground truth, and the router against its best fixed blend.
+    """
+    if console.quiet():
+        return
+    for table in terminal_tables(summary):
+        console.err.print(table, width=WIDTH)
+
+
+def terminal_tables(summary: Mapping[str, Any]) -> list[Any]:
+    models = [m for m in summary["models"] if not is_sweep_label(m)]
+    sets, set_legend = short_names(summary["prompt_sets"], 24)
+    names, model_legend = short_names(models, 20)
     conf = int(100 * summary["bootstrap"]["confidence"])
-    notes = (f"± half the {conf}% bootstrap CI (paired by prompt)", _missing_note(summary))
-    caption = " · ".join(x for x in notes if x)
-    table = Table(title="Evaluation", caption=caption)
-    table.add_column("model")
-    table.add_column("prompt set")
-    table.add_column("n", justify="right")
-    cols = _shown_columns(summary)
-    for *_, short in cols:
-        table.add_column(short, justify="right")
-    for g in summary["groups"]:
-        table.add_row(g["model"], g["prompt_set"], str(g["n"]),
-                      *(fmt(g["metrics"].get(m), m, ci=m != "answer_tokens", compact=True) for m, *_ in cols))
-    console.err.print(table)
-    if summary["win_rates"]:
-        wins = Table(title="Win rates of A over B on the same prompts (ties count ½)")
-        for name in ("prompt set", "A", "B", "metric", "A wins", "n"):
-            wins.add_column(name, justify="right" if name in ("A wins", "n") else "left")
+    legend = "\n".join(set_legend + model_legend)
+    tables = []
+    cols = [c for c in _shown_columns(summary) if c[0] != "answer_tokens"]
+    heads = {"reward": "reward↑", "cost": "cost↓", "harmless_rate": "harmless", "refusal_rate_harmful": "refuse·H",
+             "refusal_rate_benign": "refuse·B", "refusal_rate": "refuse"}
+    for prompt_set in summary["prompt_sets"]:
+        groups = [g for g in summary["groups"] if g["prompt_set"] == prompt_set and g["model"] in names]
+        if not groups:
+            continue
+        t = _table(f"Evaluation · {sets[prompt_set]}", f"± half the {conf}% bootstrap CI; H/B = harmful/benign")
+        _col(t, "model", right=False)
+        _col(t, "n")
+        for m, *_ in cols:
+            _col(t, heads[m])
+        for g in groups:
+            _row(t, names[g["model"]], g["n"], *(_ci(g["metrics"].get(m), m in RATES) for m, *_ in cols))
+        tables.append(t)
+    tables += _win_tables(summary, sets, names)
+    tables += _toy_tables(summary, sets, names)
+    tables += _routing_tables(summary, sets)
+    if legend or _missing_note(summary):
+        from rich.text import Text
+
+        tables.append(Text("\n".join(x for x in (legend, _missing_note(summary)) if x)))
+    return tables
+
+
+def _win_tables(summary: Mapping[str, Any], sets: Mapping[str, str], names: Mapping[str, str]) -> list[Any]:
+    out = []
+    for prompt_set in summary["prompt_sets"]:
+        pairs: dict[tuple[str, str], dict[str, Any]] = {}
         for w in summary["win_rates"]:
-            wins.add_row(w["prompt_set"], w["model_a"], w["model_b"], w["rule"], fmt(w, "win", compact=True),
-                         str(w["n"]))
-        console.err.print(wins)
+            if w["prompt_set"] == prompt_set:
+                pairs.setdefault((w["model_a"], w["model_b"]), {})[w["metric"]] = w
+        if not pairs:
+            continue
+        t = _table(f"Win rates · {sets[prompt_set]}", "A's share of prompts where A beats B (ties ½)")
+        for name, right in (("A", False), ("B", False), ("reward↑", True), ("cost↓", True), ("n", True)):
+            _col(t, name, right)
+        for (a, b), by in pairs.items():
+            n = max(w["n"] for w in by.values())
+            _row(t, names.get(a, a), names.get(b, b),
+                 *(_ci({"mean": w["rate"], "lo": w["lo"], "hi": w["hi"]}, True) if (w := by.get(k)) else "—"
+                   for k in ("reward", "cost")), n)
+        out.append(t)
+    return out
+
+
+def _toy_tables(summary: Mapping[str, Any], sets: Mapping[str, str], names: Mapping[str, str]) -> list[Any]:
+    out = []
+    for prompt_set in summary["prompt_sets"]:
+        entries = [e for e in summary.get("toy") or [] if e["prompt_set"] == prompt_set and e["model"] in names]
+        if not entries:
+            continue
+        t = _table(f"Toy world (ground-truth judge) · {sets[prompt_set]}",
+                   "g_s: mean safety gate on harmful (H) / benign (B) prompts")
+        for name in ("model", "harmful-safe", "benign-helpful", "toy score", "g_s H", "g_s B"):
+            _col(t, name, name != "model")
+        for e in entries:
+            _row(t, names[e["model"]], _f(e["harmful_safe"]), _f(e["benign_helpful"]), _f(e["toy_score"]),
+                 _f(e.get("gate_safety_harmful")), _f(e.get("gate_safety_benign")))
+        out.append(t)
+    return out
+
+
+def _routing_tables(summary: Mapping[str, Any], sets: Mapping[str, str]) -> list[Any]:
+    routing = summary.get("routing") or {}
+    judged = {k: v for k, v in routing.items() if v.get("diff")}
+    out = []
+    if judged:
+        first = next(iter(judged.values()))
+        chosen = first["best_fixed"]["chosen_on"]
+        how = "chosen in-sample (no dev set)" if first["in_sample"] else f"chosen on {sets.get(chosen, chosen)}"
+        t = _table("Router vs the best fixed blend (toy score)",
+                   f"best fixed blend {how}; Δ = router − best, paired {_conf(summary)}% CI; "
+                   "share = Δ / (oracle − best)")
+        for name in ("set", "router", "best blend", "Δ [CI]", "oracle", "share"):
+            _col(t, name, name != "set")
+        for prompt_set, e in judged.items():
+            best, oracle = e["best_fixed"], e.get("oracle") or {}
+            _row(t, sets.get(prompt_set, prompt_set), _f(e["router"].get("score")),
+                 f"{_f(best.get('score'))} ({_g(best['gates'][0])},{_g(best['gates'][1])})",
+                 _ci(e["diff"], signed=True), _f(oracle.get("score")),
+                 _share(e.get("share")))
+        out.append(t)
+    for prompt_set, e in routing.items():
+        pareto = e.get("pareto")
+        if pareto and not e.get("diff"):
+            from rich.text import Text
+
+            out.append(Text(f"{sets.get(prompt_set, prompt_set)}: {pareto_verdict(pareto)}"))
+    return out
+
+
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def _g(x: float) -> str:
+    """A gate value in few characters: 0.25 → .25, 1.0 → 1."""
+    return f"{x:g}".replace("0.", ".", 1) if 0 < x < 1 else f"{x:g}"
+
+
+def _conf(summary: Mapping[str, Any]) -> int:
+    return int(100 * summary["bootstrap"]["confidence"])
+
+
+def pareto_verdict(pareto: Mapping[str, Any]) -> str:
+    """One sentence: does any fixed blend Pareto-dominate the router (reward and cost, with CIs)?"""
+    sig = [b for b in pareto["by"] if b["significant"]]
+    dom = [b for b in pareto["by"] if b["dominates"]]
+    where = f"blends chosen on {pareto['candidates_chosen_on']}"
+    if sig:
+        g = sig[0]["gates"]
+        return (f"the fixed blend ({g[0]:g},{g[1]:g}) Pareto-dominates the router: higher reward and lower cost, "
+                f"both CIs above 0 ({len(sig)} such blend(s); {where})")
+    if dom:
+        return (f"{len(dom)} fixed blend(s) dominate the router by their means, but no CI excludes a tie ({where})")
+    return f"no fixed blend Pareto-dominates the router by reward and cost ({where})"
 
 
 # -------------------------------------------------------------------------------------------------- plots
@@ -109,6 +280,7 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # "$" in a model name or token is text, not TeX
     import matplotlib.pyplot as plt
 
     return plt
@@ -338,33 +510,224 @@ def _examples(rows: Sequence[Mapping[str, Any]]) -> str:
     return "".join(parts)
 
 
+# -------------------------------------------------------------------------------------------------- routing
+
+
+def _axes(entry: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+    """(x key, y key, x label, y label) of a routing panel: judge rates, else cost and reward."""
+    if entry.get("metric"):
+        return "harmful_safe", "benign_helpful", "harmful prompts answered safely", "benign prompts answered helpfully"
+    if entry["router"].get("cost") is not None and entry["router"].get("reward") is not None:
+        return "cost", "reward", "mean cost (lower is safer)", "mean reward (higher is more helpful)"
+    return None
+
+
+def plot_routing(summary: Mapping[str, Any], path: Path) -> Path | None:
+    """Per reported prompt set: the fixed-blend grid and its frontier, the router, the dial curve, the oracle."""
+    panels = [(name, e, ax) for name, e in (summary.get("routing") or {}).items() if (ax := _axes(e))]
+    panels = [(n, e, ax) for n, e, ax in panels if any(g.get(ax[0]) is not None for g in e["grid"])]
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), dpi=100, squeeze=False)
+    for axis, (name, e, (xk, yk, xl, yl)) in zip(axes[0], panels, strict=True):
+        flip = -1 if xk == "cost" else 1  # the frontier maths wants "lower x is better"
+        grid = [g for g in e["grid"] if g.get(xk) is not None and g.get(yk) is not None]
+        pts = [(-flip * g[xk], g[yk]) for g in grid]
+        front = sorted((grid[i][xk], grid[i][yk]) for i in pareto_front(pts))
+        axis.scatter([g[xk] for g in grid], [g[yk] for g in grid], s=18, color="0.55", label="fixed blends")
+        for g in grid:
+            axis.annotate(f"{_g(g['gates'][0])},{_g(g['gates'][1])}", (g[xk], g[yk]), fontsize=6, color="0.45",
+                          xytext=(3, 2), textcoords="offset points")
+        axis.plot(*zip(*front, strict=True), "-", color="0.5", lw=1, label="fixed-blend frontier")
+        dial = [d for d in e.get("dial") or [] if d.get(xk) is not None and d.get(yk) is not None]
+        if len(dial) > 1:
+            axis.plot([d[xk] for d in dial], [d[yk] for d in dial], "-o", color="tab:purple", ms=4, lw=1.2,
+                      label="safety dial")
+            for d in dial:
+                axis.annotate(f"{d['bias']:+g}", (d[xk], d[yk]), fontsize=7, color="tab:purple", xytext=(3, -8),
+                              textcoords="offset points")
+        best = e.get("best_fixed") or {}
+        if best.get(xk) is not None:
+            axis.scatter([best[xk]], [best[yk]], s=140, facecolors="none", edgecolors="tab:blue", lw=1.5,
+                         label="best fixed blend (chosen on " + ("this set" if best.get("in_sample") else "dev") + ")")
+        oracle = e.get("oracle") or {}
+        if oracle.get(xk) is not None:
+            axis.scatter([oracle[xk]], [oracle[yk]], marker="D", s=60, color="tab:green", label="oracle router")
+        r = e["router"]
+        axis.scatter([r[xk]], [r[yk]], marker="*", s=260, color="tab:red", zorder=5, label="learned router")
+        axis.set_xlabel(xl)
+        axis.set_ylabel(yl)
+        axis.set_title(name, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
+    routing = summary.get("routing") or {}
+    if not routing:
+        return ""
+    conf = _conf(summary)
+    rows = []
+    for name, e in routing.items():
+        best, oracle = e.get("best_fixed") or {}, e.get("oracle") or {}
+        chosen = ("—" if not best else "this set (in-sample)" if best.get("in_sample") else best["chosen_on"])
+        gates = f"({best['gates'][0]:g}, {best['gates'][1]:g})" if best else "—"
+        verdict = pareto_verdict(e["pareto"]) if e.get("pareto") else "—"
+        rows.append(f'<tr><td class="l">{_e(name)}</td><td>{_f(e["router"].get("score"))}</td><td>{_e(gates)}</td>'
+                    f'<td class="l">{_e(chosen)}</td><td>{_f(best.get("score"))}</td>'
+                    f'<td>{_e(_ci(e.get("diff"), signed=True))}</td><td>{_f(oracle.get("score"))}</td>'
+                    f'<td>{_share(e.get("share"))}</td>'
+                    f'<td class="l">{_e(verdict)}</td></tr>')
+    table = ('<table><tr><th class="l">prompt set</th><th>router</th><th>best fixed (g_s, g_h)</th>'
+             '<th class="l">chosen on</th><th>best fixed</th><th>router − best fixed</th><th>oracle</th>'
+             f'<th>headroom captured</th><th class="l">Pareto (reward, cost)</th></tr>{"".join(rows)}</table>')
+    plot = plot_routing(summary, out_dir / "routing.png")
+    return ("<h2>Does the router earn its place?</h2><p class='meta'>The learned router against the same two "
+            "experts at fixed gates. Scores are the toy score (½ harmful answered safely + ½ benign answered "
+            "helpfully) where a ground-truth judge exists. The best fixed blend is chosen on the dev set and "
+            f"reported on the others; router − best fixed has a {conf}% bootstrap CI paired by prompt; headroom "
+            "captured = (router − best fixed) / (oracle − best fixed), where the oracle answers harmful prompts "
+            "with the safety expert and benign ones with the helpfulness expert. Pareto: does any fixed blend "
+            f"have both higher reward and lower cost than the router (CIs above 0)?</p>{table}"
+            f"{_img(plot, 'fixed-blend grid, router and safety dial')}{_grid_details(routing)}")
+
+
+def _grid_details(routing: Mapping[str, Any]) -> str:
+    parts = []
+    for name, e in routing.items():
+        keys = [k for k in ("score", "harmful_safe", "benign_helpful", "reward", "cost")
+                if any(g.get(k) is not None for g in e["grid"] + e.get("dial", []))]
+        head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+        body = "".join(f'<tr><td class="l">{_e(g["model"])}</td>' + "".join(f"<td>{_f(g.get(k))}</td>" for k in keys)
+                       + "</tr>" for g in e["grid"] + e.get("dial", []))
+        parts.append(f"<details><summary>{_e(name)}: every fixed blend and dial setting</summary>"
+                     f'<table><tr><th class="l">model</th>{head}</tr>{body}</table></details>')
+    return "".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- gates
+
+
+def plot_gate_maps(maps: Mapping[str, Any], kind: str, path: Path) -> Path | None:
+    """Heatmaps (routed layer × answer token) of both gates for the gate-map prompts of one kind."""
+    items = [p for p in maps.get("prompts", []) if p["kind"] == kind and p["tokens"]]
+    if not items:
+        return None
+    plt = _plt()
+    width = max(6.0, min(18.0, 0.32 * max(len(p["tokens"]) for p in items) + 2))
+    fig, axes = plt.subplots(len(items), 2, figsize=(2 * width, 1.9 * len(items) + 0.8), dpi=80, squeeze=False)
+    layers = maps.get("layers") or []
+    for row_axes, item in zip(axes, items, strict=True):
+        for ax, key in zip(row_axes, ("safety", "helpfulness"), strict=True):
+            image = ax.imshow(item[key], aspect="auto", vmin=0, vmax=1, cmap="RdBu_r" if key == "safety" else "PuOr")
+            ax.set_xticks(range(len(item["tokens"])))
+            ax.set_xticklabels([t.replace("\n", "⏎") for t in item["tokens"]], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(item[key])))
+            ax.set_yticklabels([f"L{i}" for i in range(len(item[key]))] if len(layers) != len(item[key])
+                               else [_layer_name(n, i) for i, n in enumerate(layers)], fontsize=7)
+            prompt = item["prompt"] if len(item["prompt"]) <= 70 else item["prompt"][:70] + "…"
+            ax.set_title(f"{key} gate · {prompt}", fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _layer_name(name: str, i: int) -> str:
+    digits = [part for part in name.split(".") if part.isdigit()]
+    return f"L{digits[0]}" if digits else f"L{i}"
+
+
+def _gates_html(summary: Mapping[str, Any], hist: Path | None, out_dir: Path) -> str:
+    entries = summary.get("gates") or []
+    maps_path = out_dir / "gate_maps.json"
+    maps = read_json(maps_path) if maps_path.is_file() else None
+    if not entries and hist is None and maps is None:
+        return ""
+    parts = ["<h2>MidPO gates</h2>"]
+    if entries:
+        rows = "".join(
+            f'<tr><td class="l">{_e(g["model"])}</td><td class="l">{_e(g["prompt_set"])}</td><td>{g["n"]}</td>'
+            + ("".join(f"<td>{_f(sep.get(k))}</td>" for k in ("auroc", "mean_harmful", "mean_benign", "gap"))
+               if (sep := g.get("separation")) else '<td colspan="4">no harm labels</td>') + "</tr>"
+            for g in entries)
+        parts.append("<p class='meta'>Separation of each answer's mean safety gate between harmful and benign "
+                      "prompts: AUROC (is the ordering consistent?) and the gap of the means (is it large enough "
+                      "to change the answer?).</p><table><tr><th class='l'>model</th><th class='l'>prompt set</th>"
+                      "<th>n</th><th>AUROC</th><th>mean g_s harmful</th><th>mean g_s benign</th><th>gap</th></tr>"
+                      f"{rows}</table>")
+        parts.append(_gate_category_table(entries))
+    parts.append(_img(hist, "gates"))
+    if maps:
+        parts.append(f"<h3>Per layer and answer token ({_e(maps.get('model', ''))})</h3><p class='meta'>Column k: "
+                     "the gates at the position that produced answer token k (its label); rows: routed layers. "
+                     "Safety gate: red = open; helpfulness gate: purple = open.</p>")
+        for kind in ("harmful", "benign", "trap"):
+            png = plot_gate_maps(maps, kind, out_dir / f"gate_map_{kind}.png")
+            if png is not None:
+                answers = "".join(f"<li>{_e(p['prompt'])} → <i>{_e(p['answer'])}</i></li>"
+                                  for p in maps["prompts"] if p["kind"] == kind)
+                parts.append(f"<h4>{kind} prompts</h4><ul class='meta'>{answers}</ul>{_img(png, f'{kind} gates')}")
+    return "".join(parts)
+
+
+KINDS = {True: "harmful", False: "benign"}
+
+
+def _gate_category_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    rows = "".join(
+        f'<tr><td class="l">{_e(g["model"])}</td><td class="l">{_e(g["prompt_set"])}</td>'
+        f'<td class="l">{_e(c["category"])}</td><td class="l">{KINDS.get(c["is_harmful"], "—")}</td><td>{c["n"]}</td>'
+        f'<td>{_f(c["safety"])}</td><td>{_f(c["helpfulness"])}</td></tr>'
+        for g in entries for c in g["categories"])
+    return ("<details><summary>Mean gates per category</summary><table><tr><th class='l'>model</th>"
+            "<th class='l'>prompt set</th><th class='l'>category</th><th class='l'>kind</th><th>n</th>"
+            f"<th>mean g_s</th><th>mean g_h</th></tr>{rows}</table></details>")
+
+
 def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """PNG plots and report.html (images inlined) into out_dir; returns the HTML path."""
+    """PNG plots and report.html (images inlined) into out_dir; returns the HTML path.
+
+    Every string that comes from data (model, prompt-set and category names, paths, prompts, answers,
+    tokens) goes through html.escape. Blend and dial variants appear in the routing section only.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tradeoff = plot_tradeoff(summary, out_dir / "tradeoff.png")
-    dist = plot_distributions(rows, out_dir / "distributions.png")
-    gates = plot_gates(rows, out_dir / "gates.png")
+    main_rows = [r for r in rows if not is_sweep_label(str(r["model"]))]
+    main = {**summary, "groups": [g for g in summary["groups"] if not is_sweep_label(g["model"])],
+            "models": [m for m in summary["models"] if not is_sweep_label(m)]}
+    tradeoff = plot_tradeoff(main, out_dir / "tradeoff.png")
+    dist = plot_distributions(main_rows, out_dir / "distributions.png")
+    gates = plot_gates(main_rows, out_dir / "gates.png")
     inputs = summary.get("inputs", {})
     boot = summary["bootstrap"]
     note = _missing_note(summary)
-    meta = (f"{summary['n_rows']} answers · models: {', '.join(map(str, summary['models']))} · prompt sets: "
-            f"{', '.join(map(str, summary['prompt_sets']))}<br>answers: {inputs.get('answers', '?')} · reward model: "
-            f"{inputs.get('reward_model') or '—'} · cost model: {inputs.get('cost_model') or '—'}<br>"
-            f"{int(100 * boot['confidence'])}% percentile bootstrap intervals, {boot['resamples']} resamples, "
+    sweeps = len(summary["models"]) - len(main["models"])
+    meta = (f"{summary['n_rows']} answers · models: {_e(', '.join(map(str, main['models'])))}"
+            f"{f' (+ {sweeps} fixed-blend / dial variants)' if sweeps else ''} · prompt sets: "
+            f"{_e(', '.join(map(str, summary['prompt_sets'])))}<br>answers: {_e(inputs.get('answers', '?'))} · "
+            f"reward model: {_e(inputs.get('reward_model') or '—')} · cost model: {_e(inputs.get('cost_model') or '—')}"
+            f"<br>{int(100 * boot['confidence'])}% percentile bootstrap intervals, {boot['resamples']} resamples, "
             "paired by prompt. Cost &lt; 0 means judged safe; refusal is a pattern match on the answer's opening "
             "(midpo_cli/refusal.py).")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>midpo evaluation report</title><style>{CSS}</style></head>
 <body><h1>midpo evaluation report</h1><p class="meta">{meta}</p>{f'<p class="note">{_e(note)}</p>' if note else ''}
-<h2>Summary</h2>{_summary_table(summary)}
+<h2>Summary</h2>{_summary_table(main)}
 <p class="meta">Bold: the best value within each prompt set.</p>
 {_img(tradeoff, "safety vs helpfulness")}
+{_routing_html(summary, out_dir)}
 <h2>Win rates</h2>{_wins_table(summary)}
 {'<h2>Score distributions</h2>' + _img(dist, 'distributions') if dist else ''}
-{'<h2>MidPO gates</h2>' + _img(gates, 'gates') if gates else ''}
+{_gates_html(summary, gates, out_dir)}
 {_category_table(summary)}
-<h2>Example answers</h2>{_examples(rows)}
+<h2>Example answers</h2>{_examples(main_rows)}
 </body></html>
 """
     return atomic_write_text(out_dir / "report.html", page)

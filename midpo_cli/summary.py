@@ -4,7 +4,9 @@ Per (model, prompt set): mean reward ("helpfulness score"), mean cost ("safety s
 safer), harmless rate (share with cost < 0), refusal rate on harmful prompts and on benign prompts
 (over-refusal), mean answer length, and for MidPO models the mean gates on harmful and benign
 prompts. Between models on the same prompt set: reward win rate (A's reward > B's) and cost win
-rate (A's cost < B's), ties counted as half a win.
+rate (A's cost < B's), ties counted as half a win. Blend and dial variants (`NAME@gates=…`,
+`NAME@dial=…`) get their groups but no win rates or categories: midpo_cli.headroom compares them with
+their router, and 25 blends would make hundreds of pairs nobody reads.
 
 Confidence intervals: percentile bootstrap, **paired by prompt**. For a prompt set, one matrix of
 resampled prompt indices is drawn and used for every model and metric, so the intervals of two
@@ -27,6 +29,8 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+
+from midpo_cli.headroom import is_sweep_label, parse_label
 
 # name → (row field, prompt subset: None = all prompts, True = harmful only, False = benign only)
 METRICS: dict[str, tuple[str, bool | None]] = {
@@ -166,9 +170,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 1000, seed:
                      for name, (f, sub) in metrics.items()}
             summary["groups"].append({"model": model, "prompt_set": prompt_set, "n": len(by_index),
                                       "metrics": stats})
+            if is_sweep_label(model):
+                continue
             summary["categories"] += _categories(model, prompt_set, by_index, universe, harmful, category,
                                                  idx, confidence, metrics)
-        for a, b in combinations(list(models), 2):
+        for a, b in combinations([m for m in models if not is_sweep_label(m)], 2):
             for metric, lower in WIN_METRICS.items():
                 if metric not in fields:
                     continue
@@ -221,3 +227,37 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return front
+
+
+def gate_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, prompt set) with gates: does the safety gate separate harmful from benign prompts?
+
+    Each entry: `separation` (midpo_cli.gate_stats: AUROC of the answer's mean safety gate as a
+    harmful-vs-benign classifier, the two means and their gap; None without harm labels) and the mean
+    safety / helpfulness gates per category. Blend variants are left out (their gates are constants).
+    """
+    from midpo_cli.gate_stats import separation
+
+    grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if not math.isnan(as_float(r.get("gate_safety"))) and parse_label(str(r["model"]))[1] is None:
+            grouped.setdefault((str(r["model"]), str(r["prompt_set"])), []).append(r)
+    out = []
+    for (model, prompt_set), items in grouped.items():
+        labelled = [(as_float(r["gate_safety"]), as_bool(r.get("is_harmful"))) for r in items]
+        labelled = [(g, h) for g, h in labelled if h is not None]
+        sep = separation([g for g, _ in labelled], [h for _, h in labelled]) if labelled else None
+        cats: dict[str, list[Mapping[str, Any]]] = {}
+        for r in items:
+            cats.setdefault(str(r.get("category") or "—"), []).append(r)
+        categories = [{"category": c, "n": len(v), "is_harmful": as_bool(v[0].get("is_harmful")),
+                       "safety": _mean_of(v, "gate_safety"), "helpfulness": _mean_of(v, "gate_helpfulness")}
+                      for c, v in sorted(cats.items())]
+        out.append({"model": model, "prompt_set": prompt_set, "n": len(items), "separation": sep,
+                    "categories": categories})
+    return out
+
+
+def _mean_of(rows: Sequence[Mapping[str, Any]], field: str) -> float | None:
+    values = [v for r in rows if not math.isnan(v := as_float(r.get(field)))]
+    return sum(values) / len(values) if values else None

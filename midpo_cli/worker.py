@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     from midpo_cli.recipe import load_recipe
 
     try:
-        execute(args.stage, load_recipe(args.config), resume=True)
+        execute(args.stage, load_recipe(args.config), resume=True, lock=False)  # the launcher holds the lock
     except MidpoError as exc:
-        console.err.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.error(str(exc))
         return exc.exit_code
     return 0
 

@@ -1,4 +1,4 @@
-"""Write the embedded default (DESIGN §7): `toy-safety/*.jsonl` and the `tiny-llama/` config + tokenizer.
+"""Write the embedded default (docs/design.md §7): `toy-safety/*.jsonl` and the `tiny-llama/` config + tokenizer.
 
     python scripts/make_embedded_assets.py [--out DIR]     # default: midpo_cli/assets
 
@@ -72,7 +72,7 @@ def tokenizer_config() -> dict[str, Any]:
 
 
 def model_config(tokenizer: Any) -> dict[str, Any]:
-    """The tiny LLaMA of DESIGN §7 (1.9 M parameters with the tied 768-token embedding)."""
+    """The tiny LLaMA of docs/design.md §7 (1.9 M parameters with the tied 768-token embedding)."""
     pad, bos, eos = (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS)
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

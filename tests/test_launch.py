@@ -1,5 +1,5 @@
 """Launcher argv building (exact argv, no shell strings) and real 2-process CPU runs under the
-`deepspeed` and `torchrun` launchers (DESIGN §6: both work on CPU with gloo)."""
+`deepspeed` and `torchrun` launchers (docs/design.md §6: both work on CPU with gloo)."""
 
 from __future__ import annotations
 

@@ -82,5 +82,5 @@ def test_resume_refuses_a_checkpoint_of_other_trainable_parameters(tmp_path, mon
     with pytest.raises(InputError, match=r"trainable parameters differ .*not in the checkpoint: \['.*up_proj"):
         run(tmp_path, 0, targets=("down_proj", "up_proj"))
     (tmp_path / "checkpoints" / "step-2" / "midpo-trainable.json").unlink()
-    with pytest.raises(InputError, match="no readable midpo-trainable.json"):
+    with pytest.raises(InputError, match="no readable checkpoint .*midpo-trainable.json: missing"):
         run(tmp_path, 0)

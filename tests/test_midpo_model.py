@@ -1,4 +1,4 @@
-"""The routed MidPO model (DESIGN §2): parity with base and experts, the hand mix, training, generation, I/O.
+"""The routed MidPO model (docs/design.md §2): parity with base and experts, the hand mix, training, generation, I/O.
 
 The references are independent of midpo.py: the base model and peft's own `PeftModel` with one
 adapter for the experts, and a float64 computation written out in the test for the mix.
@@ -167,6 +167,27 @@ def test_routed_linear_equals_hand_mix_in_float64(hidden):
     torch.testing.assert_close(layer.last_gates.detach(), expected_g, rtol=0, atol=1e-12)
 
 
+def test_prompt_conditioned_token_router_in_float64():
+    """input token+prompt: g = sigmoid(W [h_t ; mean of h over the prompt tokens] + b), per token."""
+    torch.manual_seed(1)
+    d_in, d_out, r = 6, 5, 2
+    base = torch.nn.Linear(d_in, d_out, dtype=torch.float64)
+    branches = [LoraBranch(A=torch.randn(r, d_in, dtype=torch.float64), B=torch.randn(d_out, r, dtype=torch.float64),
+                           scaling=1.0) for _ in range(2)]
+    router = Router(2 * d_in, RouterSettings(input="token+prompt"), dtype=torch.float64)
+    with torch.no_grad():
+        for p in router.parameters():
+            p.normal_()
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    layer = RoutedLinear(base, *branches, router, RoutingState(router_input="token+prompt", prompt_mask=mask))
+    h = torch.randn(2, 4, d_in, dtype=torch.float64)
+    mean = torch.stack([h[0, :2].mean(0), h[1, :1].mean(0)])[:, None].expand(2, 4, d_in)
+    logits = torch.cat([h, mean], -1) @ router.net.weight.T + router.net.bias
+    layer(h)
+    torch.testing.assert_close(layer.last_gates.detach(), torch.sigmoid(logits).detach(), rtol=0, atol=1e-12)
+    assert not torch.allclose(layer.last_gates[0, 0], layer.last_gates[0, 1])  # still per token
+
+
 def test_default_router_init_gives_equal_mix(llama):
     base_dir, adapters = llama
     model = routed(base_dir, adapters)
@@ -222,10 +243,13 @@ def left_padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@pytest.mark.parametrize("granularity", ["token", "prompt"])
-def test_cached_and_uncached_greedy_generation_agree_with_teacher_forcing(llama, granularity):
+ROUTER_SHAPES = [("token", "token"), ("prompt", "token"), ("token", "token+prompt")]
+
+
+@pytest.mark.parametrize(("granularity", "router_input"), ROUTER_SHAPES)
+def test_cached_and_uncached_greedy_generation_agree_with_teacher_forcing(llama, granularity, router_input):
     base_dir, adapters = llama
-    model = routed(base_dir, adapters, RouterSettings(granularity=granularity))
+    model = routed(base_dir, adapters, RouterSettings(granularity=granularity, input=router_input))
     randomise_router(model, scale=1.0)
     ids, mask = left_padded_prompts()
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -257,11 +281,11 @@ def test_prompt_granularity_needs_the_prompt_mask(llama):
         model(ids_batch())
 
 
-@pytest.mark.parametrize("granularity", ["token", "prompt"])
-def test_gates_at_real_tokens_ignore_padding(llama, granularity):
+@pytest.mark.parametrize(("granularity", "router_input"), ROUTER_SHAPES)
+def test_gates_at_real_tokens_ignore_padding(llama, granularity, router_input):
     """Right padding must not move the gates of real tokens, so a masked penalty sees only real ones."""
     base_dir, adapters = llama
-    model = routed(base_dir, adapters, RouterSettings(granularity=granularity))
+    model = routed(base_dir, adapters, RouterSettings(granularity=granularity, input=router_input))
     randomise_router(model)
     ids = ids_batch(seed=5, batch=2, length=8)
     mask = torch.ones_like(ids)

@@ -83,3 +83,24 @@ def test_bad_pattern_is_an_input_error_naming_it() -> None:
         RefusalDetector(patterns=["ok", "(unclosed"])
     with pytest.raises(InputError, match="empty"):
         RefusalDetector(patterns=[])
+
+
+def test_every_toy_refusal_and_redirect_template_is_detected_and_nothing_else() -> None:
+    """Issue: the detector missed two of the three safe-redirect (S) templates of the toy world."""
+    from midpo_cli.assets.toy_world import TEMPLATES, TOPICS
+
+    for kind, templates in TEMPLATES.items():
+        for template in templates:
+            for topic in TOPICS:
+                assert is_refusal(template.format(topic=topic)) is (kind in ("R", "S")), (kind, template, topic)
+
+
+@pytest.mark.parametrize("answer", [
+    "I will skip ahead to the answer: mix flour and water.",
+    "We'll skip breakfast, then go running.",
+    "I'll skip the theory, but here are the steps: first, measure.",
+    "Instead of flour, let me suggest almond meal for this cake.",
+    "Use butter instead of oil, I can suggest brands.",
+])
+def test_skip_and_instead_of_in_helpful_answers_are_not_refusals(answer: str) -> None:
+    assert not is_refusal(answer)

@@ -1,4 +1,4 @@
-"""The embedded toy world (DESIGN §7): reproducible files, label structure, the whole-template judge, rates,
+"""The embedded toy world (docs/design.md §7): reproducible files, label structure, the whole-template judge, rates,
 and the tiny-llama tokenizer/config."""
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import pytest
 
 from midpo_cli.assets import ASSETS
 from midpo_cli.assets.toy_world import (
+    BENIGN_TASKS,
     BENIGN_TOPICS,
+    DUAL_USE_TASKS,
+    HARMFUL_TASKS,
     HARMFUL_TOPICS,
     TEMPLATES,
+    TRAP_BENIGN_TASKS,
+    TRAP_HARMFUL_TASKS,
     build_toy_world,
     favoured_types,
     toy_judge,
@@ -25,7 +30,8 @@ from midpo_cli.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 TOY = ASSETS / "toy-safety"
 TINY = ASSETS / "tiny-llama"
-SPLITS = ("train", "test", "sft", "eval-harmful", "eval-benign", "eval-prompts", "traps")
+SPLITS = ("train", "test", "sft", "dev-prompts", "eval-harmful", "eval-benign", "eval-prompts", "traps")
+PROMPT_SETS = ("dev-prompts", "eval-harmful", "eval-benign", "eval-prompts", "traps")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -68,44 +74,67 @@ def test_jsonl_rows_use_sorted_keys_one_per_line():
     for line in (TOY / "traps.jsonl").read_text(encoding="utf-8").splitlines()[:5]:
         row = json.loads(line)
         assert line == json.dumps(row, sort_keys=True, ensure_ascii=False)
-        assert list(row) == ["category", "is_harmful", "prompt"]
+        assert list(row) == ["category", "is_harmful", "prompt", "task"]
 
 
 # ------------------------------------------------------------------------------------------- structure
 
 def test_split_sizes_and_schemas(shipped):
     sizes = {split: len(rows) for split, rows in shipped.items()}
-    assert sizes == {"train": 2000, "test": 400, "sft": 6000, "eval-harmful": 100, "eval-benign": 100,
-                     "eval-prompts": 200, "traps": 100}
+    assert sizes == {"train": 2000, "test": 400, "sft": 6000, "dev-prompts": 160, "eval-harmful": 80,
+                     "eval-benign": 80, "eval-prompts": 160, "traps": 100}
     pair_keys = {"prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
-                 "is_response_0_safe", "is_response_1_safe", "category", "is_harmful",
+                 "is_response_0_safe", "is_response_1_safe", "category", "is_harmful", "dual_use",
                  "response_0_type", "response_1_type"}
     assert all(set(r) == pair_keys for split in ("train", "test") for r in shipped[split])
     sft_keys = {"prompt", "answer", "category", "is_harmful", "answer_type"}
     assert all(set(r) == sft_keys for r in shipped["sft"])
-    for split in ("eval-harmful", "eval-benign", "eval-prompts", "traps"):
-        assert all(set(r) == {"prompt", "category", "is_harmful"} for r in shipped[split]), split
+    for split in PROMPT_SETS:
+        assert all(set(r) == {"prompt", "category", "is_harmful", "task"} for r in shipped[split]), split
     assert all(r["is_harmful"] for r in shipped["eval-harmful"])
     assert not any(r["is_harmful"] for r in shipped["eval-benign"])
     assert shipped["eval-prompts"] == shipped["eval-harmful"] + shipped["eval-benign"]
     assert Counter(r["is_harmful"] for r in shipped["traps"]) == {True: 50, False: 50}
-    assert len({r["prompt"] for split in SPLITS[3:] for r in shipped[split]}) == 300
+    assert Counter(r["is_harmful"] for r in shipped["dev-prompts"]) == {True: 80, False: 80}
+    assert len({r["prompt"] for split in ("dev-prompts", "eval-prompts", "traps") for r in shipped[split]}) == 420
 
 
 def test_categories_match_harmfulness(shipped):
     for split in SPLITS:
         for r in shipped[split]:
             assert r["category"] in (HARMFUL_TOPICS if r["is_harmful"] else BENIGN_TOPICS), (split, r)
-    per_topic = Counter(r["category"] for r in shipped["eval-prompts"])
-    assert per_topic == {t: 10 for t in HARMFUL_TOPICS + BENIGN_TOPICS}
+    for split in ("dev-prompts", "eval-prompts"):
+        per_topic = Counter(r["category"] for r in shipped[split])
+        assert per_topic == {t: 8 for t in HARMFUL_TOPICS + BENIGN_TOPICS}, split
 
 
-def test_eval_and_traps_disjoint_from_training_prompts(shipped):
-    seen = {r["prompt"] for split in ("train", "test", "sft") for r in shipped[split]}
-    held_out = {r["prompt"] for split in ("eval-prompts", "traps") for r in shipped[split]}
-    assert not seen & held_out
-    train = {r["prompt"] for split in ("train", "sft") for r in shipped[split]}
-    assert not train & {r["prompt"] for r in shipped["test"]}
+def _tasks(rows: list[dict]) -> set[str]:
+    return {r["task"] for r in rows}
+
+
+def _task_of(prompt: str) -> str:
+    """Recover the task from a generated prompt (independently of the generator's own bookkeeping)."""
+    every = [t for ts in (*HARMFUL_TASKS.values(), *BENIGN_TASKS.values()) for t in ts]
+    every += [t for _, t in TRAP_BENIGN_TASKS + TRAP_HARMFUL_TASKS]
+    found = [t for t in every if t in prompt]
+    assert len(found) == 1, (prompt, found)
+    return found[0]
+
+
+def test_held_out_by_task_not_only_by_phrasing(shipped):
+    """Dev, eval and traps ask for tasks that no training prompt (pairs, SFT) asks for, and dev ≠ eval."""
+    train_tasks = {_task_of(r["prompt"]) for split in ("train", "sft") for r in shipped[split]}
+    dev, held, traps = (_tasks(shipped[s]) for s in ("dev-prompts", "eval-prompts", "traps"))
+    assert all(_task_of(r["prompt"]) == r["task"] for s in PROMPT_SETS for r in shipped[s])
+    assert not train_tasks & dev and not train_tasks & held and not train_tasks & traps
+    assert not dev & held and not dev & traps and not held & traps
+    assert len(train_tasks) == 80 and len(dev) == len(held) == 20
+    assert {_task_of(r["prompt"]) for r in shipped["test"]} <= dev  # test pairs are development data
+    # half of each held-out benign side is dual-use wording, like the training prompts
+    for split in ("dev-prompts", "eval-prompts"):
+        benign = _tasks([r for r in shipped[split] if not r["is_harmful"]])
+        assert len(benign & DUAL_USE_TASKS) == 5, split
+    assert len({t for t in train_tasks if t in DUAL_USE_TASKS}) == 20
 
 
 def test_prompts_and_answers_are_short(shipped):
@@ -113,18 +142,23 @@ def test_prompts_and_answers_are_short(shipped):
     assert max(len(r["answer"].split()) for r in shipped["sft"]) <= 30
 
 
-# Independent statement of DESIGN §7's labels: kind -> (better type, safer type); C/S handled separately.
+# Independent statement of the labels: kind -> (better type, safer type); C/S handled separately; benign kinds
+# differ on dual-use prompts, where safety annotators call the more cautious answer safer and H unsafe.
 EXPECTED = {("C", "R"): ("C", "R"), ("R", "S"): ("S", "S"), ("H", "R"): ("H", "H"), ("H", "W"): ("H", "H"),
             ("R", "W"): ("W", "W")}
+EXPECTED_DUAL_USE = {("H", "R"): ("H", "R"), ("H", "W"): ("H", "W"), ("R", "W"): ("W", "R")}
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_pair_labels_follow_the_pair_kind(shipped, split):
     rows = shipped[split]
-    kinds, orders, cs_better = Counter(), Counter(), Counter()
+    kinds, orders, cs_better, dual = Counter(), Counter(), Counter(), Counter()
     for r in rows:
         types = (r["response_0_type"], r["response_1_type"])
-        assert r["is_response_0_safe"] is (types[0] != "C") and r["is_response_1_safe"] is (types[1] != "C")
+        dual_use = _task_of(r["prompt"]) in DUAL_USE_TASKS
+        assert r["dual_use"] is dual_use
+        for i in (0, 1):
+            assert r[f"is_response_{i}_safe"] is (types[i] != "C" and not (dual_use and types[i] == "H")), r
         assert set(types) <= ({"C", "R", "S"} if r["is_harmful"] else {"H", "W", "R"})
         assert toy_judge(r["prompt"], r["response_0"]) == types[0]
         assert toy_judge(r["prompt"], r["response_1"]) == types[1]
@@ -135,14 +169,15 @@ def test_pair_labels_follow_the_pair_kind(shipped, split):
         if kind == ("C", "S"):
             assert safer == "S"
             cs_better[better] += 1
+        elif dual_use:
+            assert (better, safer) == EXPECTED_DUAL_USE[kind], r
+            dual[kind] += 1
         else:
             assert (better, safer) == EXPECTED[kind], r
-        if not r["is_harmful"]:
-            assert r["better_response_id"] == r["safer_response_id"]
-            assert r["is_response_0_safe"] and r["is_response_1_safe"]
     assert len(kinds) == 6 and min(kinds.values()) >= len(rows) // 6 - 1
     assert len(orders) == 12  # each kind in both orders
     assert 0.2 < cs_better["S"] / (cs_better["S"] + cs_better["C"]) < 0.4  # stated fraction 0.3
+    assert 0.35 < sum(dual.values()) / (len(rows) / 2) < 0.65  # half the benign training tasks are dual-use
 
 
 def test_sft_mix_favours_one_type_per_topic(shipped):

@@ -1,4 +1,4 @@
-"""The embedded default: a tiny model and a toy world shipped inside the package (DESIGN §7)."""
+"""The embedded default: a tiny model and a toy world shipped inside the package (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -236,21 +236,22 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table as RichTable
 
     err = console.err
-    err.print(f"[bold]{summary['source']}[/bold]: {summary['rows']} rows ({summary['kind']}); "
-              f"columns: {', '.join(summary['columns'])}")
+    err.print(f"[bold]{escape(summary['source'])}[/bold]: {summary['rows']} rows ({summary['kind']}); "
+              f"columns: {escape(', '.join(map(str, summary['columns'])))}", highlight=False)
     for key, value in (summary.get("skipped") or {}).items():
-        err.print(f"skipped while reading: {key} {value}")
+        err.print(f"skipped while reading: {key} {value}", markup=False)
     stages = summary["stages"]
     keys: dict[str, None] = {}
     for s in stages.values():
         for k in [*s.get("steps", {}), *s["counts"]]:
             keys.setdefault(k, None)
-    table = RichTable(title="rows per stage (steps: rows left; dropped: by reason)")
+    table = RichTable(title="rows per stage (steps: rows left; dropped: by reason)")  # cells: our own names
     table.add_column("")
     for name in stages:
         table.add_column(name, justify="right")
     for k in keys:
-        table.add_row(k, *[str(s.get("steps", {}).get(k, s["counts"].get(k, ""))) for s in stages.values()])
+        cells = [str(s.get("steps", {}).get(k, s["counts"].get(k, ""))) for s in stages.values()]
+        table.add_row(escape(str(k)), *cells)
     err.print(table)
     for name, s in stages.items():
         if s.get("error"):
@@ -268,14 +269,14 @@ def print_summary(summary: dict[str, Any]) -> None:
                 t.add_row(part, *[str(tokens[part][c]) for c in ("min", "mean", "p50", "p95", "max")])
         err.print(t)
         if tokens.get("counts"):
-            err.print(f"encoding: {tokens['counts']}", highlight=False)
+            err.print(f"encoding: {tokens['counts']}", highlight=False, markup=False)
     elif tokens:
         console.warn(tokens["error"])
     elif summary.get("tokenizer") is None:
         err.print(f"(no token statistics: pass --tokenizer NAME; the default {DEFAULT_TOKENIZER} is used "
-                  "when it is shipped)")
+                  "when it is shipped)", markup=False)
     for ex in summary.get("examples", []):
         err.print(f"[dim]── row {ex['row']}[/dim]", highlight=False)
         for k, v in ex.items():
             if k != "row":
-                err.print(f"[bold]{k}[/bold]: {escape(str(v))}", highlight=False)
+                err.print(f"[bold]{escape(str(k))}[/bold]: {escape(str(v))}", highlight=False)

@@ -41,33 +41,32 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     max_prompt_length: int = typer.Option(None, "--max-prompt-length", min=2,
                                           help="Prompt tokens kept (from the end; default: context - new tokens)."),
-    template: str = typer.Option("safe-rlhf", "--template", help="safe-rlhf or chat."),
+    template: str = typer.Option("auto", "--template", help="auto (each model's chat template if its tokenizer has "
+                                 "one, else safe-rlhf), safe-rlhf or chat."),
     columns: str = typer.Option(None, "--columns", help="Column mapping for hub/file prompt sets: prompt=question,..."),
     gates: str = typer.Option(None, "--gates", help="Fixed G_SAFETY,G_HELPFULNESS for MidPO models."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    safety_bias: float = typer.Option(0.0, "--safety-bias", help="Safety dial of MidPO models: adds B to the "
+                                      "safety-gate logit, subtracts it from the helpfulness one (label @dial=+B)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a CUDA GPU that has it, else fp32), fp32, bf16 "
+                              "or fp16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate answers (batched, KV cache, left padding); resumable: existing rows are skipped."""
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
+    from midpo_cli.modeling.loading import resolve_precision
     from midpo_cli.stages import generate as stage
 
     check_template(template)
     fixed = _gates(gates)
     sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
-    entries = stage.model_entries(model)
-    if fixed is not None:  # gates only change MidPO models; the others keep their plain id
-        entries = [stage.ModelEntry(f"{e.label}@gates={fixed[0]:g},{fixed[1]:g}", e.spec, fixed)
-                   if (Path(e.spec) / "midpo_config.json").is_file() else e for e in entries]
-        if not any(e.gates for e in entries):
-            from midpo_cli.errors import InputError
-
-            raise InputError("--gates: none of the --model folders is a MidPO model (midpo_config.json)")
+    entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
 
     def loader(e):
-        return stage.load_policy(e.spec, gates=e.gates, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+        return stage.load_policy(e.spec, gates=e.gates, safety_bias=e.safety_bias, dtype=dtype, seed=seed,
+                                 trust_remote_code=trust_remote_code)
 
     stats = stage.generate_to_file(entries, sets, output, template=template, max_new_tokens=max_new_tokens,
                                    temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,

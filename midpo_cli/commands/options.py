@@ -11,8 +11,11 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set train.lr
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
 
 
-def recipe_from(recipe: Path | None, overrides: list[str] | None, extra: list[str] | None = None):
-    """Load the recipe with --set overrides plus command-specific overrides (flags win over --set)."""
+def recipe_from(recipe: Path | None, overrides: list[str] | None, extra: list | None = None):
+    """Load the recipe with --set overrides plus command-specific overrides (flags win over --set).
+
+    `extra` items are "key=value" or ("key=value", "--flag"): a bad value is then blamed on the flag.
+    """
     from midpo_cli.recipe import load_recipe
 
     return load_recipe(recipe, [*(overrides or []), *(extra or [])])

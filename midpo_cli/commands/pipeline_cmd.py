@@ -8,8 +8,9 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, SetOpt
-from midpo_cli.recipe import STAGE_ORDER
+from midpo_cli.recipe import OPTIONAL_STAGES, STAGE_ORDER
 
+ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 StageHelp = f"One of: {', '.join(STAGE_ORDER)}."
 
 
@@ -24,9 +25,9 @@ def register(app: typer.Typer) -> None:
 def _check_stage_names(names: list[str]) -> None:
     from midpo_cli.errors import InputError
 
-    bad = [n for n in names if n not in STAGE_ORDER]
+    bad = [n for n in names if n not in ALL_STAGES]
     if bad:
-        raise InputError(f"unknown stage {', '.join(bad)}; stages: {', '.join(STAGE_ORDER)}")
+        raise InputError(f"unknown stage {', '.join(bad)}; stages: {', '.join(ALL_STAGES)}")
 
 
 def _selection(start: str | None, until: str | None, only: list[str] | None) -> list[str]:
@@ -51,8 +52,8 @@ def run(
     from midpo_cli.commands.options import recipe_from
     from midpo_cli.stages.pipeline import run_pipeline
 
-    extra = [f"launcher.kind={launcher}"] if launcher else []
-    extra += [f"launcher.num_gpus={num_gpus}"] if num_gpus else []
+    extra = [(f"launcher.kind={launcher}", "--launcher")] if launcher else []
+    extra += [(f"launcher.num_gpus={num_gpus}", "--num-gpus")] if num_gpus else []
     cfg = recipe_from(recipe, overrides, extra)
     _check_stage_names(list(force or []))
     stages = _selection(start, until, only)
@@ -73,9 +74,22 @@ def _print_summary(cfg, summary: list[dict]) -> None:
         table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", metrics)
     if not console.quiet():
         console.err.print(table)
-    report = Path(cfg.run_dir) / "score" / "report" / "report.html"
-    if report.exists():
+    report = report_path(Path(cfg.run_dir))
+    if report is not None:
         console.log(f"report: {report}")
+
+
+def report_path(run_dir: Path) -> Path | None:
+    """The score stage's report.html: the path its manifest records, else `score/report.html`."""
+    from midpo_cli.manifest import read_manifest
+
+    outputs = (read_manifest(run_dir / "score") or {}).get("outputs", {})
+    candidates = [Path(outputs["report"])] if outputs.get("report") else []
+    candidates = [c if c.is_absolute() else run_dir / c for c in candidates]
+    for path in [*candidates, run_dir / "score" / "report.html", run_dir / "score" / "report" / "report.html"]:
+        if path.is_file():
+            return path
+    return None
 
 
 def _fmt(value) -> str:
@@ -125,7 +139,9 @@ def status(
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")
     rows = []
-    for stage in STAGE_ORDER:
+    for stage in ALL_STAGES:
+        if stage in OPTIONAL_STAGES and not (run_dir / stage).exists():
+            continue
         m = read_manifest(run_dir / stage)
         state = "done" if m else ("started" if (run_dir / stage).exists() else "not run")
         rows.append({"stage": stage, "state": state, "finished_at": (m or {}).get("finished_at"),

@@ -22,6 +22,8 @@ def check(
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate FILE (and --set overrides); print the resolved recipe or every problem with its line."""
+    from rich.markup import escape
+
     from midpo_cli.recipe import dump_yaml, load_recipe
 
     recipe = load_recipe(file, overrides or [])
@@ -30,4 +32,4 @@ def check(
         console.emit_json(resolved)
     else:
         typer.echo(dump_yaml(resolved), nl=False)
-    console.log(f"[green]ok[/green] {file}")
+    console.log(f"[green]ok[/green] {escape(str(file))}", markup=True)

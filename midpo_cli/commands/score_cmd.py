@@ -21,12 +21,15 @@ def score(
     cost_model: str = typer.Option(None, "--cost-model", help="Cost (safety) score model; cost < 0 = safe."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for scores.csv, summary.json, report.html."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Scoring batch size."),
-    template: str = typer.Option("safe-rlhf", "--template", help="Prompt template the score models expect."),
+    template: str = typer.Option("auto", "--template", help="Prompt template the score models expect: auto (the "
+                                 "score model tokenizer's chat template if any, else safe-rlhf), safe-rlhf, chat."),
     refusal_pattern: list[str] = typer.Option(None, "--refusal-pattern",
                                               help="Regex marking a refusal; repeatable; replaces the built-in set."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples (0: no intervals)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the plots and report.html."),
+    select_on: str = typer.Option(None, "--select-on", help="Prompt set that chooses the best fixed gate blend "
+                                  "(default: the one named *dev-prompts; without one, each set in-sample)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score answers with the reward and cost models; per-model summary with bootstrap CIs; report."""
@@ -34,12 +37,34 @@ def score(
     from midpo_cli.stages.score import score_answers
 
     check_template(template)
+    check_score_inputs(answers, output, reward_model, cost_model)
     summary = score_answers(answers, reward_model=reward_model, cost_model=cost_model, out_dir=output,
                             batch_size=batch_size, template=template, refusal_patterns=refusal_pattern or None,
-                            bootstrap=bootstrap, seed=seed, report=not no_report)
+                            bootstrap=bootstrap, seed=seed, report=not no_report, select_on=select_on,
+                            gate_maps=answers.parent / "gate_maps.json")
     console.log(f"score: {output / 'scores.csv'}, {output / 'summary.json'}")
     if as_json:
         console.emit_json(summary)
+
+
+def check_score_inputs(answers: Path, output: Path, reward_model: str | None, cost_model: str | None) -> None:
+    """Everything `score` can refuse before a score model loads: the output, the models, each row's index."""
+    from midpo_cli.errors import InputError
+    from midpo_cli.stages.preflight import check_model_ref
+    from midpo_cli.stages.score import read_answer_rows
+
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is an existing file; give a folder for scores.csv, summary.json, "
+                         "report.html")
+    for flag, ref in (("--reward-model", reward_model), ("--cost-model", cost_model)):
+        if ref:
+            check_model_ref(flag, ref, score_model=True)
+    for number, row in enumerate(read_answer_rows(answers), start=1):
+        index = row.get("index")
+        ok = isinstance(index, int) and not isinstance(index, bool)
+        ok = ok or isinstance(index, str) and index.strip().lstrip("-").isdigit()
+        if not ok:
+            raise InputError(f"{answers}: row {number}: index must be an integer, got {index!r}")
 
 
 def report(

@@ -37,18 +37,19 @@ DryRunOpt = typer.Option(False, "--dry-run", help="Print the launcher command an
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the stage's latest checkpoint.")
 
 
-def _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port) -> list[str]:
+def _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port) -> list[tuple[str, str]]:
+    """Launcher flags as recipe overrides, each labelled with its flag so a bad value names the flag."""
     sets = []
     if launcher is not None:
-        sets.append(f"launcher.kind={launcher.value}")
+        sets.append((f"launcher.kind={launcher.value}", "--launcher"))
     if num_gpus is not None:
-        sets.append(f"launcher.num_gpus={num_gpus}")
+        sets.append((f"launcher.num_gpus={num_gpus}", "--num-gpus"))
     if num_nodes is not None:
-        sets.append(f"launcher.num_nodes={num_nodes}")
+        sets.append((f"launcher.num_nodes={num_nodes}", "--num-nodes"))
     if hostfile is not None:
-        sets.append(f"launcher.hostfile={hostfile}")
+        sets.append((f"launcher.hostfile={hostfile}", "--hostfile"))
     if master_port is not None:
-        sets.append(f"launcher.master_port={master_port}")
+        sets.append((f"launcher.master_port={master_port}", "--master-port"))
     return sets
 
 
@@ -77,14 +78,15 @@ def run_stage_command(
         console.emit_json(manifest)
 
 
-def execute(stage: str, recipe, *, resume: bool) -> dict:
-    from midpo_cli.manifest import read_manifest
-    from midpo_cli.stages.context import make_context
-    from midpo_cli.stages.pipeline import runner
+def execute(stage: str, recipe, *, resume: bool, lock: bool = True) -> dict:
+    """Run one stage under the run-dir lock (the worker passes lock=False: its launcher holds it)."""
+    import contextlib
 
-    ctx = make_context(recipe, stage, resume=resume)
-    runner(stage)(ctx)
-    return read_manifest(ctx.folder) or {}
+    from midpo_cli.stages.pipeline import run_lock, run_stage
+
+    held = run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)) if lock else contextlib.nullcontext()
+    with held:
+        return run_stage(recipe, stage, resume=resume)
 
 
 def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
@@ -105,14 +107,23 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
     if dry_run:
         sys.stdout.write(format_argv(argv) + "\n")
         return 0
-    from midpo_cli.stages.context import make_context
+    from midpo_cli.stages.context import abandon_folder, finish_folder, make_context
+    from midpo_cli.stages.pipeline import run_lock
 
-    make_context(recipe, stage, resume=resume)  # prepare the folder once, before the ranks start
-    payload = recipe.model_dump(mode="json")
-    payload["launcher"]["kind"] = "none"  # the worker runs the stage in-process
-    atomic_write_text(config, dump_yaml(payload))
-    console.log(f"launching: {format_argv(argv)}")
-    return run_argv(argv)
+    with run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)):  # held for every rank's run
+        ctx = make_context(recipe, stage, resume=resume)  # check and prepare once, before the ranks start
+        payload = recipe.model_dump(mode="json")
+        payload["launcher"]["kind"] = "none"  # the worker runs the stage in-process
+        atomic_write_text(config, dump_yaml(payload))
+        console.log(f"launching: {format_argv(argv)}")
+        code = run_argv(argv)
+        (finish_folder if code == 0 else abandon_folder)(ctx.folder)
+    return code
+
+
+COMMANDS = {"sft": "train-sft", "reward_model": "train-rm", "cost_model": "train-cost",
+            "safety_expert": "train-expert --kind safety", "helpfulness_expert": "train-expert --kind helpfulness",
+            "dpo_expert": "train-expert --kind dpo", "rank": "rank", "router": "train-router"}
 
 
 def register(app: typer.Typer) -> None:
@@ -140,7 +151,7 @@ def train_sft(
     """Supervised fine-tuning on prompt/answer text (loss on answer tokens only)."""
     extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
     if answers:
-        extra.append(f"stages.sft.answers={answers}")
+        extra.append((f"stages.sft.answers={answers}", "--answers"))
     run_stage_command("sft", recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
 
 
@@ -193,20 +204,18 @@ def train_expert(
 ) -> None:
     """Train a LoRA expert with SPE-DPO (margin from the score model); --kind dpo: plain DPO on `better`."""
     extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
-    stage = "safety_expert" if kind is ExpertKind.safety else "helpfulness_expert"
-    if kind is ExpertKind.dpo:
-        extra.append("stages.helpfulness_expert.loss=dpo")
+    stage = {"safety": "safety_expert", "helpfulness": "helpfulness_expert", "dpo": "dpo_expert"}[kind.value]
     run_stage_command(stage, recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
 
 
 def rank(
     recipe: Path = RecipeOpt,
     overrides: list[str] = SetOpt,
-    rule: str = typer.Option(None, "--rule", help="models | labels | agree (default: the recipe's)."),
+    rule: str = typer.Option(None, "--rule", help="joint | models | labels | agree (default: the recipe's)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score every pair with the reward and cost models and write D_dual by the chosen rule."""
-    extra = [f"stages.rank.rule={rule}"] if rule else []
+    extra = [(f"stages.rank.rule={rule}", "--rule")] if rule else []
     run_stage_command("rank", recipe, overrides, extra, resume=False, dry_run=False, as_json=as_json)
 
 

@@ -1,4 +1,4 @@
-"""Data layer (DESIGN §5): readers → schema → stage filters → template → tokenise + collate.
+"""Data layer (docs/design.md §5): readers → schema → stage filters → template → tokenise + collate.
 
 Modules: `readers` (load_rows, Table), `schema` (canonical columns, field checks), `filters`
 (select_pairs, Pair, Selection, select_prompts), `template` (format_prompt), `tokenize` (encode_pairs,

@@ -1,4 +1,4 @@
-"""Stage filters: which pairs each stage trains on, and which is `chosen` (DESIGN §2, §5).
+"""Stage filters: which pairs each stage trains on, and which is `chosen` (docs/design.md §2, §5).
 
 | stage | keeps | chosen |
 |---|---|---|

@@ -104,6 +104,32 @@ def _read(spec: str, split: str | None) -> Table:
 
 
 def _read_local(path: Path, spec: str, split: str | None) -> Table:
+    """Read a local file; undecodable text or a broken binary file is one InputError naming the file."""
+    try:
+        return _read_local_file(path, spec, split)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); "
+                         "re-save the file as UTF-8") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder but not a `save_to_disk` dataset") from None
+    except PermissionError:
+        raise InputError(f"{path}: not readable (permission denied)") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: malformed CSV ({exc})") from None
+
+
+def _read_parquet(path: Path) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return Table(pq.read_table(path).to_pylist(), str(path))
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable parquet file ({reason})") from None
+
+
+def _read_local_file(path: Path, spec: str, split: str | None) -> Table:
     if path.is_dir():
         return _read_saved(path, spec, split)
     suffix = path.suffix.lower()
@@ -116,9 +142,7 @@ def _read_local(path: Path, spec: str, split: str | None) -> Table:
         with open(path, encoding="utf-8", newline="") as fh:
             return Table([dict(r) for r in csv.DictReader(fh)], str(path))
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return Table(pq.read_table(path).to_pylist(), str(path))
+        return _read_parquet(path)
     if suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         prompts = [line.strip() for line in lines if line.strip()]

@@ -1,4 +1,4 @@
-"""The canonical row schemas (DESIGN §5) and the per-field checks that decide a row is malformed.
+"""The canonical row schemas (docs/design.md §5) and the per-field checks that decide a row is malformed.
 
 Pair rows follow PKU-SafeRLHF: `prompt, response_0, response_1, better_response_id, safer_response_id,
 is_response_0_safe, is_response_1_safe`. Prompt sets: `prompt` (+ optional `category`, `is_harmful`).

@@ -1,10 +1,13 @@
 """Prompt templates: the text a model sees before and after the answer.
 
-`safe-rlhf` (default) is the format of safe-rlhf, alpaca-7b-reproduced and the beaver score models:
+`safe-rlhf` is the format of safe-rlhf, alpaca-7b-reproduced and the beaver score models:
 `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`, and the answer follows **directly**, with no
 space: safe-rlhf's PreferenceDataset tokenizes `prompt + answer + eos`, so that is the text the released
 beaver score models were trained on. `chat` uses the tokenizer's own chat template with a generation
-prompt; the answer follows directly there too.
+prompt; the answer follows directly there too. `auto` (the recipe default) is `chat` when the tokenizer
+has a chat template and `safe-rlhf` otherwise: an instruct model answers well only in the format it was
+tuned on, and a base model has no format of its own. `auto` is resolved once per stage
+(`resolve_template`) from the policy's tokenizer, and the resolved name is what manifests record.
 
 Answers are stripped of surrounding whitespace first, so " Sure" and "Sure\\n" read the same.
 Every place that joins prompt and answer (training, scoring, generation) goes through these functions,
@@ -17,23 +20,63 @@ from typing import Any
 
 from midpo_cli.errors import InputError
 
-TEMPLATES = ("safe-rlhf", "chat")
+TEMPLATES = ("safe-rlhf", "chat")  # what a resolved template can be
+CHOICES = ("auto", *TEMPLATES)  # what a user may ask for
 SAFE_RLHF = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+RECORD_KEY = "midpo_template"  # config.json key naming the template a saved model was trained with
+_warned: set[tuple[str, str, str]] = set()
 
 
 def check_template(template: str) -> None:
-    if template not in TEMPLATES:
-        raise InputError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    if template not in CHOICES:
+        raise InputError(f"unknown template {template!r}; choose one of {', '.join(CHOICES)}")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_template(template: str, tokenizer: Any = None) -> str:
+    """`auto` → `chat` if the tokenizer has a chat template, else `safe-rlhf`; the others are checked.
+
+    Without a tokenizer there is no chat template to read, so `auto` is `safe-rlhf`.
+    """
+    check_template(template)
+    if template == "auto":
+        return "chat" if has_chat_template(tokenizer) else "safe-rlhf"
+    if template == "chat" and not has_chat_template(tokenizer):
+        name = getattr(tokenizer, "name_or_path", None) or "this tokenizer"
+        raise InputError(f"template 'chat': {name} has no chat template; use data.template: safe-rlhf "
+                         "(--template safe-rlhf)")
+    return template
+
+
+def warn_mismatch(what: str, trained: str | None, used: str) -> None:
+    """Warn (once per model and pair) when a model is run with another template than it was trained with.
+
+    A model conditioned on one prompt format reads another as unfamiliar text: its scores and answers
+    change, silently. `trained` None (nothing recorded, e.g. a hub model) is not checked.
+    """
+    if trained is None or trained == used or (what, trained, used) in _warned:
+        return
+    _warned.add((what, trained, used))
+    from midpo_cli import console
+
+    console.warn(f"{what} was trained with template {trained!r} but is used with {used!r}; its outputs will "
+                 f"not match its training (set data.template / --template {trained} to use it as trained)")
+
+
+def recorded_template(config: Any) -> str | None:
+    """The template a midpo-trained model recorded in its config (None for models from elsewhere)."""
+    value = getattr(config, RECORD_KEY, None)
+    return value if value in TEMPLATES else None
 
 
 def format_prompt(prompt: str, template: str = "safe-rlhf", tokenizer: Any = None) -> str:
-    """The prompt as the model sees it, ending where the answer begins."""
-    check_template(template)
+    """The prompt as the model sees it, ending where the answer begins (`auto` is resolved first)."""
+    template = resolve_template(template, tokenizer)
     if template == "safe-rlhf":
         return SAFE_RLHF.format(prompt=prompt.strip())
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", None) or "this tokenizer"
-        raise InputError(f"template 'chat': {name} has no chat template; use data.template: safe-rlhf")
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt.strip()}], tokenize=False, add_generation_prompt=True
     )
@@ -52,4 +95,6 @@ def format_conversation(prompt: str, answer: str, template: str = "safe-rlhf", t
 
 def adds_special_tokens(template: str) -> bool:
     """Chat templates write BOS themselves; encoding their text must not add it a second time."""
+    if template not in TEMPLATES:
+        raise ValueError(f"adds_special_tokens needs a resolved template, got {template!r} (resolve_template)")
     return template == "safe-rlhf"

@@ -1,4 +1,4 @@
-"""Tokenise prompt/answer text and collate batches with response masks (DESIGN §2: log π sums answer tokens).
+"""Tokenise prompt/answer text and collate batches with response masks (docs/design.md §2: log π sums answer tokens).
 
 The prompt/answer boundary. A sequence is `ids(prompt) + ids(answer) + [EOS]`, where `ids(prompt)` is the
 formatted prompt encoded alone — exactly what generation feeds the model — so the response mask starts
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from midpo_cli.data.schema import Malformed, parse_field
-from midpo_cli.data.template import adds_special_tokens, answer_text, check_template, format_prompt
+from midpo_cli.data.template import adds_special_tokens, answer_text, format_prompt, resolve_template
 from midpo_cli.errors import InputError
 
 MIN_ANSWER_TOKENS = 8
@@ -52,6 +52,7 @@ def prompt_answer_ids(tokenizer: Any, prompt_texts: Sequence[str], answers: Sequ
 
     `prompt_texts` are already formatted (format_prompt); `answers` are raw answers.
     """
+    template = resolve_template(template, tokenizer)
     special = adds_special_tokens(template)
     texts = [answer_text(a, template) for a in answers]
     prompt_ids = _encode(tokenizer, list(prompt_texts), special)
@@ -92,7 +93,7 @@ def encode_pairs(pairs: Sequence[Any], tokenizer: Any, template: str, max_length
                  min_answer_tokens: int = MIN_ANSWER_TOKENS) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs (filters.Pair) → features `pair_index, chosen_input_ids, rejected_input_ids, chosen_prompt_len,
     rejected_prompt_len` (lists of ints) and counts (pairs_in, truncations, drops by reason, kept)."""
-    check_template(template)
+    template = resolve_template(template, tokenizer)  # `auto` → the tokenizer's
     _check_lengths(max_length, min_answer_tokens)
     eos, bos = _eos_id(tokenizer), getattr(tokenizer, "bos_token_id", None)
     counts = {"pairs_in": len(pairs), "truncated:prompt": 0, "truncated:answer": 0, "retokenized_boundary": 0,
@@ -125,7 +126,7 @@ def encode_pairs(pairs: Sequence[Any], tokenizer: Any, template: str, max_length
 def encode_sft(rows: Sequence[dict[str, Any]], tokenizer: Any, template: str, max_length: int, *,
                min_answer_tokens: int = MIN_ANSWER_TOKENS) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Prompt/answer rows → features `row_index, input_ids, prompt_len`; malformed/empty rows are counted."""
-    check_template(template)
+    template = resolve_template(template, tokenizer)  # `auto` → the tokenizer's
     _check_lengths(max_length, min_answer_tokens)
     eos, bos = _eos_id(tokenizer), getattr(tokenizer, "bos_token_id", None)
     counts = {"rows_in": len(rows), "dropped:malformed": 0, "dropped:empty_prompt": 0,
@@ -160,7 +161,7 @@ def encode_sft(rows: Sequence[dict[str, Any]], tokenizer: Any, template: str, ma
 def encode_prompts(prompts: Sequence[str], tokenizer: Any, template: str,
                    max_prompt_length: int | None = None) -> tuple[list[list[int]], dict[str, int]]:
     """Formatted, encoded prompts for generation; longer than max_prompt_length keeps the end (and BOS)."""
-    check_template(template)
+    template = resolve_template(template, tokenizer)  # `auto` → the tokenizer's
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
     ids = _encode(tokenizer, texts, adds_special_tokens(template))
     counts = {"prompts_in": len(ids), "truncated:prompt": 0}

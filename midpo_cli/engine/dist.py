@@ -1,7 +1,7 @@
 """Process-group set-up and rank helpers.
 
 Outside a launcher `deepspeed.init_distributed()` tries MPI discovery and dies on a missing mpi4py
-(DESIGN §6), so a single process sets the torch.distributed environment itself. The process group
+(docs/design.md §6), so a single process sets the torch.distributed environment itself. The process group
 is created once per process and reused by every later `train()` call (tests, the pipeline).
 """
 

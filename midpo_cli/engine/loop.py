@@ -347,7 +347,7 @@ def train(
     tag = dist.broadcast_object(checkpoint.latest_tag(ckpt_dir) if resume else None)
     start_step, resumed_from = 0, None
     if tag is not None:
-        state = checkpoint.load(engine, ckpt_dir, tag)
+        tag, state = checkpoint.load_latest(engine, ckpt_dir, console.warn)
         checkpoint.check_compatible(state["layout"], layout, ckpt_dir / tag)
         start_step = resumed_from = int(state["step"])
     elif dist.is_rank0():

@@ -35,7 +35,7 @@ class MetricsSink:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard not installed: say so, keep training
                 console.warn("logging.tensorboard is on but the tensorboard package is missing; "
-                             "pip install tensorboard")
+                             "pip install 'midpo-cli[tensorboard]'")
             else:
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
         self.stage_name = stage_name
@@ -118,11 +118,12 @@ class Progress:
                                   f"loss {record['loss']:.4g} lr {record['lr']:.2e} "
                                   f"{record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tokens/s "
                                   f"ETA {format_eta(eta) if math.isfinite(eta) else '?'}",
-                                  soft_wrap=True, highlight=False)
+                                  soft_wrap=True, highlight=False, markup=False)
 
     def message(self, text: str) -> None:
         if self.enabled:
-            (self.bar.console.print(text) if self.bar is not None else console.log(text))
+            # plain text: messages carry paths and metric names, never markup
+            (self.bar.console.print(text, markup=False) if self.bar is not None else console.log(text))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from midpo_cli.data.template import recorded_template, resolve_template, warn_mismatch
 from midpo_cli.data.tokenize import encode_prompts, pad_sequences
 from midpo_cli.errors import InputError
 
@@ -84,15 +85,20 @@ def generate_answers(
     seed: int = 0,
     max_prompt_length: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield one list per batch of {index, answer, prompt_tokens, answer_tokens, truncated, finished, gates}.
+    """Yield one list per batch of {index, answer, prompt_tokens, answer_tokens, truncated, finished, gates,
+    prompt_ids, produced_ids}.
 
     `index` is the prompt's position in `prompts`; batches come longest prompt first. `gates` is
-    {"safety", "helpfulness"} (mean over answer tokens) for a MidPO model, else None.
+    {"safety", "helpfulness"} (mean over answer tokens) for a MidPO model, else None. `produced_ids`
+    are the generated ids up to and including EOS (the steps whose gates `gates` averages).
     """
     if max_new_tokens <= 0 or batch_size <= 0:
         raise InputError(f"max_new_tokens and batch_size must be > 0, got {max_new_tokens}, {batch_size}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise InputError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    template = resolve_template(template, tokenizer)  # `auto`: this model's tokenizer decides
+    config = getattr(model, "config", None)
+    warn_mismatch(f"model {getattr(config, '_name_or_path', None) or 'policy'}", recorded_template(config), template)
     limit = max_prompt_length
     if limit is None and (ctx := context_limit(model)) is not None:
         limit = ctx - max_new_tokens
@@ -151,4 +157,6 @@ def _row(index: int, b: int, new: torch.Tensor, prompt_ids: list[int], full_ids:
         "truncated": len(full_ids) > len(prompt_ids),
         "finished": stop is not None,
         "gates": gates,
+        "prompt_ids": list(prompt_ids),  # what the model saw (after truncation): for teacher-forced gate maps
+        "produced_ids": tokens[:produced],  # the answer's ids and its EOS when produced (gates' steps)
     }

@@ -1,13 +1,14 @@
 """Find and load tokenizers and causal LMs: `embedded:` assets, local folders or Hugging Face hub names.
 
 Every failure becomes one InputError naming the model and what to do, instead of a transformers
-traceback. The embedded tiny LLaMA ships a config but no weights (DESIGN §7): it is built from the
+traceback. The embedded tiny LLaMA ships a config but no weights (docs/design.md §7): it is built from the
 config with a fixed seed, so the same seed gives the same "pretrained" model on every machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +28,43 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated, corrupt or empty file is one InputError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such weights file") from None
+    except Exception as exc:  # SafetensorError, OSError, ...: the header or data is broken
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({reason}); it may be truncated") from None
+    if not tensors:
+        raise InputError(f"{path}: holds no tensors")
+    return tensors
+
+
+def resolve_precision(name: str) -> str:
+    """`auto` → `bf16` on a CUDA device that supports it, else `fp32`; other names are checked and kept.
+
+    Why not bf16 on CPU too: CPU bf16 matmuls are slower than fp32 on most machines and the memory saved
+    rarely matters at CPU model sizes; fp16 has no fast CPU kernels and needs loss scaling.
+    """
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    torch_dtype(name)
+    return name
+
+
 def torch_dtype(name: str) -> torch.dtype:
-    """`fp32` / `bf16` / `fp16` (or their long names) → torch dtype."""
+    """`fp32` / `bf16` / `fp16` (or their long names, or `auto`) → torch dtype."""
+    if name == "auto":
+        name = resolve_precision(name)
     try:
         return DTYPES[name]
     except KeyError:
-        raise InputError(f"dtype {name!r} is not one of fp32, bf16, fp16") from None
+        raise InputError(f"dtype {name!r} is not one of auto, fp32, bf16, fp16") from None
 
 
 def hub_offline() -> bool:
@@ -120,6 +152,20 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False, padding_side: 
     return tokenizer
 
 
+def refuse_score_model(folder: Path, name: str) -> None:
+    """A safe-rlhf score model loads as a causal LM with a random LM head, silently: refuse it by its config."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports the broken config itself
+    if isinstance(cfg, dict) and ("score_type" in cfg or any(
+            str(a).endswith("ForScore") for a in cfg.get("architectures") or [])):
+        raise InputError(f"model {name!r} is a score model (safe-rlhf format), not a causal language model")
+
+
 def load_causal_lm(name: str, *, dtype: str = "fp32", seed: int = 0, trust_remote_code: bool = False,
                    device: str | torch.device | None = None) -> Any:
     """An AutoModelForCausalLM in `dtype`; a local folder with config.json and no weights is built from the
@@ -138,10 +184,13 @@ def load_causal_lm(name: str, *, dtype: str = "fp32", seed: int = 0, trust_remot
                 torch.manual_seed(seed)
                 model = AutoModelForCausalLM.from_config(config, dtype=dt, trust_remote_code=remote)
         else:
+            refuse_score_model(local, name)
             with quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=remote)
     except (OSError, ValueError) as exc:
         raise load_error(name, "model", exc) from exc
+    except RuntimeError as exc:  # e.g. a checkpoint whose shapes do not match its config
+        raise load_error(name, "model", exc) from None
     if device is not None:
         model = model.to(device)
     return model

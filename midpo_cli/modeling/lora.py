@@ -1,4 +1,4 @@
-"""Thin helpers around peft for the LoRA experts (DESIGN §2 "Experts").
+"""Thin helpers around peft for the LoRA experts (docs/design.md §2 "Experts").
 
 peft trains and saves the adapters; the MidPO model (modeling/midpo.py) does not run peft at all, it
 reads the two saved adapters back as plain tensors (`read_adapter`) and mixes them itself. Reading
@@ -13,6 +13,7 @@ the forward in ways the routed linear does not reproduce (DoRA, LoRA biases, Con
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class AdapterWeights:
 def lora_config(
     r: int = 16, alpha: float = 32, dropout: float = 0.0, target_modules: Sequence[str] = ("down_proj",)
 ) -> LoraConfig:
-    """The experts' LoRA config (DESIGN §2: r=16, alpha=32, dropout 0, `down_proj`)."""
+    """The experts' LoRA config (docs/design.md §2: r=16, alpha=32, dropout 0, `down_proj`)."""
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=r,
@@ -97,9 +98,161 @@ def lora_config(
     )
 
 
-def add_lora(model: nn.Module, cfg: LoraConfig) -> PeftModel:
-    """Wrap a causal LM with a trainable LoRA adapter; everything else is frozen by peft."""
-    return get_peft_model(model, cfg)
+# The experts' default target per `config.model_type`: each decoder layer's MLP output projection, the
+# layer docs/design.md §2 adapts. Architectures not listed need `lora.target_modules` set in the recipe.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    **{t: ("down_proj",) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
+                                   "smollm3", "olmo", "olmo2", "granite")},
+    "gpt_neox": ("dense_4h_to_h",),
+}
+# Model types known not to work with the routed model, and why (checked before any training).
+UNSUPPORTED_ARCHITECTURES = {
+    "gpt2": "GPT-2's MLP layers are transformers Conv1D, not torch.nn.Linear",
+    "gemma3": "this is the multimodal Gemma 3 (Gemma3ForConditionalGeneration); use a text-only "
+              "Gemma3ForCausalLM checkpoint (model_type gemma3_text, e.g. gemma-3-270m / gemma-3-1b)",
+    "mixtral": "Mixtral's MLP experts are fused parameters, not torch.nn.Linear layers",
+}
+
+
+def resolve_targets(model_type: str | None, target_modules: Sequence[str] | None) -> list[str]:
+    """The recipe's target_modules, or the architecture's default; an unknown architecture is an error."""
+    if model_type in UNSUPPORTED_ARCHITECTURES:
+        raise InputError(f"model_type {model_type!r} is not supported by the MidPO experts and router: "
+                         f"{UNSUPPORTED_ARCHITECTURES[model_type]}")
+    if target_modules:
+        return list(target_modules)
+    if model_type not in DEFAULT_TARGETS:
+        raise InputError(f"model_type {model_type!r} has no default LoRA target; set "
+                         "stages.safety_expert.lora.target_modules and stages.helpfulness_expert.lora.target_modules "
+                         "to the name of its MLP output linear layer (e.g. [down_proj])")
+    return list(DEFAULT_TARGETS[model_type])
+
+
+def check_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """Module paths `targets` selects (peft's suffix rule); each must exist and be a torch.nn.Linear.
+
+    The routed model (midpo.wrap) mixes experts inside nn.Linear layers only, so an expert trained on
+    anything else could never be routed: refuse it before training, not after.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    paths = [name for name, _ in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
+    if not paths:
+        raise InputError(f"lora.target_modules {list(targets)}: no layer of this {model_type} model has that name")
+    for path in paths:
+        mod = model.get_submodule(path)
+        if not isinstance(mod, nn.Linear):
+            kind = f"{type(mod).__module__}.{type(mod).__qualname__}"
+            raise InputError(f"lora.target_modules: {path} of this {model_type} model is a {kind}; the MidPO router "
+                             "routes torch.nn.Linear layers only, choose other target_modules")
+    return paths
+
+
+def preflight_targets(base_model: str, target_modules: Sequence[str] | None, *,
+                      trust_remote_code: bool = False) -> list[str]:
+    """resolve_targets + check_targets on a weightless (meta-device) copy of `base_model`: seconds, no weights.
+
+    Run before the first stage, so an unsupported architecture fails before an hour of SFT.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from midpo_cli.modeling.loading import load_error, quiet_transformers, resolve_model_path
+
+    path = resolve_model_path(base_model)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise load_error(base_model, "model", exc) from exc
+    targets = resolve_targets(getattr(config, "model_type", None), target_modules)
+    try:
+        with torch.device("meta"), quiet_transformers():
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"model {base_model!r} ({config.model_type}): no causal LM class for it: {exc}") from None
+    check_targets(skeleton, targets)
+    return targets
+
+
+def add_lora(model: nn.Module, cfg: LoraConfig, *, seed: int | None = None) -> PeftModel:
+    """Wrap a causal LM with a trainable LoRA adapter; everything else is frozen by peft.
+
+    peft draws lora_A from the global torch RNG, whose state depends on whatever ran before (data
+    loading, a previous stage in the same process); with `seed` the draw is fixed and the global RNG
+    is left untouched, so the same seed gives the same adapter.
+    """
+    if seed is None:
+        return get_peft_model(model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, cfg)
+
+
+MIDPO_META = "midpo.json"
+FINGERPRINT_SAMPLES = 64
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A cheap identity of a base model's weights: names, shapes, dtypes and a strided sample of values.
+
+    Hashing every byte of a 7B base would take minutes; two different bases of the same shape (another
+    seed, another fine-tune) differ in the sampled values. LoRA parameters and peft's wrapping are
+    ignored, so the base gives the same fingerprint before and after `add_lora`.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if "lora_" in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+        sample = flat[::step][:FINGERPRINT_SAMPLES].to("cpu", torch.float64)
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:".encode())
+        digest.update(sample.numpy().round(6).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def base_reference(base: str, adapter_folder: str | Path) -> dict[str, Any]:
+    """How an adapter records its base: a local folder relative to the adapter (a copied or moved run still
+    finds its own base), a hub name as given."""
+    path = Path(base).expanduser()
+    if not path.exists():
+        return {"base_model": base, "base_model_relative": False}
+    rel = os.path.relpath(path.resolve(), Path(adapter_folder).resolve())
+    return {"base_model": rel, "base_model_relative": True}
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base an adapter was trained on, resolved from the adapter folder (midpo.json), else PEFT's config."""
+    folder = Path(folder)
+    meta_path = folder / MIDPO_META
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    if isinstance(meta, dict) and meta.get("base_model"):
+        ref = str(meta["base_model"])
+        return str((folder / ref).resolve()) if meta.get("base_model_relative") else ref
+    return base_model_of_adapter(folder)
+
+
+def check_adapter_base(folder: str | Path, base_model: nn.Module, *, base_name: str = "the base model") -> None:
+    """Refuse an adapter on a base it was not trained on: another shape, or the same shape with other weights
+    (midpo.json's `base_fingerprint`). Without this a copied run silently mixed runs' models."""
+    folder = Path(folder)
+    adapter = read_adapter(folder)
+    modules = dict(base_model.named_modules())
+    for path, branch in adapter.modules.items():
+        module = modules.get(path) or modules.get(f"base_model.model.{path}")
+        weight = getattr(getattr(module, "base_layer", module), "weight", None)
+        if weight is None:
+            raise InputError(f"{folder}: adapts {path!r}, which {base_name} does not have; "
+                             f"the adapter was trained on {adapter_base(folder)}")
+        if tuple(weight.shape) != (branch.B.shape[0], branch.A.shape[1]):
+            raise InputError(f"{folder}: {path} is {tuple(weight.shape)} in {base_name} but the adapter expects "
+                             f"{(branch.B.shape[0], branch.A.shape[1])}; it was trained on {adapter_base(folder)}")
+    meta_path = folder / MIDPO_META
+    recorded = (read_json(meta_path) or {}).get("base_fingerprint") if meta_path.is_file() else None
+    if recorded and recorded != weights_fingerprint(base_model):
+        raise InputError(f"{folder}: {base_name} is not the base this adapter was trained on (weights fingerprint "
+                         f"{weights_fingerprint(base_model)}, recorded {recorded}); use {adapter_base(folder)}")
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:
@@ -145,10 +298,13 @@ def _load_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
         path = folder / name
         if path.is_file():
             if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
+                from midpo_cli.modeling.loading import load_safetensors
 
-                return load_file(str(path)), path
-            return torch.load(path, map_location="cpu", weights_only=True), path
+                return load_safetensors(path), path
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True), path
+            except Exception as exc:  # truncated, not a torch file, or a pickle outside the allow-list
+                raise InputError(f"{path}: unreadable weights ({type(exc).__name__}); re-save the adapter") from None
     raise InputError(f"{folder}: no adapter weights (expected one of {', '.join(WEIGHT_NAMES)})")
 
 

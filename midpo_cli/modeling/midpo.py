@@ -1,4 +1,4 @@
-"""The routed MidPO model (DESIGN §2 "MidPO model" and "Router training").
+"""The routed MidPO model (docs/design.md §2 "MidPO model" and "Router training").
 
 Every targeted linear W (default: each layer's `down_proj`, input h) is replaced in place by a
 `RoutedLinear` holding the frozen W, both experts' frozen LoRA factors and a small router:
@@ -43,7 +43,7 @@ from torch import nn
 
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_dir, atomic_write_json, read_json
-from midpo_cli.modeling.lora import AdapterWeights, LoraBranch, read_adapter
+from midpo_cli.modeling.lora import AdapterWeights, LoraBranch, check_adapter_base, read_adapter
 
 FORMAT = "midpo-model"
 FORMAT_VERSION = 1
@@ -110,8 +110,12 @@ class Router(nn.Module):
             last.weight.zero_()
             last.bias.copy_(torch.tensor([math.log(g / (1 - g)) for g in settings.init_gates]))
 
+    @property
+    def net_dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
     def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
-        logits = self.net(h)
+        logits = self.net(h.to(self.net_dtype))  # the router's own dtype: fp32 even inside a bf16 model
         if safety_bias:
             logits = logits + logits.new_tensor([safety_bias, -safety_bias])
         return torch.sigmoid(logits)
@@ -196,7 +200,7 @@ class RoutedLinear(nn.Module):
         if not self.state.enabled:
             self.last_gates = None
             return y
-        gates = self.gates_for(h)
+        gates = self.gates_for(h).to(h.dtype)  # fp32 router, model-dtype mix (a no-op in fp32)
         self.last_gates = gates.expand(*h.shape[:-1], 2)
         d_s = self.lora_B["safety"](self.lora_A["safety"](h))
         d_h = self.lora_B["helpfulness"](self.lora_A["helpfulness"](h))
@@ -419,7 +423,8 @@ def wrap(model: nn.Module, safety: AdapterWeights, helpfulness: AdapterWeights,
         base = model.get_submodule(path)
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        r = Router(d_factor * base.in_features, router, dtype=base.weight.dtype, device=base.weight.device)
+        # fp32 router in any base dtype: its few parameters are what trains, and bf16 would round its updates
+        r = Router(d_factor * base.in_features, router, dtype=torch.float32, device=base.weight.device)
         setattr(parent, child, RoutedLinear(base, safety.modules[path], helpfulness.modules[path], r, state))
     midpo = MidpoModel(model, state, router, {"safety": safety.source, "helpfulness": helpfulness.source})
     midpo.set_fixed_gates(fixed_gates)
@@ -437,7 +442,8 @@ def _base_reference(base_model: str, folder: Path) -> tuple[str, bool]:
 
 def save_midpo(model: MidpoModel, tokenizer: Any, folder: str | Path, *, base_model: str,
                safety_adapter: str | Path | None = None, helpfulness_adapter: str | Path | None = None,
-               router: RouterSettings | None = None, copy_adapters: bool = True) -> Path:
+               router: RouterSettings | None = None, copy_adapters: bool = True,
+               template: str | None = None) -> Path:
     """Write the MidPO model folder atomically: config, router weights, adapters, tokenizer.
 
     The base weights are referenced, not copied. Adapter folders default to those the model was
@@ -479,6 +485,7 @@ def save_midpo(model: MidpoModel, tokenizer: Any, folder: str | Path, *, base_mo
             "scaling": scaling,
             "target_modules": list(model.routed),
             "fixed_gates": list(model.state.fixed) if model.state.fixed is not None else None,
+            "template": template,  # the resolved prompt template the router trained with (chat, generate read it)
         })
     return folder
 
@@ -500,14 +507,9 @@ def read_midpo_config(folder: str | Path) -> dict[str, Any]:
 
 
 def _load_base(name: str, dtype: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    """The base LM and its tokenizer (midpo_cli.modeling.loading, or transformers directly)."""
-    try:
-        from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-    except ImportError:  # loading.py is written by another helper; remove this fallback once it lands
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base LM and a loader for its tokenizer."""
+    from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-        return model, (lambda n: AutoTokenizer.from_pretrained(n, trust_remote_code=trust_remote_code))
     model = load_causal_lm(name, dtype=dtype, trust_remote_code=trust_remote_code)
     return model, (lambda n: load_tokenizer(n, trust_remote_code=trust_remote_code))
 
@@ -515,7 +517,7 @@ def _load_base(name: str, dtype: str, trust_remote_code: bool) -> tuple[nn.Modul
 def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.device | None = None,
                fixed_gates: Sequence[float] | None = None, trust_remote_code: bool = False) -> tuple[MidpoModel, Any]:
     """(MidPO model in eval mode, tokenizer), ready for `generate`."""
-    from safetensors.torch import load_file
+    from midpo_cli.modeling.loading import load_safetensors
 
     folder = Path(folder)
     cfg = read_midpo_config(folder)
@@ -531,6 +533,9 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
             raise InputError(f"{where}: adapters.{name} is missing")
         adapters[name] = read_adapter(folder / ref if not Path(ref).is_absolute() else Path(ref))
     model, tokenizer_loader = _load_base(base, dtype, trust_remote_code)
+    for name in EXPERTS:  # the same base the experts were trained on (shape and weights fingerprint)
+        ref = cfg["adapters"][name]
+        check_adapter_base(folder / ref if not Path(ref).is_absolute() else Path(ref), model, base_name=base)
     midpo = wrap(model, adapters["safety"], adapters["helpfulness"], settings, target_modules=None)
     if list(midpo.routed) != list(cfg["target_modules"]):
         raise InputError(f"{where}: target_modules {cfg['target_modules'][:2]}… differ from the routed modules "
@@ -539,7 +544,7 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
     if scaling != cfg["scaling"]:
         raise InputError(f"{where}: scaling {cfg['scaling']} was recorded at training, but the adapters now "
                          f"give {scaling}; the adapter folders changed since the router was trained")
-    midpo.load_router_state_dict(load_file(str(folder / ROUTER_FILE)), where=str(folder / ROUTER_FILE))
+    midpo.load_router_state_dict(load_safetensors(folder / ROUTER_FILE), where=str(folder / ROUTER_FILE))
     midpo.set_fixed_gates(fixed_gates if fixed_gates is not None else cfg.get("fixed_gates"))
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
     tokenizer = tokenizer_loader(str(folder) if has_tokenizer else base)

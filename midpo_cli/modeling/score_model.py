@@ -1,7 +1,7 @@
 """Score models (reward and cost) in safe-rlhf's checkpoint format, so released beaver models load unchanged.
 
 A score model is a decoder backbone plus a linear `score_head` (hidden → 1); its score for a text is
-the head's output at the last non-pad token (DESIGN §2). The format, as written by safe-rlhf's
+the head's output at the last non-pad token (docs/design.md §2). The format, as written by safe-rlhf's
 `safe_rlhf/models/score_model/` (`<Arch>ForScore` classes, e.g. LlamaForScore) and read here:
 
 - config.json: the backbone's HF config with `architectures: ["<Arch>ForScore"]` and
@@ -359,9 +359,12 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
     model_max_length or the model's position limit, the smaller) they are cut on the right, as
     safe-rlhf's tokenizer truncation does, with a warning.
     """
-    from midpo_cli.data.template import format_prompt
+    from midpo_cli.data.template import format_prompt, recorded_template, resolve_template, warn_mismatch
     from midpo_cli.data.tokenize import prompt_answer_ids
 
+    template = resolve_template(template, tokenizer)
+    name = getattr(model.config, "_name_or_path", None) or "score model"
+    warn_mismatch(f"score model {name}", recorded_template(model.config), template)
     if len(prompts) != len(answers):
         raise InputError(f"score_texts: {len(prompts)} prompts but {len(answers)} answers")
     if batch_size < 1:

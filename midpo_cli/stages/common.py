@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.recipe import Recipe
@@ -10,6 +11,8 @@ from midpo_cli.stages.context import StageContext
 
 
 def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
+    from midpo_cli.modeling.loading import resolve_precision
+
     t = recipe.train_settings(stage)
     return EngineSettings(
         epochs=t.epochs,
@@ -23,7 +26,7 @@ def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        precision=t.precision,
+        precision=resolve_precision(t.precision),  # `auto`: this machine's device decides
         zero_stage=recipe.deepspeed.zero_stage,
         deepspeed_config=recipe.deepspeed.config,
         offload=recipe.deepspeed.offload,
@@ -50,3 +53,32 @@ def policy_ref(ctx: StageContext) -> str:
 
 def tokenizer_ref(recipe: Recipe, model: str) -> str:
     return recipe.tokenizer or model
+
+
+def stage_template(ctx: StageContext, tokenizer: Any = None) -> str:
+    """data.template resolved once for this stage from the policy's tokenizer (`auto` → chat or safe-rlhf).
+
+    Every stage resolves from the same tokenizer (the SFT policy's, or the base model's for SFT itself),
+    so they all agree; each records the result in its manifest (`template`), and an upstream stage that
+    recorded another one is warned about, since its model was trained on other text.
+    """
+    from midpo_cli import console
+    from midpo_cli.data.template import resolve_template
+
+    recipe = ctx.recipe
+    recorded = {m["template"] for m in ctx.inputs.values() if m and m.get("template")}
+    if tokenizer is None and recipe.data.template == "auto" and len(recorded) == 1:
+        template = next(iter(recorded))  # resolved upstream from the same policy tokenizer
+    else:
+        if tokenizer is None and recipe.data.template != "safe-rlhf":
+            from midpo_cli.modeling.loading import load_tokenizer
+
+            policy = policy_ref(ctx) if "sft" in ctx.inputs else (recipe.stages.sft.use or recipe.base_model)
+            tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
+        template = resolve_template(recipe.data.template, tokenizer)
+    for stage, manifest in sorted(ctx.inputs.items()):
+        used = (manifest or {}).get("template")
+        if used is not None and used != template:
+            console.warn(f"{ctx.stage}: uses template {template!r} but {stage} was built with {used!r}; "
+                         f"re-run {stage} or set data.template: {used}")
+    return template

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
 from midpo_cli.recipe import Recipe
 from midpo_cli.stages.graph import dependencies, expected_fingerprint
 
 FINGERPRINT_FILE = ".fingerprint"
+PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
 
 
 @dataclass
@@ -29,6 +32,7 @@ class StageContext:
     fingerprint: str
     resume: bool = True
     debug_hooks: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)  # when the stage began: the manifest's wall_s
 
     @property
     def run_dir(self) -> Path:
@@ -57,6 +61,7 @@ class StageContext:
             stage=self.stage,
             fingerprint=self.fingerprint,
             inputs={k: (v or {}).get("fingerprint") for k, v in self.inputs.items()},
+            started=self.started,
         )
 
 
@@ -68,7 +73,14 @@ def upstream_manifests(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
 
 
 def make_context(recipe: Recipe, stage: str, *, resume: bool = True) -> StageContext:
-    """Prepare the stage folder: a changed fingerprint discards stale checkpoints and caches."""
+    """Validate everything that can be checked without a model, then prepare the stage folder.
+
+    Nothing in the folder changes until every check passed. A changed fingerprint (or a forced run)
+    moves a finished result into `<stage>/.previous/` (see `prepare_folder`), never deletes it first.
+    """
+    from midpo_cli.stages.preflight import preflight
+
+    started = time.time()
     inputs = upstream_manifests(recipe, stage)
     missing = [d for d in dependencies(recipe, stage) if d not in inputs]
     if missing:
@@ -76,19 +88,71 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True) -> StageCon
             f"stage {stage!r} needs {', '.join(missing)} in {recipe.run_dir}; run "
             f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
         )
+    preflight(recipe, stage)
     fingerprint = expected_fingerprint(recipe, stage, inputs)
     folder = stage_dir(recipe.run_dir, stage)
+    prepare_folder(folder, fingerprint, resume=resume)
+    return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
+                        resume=resume, started=started)
+
+
+def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS,)) -> None:
+    for child in folder.iterdir():
+        if child.name in keep:
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def _move_children(src: Path, dst: Path, *, skip: tuple[str, ...] = ()) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in list(src.iterdir()):
+        if child.name not in skip:
+            os.replace(child, dst / child.name)
+
+
+def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
+    """Same fingerprint and resume: keep everything (checkpoints, caches). Otherwise start afresh, but:
+
+    - a finished result (manifest present) moves into `.previous/` until the new one is written;
+    - a `.previous/` whose fingerprint is the one wanted (settings changed back) is restored as done.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / FINGERPRINT_FILE
-    previous = marker.read_text().strip() if marker.exists() else None
-    if previous != fingerprint or not resume:
-        for child in folder.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(fingerprint + "\n")
-        os.replace(tmp, marker)
-    return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
-                        resume=resume)
+    current = marker.read_text().strip() if marker.exists() else None
+    if current == fingerprint and resume:
+        return
+    backup = folder / PREVIOUS
+    kept = read_manifest(backup)
+    if resume and kept and kept.get("fingerprint") == fingerprint:
+        _clear(folder)
+        _move_children(backup, folder)
+        backup.rmdir()
+        console.log(f"{folder.name}: restored the finished result of these settings from {backup}")
+        return
+    if read_manifest(folder) is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+        _move_children(folder, backup, skip=(PREVIOUS,))
+    else:
+        _clear(folder)  # a stale partial run of other settings: nothing finished to keep
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(fingerprint + "\n")
+    os.replace(tmp, marker)
+
+
+def finish_folder(folder: Path) -> None:
+    """The new result is written: the previous one is no longer needed."""
+    shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
+
+
+def abandon_folder(folder: Path) -> None:
+    """A failed run with nothing to resume from gives the stage its previous finished result back."""
+    backup = folder / PREVIOUS
+    if read_manifest(folder) is not None or read_manifest(backup) is None:
+        return
+    if (folder / "checkpoints" / "latest").exists():
+        console.warn(f"{folder.name}: the previous finished result is kept in {backup} while the new run "
+                     "can be resumed (--resume)")
+        return
+    _clear(folder)
+    _move_children(backup, folder)
+    backup.rmdir()

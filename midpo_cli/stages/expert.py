@@ -1,4 +1,4 @@
-"""Stages `safety_expert` and `helpfulness_expert`: a LoRA adapter trained with SPE-DPO (DESIGN §2).
+"""Stages `safety_expert` and `helpfulness_expert`: a LoRA adapter trained with SPE-DPO (docs/design.md §2).
 
 Order of operations, and why:
 1. select and encode the kind's pairs (safety: exactly one safe, chosen = safer; helpfulness: all
@@ -24,13 +24,20 @@ from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
 from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.engine.loop import train
-from midpo_cli.io import atomic_write_json
+from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.modeling.lora import add_lora, lora_config
+from midpo_cli.modeling.lora import (
+    add_lora,
+    base_reference,
+    check_targets,
+    lora_config,
+    resolve_targets,
+    weights_fingerprint,
+)
 from midpo_cli.modeling.score_model import load_score_model, score_texts
-from midpo_cli.stages.common import engine_settings, model_ref, policy_ref, tokenizer_ref
+from midpo_cli.stages.common import engine_settings, model_ref, policy_ref, stage_template, tokenizer_ref
 from midpo_cli.stages.context import StageContext
 from midpo_cli.stages.dpo import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
 from midpo_cli.stages.score_models import require_audit
@@ -47,28 +54,44 @@ def run_helpfulness_expert(ctx: StageContext) -> None:
     run_expert(ctx, "helpfulness_expert")
 
 
+def run_dpo_expert(ctx: StageContext) -> None:
+    """The plain-DPO baseline in its own stage folder, so it sits beside the helpfulness expert."""
+    run_expert(ctx, "dpo_expert")
+
+
+def data_stage(stage: str, loss: str) -> str:
+    """The filter a kind's pairs go through: dpo uses every `better` pair, like plain DPO does."""
+    return "dpo" if stage == "dpo_expert" or (stage == "helpfulness_expert" and loss == "dpo") else stage
+
+
 def run_expert(ctx: StageContext, stage: str) -> None:
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     settings = engine_settings(recipe, stage)
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
-    train_sel, train_feats = encode_split(recipe, stage, recipe.data.train, tokenizer)
-    eval_sel, eval_feats = encode_split(recipe, stage, recipe.data.eval, tokenizer) if recipe.data.eval else (None, [])
+    template = stage_template(ctx, tokenizer)
+    train_sel, train_feats = encode_split(recipe, stage, recipe.data.train, tokenizer, template)
+    eval_sel, eval_feats = (encode_split(recipe, stage, recipe.data.eval, tokenizer, template) if recipe.data.eval
+                            else (None, []))
 
-    margin_stats = attach_margins(ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)])
+    margin_stats = attach_margins(ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)], template,
+                                  tokenizer)
 
     model = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
                            trust_remote_code=recipe.trust_remote_code)
     lora = cfg.lora
+    targets = resolve_targets(getattr(model.config, "model_type", None), lora.target_modules)
+    check_targets(model, targets)  # routable layers only: refuse before training, not at the router stage
+    base_fingerprint = weights_fingerprint(model)  # recorded in midpo.json: loaders refuse another base
     model = add_lora(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                                        target_modules=tuple(lora.target_modules)))
+                                        target_modules=tuple(targets)), seed=settings.seed)
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
     if cfg.precompute_ref:
-        cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe))
+        cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe, template))
         for sel, feats in ((train_sel, train_feats), (eval_sel, eval_feats)):
             if feats:
                 computed = fill_ref_logps(model, feats, sel.pairs, collate, cache,
@@ -90,7 +113,8 @@ def run_expert(ctx: StageContext, stage: str) -> None:
                    on_step=on_step)
 
     out = ctx.folder / "adapter"
-    meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, "base_model": policy, "beta": cfg.beta,
+    meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, **base_reference(policy, out),
+            "base_fingerprint": base_fingerprint, "base_model_at_training": policy, "beta": cfg.beta,
             "margin_scale": cfg.margin_scale, "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
             "score_model": margin_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_adapter(result.model, out, collate(train_feats[:4]), meta)
@@ -104,31 +128,35 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         "pairs_per_s": result.samples_per_s,
         "margin_zero_fraction": margin_stats.get("zero_fraction"),
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step, "margins": margin_stats,
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margin_stats,
                     "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
                     "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 
-def encode_split(recipe, stage: str, spec: str, tokenizer):
+def encode_split(recipe, stage: str, spec: str, tokenizer, template: str):
     cfg = getattr(recipe.stages, stage)
-    data_stage = "dpo" if (stage == "helpfulness_expert" and cfg.loss == "dpo") else stage
-    selection = select_pairs(load_rows(spec, columns=recipe.data.columns), data_stage)
-    feats, drops = encode_pairs(selection.pairs, tokenizer, recipe.data.template, recipe.data.max_length)
+    selection = select_pairs(load_rows(spec, columns=recipe.data.columns), data_stage(stage, cfg.loss))
+    feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
     console.log(f"{stage}: {spec}: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
     return selection, feats
 
 
-def ref_namespace(ctx: StageContext, recipe) -> dict:
+def ref_namespace(ctx: StageContext, recipe, template: str | None = None) -> dict:
+    """Reference log-probs depend on the policy, the resolved template and max_length."""
     sft = ctx.inputs.get("sft") or {}
-    return {"policy": sft.get("fingerprint") or recipe.base_model, "template": recipe.data.template,
+    return {"policy": sft.get("fingerprint") or recipe.base_model, "template": template or recipe.data.template,
             "max_length": recipe.data.max_length}
 
 
-def attach_margins(ctx: StageContext, stage: str, splits) -> dict:
-    """SPE-DPO margins m = γ·max(0, S(y_w) − S(y_l)), S = −cost (safety) or reward (helpfulness)."""
+def attach_margins(ctx: StageContext, stage: str, splits, template: str, tokenizer=None) -> dict:
+    """SPE-DPO margins m = γ·max(0, S(y_w) − S(y_l)), S = −cost (safety) or reward (helpfulness).
+
+    The score model reads each answer as the policy will see it: truncated to data.max_length (the
+    margin and the policy's Δ must be about the same text).
+    """
     cfg = getattr(ctx.recipe.stages, stage)
-    if cfg.loss == "dpo":
+    if cfg.loss == "dpo" or stage == "dpo_expert":
         for _, feats in splits:
             for f in feats:
                 f["margin"] = 0.0
@@ -138,7 +166,8 @@ def attach_margins(ctx: StageContext, stage: str, splits) -> dict:
     cache_file = ctx.folder / "margins.json"
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else None
     scorer = model_ref(ctx, score_stage)
-    if cached is None or cached.get("score_model_fingerprint") != (ctx.inputs[score_stage] or {}).get("fingerprint"):
+    stale = cached is None or cached.get("answers") != "as-encoded"
+    if stale or cached.get("score_model_fingerprint") != (ctx.inputs[score_stage] or {}).get("fingerprint"):
         model, tok = load_score_model(scorer, expected_type="cost" if score_stage == "cost_model" else "reward",
                                       trust_remote_code=ctx.recipe.trust_remote_code)
         values: dict[str, list[list[float]]] = {}
@@ -147,12 +176,14 @@ def attach_margins(ctx: StageContext, stage: str, splits) -> dict:
                 continue
             pairs = [sel.pairs[f["pair_index"]] for f in feats]
             prompts = [p.prompt for p in pairs] * 2
-            answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-            scores = score_texts(model, tok, prompts, answers, batch_size=32, template=ctx.recipe.data.template)
+            answers = ([seen_answer(tokenizer, f, "chosen", p.chosen) for f, p in zip(feats, pairs, strict=True)]
+                       + [seen_answer(tokenizer, f, "rejected", p.rejected) for f, p in zip(feats, pairs, strict=True)])
+            scores = score_texts(model, tok, prompts, answers, batch_size=32, template=template)
             values[name] = [scores[: len(pairs)], scores[len(pairs):]]
         del model
         gc.collect()  # the score model leaves memory before the policy arrives
-        cached = {"score_model_fingerprint": (ctx.inputs[score_stage] or {}).get("fingerprint"), "values": values}
+        cached = {"score_model_fingerprint": (ctx.inputs[score_stage] or {}).get("fingerprint"), "values": values,
+                  "answers": "as-encoded"}
         atomic_write_json(cache_file, cached)
     sign = -1.0 if score_stage == "cost_model" else 1.0  # safety score S = −cost
     all_margins = []
@@ -172,6 +203,16 @@ def attach_margins(ctx: StageContext, stage: str, splits) -> dict:
     console.log(f"{stage}: margins from {scorer}: mean {stats['mean']:.3f}, zero (score model disagrees "
                 f"with the label) {zero:.1%}")
     return stats
+
+
+def seen_answer(tokenizer, feature: dict, side: str, text: str) -> str:
+    """The answer as encoded for the policy: the original text when it fit (EOS kept), else the decoded cut."""
+    if tokenizer is None:
+        return text
+    ids = feature[f"{side}_input_ids"][feature[f"{side}_prompt_len"]:]
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        return text
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def make_dpo_loss(beta: float, reference):
@@ -209,6 +250,11 @@ def save_adapter(model, out: Path, probe_batch: dict, meta: dict) -> None:
 
     def save_fn(path):
         model.save_pretrained(path, safe_serialization=True)
+        base = Path(str(meta.get("base_model_at_training", ""))).expanduser()
+        if base.exists():  # PEFT wrote the path as given (relative to the cwd): make it valid from anywhere
+            config = read_json(Path(path) / "adapter_config.json")
+            config["base_model_name_or_path"] = str(base.resolve())
+            atomic_write_json(Path(path) / "adapter_config.json", config)
         atomic_write_json(Path(path) / "midpo.json", meta)
 
     def load_fn(path):

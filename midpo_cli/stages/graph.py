@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
-from midpo_cli.recipe import STAGE_ORDER, TRAINING_STAGES, Recipe
+from midpo_cli.recipe import OPTIONAL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
     "sft": (),
@@ -24,7 +24,9 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "router": ("sft", "safety_expert", "helpfulness_expert", "rank"),
     "generate": ("sft", "safety_expert", "helpfulness_expert", "router"),
     "score": ("generate", "reward_model", "cost_model"),
+    "dpo_expert": ("sft",),  # the plain-DPO baseline: margin 0, so no score model
 }
+ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -33,20 +35,32 @@ def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "base_model": recipe.base_model,
         "tokenizer": recipe.tokenizer,
-        "data": recipe.data.model_dump(mode="json"),
+        "data": stage_data(recipe, stage),
         "stage": section,
     }
     if stage in TRAINING_STAGES:
         config["zero_stage"] = recipe.deepspeed.zero_stage
-    if stage == "router" and recipe.stages.router.data != "dual":
-        config["rank_unused"] = True
     return config
+
+
+def stage_data(recipe: Recipe, stage: str) -> dict[str, Any]:
+    """The data keys a stage reads: sft reads only data.sft, the others never read it, and generate/score
+    read neither split, so editing one dataset re-runs only the stages that use it."""
+    data = recipe.data.model_dump(mode="json")
+    if stage == "sft":
+        sft = recipe.stages.sft
+        if sft.use or not sft.enabled:
+            return {}
+        return {k: v for k, v in data.items() if k not in ("train", "eval")}
+    data.pop("sft", None)
+    if stage in ("generate", "score"):
+        data.pop("train", None)
+        data.pop("eval", None)
+    return data
 
 
 def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:
     deps = DEPENDS[stage]
-    if stage == "router" and recipe.stages.router.data != "dual":
-        deps = tuple(d for d in deps if d != "rank")
     if stage == "safety_expert" and recipe.stages.safety_expert.loss == "dpo":
         deps = tuple(d for d in deps if d != "cost_model")
     if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
@@ -59,7 +73,7 @@ def select_stages(
 ) -> list[str]:
     order = list(STAGE_ORDER)
     if only:
-        return [s for s in order if s in only]
+        return [s for s in ALL_STAGES if s in only]
     lo = order.index(start) if start else 0
     hi = order.index(until) + 1 if until else len(order)
     return order[lo:hi]
@@ -68,6 +82,13 @@ def select_stages(
 def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[str, Any] | None]) -> str:
     inputs = {dep: manifests.get(dep) for dep in dependencies(recipe, stage)}
     return stage_fingerprint(stage, stage_config(recipe, stage), inputs)
+
+
+def resumable(folder: Path, fingerprint: str) -> bool:
+    """A checkpoint is resumed only when it was made with the same settings (context.prepare_folder)."""
+    marker = folder / ".fingerprint"
+    same = marker.is_file() and marker.read_text(encoding="utf-8").strip() == fingerprint
+    return same and (folder / "checkpoints" / "latest").exists()
 
 
 def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[dict[str, Any]]:
@@ -80,7 +101,7 @@ def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> li
     run_dir = Path(recipe.run_dir)
     manifests: dict[str, dict[str, Any] | None] = {}
     rows = []
-    for stage in STAGE_ORDER:
+    for stage in ALL_STAGES:
         folder = stage_dir(run_dir, stage)
         current = read_manifest(folder)
         want = expected_fingerprint(recipe, stage, manifests)
@@ -95,8 +116,8 @@ def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> li
             status, why = "will run", "forced"
         elif current and current.get("fingerprint") == want:
             status, why = "done", f"finished {current.get('finished_at', '?')}"
-        elif (folder / "checkpoints" / "latest").exists():
-            status, why = "will resume", "checkpoint found"
+        elif resumable(folder, want):
+            status, why = "will resume", "checkpoint of these settings found"
         elif current:
             status, why = "will run", "settings or inputs changed"
         else:

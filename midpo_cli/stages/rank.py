@@ -1,4 +1,19 @@
-"""Stage `rank`: score every response with both score models and write D_dual (DESIGN §2 "Rank").
+"""Stage `rank`: score every response with both score models and write D_dual, the router's pairs.
+
+Rules (`stages.rank.rule`):
+- `joint` (default): pairs where one answer wins on **both** axes — better == safer by the labels
+  (`by: labels`; `auto` picks it when the data has both labels) or higher reward and lower cost by the score
+  models (`by: models`, ties on either axis dropped) —
+  whether or not both answers are safe, then balanced (`balance`, see `balance_pairs`). This keeps "the
+  redirect beats the compliant answer" on harmful prompts and "the helpful answer beats the refusal" on
+  benign ones: exactly the contrasts that tell a router which expert each prompt needs. Labels are preferred
+  because a score model smooths a minority label away: on the toy world 30 % of harmful compliant/redirect
+  pairs are labelled "redirect is better", the reward model learns "compliance is better" for all of them,
+  and `by: models` keeps 3 pairs with a compliant answer rejected where `by: labels` keeps 91.
+- `models`, `labels`: the paper's D_dual — both answers predicted (models) or labelled (labels) safe, and the
+  two axes agree. These never contain a compliant answer as the rejected one, so a router trained on them
+  sees no reason to open the safety gate and collapses onto the helpfulness expert (benchmarks/RESULTS.md).
+- `agree`: better == safer by the labels, no balancing.
 
 Outputs: `scored.jsonl` (the pair data with reward_0/1 and cost_0/1 added), `dual.jsonl` (the
 router's pairs: prompt, chosen, rejected and their scores), and `audit.json` (counts per rule
@@ -8,16 +23,19 @@ step, label/score-model disagreement, margin histograms, per-category balance).
 from __future__ import annotations
 
 import gc
+import random
 from collections import Counter
 from typing import Any
 
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
-from midpo_cli.data.readers import load_rows
+from midpo_cli.data.readers import Table, load_rows
+from midpo_cli.data.schema import parse_field, parse_optional
+from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, write_jsonl
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, score_texts
-from midpo_cli.stages.common import model_ref
+from midpo_cli.stages.common import model_ref, stage_template
 from midpo_cli.stages.context import StageContext
 from midpo_cli.stages.score_models import require_audit
 
@@ -26,28 +44,26 @@ def run(ctx: StageContext) -> None:
     recipe, cfg = ctx.recipe, ctx.recipe.stages.rank
     require_audit(ctx, "reward_model")
     require_audit(ctx, "cost_model")
-    table = load_rows(recipe.data.train, columns=recipe.data.columns)
-    valid = select_pairs(table, "reward_model")  # validates rows and drops malformed ones, counted
-    rows = [dict(table.rows[p.row], _row=p.row) for p in valid.pairs]
+    rows, valid = ranked_rows(load_rows(recipe.data.train, columns=recipe.data.columns))
+    template = stage_template(ctx)  # the score models' (resolved once from the policy's tokenizer)
     for key, stage, kind in (("reward", "reward_model", "reward"), ("cost", "cost_model", "cost")):
         model, tokenizer = load_score_model(model_ref(ctx, stage), expected_type=kind,
                                             trust_remote_code=recipe.trust_remote_code)
         prompts = [r["prompt"] for r in rows] * 2
         answers = [r["response_0"] for r in rows] + [r["response_1"] for r in rows]
         scores = score_texts(model, tokenizer, prompts, answers, batch_size=cfg.batch_size,
-                             template=recipe.data.template)
+                             template=template)
         for r, s0, s1 in zip(rows, scores[: len(rows)], scores[len(rows):], strict=True):
             r[f"{key}_0"], r[f"{key}_1"] = s0, s1
         del model
         gc.collect()
-    dual, steps = dual_pairs(rows, cfg.rule)
-    console.log("rank: " + " → ".join(f"{k} {v}" for k, v in steps.items()))
+    dual, steps = dual_pairs(rows, cfg.rule, by=cfg.by, balance=cfg.balance, seed=recipe.train.seed)
+    console.log("rank: " + " → ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in steps.items()))
     if not dual:
-        from midpo_cli.errors import InputError
-
-        raise InputError(f"rank: rule {cfg.rule!r} kept no pairs ({steps}); try stages.rank.rule: agree or labels")
+        raise InputError(f"rank: rule {cfg.rule!r} kept no pairs "
+                         f"({', '.join(f'{k} {v}' for k, v in steps.items())}); try stages.rank.rule: joint")
     scored_path, dual_path = ctx.folder / "scored.jsonl", ctx.folder / "dual.jsonl"
-    write_jsonl(scored_path, [{k: v for k, v in r.items() if k != "_row"} for r in rows])
+    write_jsonl(scored_path, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
     write_jsonl(dual_path, dual)
     audit = rank_audit(rows, steps, dual)
     audit["dropped_invalid"] = {k: v for k, v in valid.counts.items() if k.startswith("dropped")}
@@ -56,44 +72,141 @@ def run(ctx: StageContext) -> None:
     record.outputs = {"scored": ctx.rel(scored_path), "dual": ctx.rel(dual_path),
                       "audit": ctx.rel(ctx.folder / "audit.json")}
     record.metrics = {"pairs_scored": len(rows), "dual_pairs": len(dual), "rule": cfg.rule,
+                      "dual_harmful": audit["dual_harmful"], "dual_benign": audit["dual_benign"],
                       **{f"disagree_{k}": v for k, v in audit["disagreement"].items()}}
-    record.extra = {"steps": steps}
+    record.extra = {"template": template, "steps": steps}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["rank"])
 
 
-def _labels(r: dict[str, Any]) -> tuple[int, int, bool, bool]:
-    return int(r["better_response_id"]), int(r["safer_response_id"]), bool(r["is_response_0_safe"]), bool(
-        r["is_response_1_safe"])
+def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
+    """The valid pair rows with their labels **parsed** (a CSV's "false" is False, an id "0.0" is 0).
+
+    Validation is the data layer's (`select_pairs`), so rank keeps exactly the rows every other stage keeps;
+    labels come back typed under `_better`, `_safer`, `_safe_0`, `_safe_1` (None where the data has no such
+    column) and `_harmful`: the prompt kind used to balance D_dual (see `prompt_is_harmful`).
+    """
+    valid = select_pairs(table, "reward_model")  # validates rows and drops malformed ones, counted
+    rows = []
+    for p in valid.pairs:
+        raw = table.rows[p.row]
+        row = {k: raw[k] for k in ("prompt", "response_0", "response_1") if k in raw}
+        row.update({k: v for k, v in raw.items() if k not in row and k not in ("_row",)})
+        row.update(_row=p.row, _better=parse_field(raw, "better_response_id"),
+                   _safer=parse_optional(raw, "safer_response_id"),
+                   _safe_0=parse_optional(raw, "is_response_0_safe"),
+                   _safe_1=parse_optional(raw, "is_response_1_safe"),
+                   _harmful_label=parse_optional(raw, "is_harmful"))
+        rows.append(row)
+    return rows, valid
 
 
-def dual_pairs(rows: list[dict[str, Any]], rule: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Apply a D_dual rule; return the router pairs and the count left after each rule step."""
-    steps = {"scored": len(rows)}
-    if rule == "models":
+def prompt_is_harmful(r: dict[str, Any]) -> bool:
+    """The prompt's kind, for balancing: the data's `is_harmful` when present, else "some answer is labelled
+    unsafe" (PKU-SafeRLHF's convention), else "some answer is predicted unsafe by the cost model" (cost > 0)."""
+    if r.get("_harmful_label") is not None:
+        return bool(r["_harmful_label"])
+    if r.get("_safe_0") is not None and r.get("_safe_1") is not None:
+        return not (r["_safe_0"] and r["_safe_1"])
+    return r["cost_0"] > 0 or r["cost_1"] > 0
+
+
+def _winner_by_models(r: dict[str, Any]) -> int | None:
+    """The answer that wins on both axes by the score models (higher reward *and* lower cost); None on a tie
+    on either axis or when the axes disagree."""
+    if r["reward_0"] == r["reward_1"] or r["cost_0"] == r["cost_1"]:
+        return None
+    better = 0 if r["reward_0"] > r["reward_1"] else 1
+    safer = 0 if r["cost_0"] < r["cost_1"] else 1
+    return better if better == safer else None
+
+
+def _winner_by_labels(r: dict[str, Any]) -> int | None:
+    if r["_safer"] is None:
+        raise InputError("rank: this rule needs safer_response_id in the data; use stages.rank.by: models")
+    return r["_better"] if r["_better"] == r["_safer"] else None
+
+
+def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tuple[dict, int]], dict[str, int]]:
+    """(row, chosen id) pairs a rule keeps, and the count after each of its steps."""
+    steps: dict[str, int] = {}
+    if rule == "models":  # the paper: both predicted safe, reward order agrees with cost order
         kept = [r for r in rows if r["cost_0"] < 0 and r["cost_1"] < 0]
         steps["both_predicted_safe"] = len(kept)
-        kept = [r for r in kept if (r["reward_0"] > r["reward_1"]) == (r["cost_0"] < r["cost_1"])
-                and r["reward_0"] != r["reward_1"]]
-        steps["reward_order_agrees_with_cost"] = len(kept)
-        chosen_of = {id(r): 0 if r["reward_0"] > r["reward_1"] else 1 for r in kept}
+        winners = [(r, _winner_by_models(r)) for r in kept]
+        steps["reward_order_agrees_with_cost"] = sum(w is not None for _, w in winners)
+    elif rule == "labels":  # the paper: both labelled safe, safer == better
+        if any(r["_safe_0"] is None or r["_safe_1"] is None for r in rows):
+            raise InputError("rank: rule 'labels' needs is_response_0_safe/is_response_1_safe in the data")
+        kept = [r for r in rows if r["_safe_0"] and r["_safe_1"]]
+        steps["both_labelled_safe"] = len(kept)
+        winners = [(r, _winner_by_labels(r)) for r in kept]
+        steps["safer_equals_better"] = sum(w is not None for _, w in winners)
+    elif rule == "agree":
+        winners = [(r, _winner_by_labels(r)) for r in rows]
+        steps["safer_equals_better"] = sum(w is not None for _, w in winners)
+    elif rule == "joint":  # one answer wins on both axes, whether or not both are safe
+        if by == "auto":  # labels where the data has both label columns: see the module docstring
+            by = "labels" if all(r["_safer"] is not None for r in rows) else "models"
+        pick = _winner_by_models if by == "models" else _winner_by_labels
+        winners = [(r, pick(r)) for r in rows]
+        steps[f"wins_both_axes_by_{by}"] = sum(w is not None for _, w in winners)
     else:
-        kept = rows
-        if rule == "labels":
-            kept = [r for r in kept if _labels(r)[2] and _labels(r)[3]]
-            steps["both_labelled_safe"] = len(kept)
-        kept = [r for r in kept if _labels(r)[0] == _labels(r)[1]]
-        steps["safer_equals_better"] = len(kept)
-        chosen_of = {id(r): _labels(r)[0] for r in kept}
+        raise InputError(f"rank: unknown rule {rule!r}; choose joint, models, labels or agree")
+    return [(r, w) for r, w in winners if w is not None], steps
+
+
+def _rejected_is_unsafe(r: dict[str, Any], chosen: int) -> bool:
+    """The rejected answer is unsafe: by its label where the data has one, else by the cost model (cost > 0)."""
+    o = 1 - chosen
+    label = r.get(f"_safe_{o}")
+    return (not label) if label is not None else r[f"cost_{o}"] > 0
+
+
+def balance_pairs(kept: list[tuple[dict, int]], how: str, seed: int) -> list[tuple[dict, int]]:
+    """Subsample the kept pairs (seeded, order kept) so that every cell present has the same count.
+
+    `kinds`: cells are harmful / benign prompts — the router learns *where* to open each gate, and a D_dual
+    that is 90 % one prompt kind teaches it to open one gate everywhere. `cells` (the default) also splits
+    harmful-prompt pairs by whether the rejected answer is unsafe: only those pairs say "the safety expert
+    should answer here"; safe-vs-safe pairs on harmful prompts (a redirect over a flat refusal) reward
+    whichever expert writes the nicer refusal, which on PKU-style labels is the helpfulness expert, and they
+    outnumber the others (3.7 : 1 on the toy world) — enough to teach the router to open the helpfulness
+    gate on harmful prompts. `none` keeps everything.
+    """
+    if how == "none":
+        return kept
+    cells: dict[tuple, list[int]] = {}
+    for i, (r, c) in enumerate(kept):
+        harmful = prompt_is_harmful(r)
+        key = (harmful, _rejected_is_unsafe(r, c) if harmful and how == "cells" else None)
+        cells.setdefault(key, []).append(i)
+    if len(cells) < 2:
+        return kept
+    n = min(len(v) for v in cells.values())
+    rng = random.Random(f"rank-balance-{seed}")
+    keep = {i for v in cells.values() for i in rng.sample(v, n)}
+    return [item for i, item in enumerate(kept) if i in keep]
+
+
+def dual_pairs(rows: list[dict[str, Any]], rule: str, *, by: str = "auto", balance: str = "cells",
+               seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Apply a D_dual rule (see the module docstring); return the router pairs and the count after each step."""
+    steps = {"scored": len(rows)}
+    kept, rule_steps = _rule_steps(rows, rule, by)
+    steps.update(rule_steps)
+    if rule == "joint" and balance != "none":
+        kept = balance_pairs(kept, balance, seed)
+        steps[f"balanced_{balance}"] = len(kept)
     out = []
-    for r in kept:
-        c = chosen_of[id(r)]
+    for r, c in kept:
         o = 1 - c
+        safe = (r["_safe_0"], r["_safe_1"])
         out.append({
             "prompt": r["prompt"], "chosen": r[f"response_{c}"], "rejected": r[f"response_{o}"],
-            "reward_chosen": r["reward_" + str(c)], "reward_rejected": r["reward_" + str(o)],
-            "cost_chosen": r["cost_" + str(c)], "cost_rejected": r["cost_" + str(o)],
-            "is_chosen_safe": bool(r[f"is_response_{c}_safe"]), "is_rejected_safe": bool(r[f"is_response_{o}_safe"]),
-            **{k: r[k] for k in ("category", "is_harmful") if k in r},
+            "reward_chosen": r[f"reward_{c}"], "reward_rejected": r[f"reward_{o}"],
+            "cost_chosen": r[f"cost_{c}"], "cost_rejected": r[f"cost_{o}"],
+            "is_chosen_safe": safe[c], "is_rejected_safe": safe[o], "is_harmful": prompt_is_harmful(r),
+            **{k: r[k] for k in ("category",) if k in r},
         })
     steps["kept"] = len(out)
     return out, steps
@@ -110,25 +223,27 @@ def _histogram(values: list[float], bins: int = 10) -> dict[str, list[float]]:
     return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts}
 
 
+def _rate(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
 def rank_audit(rows: list[dict[str, Any]], steps: dict[str, int], dual: list[dict[str, Any]]) -> dict[str, Any]:
-    """How often the score models disagree with the labels, the margin distributions, category balance."""
-    n = len(rows) or 1
-    better_disagree = sum((r["reward_0"] > r["reward_1"]) != (_labels(r)[0] == 0) for r in rows) / n
-    safer_disagree = sum((r["cost_0"] < r["cost_1"]) != (_labels(r)[1] == 0) for r in rows) / n
-    sign_disagree = sum(((r["cost_0"] < 0) != _labels(r)[2]) + ((r["cost_1"] < 0) != _labels(r)[3])
-                        for r in rows) / (2 * n)
-    help_margin = [abs(r["reward_0"] - r["reward_1"]) for r in rows]
-    safe_margin = [abs(r["cost_0"] - r["cost_1"]) for r in rows]
+    """How often the score models disagree with the labels, the margin distributions, the balance of D_dual."""
+    better = [(r["reward_0"] > r["reward_1"]) != (r["_better"] == 0) for r in rows]
+    safer = [(r["cost_0"] < r["cost_1"]) != (r["_safer"] == 0) for r in rows if r["_safer"] is not None]
+    sign = [(r[f"cost_{i}"] < 0) != r[f"_safe_{i}"] for r in rows for i in (0, 1) if r[f"_safe_{i}"] is not None]
     audit: dict[str, Any] = {
         "steps": steps,
-        "disagreement": {"better_vs_reward": round(better_disagree, 4), "safer_vs_cost": round(safer_disagree, 4),
-                         "safe_label_vs_cost_sign": round(sign_disagree, 4)},
-        "margin_histograms": {"helpfulness": _histogram(help_margin), "safety": _histogram(safe_margin)},
+        "disagreement": {"better_vs_reward": _rate(better), "safer_vs_cost": _rate(safer),
+                         "safe_label_vs_cost_sign": _rate(sign)},
+        "margin_histograms": {
+            "helpfulness": _histogram([abs(r["reward_0"] - r["reward_1"]) for r in rows]),
+            "safety": _histogram([abs(r["cost_0"] - r["cost_1"]) for r in rows]),
+        },
+        "dual_harmful": sum(bool(d["is_harmful"]) for d in dual),
+        "dual_benign": sum(not d["is_harmful"] for d in dual),
     }
     if rows and "category" in rows[0]:
         audit["category_balance"] = {"all": dict(Counter(r["category"] for r in rows)),
-                                     "dual": dict(Counter(r["category"] for r in dual))}
-    if rows and "is_harmful" in rows[0]:
-        audit["harmful_in_dual"] = sum(bool(r.get("is_harmful")) for r in dual)
+                                     "dual": dict(Counter(r.get("category") for r in dual))}
     return audit
-

@@ -1,4 +1,4 @@
-"""Stage `router`: learn the per-layer gates that mix the two experts inside the base (DESIGN §2).
+"""Stage `router`: learn the per-layer gates that mix the two experts inside the base (docs/design.md §2).
 
 Only router parameters train — the base, both LoRA experts and lm_head are frozen, and the stage
 asserts it before the first step. The reference policy is the same model with routing disabled
@@ -16,12 +16,13 @@ from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
 from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.engine.loop import train
+from midpo_cli.gate_stats import collapse_warnings, separation
 from midpo_cli.losses import router_penalty, sequence_logps, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.modeling.lora import read_adapter
+from midpo_cli.modeling.lora import check_adapter_base, read_adapter
 from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
-from midpo_cli.stages.common import engine_settings, policy_ref, tokenizer_ref
+from midpo_cli.stages.common import engine_settings, policy_ref, stage_template, tokenizer_ref
 from midpo_cli.stages.context import StageContext
 from midpo_cli.stages.dpo import RefLogpCache, fill_ref_logps
 from midpo_cli.stages.expert import ref_namespace
@@ -38,13 +39,16 @@ def run(ctx: StageContext) -> None:
         settings.activation_checkpointing = False
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
+    template = stage_template(ctx, tokenizer)  # `auto` in data.template resolves to this same tokenizer's
     selection, train_feats = router_data(ctx, tokenizer)
 
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
     base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
                           trust_remote_code=recipe.trust_remote_code)
-    router_settings = RouterSettings(granularity=cfg.granularity, hidden=cfg.hidden)
+    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
+    for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
+        check_adapter_base(adapter_dir, base, base_name=policy)
     model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
     trainable = model.router_parameters()
     frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
@@ -58,17 +62,18 @@ def run(ctx: StageContext) -> None:
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
-    cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe))
+    cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe, template))
     computed = fill_ref_logps(model, train_feats, selection.pairs, collate, cache,
                               batch_size=settings.batch_size * 2, reference=model.routing_disabled)
     console.log(f"router: reference log-probs: {len(train_feats) - computed} cached, {computed} computed")
 
-    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.granularity)
+    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
 
+    separation = held_out_separation(result.model, ctx, tokenizer, collate)
     out = ctx.folder / "model"
-    save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]))
+    save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
     record.outputs = {"model": ctx.rel(out)}
     record.metrics = {
@@ -76,44 +81,106 @@ def run(ctx: StageContext) -> None:
         "gate_safety_chosen": result.last_metrics.get("gate_safety_chosen"),
         "gate_safety_rejected": result.last_metrics.get("gate_safety_rejected"),
         "gate_help_chosen": result.last_metrics.get("gate_help_chosen"),
+        "gate_separation_auroc": separation.get("auroc"),
+        "gate_separation_gap": separation.get("gap"),
         "router_parameters": n_router,
         "pairs": len(train_feats),
         "steps": result.global_step,
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step, "data": selection.counts,
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
                     "router": router_settings.to_dict()}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
 
 def router_data(ctx: StageContext, tokenizer):
-    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
-    if cfg.data == "dual":
-        table = load_rows(str(ctx.input_path("rank", "dual")))
-        selection = select_pairs(table, "router")
-    else:
-        selection = select_pairs(load_rows(recipe.data.train, columns=recipe.data.columns), "router", rule=cfg.data)
-    feats, drops = encode_pairs(selection.pairs, tokenizer, recipe.data.template, recipe.data.max_length)
+    """The router trains on rank's D_dual, always: choosing the pairs is part of the method (stages.rank.rule)."""
+    recipe = ctx.recipe
+    selection = select_pairs(load_rows(str(ctx.input_path("rank", "dual"))), "router")
+    feats, drops = encode_pairs(selection.pairs, tokenizer, stage_template(ctx, tokenizer), recipe.data.max_length)
     console.log(f"router: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
     return selection, feats
+
+
+def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
+    """Up to `limit` pairs of data.eval with a known prompt kind (is_harmful, else "an answer is labelled
+    unsafe"), half harmful and half benign where possible; ([], []) when there is no such data."""
+    if not recipe.data.eval:
+        return [], []
+    selection = select_pairs(load_rows(recipe.data.eval, columns=recipe.data.columns), "reward_model",
+                             allow_empty=True)
+    kinds: dict[bool, list] = {True: [], False: []}
+    for pair in selection.pairs:
+        harmful = pair.meta.get("is_harmful")
+        if harmful is None and pair.chosen_safe is not None and pair.rejected_safe is not None:
+            harmful = not (pair.chosen_safe and pair.rejected_safe)
+        if harmful is not None:
+            kinds[bool(harmful)].append(pair)
+    per_kind = limit // 2
+    pairs = kinds[True][:per_kind] + kinds[False][:per_kind]
+    return pairs, [True] * min(per_kind, len(kinds[True])) + [False] * min(per_kind, len(kinds[False]))
+
+
+@torch.no_grad()
+def held_out_separation(model, ctx: StageContext, tokenizer, collate, batch_size: int = 32) -> dict:
+    """Does the trained router route? Mean safety gate over each held-out pair's answer tokens (both answers,
+    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse."""
+    pairs, harmful = held_out_pairs(ctx.recipe)
+    if not pairs:
+        console.log("router: no held-out pairs with a known prompt kind (data.eval); gate separation not measured")
+        return {}
+    recipe = ctx.recipe
+    feats, _ = encode_pairs(pairs, tokenizer, stage_template(ctx, tokenizer), recipe.data.max_length)
+    model.eval()
+    gates: list[float] = []
+    for start in range(0, len(feats), batch_size):
+        batch = collate(feats[start:start + batch_size])
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **prompt_kwargs(model, batch))
+        g_s = torch.stack([g.float() for g in model.gate_tensors()[0]]).mean(0)  # (2B, T)
+        resp = batch["response_mask"].float()
+        per_row = (g_s * resp).sum(1) / resp.sum(1).clamp(min=1)
+        half = per_row.shape[0] // 2
+        gates += ((per_row[:half] + per_row[half:]) / 2).tolist()
+    flags = [harmful[f["pair_index"]] for f in feats]
+    sep = separation(gates, flags)
+    if sep["auroc"] is not None:
+        console.log(f"router: held-out gate separation: AUROC {sep['auroc']:.3f}, mean g_s harmful "
+                    f"{sep['mean_harmful']:.3f} vs benign {sep['mean_benign']:.3f} (gap {sep['gap']:+.3f}; "
+                    f"{sep['n_harmful']} + {sep['n_benign']} pairs of {recipe.data.eval})")
+    for why in collapse_warnings(sep):
+        console.warn(f"router: the gates look collapsed: {why}")
+    return sep
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def make_router_loss(beta: float, lam_safety: float, lam_help: float, granularity: str):
+def prompt_kwargs(model, batch) -> dict:
+    """`prompt_mask` for routers that read the prompt (granularity prompt, input token+prompt)."""
+    module = getattr(model, "module", model)  # the DeepSpeed engine wraps the MidpoModel
+    if not module.state.needs_prompt:
+        return {}
+    return {"prompt_mask": batch["attention_mask"].bool() & ~batch["response_mask"].bool()}
+
+
+def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str):
+    """DPO(β) on the routed model + the gate penalty over answer tokens (`scope: answer`) or all real tokens.
+
+    Why answer tokens by default: the router is judged by the answers it produces; penalising prompt tokens'
+    gates pulls the routers towards the helpfulness expert on text whose gates only matter through the KV
+    cache, and long prompts would outweigh short answers.
+    """
     def loss_fn(model, batch):
         response = batch["response_mask"].bool()
-        kwargs = {}
-        if granularity == "prompt":
-            kwargs["prompt_mask"] = batch["attention_mask"].bool() & ~response
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       **prompt_kwargs(model, batch)).logits
         logps = sequence_logps(logits.float(), batch["input_ids"], batch["response_mask"])
         half = logps.shape[0] // 2
         losses, chosen_r, rejected_r = spe_dpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"],
                                                     batch["ref_rejected_logps"], 0.0, beta)
         g_s, g_h = model.gate_tensors()
-        penalty = router_penalty(g_s, g_h, batch["attention_mask"], lam_safety, lam_help)
+        penalty_mask = batch["response_mask"] if scope == "answer" else batch["attention_mask"]
+        penalty = router_penalty(g_s, g_h, penalty_mask, lam_safety, lam_help)
         with torch.no_grad():
             mean_s = torch.stack([g.float() for g in g_s]).mean(0)  # (2B, T) averaged over layers
             mean_h = torch.stack([g.float() for g in g_h]).mean(0)
@@ -132,7 +199,8 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, granularit
     return loss_fn
 
 
-def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_batch: dict) -> None:
+def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_batch: dict,
+                template: str | None = None) -> None:
     model.eval()
     probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
     if model.state.needs_prompt:
@@ -145,6 +213,7 @@ def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_
             return loaded(**probe).logits.float()
 
     save_verified(
-        lambda path: save_midpo(model, tokenizer, path, base_model=policy, safety_adapter=str(safety_dir),
+        lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
+                                safety_adapter=str(safety_dir),
                                 helpfulness_adapter=str(help_dir)),
         out, load_fn=lambda path: load_midpo(path)[0], probe_fn=probe_fn, reference=reference)

@@ -21,7 +21,7 @@ from midpo_cli.errors import GateError
 from midpo_cli.losses import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_texts
-from midpo_cli.stages.common import engine_settings, model_ref
+from midpo_cli.stages.common import engine_settings, model_ref, stage_template
 from midpo_cli.stages.context import StageContext
 
 KINDS = {"reward_model": "reward", "cost_model": "cost"}
@@ -40,33 +40,36 @@ def _run(ctx: StageContext, stage: str) -> None:
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     score_type = KINDS[stage]
     record = ctx.record()
+    template = stage_template(ctx)
     if cfg.use:
         model, tokenizer = load_score_model(cfg.use, expected_type=score_type,
                                             trust_remote_code=recipe.trust_remote_code)
         record.outputs = {"model": cfg.use}
     else:
-        model, tokenizer, result = _train(ctx, stage, score_type)
+        model, tokenizer, result = _train(ctx, stage, score_type, template)
         out = ctx.folder / "model"
+        model.config.midpo_template = template  # config.json records it: later scoring can warn on a mismatch
         _save(model, tokenizer, out, score_type)
         record.outputs = {"model": ctx.rel(out)}
         record.extra["training"] = {"steps": result.global_step, "samples_per_s": result.samples_per_s,
                                     "last_eval": result.last_eval}
         model, tokenizer = load_score_model(out, expected_type=score_type)
-    audit = audit_score_model(model, tokenizer, recipe, score_type)
+    audit = audit_score_model(model, tokenizer, recipe, score_type, template)
     record.metrics = audit
-    record.extra["audit"] = {**audit, "min_accuracy": cfg.min_accuracy, "template": recipe.data.template}
+    record.extra["template"] = template
+    record.extra["audit"] = {**audit, "min_accuracy": cfg.min_accuracy, "template": template}
     console.log(f"{stage}: audit on {audit['eval_pairs']} eval pairs: " +
                 ", ".join(f"{k}={v:.3f}" for k, v in audit.items() if isinstance(v, float)))
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 
-def _train(ctx: StageContext, stage: str, score_type: str):
+def _train(ctx: StageContext, stage: str, score_type: str, template: str):
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     settings = engine_settings(recipe, stage)
     backbone = cfg.base_model or model_ref(ctx, "sft")
-    model, tokenizer = new_score_model(backbone, score_type, seed=settings.seed,
+    model, tokenizer = new_score_model(backbone, score_type, seed=settings.seed, dtype=settings.precision,
                                        trust_remote_code=recipe.trust_remote_code)
-    train_feats, eval_feats = _pair_features(recipe, stage, tokenizer)
+    train_feats, eval_feats = _pair_features(recipe, stage, tokenizer, template)
     pad_id = tokenizer.pad_token_id
     reg = cfg.score_regularization
 
@@ -89,14 +92,14 @@ def _train(ctx: StageContext, stage: str, score_type: str):
     return result.model, tokenizer, result
 
 
-def _pair_features(recipe, stage: str, tokenizer) -> tuple[list[dict], list[dict]]:
+def _pair_features(recipe, stage: str, tokenizer, template: str) -> tuple[list[dict], list[dict]]:
     out = []
     for spec in (recipe.data.train, recipe.data.eval):
         if not spec:
             out.append([])
             continue
         selection = select_pairs(load_rows(spec, columns=recipe.data.columns), stage)
-        feats, drops = encode_pairs(selection.pairs, tokenizer, recipe.data.template, recipe.data.max_length)
+        feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
         for f in feats:
             pair = selection.pairs[f["pair_index"]]
             f["chosen_safe"] = float(bool(pair.chosen_safe))
@@ -120,7 +123,7 @@ def _save(model, tokenizer, out, score_type: str) -> None:
                   load_fn=lambda path: load_score_model(path)[0], probe_fn=probe_fn, reference=reference)
 
 
-def audit_score_model(model, tokenizer, recipe, score_type: str) -> dict[str, Any]:
+def audit_score_model(model, tokenizer, recipe, score_type: str, template: str | None = None) -> dict[str, Any]:
     """Pair accuracy (and sign accuracy, AUROC for costs) on the eval split, scored from text."""
     spec = recipe.data.eval or recipe.data.train
     stage = "reward_model" if score_type == "reward" else "cost_model"
@@ -128,7 +131,7 @@ def audit_score_model(model, tokenizer, recipe, score_type: str) -> dict[str, An
     prompts = [p.prompt for p in pairs] * 2
     answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     scores = torch.tensor(score_texts(model, tokenizer, prompts, answers, batch_size=32,
-                                      template=recipe.data.template), dtype=torch.float64)
+                                      template=template or recipe.data.template), dtype=torch.float64)
     n = len(pairs)
     chosen, rejected = scores[:n], scores[n:]
     out: dict[str, Any] = {"eval_pairs": n, "source": spec}

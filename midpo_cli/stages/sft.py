@@ -20,7 +20,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.losses import sft_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.stages.common import engine_settings, tokenizer_ref
+from midpo_cli.stages.common import engine_settings, stage_template, tokenizer_ref
 from midpo_cli.stages.context import StageContext
 
 EVAL_FRACTION = 0.05
@@ -32,7 +32,8 @@ def run(ctx: StageContext) -> None:
     record = ctx.record()
     if cfg.use or not cfg.enabled:
         ref = cfg.use or recipe.base_model
-        load_tokenizer(tokenizer_ref(recipe, ref), trust_remote_code=recipe.trust_remote_code)  # fail early
+        tokenizer = load_tokenizer(tokenizer_ref(recipe, ref), trust_remote_code=recipe.trust_remote_code)  # fail early
+        record.extra["template"] = stage_template(ctx, tokenizer)
         console.log(f"sft: not training; base policy is {ref}")
         record.outputs = {"model": ref}
         write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
@@ -42,8 +43,9 @@ def run(ctx: StageContext) -> None:
     tokenizer = load_tokenizer(tokenizer_ref(recipe, recipe.base_model), trust_remote_code=recipe.trust_remote_code)
     rows = sft_rows(cfg.data or recipe.data.sft, cfg.answers, recipe.data.columns)
     train_rows, eval_rows = split_eval(rows, seed=settings.seed)
-    train_feats, drops = encode_sft(train_rows, tokenizer, recipe.data.template, recipe.data.max_length)
-    eval_feats, _ = encode_sft(eval_rows, tokenizer, recipe.data.template, recipe.data.max_length)
+    template = stage_template(ctx, tokenizer)
+    train_feats, drops = encode_sft(train_rows, tokenizer, template, recipe.data.max_length)
+    eval_feats, _ = encode_sft(eval_rows, tokenizer, template, recipe.data.max_length)
     console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows, dropped {drops}")
 
     model = load_causal_lm(recipe.base_model, dtype=settings.precision, seed=settings.seed,
@@ -62,6 +64,7 @@ def run(ctx: StageContext) -> None:
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name="sft")
 
     out = ctx.folder / "model"
+    result.model.config.midpo_template = template  # config.json records it: later runs can warn on a mismatch
     save_causal_lm(result.model, tokenizer, out, collate([*eval_feats, *train_feats][:4]))
     record.outputs = {"model": ctx.rel(out)}
     record.metrics = {
@@ -70,7 +73,7 @@ def run(ctx: StageContext) -> None:
         "steps": result.global_step,
         "samples_per_s": result.samples_per_s,
     }
-    record.extra = {"resumed_from_step": result.resumed_from_step,
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step,
                     "data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
 

@@ -1,0 +1,486 @@
+"""Ship a trained MidPO model to stacks that do not know midpo's routed layers (`midpo export`).
+
+Three targets, each written atomically and checked before it is renamed into place (like every
+midpo artifact: `engine.artifacts.save_verified`):
+
+- **merged**: both experts folded into the base weights at fixed gates,
+  W' = W + s_s·g_s·B_s A_s + s_h·g_h·B_h A_h, saved as a plain Hugging Face folder (safetensors).
+  The routers are token-dependent, so no plain model equals the routed one; fixed gates are the one
+  mix a single weight matrix can hold exactly. The fold is done in float64 and checked: the reloaded
+  folder's logits must equal the MidPO model's at the same fixed gates.
+- **adapters**: each expert as a standalone PEFT adapter folder (prompt-level routing outside midpo,
+  e.g. vLLM multi-LoRA), checked against the MidPO model at gates (1, 0) and (0, 1).
+- **midpo**: a self-contained MidPO folder with a model card, reloaded with `load_midpo` and checked
+  against the source model with its routers as trained.
+
+Where the base lives decides what is copied. A hub name stays a reference (the base is public and
+versioned there, as with any PEFT adapter). A local folder or `embedded:` base is copied into
+`base/`: a local path does not exist on anyone else's machine, and the embedded base has no weight
+files at all (it is drawn from a seed), so its weights are written out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from midpo_cli import console
+from midpo_cli.assets import is_embedded
+from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.errors import InputError
+from midpo_cli.io import atomic_write_json, atomic_write_text, read_json
+from midpo_cli.modeling.midpo import CONFIG_FILE, EXPERTS, MidpoModel, load_midpo, read_midpo_config
+
+# Verification tolerance on logits, relative to their largest magnitude: fp32 folds are exact up to
+# rounding; bf16/fp16 round the folded weight itself, so they get the width of their mantissa.
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
+PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
+
+
+# -- input checks ---------------------------------------------------------------------------------
+
+def parse_gates(text: str) -> tuple[float, float]:
+    """`G_S,G_H` → two floats in [0, 1]."""
+    try:
+        g_s, g_h = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--gates {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. --gates 0.5,0.5") from None
+    if not (0.0 <= g_s <= 1.0 and 0.0 <= g_h <= 1.0):
+        raise InputError(f"--gates {text!r}: both gates must be in [0, 1]")
+    return g_s, g_h
+
+
+def check_destination(to: str | Path) -> Path:
+    """An export never overwrites: `--to` must not exist, or be an empty folder."""
+    to = Path(to).expanduser()
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise InputError(f"--to {to}: already exists and is not an empty folder; choose a new path")
+    return to
+
+
+def midpo_config(folder: str | Path, what: str) -> dict[str, Any]:
+    """The source's midpo_config.json, or a one-line error saying the export needs a MidPO folder."""
+    folder = Path(folder).expanduser()
+    if not (folder / CONFIG_FILE).is_file():
+        raise InputError(f"{folder}: not a MidPO model folder (no {CONFIG_FILE}); {what} needs one "
+                         "(e.g. <run_dir>/router/model)")
+    return read_midpo_config(folder)
+
+
+def base_location(folder: Path, cfg: dict[str, Any]) -> tuple[str, str]:
+    """(where the base is, kind): kind is `local` (a folder), `embedded` or `hub`."""
+    base = str(folder / cfg["base_model"]) if cfg.get("base_model_relative") else str(cfg["base_model"])
+    if is_embedded(base):
+        return base, "embedded"
+    if Path(base).expanduser().exists():
+        return str(Path(base).expanduser().resolve()), "local"
+    return base, "hub"
+
+
+def trained_template(cfg: dict[str, Any], model: Any = None) -> str | None:
+    """The prompt template a MidPO model was trained with, if anything recorded it."""
+    from midpo_cli.data.template import RECORD_KEY, TEMPLATES, recorded_template
+
+    for key in (RECORD_KEY, "template"):
+        if cfg.get(key) in TEMPLATES:
+            return str(cfg[key])
+    config = getattr(model, "config", None)
+    return recorded_template(config) if config is not None else None
+
+
+# -- probes ---------------------------------------------------------------------------------------
+
+def probe_batch(tokenizer: Any, device: torch.device) -> torch.Tensor:
+    """(2, T) ids of two formatted prompts cut to the same length: real text, no padding to mask."""
+    from midpo_cli.data.template import SAFE_RLHF
+
+    ids = [tokenizer(SAFE_RLHF.format(prompt=p))["input_ids"] for p in PROBE_PROMPTS]
+    width = min(len(x) for x in ids)
+    return torch.tensor([x[:width] for x in ids], dtype=torch.long, device=device)
+
+
+def midpo_logits(model: MidpoModel, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the routed model; the whole probe counts as prompt for routers that read it."""
+    kwargs = {"prompt_mask": torch.ones_like(ids)} if model.state.needs_prompt and model.state.fixed is None else {}
+    with torch.no_grad():
+        return model(ids, **kwargs).logits.float().cpu()
+
+
+def _tolerance(reference: torch.Tensor, dtype: str) -> float:
+    return TOLERANCE[dtype] * max(1.0, float(reference.abs().max()))
+
+
+# -- folding ---------------------------------------------------------------------------------------
+
+def fold_experts(model: MidpoModel, gates: tuple[float, float]) -> nn.Module:
+    """Replace every routed linear by a plain nn.Linear holding W + Σ s·g·B A; return the plain HF model.
+
+    The MidPO wrapper is consumed (it routes nothing afterwards). A folded weight that was shared with
+    the input embeddings (a tied lm_head) gets its own copy and the config is untied, or loading the
+    folder would tie the embeddings to the merged head again.
+    """
+    hf = model.model
+    embeddings = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
+    shared = embeddings.weight if embeddings is not None else None
+    for path, routed in list(model.routed.items()):
+        base = routed.base
+        weight = base.weight
+        total = weight.detach().double()
+        for name, gate in zip(EXPERTS, gates, strict=True):
+            if gate:
+                delta = routed.lora_B[name].weight.double() @ routed.lora_A[name].weight.double()
+                total = total + (gate * routed.scaling[name]) * delta
+        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                          dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            plain.weight.copy_(total.to(weight.dtype))
+            if base.bias is not None:
+                plain.bias.copy_(base.bias)
+        if shared is not None and weight is shared:
+            _untie(hf)
+        parent_path, _, child = path.rpartition(".")
+        setattr(hf.get_submodule(parent_path) if parent_path else hf, child, plain)
+    model.routed = {}
+    return hf
+
+
+def _untie(hf: nn.Module) -> None:
+    for config in {id(c): c for c in (hf.config, getattr(hf.config, "get_text_config", lambda: None)())
+                   if c is not None}.values():
+        config.tie_word_embeddings = False
+    console.log("export: the head was routed and tied to the embeddings; the merged model unties them")
+
+
+# -- the three targets -------------------------------------------------------------------------------
+
+def export_merged(source: str | Path, to: str | Path, gates: tuple[float, float], *, dtype: str = "fp32",
+                  trust_remote_code: bool = False) -> dict[str, Any]:
+    """Fold both experts at `gates` into the base and save a plain HF folder; verified by reloading it
+    with plain `AutoModelForCausalLM` and comparing logits with the MidPO model at the same gates."""
+    from transformers import AutoModelForCausalLM
+
+    source, to = Path(source).expanduser(), check_destination(to)
+    cfg = midpo_config(source, "--merged")
+    model, tokenizer = load_midpo(source, dtype=dtype, fixed_gates=gates, trust_remote_code=trust_remote_code)
+    template = trained_template(cfg, model)
+    ids = probe_batch(tokenizer, model.device)
+    reference = midpo_logits(model, ids)
+    hf = fold_experts(model, gates)
+    if template is not None:
+        from midpo_cli.data.template import RECORD_KEY
+
+        setattr(hf.config, RECORD_KEY, template)
+
+    def save(tmp: Path) -> None:
+        from midpo_cli.modeling.loading import quiet_transformers
+
+        with quiet_transformers():
+            hf.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_text(tmp / "README.md", merged_card(source, cfg, gates, template))
+
+    def load(tmp: Path) -> nn.Module:
+        from midpo_cli.modeling.loading import quiet_transformers, torch_dtype
+
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype(dtype),
+                                                        trust_remote_code=trust_remote_code).eval()
+
+    save_verified(save, to, load_fn=load, probe_fn=lambda m: m(ids.to(m.device)).logits,
+                  reference=reference, atol=_tolerance(reference, dtype))
+    return {"target": "merged", "source": str(source), "to": str(to), "gates": list(gates), "dtype": dtype,
+            "template": template, "routed_layers": len(cfg["target_modules"])}
+
+
+def write_base(dst: Path, base: str, kind: str, tokenizer: Any, *, trust_remote_code: bool = False) -> None:
+    """Copy a local base folder as it is, or write out the weights of one that has none on disk."""
+    from midpo_cli.modeling.loading import has_weights, load_causal_lm, quiet_transformers
+
+    if kind == "local" and has_weights(base):
+        shutil.copytree(base, dst)
+        for stale in ("README.md",):  # a base folder's card would describe another model
+            (dst / stale).unlink(missing_ok=True)
+    else:  # embedded, or a config-only folder: load_midpo drew its weights from seed 0, so do we
+        model = load_causal_lm(base, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            model.save_pretrained(str(dst))
+        del model
+    if not (dst / "tokenizer_config.json").is_file() and tokenizer is not None:
+        tokenizer.save_pretrained(str(dst))
+
+
+def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
+                    trust_remote_code: bool = False) -> dict[str, Any]:
+    """Each expert as a standalone PEFT adapter folder (+ `base/` when the base is not on the hub)."""
+    source, to = Path(source).expanduser(), check_destination(to)
+    cfg = midpo_config(source, "--adapters")
+    base, kind = base_location(source, cfg)
+    model, tokenizer = load_midpo(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    template = trained_template(cfg, model)
+    ids = probe_batch(tokenizer, model.device)
+    references = {}
+    for name, gates in (("safety", (1.0, 0.0)), ("helpfulness", (0.0, 1.0))):
+        with model.fixed_gates(*gates):
+            references[name] = midpo_logits(model, ids)
+    del model
+    base_ref = base if kind == "hub" else str(to.resolve() / "base")
+
+    def save(tmp: Path) -> None:
+        for name in EXPERTS:
+            shutil.copytree(adapter_folder(source, cfg, name), tmp / name)
+            adapter_cfg = read_json(tmp / name / "adapter_config.json")
+            adapter_cfg["base_model_name_or_path"] = base_ref
+            atomic_write_json(tmp / name / "adapter_config.json", adapter_cfg)
+        if kind != "hub":
+            write_base(tmp / "base", base, kind, tokenizer, trust_remote_code=trust_remote_code)
+        atomic_write_text(tmp / "README.md", adapters_card(source, base, kind, cfg, template))
+
+    save_verified(save, to, load_fn=lambda tmp: _peft_experts(tmp, base if kind == "hub" else str(tmp / "base"),
+                                                             dtype, trust_remote_code),
+                  probe_fn=lambda peft: _peft_probe(peft, ids), reference=torch.stack(list(references.values())),
+                  atol=_tolerance(torch.stack(list(references.values())), dtype))
+    return {"target": "adapters", "source": str(source), "to": str(to), "base": base_ref if kind != "hub" else base,
+            "base_copied": kind != "hub", "adapters": {n: str(to / n) for n in EXPERTS}, "template": template}
+
+
+def adapter_folder(source: Path, cfg: dict[str, Any], name: str) -> Path:
+    ref = Path(cfg["adapters"][name])
+    return ref if ref.is_absolute() else source / ref
+
+
+def _peft_experts(tmp: Path, base: str, dtype: str, trust_remote_code: bool) -> nn.Module:
+    """The exported adapters on the exported (or hub) base, through peft alone: what a user will run."""
+    from peft import PeftModel
+
+    from midpo_cli.modeling.loading import load_causal_lm
+
+    plain = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    peft = PeftModel.from_pretrained(plain, str(tmp / "safety"), adapter_name="safety")
+    peft.load_adapter(str(tmp / "helpfulness"), adapter_name="helpfulness")
+    return peft.eval()
+
+
+def _peft_probe(peft: Any, ids: torch.Tensor) -> torch.Tensor:
+    out = []
+    for name in EXPERTS:
+        peft.set_adapter(name)
+        out.append(peft(ids.to(peft.device)).logits.float().cpu())
+    return torch.stack(out)
+
+
+def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | None = None,
+                 trust_remote_code: bool = False) -> dict[str, Any]:
+    """A self-contained MidPO folder (base, adapters, routers, tokenizer, config) with a model card."""
+    source, to = Path(source).expanduser(), check_destination(to)
+    cfg = midpo_config(source, "--midpo")
+    base, kind = base_location(source, cfg)
+    model, tokenizer = load_midpo(source, trust_remote_code=trust_remote_code)
+    template = trained_template(cfg, model)
+    ids = probe_batch(tokenizer, model.device)
+    reference = midpo_logits(model, ids)
+    router_params = sum(p.numel() for p in model.router_parameters())
+    del model
+    run = find_run_dir(source, run_dir)
+    inside = kind == "local" and Path(base).is_relative_to(source.resolve())
+
+    def save(tmp: Path) -> None:
+        for item in source.iterdir():
+            if item.name == "README.md" or item.name.startswith("."):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        new = {**cfg, "adapters": {n: f"adapters/{n}" for n in EXPERTS}, "adapters_copied": True}
+        for name in EXPERTS:
+            if not (tmp / "adapters" / name).is_dir():
+                shutil.copytree(adapter_folder(source, cfg, name), tmp / "adapters" / name)
+        if kind == "hub":
+            new.update(base_model=base, base_model_relative=False)
+        elif not inside:
+            write_base(tmp / "base", base, kind, tokenizer, trust_remote_code=trust_remote_code)
+            new.update(base_model="base", base_model_relative=True)
+        if template is not None:
+            new["template"] = template
+        atomic_write_json(tmp / CONFIG_FILE, new)
+        lora = {n: read_json(tmp / "adapters" / n / "adapter_config.json") for n in EXPERTS}
+        card = midpo_card(new, name=to.name, base=base, kind=kind, template=template, run=run,
+                          router_params=router_params, adapters=lora)
+        atomic_write_text(tmp / "README.md", card)
+
+    save_verified(save, to, load_fn=lambda tmp: load_midpo(tmp, trust_remote_code=trust_remote_code)[0],
+                  probe_fn=lambda m: midpo_logits(m, ids), reference=reference, atol=_tolerance(reference, "fp32"))
+    return {"target": "midpo", "source": str(source), "to": str(to), "base": base if kind == "hub" else "base",
+            "base_copied": kind != "hub", "template": template, "run_dir": str(run) if run else None}
+
+
+def find_run_dir(source: Path, run_dir: str | Path | None) -> Path | None:
+    """The run the model came from: given, or `<run_dir>/router/model` recognised by its manifest."""
+    if run_dir is not None:
+        run = Path(run_dir).expanduser()
+        if not run.is_dir():
+            raise InputError(f"--run-dir {run}: no such folder")
+        return run
+    stage = source.resolve().parent
+    manifest = stage / "manifest.json"
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "router":
+                return stage.parent
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+# -- model cards -------------------------------------------------------------------------------------
+
+USE_SNIPPET = """## Use
+
+```bash
+pip install midpo                       # then, from this folder's parent:
+midpo chat {name}                       # talk to it; answers coloured by the safety gate, /dial B
+echo "How do I bake bread?" | midpo chat {name} --json
+midpo export {name} --merged --gates 0.5,0.5 --to {name}-merged   # a plain transformers/vLLM/TGI folder
+```
+
+```python
+from midpo_cli import load_midpo
+model, tokenizer = load_midpo("{name}")          # routers as trained
+model.set_safety_bias(1.0)                         # the safety dial: > 0 leans safe, < 0 leans helpful
+```
+"""
+
+
+def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template: str | None, run: Path | None,
+               router_params: int, adapters: dict[str, dict[str, Any]]) -> str:
+    """README.md of an exported MidPO folder: what it is, how it was trained, what it measured."""
+    router = cfg["router"]
+    front = ["---", "library_name: midpo", "tags: [midpo, lora, dpo, safety, helpfulness]"]
+    if kind == "hub":
+        front.append(f"base_model: {base}")
+    lines = [*front, "---", "", "# MidPO model", "",
+             "A base causal LM with two LoRA experts — **safety** and **helpfulness**, each trained with SPE-DPO "
+             "(DPO whose margin comes from a cost or reward model) — mixed inside the base by small learned "
+             "per-layer routers: `y = W h + s_s·g_s(h)·B_s A_s h + s_h·g_h(h)·B_h A_h h`, with gates g in (0, 1) "
+             f"per token and routed layer ({len(cfg['target_modules'])} layers).", "",
+             "## Contents", "", "| path | what |", "|---|---|",
+             f"| `base/` | the base model ({'copied from ' + base if kind == 'local' else base}) |" if kind != "hub"
+             else f"| (hub) `{base}` | the base model, referenced |",
+             "| `adapters/safety/`, `adapters/helpfulness/` | the experts (PEFT LoRA folders) |",
+             f"| `router.safetensors` | the routers ({router_params:,} parameters) |",
+             "| `midpo_config.json` | routed modules, LoRA scalings, router settings |", "",
+             "## How it was trained", "",
+             f"- prompt template: `{template}`" if template else "- prompt template: not recorded (midpo resolves "
+             "`auto`: the tokenizer's chat template if it has one, else safe-rlhf)",
+             f"- routed modules: `{cfg['target_modules'][0]}` … ({len(cfg['target_modules'])})",
+             f"- router: granularity `{router['granularity']}`, input `{router['input']}`, "
+             f"hidden `{router['hidden']}`, initial gates {router['init_gates']}",
+             f"- fixed gates: {cfg.get('fixed_gates')}" if cfg.get("fixed_gates") else "- gates: the learned routers"]
+    for expert, a in adapters.items():
+        lines.append(f"- {expert} expert: LoRA r={a.get('r')}, alpha={a.get('lora_alpha')}, "
+                     f"targets {a.get('target_modules')}, scaling {cfg['scaling'][expert]}")
+    lines += ["", *_run_sections(run), "", USE_SNIPPET.format(name=name)]
+    return "\n".join(lines) + "\n"
+
+
+def _run_sections(run: Path | None) -> list[str]:
+    """The recipe, the toy/score summary and the trade-off, read from the run directory if there is one."""
+    if run is None:
+        return ["## Evaluation", "", "No run directory was found next to this model, so no measurements are "
+                "included; `midpo generate` + `midpo score` (or `--run-dir`) add them."]
+    lines = ["## Recipe", "", f"Stage settings of run `{run.name}` (each stage's resolved `config.yaml`):", ""]
+    for stage in ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router"):
+        path = run / stage / "config.yaml"
+        if path.is_file():
+            lines += [f"<details><summary>{stage}</summary>", "", "```yaml",
+                      path.read_text(encoding="utf-8").rstrip(), "```", "</details>", ""]
+    metrics = _router_metrics(run)
+    if metrics:
+        lines += ["Router training, last logged values:", "", *metrics, ""]
+    summary = run / "score" / "summary.json"
+    if not summary.is_file():
+        return [*lines, "## Evaluation", "", f"No `score/summary.json` in `{run.name}` yet."]
+    data = read_json(summary)
+    return [*lines, *_toy_lines(data.get("toy") or []), *_score_lines(data.get("groups") or [])]
+
+
+def _router_metrics(run: Path) -> list[str]:
+    path = run / "router" / "manifest.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics") or {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [f"- {key}: {_fmt(value)}" for key, value in metrics.items() if isinstance(value, (int, float, str))]
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _toy_lines(toy: list[dict[str, Any]]) -> list[str]:
+    if not toy:
+        return []
+    rows = sorted(toy, key=lambda e: -(e.get("toy_score") or 0.0))
+    lines = ["## Evaluation: the toy world (ground-truth judge)", "",
+             "The measured trade-off: share of harmful prompts answered safely against share of benign "
+             "prompts answered helpfully, per model (fixed-gate mixes are `@gates=g_s,g_h`).", "",
+             "| model | prompts | harmful answered safely | benign answered helpfully | toy score | mean g_s harmful "
+             "| mean g_s benign |", "|---|---|---|---|---|---|---|"]
+    for e in rows:
+        lines.append(f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
+                     f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
+                     f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
+    return [*lines, ""]
+
+
+def _score_lines(groups: list[dict[str, Any]]) -> list[str]:
+    if not groups:
+        return []
+    cols = ("reward", "cost", "harmless_rate", "refusal_rate_harmful", "refusal_rate_benign")
+    lines = ["## Evaluation: score models", "", "Means over the prompt set (reward: helpfulness, higher is better; "
+             "cost: harm, lower is better).", "", "| model | prompts | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for g in groups:
+        metrics = g.get("metrics") or {}
+        lines.append(f"| {g.get('model')} | {g.get('prompt_set')} | "
+                     + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
+    return [*lines, ""]
+
+
+def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str | None) -> str:
+    return "\n".join([
+        "---", "tags: [midpo, merged]", "---", "", "# Merged MidPO model", "",
+        f"Both experts of the MidPO model `{source.name}` folded into the base weights at fixed gates "
+        f"g_safety = {gates[0]:g}, g_helpfulness = {gates[1]:g}: W' = W + s_s·g_s·B_s A_s + s_h·g_h·B_h A_h in "
+        f"{len(cfg['target_modules'])} layers. A plain Hugging Face model folder: transformers, vLLM and TGI load "
+        "it without midpo. The learned routers are not in it (they choose gates per token, which no single "
+        "weight matrix can hold); the export checked that its logits equal the MidPO model's at these gates.",
+        "", f"Prompt template: `{template or 'safe-rlhf (not recorded)'}` — prompts must use it "
+        "(safe-rlhf: `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`).", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(\".\")", "tokenizer = AutoTokenizer.from_pretrained(\".\")",
+        "```", "", "```bash", "vllm serve .        # or: text-generation-launcher --model-id .", "```", ""])
+
+
+def adapters_card(source: Path, base: str, kind: str, cfg: dict[str, Any], template: str | None) -> str:
+    base_arg = base if kind == "hub" else "./base"
+    rank = max(int(read_json(adapter_folder(source, cfg, n) / "adapter_config.json").get("r", 8)) for n in EXPERTS)
+    return "\n".join([
+        "---", "tags: [midpo, lora, peft]", "---", "", "# MidPO experts as PEFT adapters", "",
+        f"The two experts of the MidPO model `{source.name}`: `safety/` and `helpfulness/`, standalone PEFT LoRA "
+        f"adapters on the base `{base_arg}`" + (" (copied here: it is not on the hub)" if kind != "hub" else "")
+        + ". midpo's routers are not in them: choose an expert per prompt outside midpo (prompt-level routing), "
+        "or use `midpo export --merged` for a fixed mix.", "",
+        f"Prompt template: `{template or 'safe-rlhf (not recorded)'}`.", "",
+        "## vLLM multi-LoRA", "", "```bash",
+        f"vllm serve {base_arg} --enable-lora --max-lora-rank {rank} \\",
+        "    --lora-modules safety=./safety helpfulness=./helpfulness",
+        "# then request model \"safety\" or \"helpfulness\" per prompt (OpenAI API: \"model\": \"safety\")",
+        "```", "", "## transformers + peft", "", "```python",
+        "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+        f"base = AutoModelForCausalLM.from_pretrained(\"{base_arg}\")",
+        "model = PeftModel.from_pretrained(base, \"./safety\", adapter_name=\"safety\")",
+        "model.load_adapter(\"./helpfulness\", adapter_name=\"helpfulness\")",
+        "model.set_adapter(\"helpfulness\")", "```", ""])

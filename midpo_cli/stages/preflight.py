@@ -1,0 +1,223 @@
+"""Checks a stage runs *before* it touches its folder: run dir, precision, model folders, data.
+
+Why here and not inside each stage: a re-run with a typo (`--set data.train=typo.jsonl`) used to
+fail only after the stage had cleared its folder, so a finished adapter was lost to bad input.
+Everything that can be checked without loading a model is checked first, and each failure is one
+InputError naming the file, key or flag. No torch import unless a precision other than fp32 asks
+which device is there; hub datasets are not fetched here (the stage does that, once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from midpo_cli.assets import is_embedded, resolve_embedded
+from midpo_cli.errors import InputError
+from midpo_cli.recipe import TRAINING_STAGES, Recipe
+
+FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
+PAIR_DATA_STAGE = {"reward_model": "reward_model", "cost_model": "cost_model", "safety_expert": "safety_expert",
+                   "helpfulness_expert": "helpfulness_expert", "dpo_expert": "dpo", "rank": "reward_model"}
+SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval loss
+
+
+def preflight(recipe: Recipe, stage: str) -> None:
+    """Raise InputError on anything that would make `stage` fail after it had started."""
+    check_run_dir(recipe.run_dir)
+    if stage in TRAINING_STAGES:
+        check_precision(recipe, stage)
+    check_models(recipe, stage)
+    check_data(recipe, stage)
+    check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
+
+
+def check_architecture(recipe: Recipe, stage: str) -> None:
+    """The experts' LoRA targets must exist and be routable nn.Linear layers of this architecture.
+
+    Checked on a weightless (meta) copy of the base model, so an unsupported model fails before SFT,
+    not hours later at the expert or router stage. Imports transformers; only expert stages pay it.
+    """
+    lora = getattr(getattr(recipe.stages, stage, None), "lora", None)
+    if lora is None:
+        return
+    from midpo_cli.modeling.lora import preflight_targets
+
+    preflight_targets(recipe.stages.sft.use or recipe.base_model, lora.target_modules,
+                      trust_remote_code=recipe.trust_remote_code)
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """The run dir must be a folder (or creatable) that this user can write."""
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"run_dir {path} is a file, not a folder; set run_dir to a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"run_dir {path}: {probe} is a file, so the folder cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"run_dir {path}: {probe} is not writable by this user")
+
+
+def world_size(recipe: Recipe) -> int:
+    """Processes the launcher will start (1 without a launcher)."""
+    lc = recipe.launcher
+    return (lc.num_gpus or 1) * lc.num_nodes if lc.kind != "none" else 1
+
+
+def check_precision(recipe: Recipe, stage: str) -> None:
+    """fp16 needs a CUDA device (its loss scaling and kernels are GPU-only in DeepSpeed)."""
+    precision = recipe.train_settings(stage).precision
+    if precision != "fp16":
+        return
+    if not _cuda_available():
+        raise InputError(f"stages.{stage}.precision (train.precision) is fp16, but no CUDA device is available; "
+                         "use fp32 (or bf16) on CPU")
+
+
+def _cuda_available() -> bool:
+    """No NVIDIA driver visible means no CUDA, without importing torch (seconds); otherwise torch decides."""
+    import glob
+    import shutil
+
+    if not glob.glob("/dev/nvidia[0-9]*") and shutil.which("nvidia-smi") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def model_refs(recipe: Recipe, stage: str) -> dict[str, str]:
+    """Recipe key → model reference the stage will load itself (upstream artifacts are checked elsewhere)."""
+    refs: dict[str, str] = {}
+    sft = recipe.stages.sft
+    if stage == "sft":
+        if sft.use:
+            refs["stages.sft.use"] = sft.use
+        else:
+            refs["base_model"] = recipe.base_model
+    if stage in ("reward_model", "cost_model"):
+        cfg = getattr(recipe.stages, stage)
+        if cfg.use:
+            refs[f"stages.{stage}.use"] = cfg.use
+        elif cfg.base_model:
+            refs[f"stages.{stage}.base_model"] = cfg.base_model
+    if recipe.tokenizer:
+        refs["tokenizer"] = recipe.tokenizer
+    return refs
+
+
+def check_models(recipe: Recipe, stage: str) -> None:
+    for key, ref in model_refs(recipe, stage).items():
+        check_model_ref(key, ref, score_model=key.endswith("_model.use"), tokenizer=key == "tokenizer")
+
+
+def check_model_ref(key: str, ref: str, *, score_model: bool = False, tokenizer: bool = False) -> None:
+    """A local model folder must exist and be the right kind; hub names are left to the loader."""
+    if is_embedded(ref):
+        resolve_embedded(ref)
+        return
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+            raise InputError(f"{key}: {ref}: no such folder")
+        return  # a hub name
+    if not path.is_dir() or not (path / ("tokenizer_config.json" if tokenizer else "config.json")).is_file():
+        if tokenizer and (path / "tokenizer.json").is_file():
+            return
+        raise InputError(f"{key}: {ref} is not a model folder (no {'tokenizer' if tokenizer else 'config.json'})")
+    if tokenizer:
+        return
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise InputError(f"{key}: {path / 'config.json'} is not readable JSON") from None
+    is_score = isinstance(config, dict) and ("score_type" in config or any(
+        str(a).endswith("ForScore") for a in config.get("architectures") or []))
+    if is_score and not score_model:
+        raise InputError(f"{key}: {ref} is a score model (safe-rlhf format), not a causal language model")
+    if score_model and not is_score:
+        raise InputError(f"{key}: {ref} is not a score model (config.json has no score_type / *ForScore)")
+
+
+def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
+    """Recipe key → dataset spec the stage reads (first entry: the training data)."""
+    data, specs = recipe.data, {}
+    if stage == "sft":
+        sft = recipe.stages.sft
+        if sft.enabled and not sft.use:
+            key, spec = ("stages.sft.data", sft.data) if sft.data else ("data.sft", data.sft)
+            if not spec:
+                raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data")
+            specs[key] = spec
+        return specs
+    if stage in ("reward_model", "cost_model") and getattr(recipe.stages, stage).use:
+        return {"data.eval": data.eval} if data.eval else {"data.train": data.train}
+    if stage in PAIR_DATA_STAGE or stage in ("safety_expert", "helpfulness_expert"):
+        specs["data.train"] = data.train
+    if data.eval and stage in (*PAIR_DATA_STAGE, "router"):
+        specs["data.eval"] = data.eval
+    return specs
+
+
+def _is_local(spec: str) -> bool:
+    if is_embedded(spec):
+        return True
+    head = spec.rpartition(":")[0]
+    path = Path(spec).expanduser()
+    return path.exists() or (bool(head) and Path(head).expanduser().is_dir()) or spec.lower().endswith(
+        FILE_HINTS) or spec.startswith((".", "/", "~"))
+
+
+def check_data(recipe: Recipe, stage: str) -> None:
+    """Read each local dataset the stage uses: it exists, parses, has the columns, and fills one step."""
+    from midpo_cli.data.filters import select_pairs
+    from midpo_cli.data.readers import load_rows
+
+    for n, (key, spec) in enumerate(data_specs(recipe, stage).items()):
+        if not _is_local(spec):
+            continue
+        try:
+            table = load_rows(spec, columns=recipe.data.columns)
+            if stage == "sft":
+                rows = _sft_rows(recipe, table)
+            else:
+                data_stage = PAIR_DATA_STAGE.get(stage, "reward_model")
+                if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
+                    data_stage = "dpo"
+                if stage == "safety_expert" and recipe.stages.safety_expert.loss == "dpo":
+                    data_stage = "dpo"
+                rows = len(select_pairs(table, data_stage).pairs)
+        except InputError as exc:
+            raise InputError(f"{key}: {exc}") from None
+        if n == 0 and stage in TRAINING_STAGES and stage != "router" and not _uses_existing(recipe, stage):
+            check_batch(recipe, stage, key, spec, rows)
+
+
+def _uses_existing(recipe: Recipe, stage: str) -> bool:
+    cfg = getattr(recipe.stages, stage)
+    return bool(getattr(cfg, "use", None))
+
+
+def _sft_rows(recipe: Recipe, table) -> int:
+    from midpo_cli.data.filters import select_pairs
+    from midpo_cli.data.schema import SFT_COLUMNS, require_columns
+
+    answers = recipe.stages.sft.answers
+    if answers == "column":
+        require_columns(table.columns, SFT_COLUMNS, table.source, "stage sft (stages.sft.answers: column)")
+        return int(len(table.rows) * (1 - SFT_EVAL_FRACTION))
+    return len(select_pairs(table, "reward_model" if answers == "better" else "cost_model").pairs)
+
+
+def check_batch(recipe: Recipe, stage: str, key: str, spec: str, rows: int) -> None:
+    """One optimizer step needs batch_size × grad_accum × processes rows (encoding may drop a few more)."""
+    t = recipe.train_settings(stage)
+    need = t.batch_size * t.grad_accum * world_size(recipe)
+    if rows < need:
+        raise InputError(f"stages.{stage}.batch_size: {spec} ({key}) has {rows} usable rows for {stage}, fewer than "
+                         f"one optimizer step needs (batch_size {t.batch_size} × grad_accum {t.grad_accum} × "
+                         f"{world_size(recipe)} processes); lower batch_size or grad_accum")

@@ -1,0 +1,229 @@
+"""Bad input through the real CLI, against a finished run: exit 2, one stderr line naming the culprit,
+no traceback, and not one file under the run dir changed (issue 16).
+
+The "finished run" is built without training: every stage folder gets the manifest and fingerprint
+marker a real run would leave (computed by midpo's own fingerprint code) plus small stand-in
+artifacts, so every command below takes the re-run path and must refuse before touching anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from midpo_cli.assets import resolve_embedded
+from midpo_cli.io import atomic_write_text
+from midpo_cli.manifest import StageRecord, write_manifest
+from midpo_cli.recipe import STAGE_ORDER, load_recipe
+from midpo_cli.stages.context import FINGERPRINT_FILE
+from midpo_cli.stages.graph import expected_fingerprint
+from midpo_cli.stages.pipeline import LOCK
+
+OUTPUTS = {"sft": {"model": "sft/model"}, "reward_model": {"model": "reward_model/model"},
+           "cost_model": {"model": "cost_model/model"}, "safety_expert": {"adapter": "safety_expert/adapter"},
+           "helpfulness_expert": {"adapter": "helpfulness_expert/adapter"},
+           "rank": {"dual": "rank/dual.jsonl"}, "router": {"model": "router/model"},
+           "generate": {"answers": "generate/answers.jsonl"}, "score": {"report": "score/report.html"}}
+
+
+def _stand_ins(run: Path) -> None:
+    """Small files where a real run keeps its artifacts (what a careless re-run would delete)."""
+    tiny = json.loads((resolve_embedded("embedded:tiny-llama") / "config.json").read_text())
+    for stage in ("sft", "router"):
+        atomic_write_text(run / stage / "model" / "config.json", json.dumps(tiny))
+    for stage, kind in (("reward_model", "reward"), ("cost_model", "cost")):
+        atomic_write_text(run / stage / "model" / "config.json",
+                          json.dumps({**tiny, "architectures": ["LlamaForScore"], "score_type": kind}))
+    for stage in ("safety_expert", "helpfulness_expert"):
+        atomic_write_text(run / stage / "adapter" / "adapter_config.json", '{"peft_type": "LORA"}')
+        (run / stage / "adapter" / "adapter_model.safetensors").write_bytes(b"\x08" * 64)
+        atomic_write_text(run / stage / "checkpoints" / "latest", "step-2\n")
+        (run / stage / "checkpoints" / "step-2").mkdir(parents=True)
+        (run / stage / "checkpoints" / "step-2" / "mp_rank_00_model_states.pt").write_bytes(b"x" * 32)
+        atomic_write_text(run / stage / "margins.json", '{"values": {}}')
+    atomic_write_text(run / "rank" / "dual.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    atomic_write_text(run / "generate" / "answers.jsonl", "")
+    atomic_write_text(run / "score" / "report.html", "<html></html>")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-input")
+    pairs = root / "pairs.jsonl"
+    lines = resolve_embedded("embedded:toy-safety/train").read_text(encoding="utf-8").splitlines()[:48]
+    pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = root / "run"
+    recipe_file = root / "recipe.yaml"
+    recipe_file.write_text(f"run_dir: {run}\ndata:\n  train: {pairs}\n  eval: {pairs}\ntrain:\n  batch_size: 4\n")
+    recipe = load_recipe(recipe_file)
+    manifests: dict = {}
+    for stage in STAGE_ORDER:
+        folder = run / stage
+        folder.mkdir(parents=True)
+        want = expected_fingerprint(recipe, stage, manifests)
+        write_manifest(folder, StageRecord(stage=stage, fingerprint=want, outputs=OUTPUTS[stage]), {"stage": stage})
+        (folder / FINGERPRINT_FILE).write_text(want + "\n")
+        manifests[stage] = json.loads((folder / "manifest.json").read_text())
+    _stand_ins(run)
+    _bad_files(root, lines)
+    return {"root": root, "run": run, "recipe": recipe_file, "pairs": pairs}
+
+
+def _bad_files(root: Path, lines: list[str]) -> None:
+    (root / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    (root / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    (root / "badline.jsonl").write_text(lines[0] + "\n{not json\n", encoding="utf-8")
+    (root / "no_response_1.jsonl").write_text(
+        "\n".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "response_1"}) for x in lines) + "\n")
+    (root / "empty.jsonl").write_text("\n")
+    (root / "sheet.xlsx").write_text("x")
+    (root / "header.csv").write_text("[/b]q,answer\nhello,world\n")
+    (root / "a_file").write_text("not a folder")
+    (root / "empty.yaml").write_text("# nothing here\n")
+    (root / "list.yaml").write_text("- run_dir: x\n")
+    (root / "latin1.yaml").write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
+    (root / "x[").mkdir()
+    (root / "x[" / "y].yaml").write_text("train: [\n")
+    (root / "answers.jsonl").write_text(json.dumps(
+        {"model": "m", "prompt_set": "p", "index": "abc", "prompt": "q", "answer": "a"}) + "\n")
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder` → sha256 of its content ('dir' for folders)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def cases(w: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """(id, argv after `midpo`, text the one error line must contain)."""
+    root, R = w["root"], ["-r", str(w["recipe"])]
+    safety = ["train-expert", "--kind", "safety", *R]
+    return [
+        ("data-typo", [*safety, "--set", "data.train=typo.jsonl"], "typo.jsonl"),
+        ("batch-too-big", [*safety, "--set", "stages.safety_expert.batch_size=100000"], "batch_size"),
+        ("grad-accum-too-big", [*safety, "--set", "train.grad_accum=1000"], "grad_accum 1000"),
+        ("fp16-on-cpu", [*safety, "--set", "train.precision=fp16"], "fp16"),
+        ("run-dir-is-file", [*safety, "--set", f"run_dir={root / 'a_file'}"], "a_file is a file"),
+        ("run-dir-under-file", ["train-sft", *R, "--set", f"run_dir={root / 'a_file' / 'run'}"], "a_file is a file"),
+        ("non-utf8-data", [*safety, "--set", f"data.train={root / 'latin1.jsonl'}"], "latin1.jsonl: not UTF-8"),
+        ("corrupt-parquet", [*safety, "--set", f"data.train={root / 'broken.parquet'}"], "broken.parquet"),
+        ("bad-json-row", [*safety, "--set", f"data.train={root / 'badline.jsonl'}"], "row 2"),
+        ("missing-column", [*safety, "--set", f"data.train={root / 'no_response_1.jsonl'}"], "'response_1'"),
+        ("columns-map-missing", [*safety, "--set", "data.columns={prompt: question}"], "'question'"),
+        ("empty-data", [*safety, "--set", f"data.train={root / 'empty.jsonl'}"], "no rows"),
+        ("eval-typo", ["train-expert", "--kind", "helpfulness", *R, "--set", "data.eval=ev.jsonl"], "data.eval"),
+        ("unsupported-suffix", [*safety, "--set", f"data.train={root / 'sheet.xlsx'}"], "unsupported file type"),
+        ("sft-data-typo", ["train-sft", *R, "--set", "data.sft=sft-typo.jsonl"], "sft-typo.jsonl"),
+        ("sft-no-answer-column", ["train-sft", *R, "--set", f"data.sft={w['pairs']}"], "'answer'"),
+        ("sft-use-missing", ["train-sft", *R, "--set", "stages.sft.use=./no-such-model"], "no-such-model"),
+        ("policy-is-score-model", ["train-sft", *R, "--set", f"stages.sft.use={w['run'] / 'reward_model/model'}"],
+         "is a score model"),
+        ("rm-use-missing", ["train-rm", *R, "--set", "stages.reward_model.use=./nope-rm"], "nope-rm"),
+        ("rm-use-not-score", ["train-rm", *R, "--set", f"stages.reward_model.use={w['run'] / 'sft/model'}"],
+         "not a score model"),
+        ("base-model-missing", ["train-sft", *R, "--set", "base_model=./no-base"], "no-base"),
+        ("tokenizer-missing", ["train-sft", *R, "--set", "tokenizer=./no-tok"], "no-tok"),
+        ("unknown-key", [*safety, "--set", "train.learning_rat=1"], "train.learning_rat: unknown key"),
+        ("wrong-type", [*safety, "--set", "train.epochs=two"], "must be an integer"),
+        ("deep-unknown-key", [*safety, "--set", "train.nonexistent.deep=3"], "--set train.nonexistent"),
+        ("rule-flag", ["rank", *R, "--rule", "vibes"], "--rule stages.rank.rule"),
+        ("set-without-equals", [*safety, "--set", "train.lr"], "expected KEY=VALUE"),
+        ("recipe-not-found", ["train-sft", "-r", str(root / "nope.yaml")], "recipe file not found"),
+        ("empty-recipe", ["recipe", "check", str(root / "empty.yaml")], "empty.yaml: the recipe is empty"),
+        ("recipe-bracket-path", ["recipe", "check", str(root / "x[" / "y].yaml")], "x[/y].yaml"),
+        ("recipe-is-list", ["recipe", "check", str(root / "list.yaml")], "must be a mapping"),
+        ("recipe-non-utf8", ["recipe", "check", str(root / "latin1.yaml")], "latin1.yaml: not UTF-8"),
+        ("gate-sweep-brackets", ["recipe", "check", str(w["recipe"]), "--set", "stages.generate.gate_sweep=[[2,0]]"],
+         "[g_safety, g_helpfulness] in [0, 1], got [2.0, 0.0]"),
+        ("max-length-small", [*safety, "--set", "data.max_length=4"], "data.max_length: must be > 8"),
+        ("lora-rank-zero", [*safety, "--set", "stages.safety_expert.lora.r=0"], "lora.r: must be > 0"),
+        ("unknown-stage", ["pipeline", "run", str(w["recipe"]), "--only", "nosuch"], "unknown stage nosuch"),
+        ("unknown-force", ["pipeline", "run", str(w["recipe"]), "--force", "nosuch"], "unknown stage nosuch"),
+        ("pipeline-data-typo", ["pipeline", "run", str(w["recipe"]), "--set", "data.train=typo2.jsonl"],
+         "typo2.jsonl"),
+        ("missing-upstream", ["train-router", *R, "--set", f"run_dir={root / 'other-run'}"], "needs sft"),
+        ("rank-data-typo", ["rank", *R, "--set", "data.train=typo3.jsonl"], "typo3.jsonl"),
+        ("hostfile-missing", ["train-rm", *R, "--launcher", "deepspeed", "--hostfile", str(root / "nohosts")],
+         "nohosts"),
+        ("score-output-is-file", ["score", str(root / "answers.jsonl"), "-o", str(root / "a_file")],
+         "--output"),
+        ("score-bad-index", ["score", str(root / "answers.jsonl"), "-o", str(root / "scores")],
+         "row 1: index must be an integer, got 'abc'"),
+        ("score-answers-missing", ["score", str(root / "none.jsonl"), "-o", str(root / "scores")], "none.jsonl"),
+        ("score-model-missing", ["score", str(root / "answers.jsonl"), "-o", str(root / "scores"),
+                                 "--reward-model", "./no-rm"], "no-rm"),
+        ("data-show-typo", ["data", "show", str(root / "typo.jsonl")], "typo.jsonl"),
+        ("data-show-columns", ["data", "show", str(w["pairs"]), "--columns", "prompt"], "--columns"),
+        ("data-show-stage", ["data", "show", str(w["pairs"]), "--stage", "nope"], "--stage"),
+        ("csv-bracket-header", ["data", "show", str(root / "header.csv"), "--stage", "sft", "--tokenizer", "none"],
+         "[/b]q"),
+        ("status-not-a-dir", ["pipeline", "status", str(root / "a_file")], "a_file"),
+    ]
+
+
+CASE_IDS = [c[0] for c in cases({"root": Path("r"), "run": Path("r"), "recipe": Path("r"), "pairs": Path("p")})]
+
+
+def midpo(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "midpo_cli.cli", *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_there_are_at_least_40_kinds() -> None:
+    assert len(set(CASE_IDS)) == len(CASE_IDS) >= 40
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(world: dict[str, Path], case: str) -> None:
+    _, argv, culprit = next(c for c in cases(world) if c[0] == case)
+    before = snapshot(world["run"])
+    result = midpo(*argv)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert culprit in lines[0], lines[0]
+    assert snapshot(world["run"]) == before
+
+
+def test_a_held_lock_refuses_standalone_stage_commands(world: dict[str, Path]) -> None:
+    """A standalone command must not write into a run dir a `pipeline run` is using (item 4)."""
+    import socket
+
+    lock = world["run"] / LOCK
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now",
+                                "command": "pipeline run"}))
+    try:
+        before = snapshot(world["run"])
+        for argv in (["train-expert", "--kind", "safety"], ["train-sft"], ["rank"], ["train-router"]):
+            result = midpo(*argv, "-r", str(world["recipe"]), "--set", "stages.safety_expert.beta=0.3",
+                           "--set", "stages.sft.lr=1e-3", "--set", "stages.rank.batch_size=7",
+                           "--set", "stages.router.beta=0.3")
+            assert result.returncode == 2 and "is in use by `pipeline run`" in result.stderr, result.stderr
+        assert snapshot(world["run"]) == before
+    finally:
+        lock.unlink()
+
+
+def test_data_show_help_renders_brackets() -> None:
+    result = midpo("data", "show", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "org/name[/config][:split]" in result.stdout.replace("\n", " ").replace("│", " ").replace("  ", " ")
+
+
+def test_the_finished_run_still_plans_as_done(world: dict[str, Path]) -> None:
+    """The stand-in run really is 'finished' for midpo, so the cases above exercised the re-run path."""
+    result = midpo("pipeline", "plan", str(world["recipe"]), "--json")
+    assert result.returncode == 0, result.stderr
+    assert {row["status"] for row in json.loads(result.stdout)["stages"]} == {"done"}
+    shutil.rmtree(world["root"] / "other-run", ignore_errors=True)

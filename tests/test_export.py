@@ -1,0 +1,194 @@
+"""`midpo export`: merged weights, standalone adapters and a self-contained MidPO folder.
+
+The references are independent of export.py: the MidPO model at fixed gates (itself checked against
+peft in test_midpo_model.py), plain `AutoModelForCausalLM` in a fresh process that never imports
+midpo, and peft's `PeftModel` for the adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+
+from midpo_cli.cli import main
+from midpo_cli.errors import InputError
+from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
+from midpo_cli.modeling.lora import lora_config, read_adapter
+from midpo_cli.modeling.midpo import RouterSettings, load_midpo, save_midpo, wrap
+
+EMBEDDED = "embedded:tiny-llama"
+
+
+def build_tiny_midpo(root: Path, *, granularity: str = "token", target_modules=("down_proj",),
+                     seed: int = 0) -> Path:
+    """A MidPO folder on the embedded base (no weight files on disk) with non-trivial experts and routers."""
+    adapters = {}
+    for i, name in enumerate(("safety", "helpfulness")):
+        torch.manual_seed(seed + 10 + i)
+        peft_model = get_peft_model(load_causal_lm(EMBEDDED), lora_config(r=4, alpha=8, target_modules=target_modules))
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(std=0.05)
+        adapters[name] = root / f"adapter-{name}"
+        peft_model.save_pretrained(str(adapters[name]), save_embedding_layers=False)
+    model = wrap(load_causal_lm(EMBEDDED), read_adapter(adapters["safety"]), read_adapter(adapters["helpfulness"]),
+                 RouterSettings(granularity=granularity)).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.load_router_state_dict({k: torch.randn(v.shape, generator=gen) * 0.3
+                                  for k, v in model.router_state_dict().items()})
+    return save_midpo(model, load_tokenizer(EMBEDDED), root / "midpo", base_model=EMBEDDED)
+
+
+@pytest.fixture(scope="module")
+def tiny_midpo(tmp_path_factory) -> Path:
+    return build_tiny_midpo(tmp_path_factory.mktemp("export"))
+
+
+def probe_ids() -> torch.Tensor:
+    return torch.randint(4, 700, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+def midpo_logits_at(folder: Path, gates) -> torch.Tensor:
+    model, _ = load_midpo(folder, fixed_gates=gates)
+    with torch.no_grad():
+        return model(probe_ids()).logits
+
+
+FRESH_LOAD = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+ids = torch.tensor(json.loads(sys.argv[2]))
+with torch.no_grad():
+    logits = model(ids).logits
+torch.save(logits, sys.argv[3])
+print("MIDPO_IMPORTED=" + str(any(m == "midpo_cli" or m.startswith("midpo_cli.") for m in sys.modules)))
+"""
+
+
+def test_merged_export_equals_midpo_at_fixed_gates_in_a_process_without_midpo(tiny_midpo, tmp_path):
+    gates = (0.7, 0.2)
+    out = tmp_path / "merged"
+    assert main(["--quiet", "export", str(tiny_midpo), "--merged", "--gates", "0.7,0.2", "--to", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "tokenizer_config.json").is_file() and "0.7" in (out / "README.md").read_text()
+    assert not (out / "midpo_config.json").exists()
+
+    logits_file = tmp_path / "logits.pt"
+    proc = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(out), json.dumps(probe_ids().tolist()),
+                           str(logits_file)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "MIDPO_IMPORTED=False" in proc.stdout
+    merged = torch.load(logits_file)
+    expected = midpo_logits_at(tiny_midpo, gates)
+    torch.testing.assert_close(merged, expected, rtol=0, atol=1e-5)
+    # the experts do move the logits at these gates, so the equality above is not the base's
+    assert (expected - midpo_logits_at(tiny_midpo, (0.0, 0.0))).abs().max() > 1e-3
+    # the embedded base ties lm_head to the embeddings; the merged folder keeps that
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True
+
+
+def test_merged_export_unties_a_routed_tied_head(tmp_path):
+    """Adapters on lm_head of a tied model: folding must not change the input embeddings."""
+    folder = build_tiny_midpo(tmp_path, target_modules=("down_proj", "lm_head"), seed=4)
+    from midpo_cli.modeling.export import export_merged
+
+    out = tmp_path / "merged"
+    export_merged(folder, out, (1.0, 0.5))
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert plain.config.tie_word_embeddings is False
+    base = load_causal_lm(EMBEDDED)
+    torch.testing.assert_close(plain.get_input_embeddings().weight, base.get_input_embeddings().weight,
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(probe_ids()).logits, midpo_logits_at(folder, (1.0, 0.5)), rtol=0, atol=1e-5)
+
+
+def test_adapters_export_loads_with_peft_and_reproduces_each_expert(tiny_midpo, tmp_path):
+    out = tmp_path / "adapters"
+    assert main(["--quiet", "export", str(tiny_midpo), "--adapters", "--to", str(out)]) == 0
+    assert {"safety", "helpfulness", "base", "README.md"} <= {p.name for p in out.iterdir()}
+    assert "--enable-lora" in (out / "README.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    for name, gates in (("safety", (1.0, 0.0)), ("helpfulness", (0.0, 1.0))):
+        cfg = json.loads((out / name / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == str(out.resolve() / "base")
+        base = AutoModelForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32)
+        peft = PeftModel.from_pretrained(base, str(out / name)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(peft(probe_ids()).logits, midpo_logits_at(tiny_midpo, gates),
+                                       rtol=0, atol=1e-5)
+
+
+def test_midpo_export_is_self_contained_with_a_model_card(tiny_midpo, tmp_path):
+    run = tmp_path / "run"
+    (run / "router").mkdir(parents=True)
+    (run / "router" / "manifest.json").write_text(json.dumps({"stage": "router", "metrics": {"dpo_loss": 0.4}}))
+    (run / "router" / "config.yaml").write_text("beta: 0.1\ngranularity: token\n")
+    (run / "score").mkdir()
+    (run / "score" / "summary.json").write_text(json.dumps({"toy": [
+        {"model": "midpo", "prompt_set": "eval-prompts", "harmful_safe": 0.98, "benign_helpful": 0.76,
+         "toy_score": 0.87, "gate_safety_harmful": 0.8, "gate_safety_benign": 0.3},
+        {"model": "base", "prompt_set": "eval-prompts", "harmful_safe": 0.5, "benign_helpful": 0.5,
+         "toy_score": 0.5, "gate_safety_harmful": None, "gate_safety_benign": None}]}))
+    import shutil
+
+    shutil.copytree(tiny_midpo, run / "router" / "model")
+    out = tmp_path / "upload"
+    assert main(["--quiet", "export", str(run / "router" / "model"), "--midpo", "--to", str(out)]) == 0
+    shutil.rmtree(run)  # nothing may point back into the run
+    cfg = json.loads((out / "midpo_config.json").read_text())
+    assert cfg["base_model"] == "base" and cfg["base_model_relative"] is True
+    assert cfg["adapters"] == {"safety": "adapters/safety", "helpfulness": "adapters/helpfulness"}
+    assert (out / "base" / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "library_name: midpo" in card and "beta: 0.1" in card and "- dpo_loss: 0.400" in card
+    assert "midpo chat upload" in card
+    assert "| midpo | eval-prompts | 0.980 | 0.760 | 0.870 |" in card
+    moved = tmp_path / "moved"
+    shutil.move(str(out), str(moved))
+    loaded, _ = load_midpo(moved)
+    original, _ = load_midpo(tiny_midpo)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(probe_ids()).logits, original(probe_ids()).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--merged", "--gates", "0.5,1.5"], "must be in [0, 1]"),
+    (["--merged"], "--merged needs --gates"),
+    (["--adapters", "--midpo"], "exactly one of"),
+    ([], "exactly one of"),
+])
+def test_bad_flags_are_one_line_errors(tiny_midpo, tmp_path, capsys, args, message):
+    assert main(["export", str(tiny_midpo), "--to", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_destination_and_non_midpo_source_are_refused(tiny_midpo, tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert main(["export", str(tiny_midpo), "--merged", "--gates", "0.5,0.5", "--to", str(busy)]) == 2
+    assert "already exists" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
+    adapter = tiny_midpo / "adapters" / "safety"
+    assert main(["export", str(adapter), "--merged", "--gates", "0.5,0.5", "--to", str(tmp_path / "y")]) == 2
+    assert "not a MidPO model folder" in capsys.readouterr().err
+    from midpo_cli.modeling.export import check_destination
+
+    (tmp_path / "empty").mkdir()
+    assert check_destination(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is fine
+    with pytest.raises(InputError, match="already exists"):
+        check_destination(busy / "keep.txt")

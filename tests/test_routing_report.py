@@ -1,0 +1,242 @@
+"""Router vs fixed blends (midpo_cli.headroom) on hand-worked examples, its place in summary.json, the
+report and the terminal tables, and the escaping of names that come from data."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from midpo_cli.errors import InputError
+from midpo_cli.headroom import (
+    balanced_score,
+    blend_label,
+    dial_label,
+    headroom_share,
+    parse_label,
+    routing_summary,
+    select_best,
+)
+from midpo_cli.recipe import load_recipe
+from midpo_cli.stages import score as score_stage
+from midpo_cli.summary import bootstrap_indices
+
+DEV, EVAL = "toy/dev-prompts", "toy/eval-prompts"
+# Outcomes per prompt (1 = the judge is happy): prompts 0, 1 harmful; 2, 3 benign.
+EVAL_OUTCOMES = {
+    "m": [1, 0, 1, 1],            # router: harmful 0.5, benign 1.0 → 0.75
+    "m@gates=1,0": [1, 1, 0, 0],  # safety expert → 0.5
+    "m@gates=0,1": [0, 0, 1, 1],  # helpfulness expert → 0.5
+    "m@gates=0.5,0.5": [1, 0, 1, 0],  # → 0.5, the blend chosen on dev
+}
+DEV_OUTCOMES = {"m": [1, 1, 1, 1], "m@gates=1,0": [1, 1, 0, 0], "m@gates=0,1": [0, 0, 1, 1],
+                "m@gates=0.5,0.5": [1, 1, 1, 0]}
+
+
+def rows_for(prompt_set: str, outcomes: dict[str, list[int]]) -> list[dict]:
+    return [{"model": m, "prompt_set": prompt_set, "index": i, "prompt": f"p{i}", "answer": "ok" if o else "no",
+             "is_harmful": i < len(os) // 2} for m, os in outcomes.items() for i, o in enumerate(os)]
+
+
+def judge(prompt_set: str):
+    return lambda row: 1.0 if row["answer"] == "ok" else 0.0
+
+
+def test_labels_round_trip() -> None:
+    assert blend_label("midpo", (0.25, 1.0)) == "midpo@gates=0.25,1"
+    assert dial_label("midpo", 2) == "midpo@dial=+2" and dial_label("midpo", -0.5) == "midpo@dial=-0.5"
+    assert parse_label("midpo@gates=0.25,1") == ("midpo", (0.25, 1.0), None)
+    assert parse_label("midpo@dial=-0.5") == ("midpo", None, -0.5)
+    assert parse_label("a@b") == ("a@b", None, None)
+
+
+def test_grid_is_25_distinct_blends_and_lists_still_work() -> None:
+    grid = load_recipe(None).stages.generate.gate_blends()
+    assert len(grid) == 25 == len(set(grid))
+    assert {g for pair in grid for g in pair} == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert len({blend_label("midpo", g) for g in grid}) == 25
+    listed = load_recipe(None, ["stages.generate.gate_sweep=[[1, 0], [0.5, 0.5]]"]).stages.generate
+    assert listed.gate_blends() == [(1.0, 0.0), (0.5, 0.5)]
+    assert load_recipe(None, ["stages.generate.gate_sweep=[]"]).stages.generate.gate_blends() == []
+
+
+def test_headroom_hand_worked_example() -> None:
+    assert balanced_score(np.array([1, 0, 1, 1.0]), np.array([True, True, False, False])) == 0.75
+    assert select_best({"a": 0.5, "b": 0.7, "c": 0.7, "d": None}) == "b"  # ties: the first in grid order
+    assert headroom_share(0.75, 0.5, 1.0) == (0.5, 0.5)
+    assert headroom_share(0.75, 0.5, 0.5) == (0.0, None)  # no headroom: no share
+    out = routing_summary(rows_for(DEV, DEV_OUTCOMES) + rows_for(EVAL, EVAL_OUTCOMES), outcome_for=judge,
+                          bootstrap=0)
+    assert list(out) == [EVAL]  # the dev set chooses; it is not reported
+    e = out[EVAL]
+    assert e["router"]["score"] == 0.75 and e["router"]["harmful_safe"] == 0.5
+    best = e["best_fixed"]
+    # on dev: (1,0) and (0,1) score 0.5, (0.5,0.5) scores 0.75 → chosen, then reported on eval (0.5)
+    assert best["model"] == "m@gates=0.5,0.5" and best["gates"] == [0.5, 0.5]
+    assert best["chosen_on"] == DEV and best["score_on_selection"] == 0.75 and best["in_sample"] is False
+    assert best["score"] == 0.5
+    assert e["oracle"]["score"] == 1.0  # safety expert on 0, 1 (both 1), helpfulness expert on 2, 3 (both 1)
+    assert e["oracle"]["from"] == {"harmful": "m@gates=1,0", "benign": "m@gates=0,1"}
+    assert e["diff"]["mean"] == pytest.approx(0.25)
+    assert e["headroom"] == pytest.approx(0.5) and e["share"] == pytest.approx(0.5)
+    assert [g["model"] for g in e["grid"]] == ["m@gates=1,0", "m@gates=0,1", "m@gates=0.5,0.5"]
+
+
+def test_paired_bootstrap_ci_equals_a_loop_over_the_same_resamples() -> None:
+    rng = np.random.default_rng(3)
+    n = 30
+    outcomes = {"m": list(rng.integers(0, 2, n)), "m@gates=1,0": list(rng.integers(0, 2, n)),
+                "m@gates=0,1": list(rng.integers(0, 2, n))}
+    rows = rows_for(EVAL, outcomes)
+    e = routing_summary(rows, outcome_for=judge, bootstrap=300, seed=7)[EVAL]
+    assert e["in_sample"] is True and e["best_fixed"]["chosen_on"] == EVAL  # no dev set: in-sample, marked
+    best = e["best_fixed"]["model"]
+    harmful = [i < n // 2 for i in range(n)]
+    diffs = []
+
+    def score(model, draw):
+        h = [outcomes[model][i] for i in draw if harmful[i]]
+        b = [outcomes[model][i] for i in draw if not harmful[i]]
+        return (sum(h) / len(h) + sum(b) / len(b)) / 2 if h and b else None
+
+    for draw in bootstrap_indices(n, 300, 7, EVAL):
+        if score("m", draw) is not None:
+            diffs.append(score("m", draw) - score(best, draw))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    assert e["diff"]["lo"] == pytest.approx(lo, abs=1e-12) and e["diff"]["hi"] == pytest.approx(hi, abs=1e-12)
+    assert e["diff"]["lo"] <= e["diff"]["mean"] <= e["diff"]["hi"]
+
+
+def test_identical_router_and_blend_give_a_zero_width_interval() -> None:
+    same = [1, 0, 1, 0, 1, 1]
+    e = routing_summary(rows_for(EVAL, {"m": same, "m@gates=0.5,0.5": same}), outcome_for=judge,
+                        bootstrap=100)[EVAL]
+    assert (e["diff"]["mean"], e["diff"]["lo"], e["diff"]["hi"]) == (0.0, 0.0, 0.0)
+    assert e["oracle"] is None  # no expert blends and no expert models: no oracle
+
+
+def test_select_on_names_a_set_or_fails_with_the_list() -> None:
+    rows = rows_for(DEV, DEV_OUTCOMES) + rows_for(EVAL, EVAL_OUTCOMES)
+    out = routing_summary(rows, outcome_for=judge, select_on=EVAL, bootstrap=0)
+    assert list(out) == [DEV] and out[DEV]["best_fixed"]["chosen_on"] == EVAL
+    with pytest.raises(InputError, match=r"select_on 'nope'.*toy/dev-prompts, toy/eval-prompts"):
+        routing_summary(rows, outcome_for=judge, select_on="nope")
+    assert routing_summary(rows_for(EVAL, {"m": [1, 0]}), outcome_for=judge) == {}  # no blends: no section
+
+
+def test_without_a_judge_a_dominating_blend_is_found_on_dev_and_tested_on_eval() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for prompt_set in (DEV, EVAL):
+        for i in range(60):
+            base_r, base_c = rng.normal(), rng.normal()
+            for model, (dr, dc) in {"m": (0, 0), "m@gates=1,0": (1.0, -1.0), "m@gates=0,1": (0.5, 0.5)}.items():
+                rows.append({"model": model, "prompt_set": prompt_set, "index": i, "prompt": "p", "answer": "a",
+                             "is_harmful": i % 2 == 0, "reward": base_r + dr + 0.1 * rng.normal(),
+                             "cost": base_c + dc + 0.1 * rng.normal()})
+    e = routing_summary(rows, outcome_for=lambda s: None, bootstrap=200)[EVAL]
+    assert e["diff"] is None and e["best_fixed"] is None and e["metric"] is None
+    pareto = e["pareto"]
+    assert pareto["candidates_chosen_on"] == DEV
+    assert [b["model"] for b in pareto["by"]] == ["m@gates=1,0"]  # (0,1) is more helpful but less safe
+    by = pareto["by"][0]
+    assert by["d_reward"]["mean"] == pytest.approx(1.0, abs=0.1) and by["d_cost"]["mean"] == pytest.approx(1, abs=0.1)
+    assert by["significant"] and pareto["dominated"] and pareto["significant"]
+    assert e["oracle"]["from"] == {"harmful": "m@gates=1,0", "benign": "m@gates=0,1"} and "score" not in e["oracle"]
+    from midpo_cli.report import pareto_verdict
+
+    assert "(1,0) Pareto-dominates the router" in pareto_verdict(pareto)
+
+
+# ------------------------------------------------------------------------------------- score stage + report
+
+
+def write_sweep_answers(path: Path, router_name: str = "midpo") -> Path:
+    rng = np.random.default_rng(1)
+    models = ["base", router_name] + [blend_label(router_name, (a, b)) for a in (0, 0.5, 1) for b in (0, 0.5, 1)]
+    models += [dial_label(router_name, b) for b in (-2, 2)]
+    rows = []
+    for prompt_set in ("x/dev-prompts", "x/eval-prompts", "x/traps"):
+        for i in range(16):
+            for m in models:
+                good = rng.random() < (0.9 if m == router_name else 0.5)
+                rows.append({"model": m, "prompt_set": prompt_set, "index": i, "prompt": f"q{i}",
+                             "answer": "ok" if good else "no", "is_harmful": i % 2 == 0, "category": f"c{i % 4}",
+                             "gates": {"safety": 0.8 if i % 2 == 0 else 0.2, "helpfulness": 0.5}
+                             if m.startswith(router_name) else None, "gen_id": "g"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def fake_scorer(path, kind, prompts, answers):
+    return [(1.0 if a == "ok" else -1.0) * (1 if kind == "reward" else -1) for a in answers]
+
+
+def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
+    answers = write_sweep_answers(tmp_path / "answers.jsonl")
+    maps = {"model": "midpo", "layers": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
+            "prompts": [{"kind": k, "prompt_set": "x/eval-prompts", "index": 0, "prompt": "q<0>", "category": "c",
+                         "is_harmful": True, "answer": "ok", "tokens": ["ok", "$", "</s>"],
+                         "safety": [[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]],
+                         "helpfulness": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]}
+                        for k in ("harmful", "benign", "trap")]}
+    (tmp_path / "maps.json").write_text(json.dumps(maps))
+    summary = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out",
+                                        bootstrap=50, scorer=fake_scorer, gate_maps=tmp_path / "maps.json")
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(saved["routing"]) == {"x/eval-prompts", "x/traps"}
+    for entry in saved["routing"].values():
+        assert entry["best_fixed"]["chosen_on"] == "x/dev-prompts" and entry["diff"]["lo"] is not None
+        assert len(entry["grid"]) == 9 and [d["bias"] for d in entry["dial"]] == [-2.0, 0.0, 2.0]
+    # blends and dials: groups yes, win rates and categories no
+    assert {w["model_a"] for w in summary["win_rates"]} | {w["model_b"] for w in summary["win_rates"]} == \
+        {"base", "midpo"}
+    assert {c["model"] for c in summary["categories"]} == {"base", "midpo"}
+    gates = {(g["model"], g["prompt_set"]): g for g in summary["gates"]}
+    sep = gates[("midpo", "x/eval-prompts")]["separation"]
+    assert sep["auroc"] == 1.0 and sep["gap"] == pytest.approx(0.6)
+    assert ("midpo@gates=0.5,0.5", "x/eval-prompts") not in gates and ("midpo@dial=+2", "x/traps") in gates
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Does the router earn its place?" in page and "headroom captured" in page
+    for png in ("routing.png", "gate_map_harmful.png", "gate_map_benign.png", "gate_map_trap.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000, png
+    assert "q&lt;0&gt;" in page and "Mean gates per category" in page
+
+
+def test_report_escapes_every_name_from_data(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
+    evil = "<script>alert(1)</script>"
+    answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name=evil)
+    text = answers.read_text().replace("x/eval-prompts", "<img src=x onerror=alert(2)>/eval-prompts")
+    answers.write_text(text.replace('"category": "c1"', '"category": "<b onmouseover=x>"'))
+    score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out", bootstrap=20,
+                              scorer=fake_scorer)
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in page and "<img src=x" not in page and "<b onmouseover" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert len(re.findall(r"<script", page)) == 0
+
+
+def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tmp_path, monkeypatch) -> None:
+    from rich.console import Console
+
+    from midpo_cli.report import terminal_tables
+
+    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
+    answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name="a_rather_long_router_model_name")
+    summary = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out",
+                                        bootstrap=20, scorer=fake_scorer, report=False)
+    buf = io.StringIO()
+    term = Console(file=buf, width=80, record=True)
+    for table in terminal_tables(summary):
+        term.print(table)
+    text = term.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # nothing was cut off
+    assert "#1 = a_rather_long_router_model_name" in text and "eval-prompts" in text
+    assert "Router vs the best fixed blend" in text and "@gates" not in text  # blends: not in the model tables
