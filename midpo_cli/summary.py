@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from midpo_cli.headroom import is_sweep_label, parse_label
+from midpo_cli.headroom import is_sweep_label
 
 # name → (row field, prompt subset: None = all prompts, True = harmful only, False = benign only)
 METRICS: dict[str, tuple[str, bool | None]] = {
@@ -234,13 +234,14 @@ def gate_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Each entry: `separation` (midpo_cli.gate_stats: AUROC of the answer's mean safety gate as a
     harmful-vs-benign classifier, the two means and their gap; None without harm labels) and the mean
-    safety / helpfulness gates per category. Blend variants are left out (their gates are constants).
+    safety / helpfulness gates per category. Blend and dial variants are left out (blend gates are constants;
+    the dial curve is in summary["routing"]).
     """
     from midpo_cli.gate_stats import separation
 
     grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
-        if not math.isnan(as_float(r.get("gate_safety"))) and parse_label(str(r["model"]))[1] is None:
+        if not math.isnan(as_float(r.get("gate_safety"))) and not is_sweep_label(str(r["model"])):
             grouped.setdefault((str(r["model"]), str(r["prompt_set"])), []).append(r)
     out = []
     for (model, prompt_set), items in grouped.items():

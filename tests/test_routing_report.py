@@ -200,7 +200,7 @@ def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeyp
     gates = {(g["model"], g["prompt_set"]): g for g in summary["gates"]}
     sep = gates[("midpo", "x/eval-prompts")]["separation"]
     assert sep["auroc"] == 1.0 and sep["gap"] == pytest.approx(0.6)
-    assert ("midpo@gates=0.5,0.5", "x/eval-prompts") not in gates and ("midpo@dial=+2", "x/traps") in gates
+    assert ("midpo@gates=0.5,0.5", "x/eval-prompts") not in gates and ("midpo@dial=+2", "x/traps") not in gates
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Does the router earn its place?" in page and "headroom captured" in page
     for png in ("routing.png", "gate_map_harmful.png", "gate_map_benign.png", "gate_map_trap.png"):

@@ -59,6 +59,7 @@ def generate(
     from midpo_cli.stages import generate as stage
 
     check_template(template)
+    dtype = resolve_precision(dtype)  # `auto` → bf16 on a CUDA GPU that has it, else fp32
     fixed = _gates(gates)
     sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)

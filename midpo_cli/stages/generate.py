@@ -104,13 +104,13 @@ def load_policy(spec: str, *, gates: Sequence[float] | None = None, safety_bias:
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        try:
-            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise InputError(f"{folder / 'adapter_config.json'}: no readable base_model_name_or_path ({exc})") from None
+        from midpo_cli.modeling.lora import adapter_base, check_adapter_base
+
+        base = adapter_base(folder)  # resolved from the adapter folder (midpo.json), else PEFT's config
         if not base:
             raise InputError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is empty")
         base_model = load_causal_lm(base, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+        check_adapter_base(folder, base_model, base_name=base)  # the base it was trained on, not a look-alike
         model = PeftModel.from_pretrained(base_model, str(folder)).eval()
         has_tok = (folder / "tokenizer_config.json").is_file()
         tok = load_tokenizer(tokenizer or (str(folder) if has_tok else base), trust_remote_code=trust_remote_code)
@@ -333,6 +333,9 @@ def _check_models(models: Sequence[ModelEntry], existing: list[dict[str, Any]], 
                                     "safety_bias": float(m.safety_bias)})[:12]
     for r in existing:
         want = ids.get(r["model"])
+        if want is not None and r.get("model_id") is None:
+            raise InputError(f"{output}: its answers of {r['model']!r} record no model id (written by an older midpo), "
+                             "so resuming could mix two models; use another --output or delete the file")
         if want is not None and r.get("model_id") != want:
             raise InputError(f"{output}: its answers of {r['model']!r} were written by another model "
                              f"({r.get('model_spec')}, id {r.get('model_id')}) than the one given now "

@@ -200,14 +200,31 @@ def run(ctx: Any) -> None:
     record = ctx.record()
     record.outputs = {"scores": ctx.rel(ctx.folder / "scores.csv"), "summary": ctx.rel(ctx.folder / "summary.json"),
                       "report": ctx.rel(ctx.folder / "report.html")}
-    record.metrics = {f"{g['model']}/{g['prompt_set']}/{name}": stat["mean"]
-                      for g in summary["groups"] if not is_sweep_label(g["model"])
-                      for name, stat in g["metrics"].items()
-                      if name in ("reward", "cost", "harmless_rate", "refusal_rate_harmful", "refusal_rate_benign")}
-    for prompt_set, entry in summary["routing"].items():
-        if entry.get("diff"):
-            record.metrics[f"routing/{prompt_set}/router_minus_best_fixed"] = entry["diff"]["mean"]
+    record.metrics = key_metrics(summary)
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["score"])
+
+
+def key_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's metrics, most telling first (`pipeline run` shows the first few): the router's
+    margin over the best fixed blend, the toy score, then reward/cost/refusal per model. Prompt sets
+    go by their last name part (`eval-prompts`) when that is unambiguous."""
+    from midpo_cli.report import short_names
+
+    sets, _ = short_names(summary["prompt_sets"], 24)
+    out: dict[str, Any] = {}
+    routers = {entry["router"]["model"] for entry in summary.get("routing", {}).values()}
+    for prompt_set, entry in summary.get("routing", {}).items():
+        if entry.get("diff"):
+            out[f"router-best_fixed/{sets[prompt_set]}"] = entry["diff"]["mean"]
+    for e in sorted(summary.get("toy") or [], key=lambda e: e["model"] not in routers):  # the router first
+        if not is_sweep_label(e["model"]):
+            out[f"{e['model']}/{sets.get(e['prompt_set'], e['prompt_set'])}/toy_score"] = e["toy_score"]
+    for g in summary["groups"]:
+        if not is_sweep_label(g["model"]):
+            for name, stat in g["metrics"].items():
+                if name in ("reward", "cost", "harmless_rate", "refusal_rate_harmful", "refusal_rate_benign"):
+                    out[f"{g['model']}/{sets[g['prompt_set']]}/{name}"] = stat["mean"]
+    return out
 
 
 def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
