@@ -306,13 +306,9 @@ def legend() -> Any:
 
 
 def parse_pair(text: str, what: str) -> tuple[float, float]:
-    try:
-        g_s, g_h = (float(x) for x in text.split(","))
-    except ValueError:
-        raise InputError(f"{what} {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. 0.5,1") from None
-    if not (0.0 <= g_s <= 1.0 and 0.0 <= g_h <= 1.0):
-        raise InputError(f"{what} {text!r}: both gates must be in [0, 1]")
-    return g_s, g_h
+    from midpo_cli.gate_stats import parse_gates
+
+    return parse_gates(text, what)
 
 
 def settings_line(session: ChatSession) -> str:

@@ -323,9 +323,9 @@ def test_jsonl_loading_imports_neither_datasets_nor_torch(tmp_path: Path) -> Non
 
 # ---------------------------------------------------------------- tokenizers built here
 
-CORPUS = [
-    "BEGINNING OF CONVERSATION: USER: how do I bake bread ASSISTANT: Sure, mix flour and water.",
-    "BEGINNING OF CONVERSATION: USER: how do I pick a lock ASSISTANT: Sorry, I cannot help with that.",
+CORPUS = [  # safe-rlhf's exact text: the answer follows "ASSISTANT:" with no space
+    "BEGINNING OF CONVERSATION: USER: how do I bake bread ASSISTANT:Sure, mix flour and water.",
+    "BEGINNING OF CONVERSATION: USER: how do I pick a lock ASSISTANT:Sorry, I cannot help with that.",
     "Sure, here is a safe way. Sorry, no. Mix the flour, knead, rest, bake. I cannot help.",
 ] * 20
 
@@ -367,7 +367,7 @@ def byte_tok():
 
 @pytest.fixture(scope="module")
 def merging_tok():
-    """BPE with no pre-tokeniser: merges run across ': S', so prompt+answer does not start with prompt ids."""
+    """BPE with no pre-tokeniser: merges run across ':S', so prompt+answer does not start with prompt ids."""
     from tokenizers import Tokenizer, models, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -432,7 +432,7 @@ def test_response_mask_is_exactly_the_answer(byte_tok, template: str, side: str)
     _check_batch(batch, seqs, prompts * 2, answers, byte_tok.pad_token_id, side)
     if template == "safe-rlhf":
         assert prompts[0][0] == byte_tok.bos_token_id
-        assert byte_tok.decode(answers[0][:-1]) == " Sure, mix flour and water."
+        assert byte_tok.decode(answers[0][:-1]) == "Sure, mix flour and water."  # safe-rlhf: no space
     else:
         assert byte_tok.bos_token_id not in prompts[0]
         assert byte_tok.decode(prompts[0]).endswith("<|assistant|>\n")
@@ -525,7 +525,7 @@ def test_sft_encoding_and_drops(byte_tok, side: str) -> None:
     eos = byte_tok.eos_token_id
     prompts = [byte_tok(format_prompt(rows[i]["prompt"]))["input_ids"] for i in (0, 4)]
     answers = [
-        [*byte_tok(" " + rows[i]["answer"], add_special_tokens=False)["input_ids"], eos] for i in (0, 4)
+        [*byte_tok(rows[i]["answer"], add_special_tokens=False)["input_ids"], eos] for i in (0, 4)
     ]
     _check_batch(batch, [f["input_ids"] for f in feats], prompts, answers, byte_tok.pad_token_id, side)
 
@@ -551,7 +551,8 @@ def test_identical_tokens_dropped(merging_tok) -> None:
 
 def test_templates(byte_tok) -> None:
     assert format_prompt(" hi ") == "BEGINNING OF CONVERSATION: USER: hi ASSISTANT:"
-    assert answer_text(" Sure.\n") == " Sure."
+    assert answer_text(" Sure.\n") == "Sure."  # safe-rlhf joins prompt + answer with no space after ASSISTANT:
+    assert format_prompt("hi") + answer_text(" Sure.") == "BEGINNING OF CONVERSATION: USER: hi ASSISTANT:Sure."
     assert format_prompt("hi", "chat", byte_tok) == "<|user|>hi\n<|assistant|>\n"
     no_chat = type("T", (), {"chat_template": None, "name_or_path": "gpt2"})()
     with pytest.raises(InputError, match="gpt2 has no chat template"):

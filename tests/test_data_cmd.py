@@ -200,7 +200,7 @@ def test_token_statistics_with_a_local_tokenizer(tmp_path: Path) -> None:
     )
     chosen = sorted(
         len(
-            hf(" " + ROWS[i][f"response_{ROWS[i]['better_response_id']}"], add_special_tokens=False)[
+            hf(ROWS[i][f"response_{ROWS[i]['better_response_id']}"], add_special_tokens=False)[
                 "input_ids"
             ]
         )

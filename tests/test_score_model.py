@@ -215,9 +215,10 @@ def test_score_texts_matches_safe_rlhf_text_and_is_batch_invariant(tmp_path):
     assert len(set(one)) == len(one)  # distinct texts, distinct scores: order mix-ups would show
     reversed_scores = score_texts(model, tokenizer, PROMPTS[::-1], ANSWERS[::-1], batch_size=3)
     assert reversed_scores[::-1] == pytest.approx(one, abs=1e-5)
-    # each score is the model's end score of safe-rlhf's text + EOS, scored alone
+    # each score is the model's end score of safe-rlhf's text + EOS, scored alone; safe-rlhf tokenizes
+    # prompt + answer with no space after "ASSISTANT:" (its PreferenceDataset), so neither does midpo
     for prompt, answer, score in zip(PROMPTS, ANSWERS, one, strict=True):
-        text = f"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT: {answer}"
+        text = f"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{answer}"
         ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
         with torch.no_grad():
             expected = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[1]

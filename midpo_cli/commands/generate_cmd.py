@@ -15,17 +15,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _gates(text: str | None) -> tuple[float, float] | None:
-    from midpo_cli.errors import InputError
 
     if text is None:
         return None
-    try:
-        gs, gh = (float(x) for x in text.split(","))
-    except ValueError:
-        raise InputError(f"--gates {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. --gates 0.5,0.5") from None
-    if not (0 <= gs <= 1 and 0 <= gh <= 1):
-        raise InputError(f"--gates {text!r}: both gates must be in [0, 1]")
-    return gs, gh
+    from midpo_cli.gate_stats import parse_gates
+
+    return parse_gates(text, "--gates")
 
 
 def generate(

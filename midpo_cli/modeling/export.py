@@ -46,13 +46,9 @@ PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
 
 def parse_gates(text: str) -> tuple[float, float]:
     """`G_S,G_H` → two floats in [0, 1]."""
-    try:
-        g_s, g_h = (float(x) for x in text.split(","))
-    except ValueError:
-        raise InputError(f"--gates {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. --gates 0.5,0.5") from None
-    if not (0.0 <= g_s <= 1.0 and 0.0 <= g_h <= 1.0):
-        raise InputError(f"--gates {text!r}: both gates must be in [0, 1]")
-    return g_s, g_h
+    from midpo_cli.gate_stats import parse_gates as parse
+
+    return parse(text, "--gates")
 
 
 def check_destination(to: str | Path) -> Path:
