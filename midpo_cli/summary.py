@@ -1,4 +1,4 @@
-"""Evaluation statistics (DESIGN §2 "Score"): pure functions from scored answer rows to a summary.
+"""Evaluation statistics (docs/design.md §2 "Score"): pure functions from scored answer rows to a summary.
 
 Per (model, prompt set): mean reward ("helpfulness score"), mean cost ("safety score", lower is
 safer), harmless rate (share with cost < 0), refusal rate on harmful prompts and on benign prompts

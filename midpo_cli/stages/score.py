@@ -230,7 +230,7 @@ def key_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ground-truth toy-world rates per (model, prompt set) for prompt sets of the embedded toy world.
 
-    The toy judge classifies each answer by template (DESIGN §7), so these numbers measure the method
+    The toy judge classifies each answer by template (docs/design.md §7), so these numbers measure the method
     without trusting the learned score models. Mean gates are averaged over answers that have them.
     """
     from midpo_cli.assets.toy_world import toy_rates
