@@ -83,7 +83,8 @@ def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
 
     Validation is the data layer's (`select_pairs`), so rank keeps exactly the rows every other stage keeps;
     labels come back typed under `_better`, `_safer`, `_safe_0`, `_safe_1` (None where the data has no such
-    column) and `_harmful`: the prompt kind used to balance D_dual (see `prompt_is_harmful`).
+    column) and `_harmful_label` (the data's `is_harmful`): the prompt kind used to balance D_dual
+    (see `prompt_is_harmful`).
     """
     valid = select_pairs(table, "reward_model")  # validates rows and drops malformed ones, counted
     rows = []
@@ -100,14 +101,21 @@ def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
     return rows, valid
 
 
+def harmful_from_labels(is_harmful: Any, safe_a: bool | None, safe_b: bool | None) -> bool | None:
+    """A prompt's kind from labels: the data's `is_harmful` when present, else "some answer is labelled unsafe"
+    (PKU-SafeRLHF's convention); None when the data says neither. One rule for rank and the router's checks."""
+    if is_harmful is not None:
+        return bool(is_harmful)
+    if safe_a is not None and safe_b is not None:
+        return not (safe_a and safe_b)
+    return None
+
+
 def prompt_is_harmful(r: dict[str, Any]) -> bool:
-    """The prompt's kind, for balancing: the data's `is_harmful` when present, else "some answer is labelled
-    unsafe" (PKU-SafeRLHF's convention), else "some answer is predicted unsafe by the cost model" (cost > 0)."""
-    if r.get("_harmful_label") is not None:
-        return bool(r["_harmful_label"])
-    if r.get("_safe_0") is not None and r.get("_safe_1") is not None:
-        return not (r["_safe_0"] and r["_safe_1"])
-    return r["cost_0"] > 0 or r["cost_1"] > 0
+    """The prompt's kind, for balancing: `harmful_from_labels`, else "some answer is predicted unsafe by the
+    cost model" (cost > 0)."""
+    harmful = harmful_from_labels(r.get("_harmful_label"), r.get("_safe_0"), r.get("_safe_1"))
+    return harmful if harmful is not None else (r["cost_0"] > 0 or r["cost_1"] > 0)
 
 
 def _winner_by_models(r: dict[str, Any]) -> int | None:

@@ -26,6 +26,7 @@ from midpo_cli.stages.common import engine_settings, policy_ref, stage_template,
 from midpo_cli.stages.context import StageContext
 from midpo_cli.stages.dpo import RefLogpCache, fill_ref_logps
 from midpo_cli.stages.expert import ref_namespace
+from midpo_cli.stages.rank import harmful_from_labels
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -40,7 +41,7 @@ def run(ctx: StageContext) -> None:
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)  # `auto` in data.template resolves to this same tokenizer's
-    selection, train_feats = router_data(ctx, tokenizer)
+    selection, train_feats = router_data(ctx, tokenizer, template)
 
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
@@ -71,7 +72,7 @@ def run(ctx: StageContext) -> None:
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
 
-    separation = held_out_separation(result.model, ctx, tokenizer, collate)
+    separation = held_out_separation(result.model, ctx, tokenizer, template, collate)
     out = ctx.folder / "model"
     save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
@@ -92,11 +93,11 @@ def run(ctx: StageContext) -> None:
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
 
-def router_data(ctx: StageContext, tokenizer):
+def router_data(ctx: StageContext, tokenizer, template: str):
     """The router trains on rank's D_dual, always: choosing the pairs is part of the method (stages.rank.rule)."""
     recipe = ctx.recipe
     selection = select_pairs(load_rows(str(ctx.input_path("rank", "dual"))), "router")
-    feats, drops = encode_pairs(selection.pairs, tokenizer, stage_template(ctx, tokenizer), recipe.data.max_length)
+    feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
     console.log(f"router: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
     return selection, feats
 
@@ -110,9 +111,7 @@ def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
                              allow_empty=True)
     kinds: dict[bool, list] = {True: [], False: []}
     for pair in selection.pairs:
-        harmful = pair.meta.get("is_harmful")
-        if harmful is None and pair.chosen_safe is not None and pair.rejected_safe is not None:
-            harmful = not (pair.chosen_safe and pair.rejected_safe)
+        harmful = harmful_from_labels(pair.meta.get("is_harmful"), pair.chosen_safe, pair.rejected_safe)
         if harmful is not None:
             kinds[bool(harmful)].append(pair)
     per_kind = limit // 2
@@ -121,7 +120,7 @@ def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
 
 
 @torch.no_grad()
-def held_out_separation(model, ctx: StageContext, tokenizer, collate, batch_size: int = 32) -> dict:
+def held_out_separation(model, ctx: StageContext, tokenizer, template: str, collate, batch_size: int = 32) -> dict:
     """Does the trained router route? Mean safety gate over each held-out pair's answer tokens (both answers,
     every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse."""
     pairs, harmful = held_out_pairs(ctx.recipe)
@@ -129,7 +128,7 @@ def held_out_separation(model, ctx: StageContext, tokenizer, collate, batch_size
         console.log("router: no held-out pairs with a known prompt kind (data.eval); gate separation not measured")
         return {}
     recipe = ctx.recipe
-    feats, _ = encode_pairs(pairs, tokenizer, stage_template(ctx, tokenizer), recipe.data.max_length)
+    feats, _ = encode_pairs(pairs, tokenizer, template, recipe.data.max_length)
     model.eval()
     gates: list[float] = []
     for start in range(0, len(feats), batch_size):
@@ -203,8 +202,7 @@ def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_
                 template: str | None = None) -> None:
     model.eval()
     probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
-    if model.state.needs_prompt:
-        probe["prompt_mask"] = probe_batch["attention_mask"].bool() & ~probe_batch["response_mask"].bool()
+    probe.update(prompt_kwargs(model, probe_batch))
     with torch.no_grad():
         reference = model(**probe).logits.float()
 
