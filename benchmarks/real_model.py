@@ -4,7 +4,8 @@
                                     [--set KEY=VALUE ...] [--until STAGE] [--prepare-only] [--speed-batch 8]
 
 1. Writes balanced slices of the embedded toy world into OUT/data/ (the recipe's data budget: train 400
-   pairs, test 100 pairs, SFT 256 rows, 40 eval prompts, 20 traps; half harmful, half benign each).
+   pairs, test 100 pairs, SFT 256 rows, 40 dev and 40 eval prompts, 20 traps; half harmful, half benign each;
+   dev chooses the best fixed blend, eval and traps report it).
 2. Runs each stage of the recipe as its own `midpo pipeline run --only STAGE` child process, so wall time
    (interpreter and imports included) and peak RSS (the child's ru_maxrss) are that stage's alone; a stage
    already finished with the same settings is skipped by the pipeline and costs seconds. Tokens/s are the
@@ -33,8 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
           "generate", "score")
-SLICES = {"train": ("train", 400), "test": ("test", 100), "sft": ("sft", 256), "eval-prompts": ("eval-prompts", 40),
-          "traps": ("traps", 20)}
+SLICES = {"train": ("train", 400), "test": ("test", 100), "sft": ("sft", 256), "dev-prompts": ("dev-prompts", 40),
+          "eval-prompts": ("eval-prompts", 40), "traps": ("traps", 20)}
 
 
 def balanced(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -68,7 +69,7 @@ def overrides(args: argparse.Namespace, data: dict[str, Path]) -> list[str]:
     """The recipe pointed at this model folder, this output folder and these data slices (user --set last)."""
     sets = [f"run_dir={args.out}", f"base_model={Path(args.model_dir).expanduser().resolve()}",
             f"data.train={data['train']}", f"data.eval={data['test']}", f"data.sft={data['sft']}",
-            f"stages.generate.prompts=[{data['eval-prompts']}, {data['traps']}]"]
+            f"stages.generate.prompts=[{data['dev-prompts']}, {data['eval-prompts']}, {data['traps']}]"]
     return [*sets, *args.set]
 
 
