@@ -1,6 +1,7 @@
 """One short safety-expert training run, three ways, each in its own process (issue 5's benchmark).
 
-    python benchmarks/expert_step.py [--pairs 256] [--epochs 3] [--variants midpo,reference,trl,trl-precompute]
+    python benchmarks/expert_step.py [--pairs 256] [--epochs 3] [--variants midpo,reference,trl,trl-fast]
+    python benchmarks/expert_step.py --model DIR --pairs 64 --epochs 1 --max-length 128   # a real model folder
 
 The same ≈20M-parameter LLaMA (random init, the embedded tokenizer), the same safety pairs, LoRA
 (r 16, alpha 32, down_proj), batch size, learning rate, schedule, β and epochs, fp32 on the CPU:
@@ -18,10 +19,17 @@ The same ≈20M-parameter LLaMA (random init, the embedded tokenizer), the same 
                   log-probs from the adapter-disabled model inside every step, plain DPO, activation
                   checkpointing on (TRL 1.x's default) — like-for-like with midpo-ckpt on memory;
 - trl-fast:       TRL with `precompute_ref_log_probs=True` and checkpointing off: TRL's fastest
-                  configuration, like-for-like with midpo-dpo.
+                  configuration, like-for-like with midpo-dpo. TRL 1.16 always scores answer positions
+                  only, in tiles (its fused LM head); it has no `use_logits_to_keep` option, and its
+                  `padding_free` is disabled since its DPO refactor (it warns and pads) and needs
+                  FlashAttention anyway, so neither is set (`use_logits_to_keep` is, on a TRL that has it).
+                  The TRL options used are printed with the table.
 
 `--size 100m` builds a ≈100M-parameter model instead (for the memory trend: the reference layout's
-extra weight copies weigh more as the model grows). `--repeat N` runs the variants round-robin N
+extra weight copies weigh more as the model grows). `--model DIR` uses a local Hugging Face model folder
+(weights and tokenizer) as the policy instead, its architecture's default LoRA target, and a cost model
+on its backbone with a fresh head (e.g. Gemma 3 270M: a 262k-token vocabulary, where answer-only log-probs
+matter); everything else is unchanged, still fp32 on the CPU. `--repeat N` runs the variants round-robin N
 times and reports the median wall time (the spread shows how noisy the machine was).
 
 Wall time is measured around each child process (interpreter start and imports included, for all
@@ -62,27 +70,56 @@ def offline_env(work: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- setup (parent, untimed)
 
+def build_policy(work: Path, settings: dict) -> None:
+    """work/policy: a link to --model's folder, or the random LLaMA of --size; settings gain its description."""
+    import torch
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    from midpo_cli.modeling.loading import load_tokenizer
+    from midpo_cli.modeling.lora import resolve_targets
+
+    if settings["model"]:
+        (work / "policy").symlink_to(Path(settings["model"]).resolve(), target_is_directory=True)
+        config = AutoConfig.from_pretrained(work / "policy")
+        settings["parameters"] = stored_parameters(work / "policy")
+        settings["description"] = f"{config.model_type} from {settings['model']}, vocabulary {config.vocab_size:,}"
+    else:
+        tokenizer = load_tokenizer("embedded:tiny-llama")
+        torch.manual_seed(settings["seed"])
+        shape = SIZES[settings["size"]]
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=256,
+                             tie_word_embeddings=False, **shape)
+        policy = LlamaForCausalLM(config)
+        settings["parameters"] = sum(p.numel() for p in policy.parameters())
+        settings["description"] = (f"LLaMA (hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+                                   "random init)")
+        policy.save_pretrained(work / "policy", safe_serialization=True)
+        tokenizer.save_pretrained(work / "policy")
+    settings["targets"] = resolve_targets(config.model_type, None)
+
+
+def stored_parameters(folder: Path) -> int:
+    """Parameters in a folder's safetensors files, read from their headers (tied weights are stored once)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as fh:
+            total += sum(prod(fh.get_slice(key).get_shape()) for key in fh.keys())
+    return total
+
+
 def build_assets(work: Path, settings: dict) -> None:
     """Policy, cost model (safe-rlhf format), the pairs file and midpo's recipe, all under `work`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from midpo_cli.data.filters import select_pairs
     from midpo_cli.data.readers import load_rows
-    from midpo_cli.modeling.loading import load_tokenizer
     from midpo_cli.modeling.score_model import new_score_model, save_score_model
 
-    tokenizer = load_tokenizer("embedded:tiny-llama")
-    torch.manual_seed(settings["seed"])
-    shape = SIZES[settings["size"]]
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=256,
-                         tie_word_embeddings=False, **shape)
-    policy = LlamaForCausalLM(config)
-    settings["parameters"] = sum(p.numel() for p in policy.parameters())
-    policy.save_pretrained(work / "policy", safe_serialization=True)
-    tokenizer.save_pretrained(work / "policy")
+    build_policy(work, settings)
     cost, cost_tok = new_score_model(str(work / "policy"), "cost", seed=settings["seed"] + 1)
     save_score_model(cost, cost_tok, work / "cost")
 
@@ -104,7 +141,8 @@ deepspeed: {{zero_stage: 0}}
 stages:
   sft: {{use: {work / 'policy'}}}
   cost_model: {{use: {work / 'cost'}, min_accuracy: 0.0}}
-  safety_expert: {{beta: {settings['beta']}, lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [down_proj]}}}}
+  safety_expert: {{beta: {settings['beta']},
+                  lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: {settings['targets']}}}}}
 """
     (work / "recipe.yaml").write_text(recipe)
     # the stages the expert reads (policy via `use:`, the random cost model audited with floor 0)
@@ -169,7 +207,7 @@ def child_reference(work: Path, settings: dict) -> dict:
     torch.manual_seed(settings["seed"])
     policy = AutoModelForCausalLM.from_pretrained(work / "policy", dtype=torch.float32)
     policy = peft.get_peft_model(policy, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                         target_modules=["down_proj"], task_type="CAUSAL_LM"))
+                                                         target_modules=settings["targets"], task_type="CAUSAL_LM"))
     reference = AutoModelForCausalLM.from_pretrained(work / "policy", dtype=torch.float32).eval()
     cost_model, _ = load_score_model(str(work / "cost"), expected_type="cost")
     for p in list(reference.parameters()) + list(cost_model.parameters()):
@@ -235,22 +273,38 @@ def child_trl(work: Path, settings: dict, *, precompute: bool, checkpointing: bo
     })
     torch.manual_seed(settings["seed"])
     model = AutoModelForCausalLM.from_pretrained(work / "policy", dtype=torch.float32)
+    options = trl_options(precompute=precompute, checkpointing=checkpointing)
     args = trl.DPOConfig(
         output_dir=str(work / f"trl-{int(precompute)}"), per_device_train_batch_size=settings["batch_size"],
         num_train_epochs=settings["epochs"], learning_rate=settings["lr"], lr_scheduler_type="cosine",
         warmup_steps=settings["warmup_ratio"], max_grad_norm=1.0, weight_decay=0.0, seed=settings["seed"],
         beta=settings["beta"], loss_type="sigmoid", max_length=settings["max_length"], use_cpu=True,
         bf16=False, fp16=False, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
-        dataloader_num_workers=0, precompute_ref_log_probs=precompute, gradient_checkpointing=checkpointing,
-        precompute_ref_batch_size=settings["batch_size"] * 2, disable_tqdm=True,
+        dataloader_num_workers=0, precompute_ref_batch_size=settings["batch_size"] * 2, disable_tqdm=True,
+        **options,
     )
-    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["down_proj"], task_type="CAUSAL_LM")
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=settings["targets"],
+                           task_type="CAUSAL_LM")
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora)
     out = trainer.train()
     if trainer.model.is_activation_checkpointing is not checkpointing:
         raise SystemExit(f"TRL ran with activation checkpointing {trainer.model.is_activation_checkpointing}")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    return {"baseline_rss": base, "steps": out.global_step, "losses": losses, "trl": trl.__version__}
+    return {"baseline_rss": base, "steps": out.global_step, "losses": losses, "trl": trl.__version__,
+            "trl_options": options}
+
+
+def trl_options(*, precompute: bool, checkpointing: bool) -> dict:
+    """The DPOConfig switches a variant sets: its reference and checkpointing plan, plus TRL's answer-only
+    logits switch on TRL versions that have one (1.16 has none: its fused LM head always scores answers only)."""
+    import dataclasses
+
+    import trl
+
+    options = {"precompute_ref_log_probs": precompute, "gradient_checkpointing": checkpointing}
+    if precompute and "use_logits_to_keep" in {f.name for f in dataclasses.fields(trl.DPOConfig)}:
+        options["use_logits_to_keep"] = True
+    return options
 
 
 def run_child(variant: str, work: Path) -> None:
@@ -290,6 +344,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="20m")
+    parser.add_argument("--model", type=Path, help="a local Hugging Face model folder as the policy (overrides --size)")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -308,7 +363,8 @@ def main() -> None:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     import torch
 
-    settings = {"size": args.size, "pairs": args.pairs, "epochs": args.epochs, "batch_size": args.batch_size,
+    settings = {"size": args.size, "model": str(args.model) if args.model else None, "pairs": args.pairs,
+                "epochs": args.epochs, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": 3e-4, "beta": 0.1, "warmup_ratio": 0.03, "seed": 42,
                 "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="midpo-expert-bench-") as tmp:
@@ -357,9 +413,10 @@ def report(runs: dict[str, list[dict]], settings: dict) -> str:
         results[name]["pairs_per_s"] = settings["pairs"] * settings["epochs"] / results[name]["wall_s"]
     repeats = len(next(iter(runs.values())))
     lines = [f"Machine: {machine()}.",
-             f"{settings['parameters'] / 1e6:.1f} M-parameter LLaMA, {settings['pairs']} safety pairs × "
+             f"{settings['parameters'] / 1e6:.1f} M-parameter {settings['description']}, {settings['pairs']} "
+             "safety pairs × "
              f"{settings['epochs']} epochs, batch {settings['batch_size']}, max_length {settings['max_length']}, "
-             "LoRA r 16 / alpha 32 on down_proj, fp32.", "",
+             f"LoRA r 16 / alpha 32 on {', '.join(settings['targets'])}, fp32.", "",
              f"| variant | wall s (median of {repeats}) | spread | pairs/s | steps | peak RSS MiB | model RSS MiB "
              "| last-epoch loss | wall vs midpo | peak RSS vs midpo |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -375,6 +432,9 @@ def report(runs: dict[str, list[dict]], settings: dict) -> str:
                      f"{r['peak_rss'] / 2**20:.0f} | {model_rss:.0f} | {sum(last) / len(last):.3f} | "
                      f"{ratio_t} | {ratio_m} |")
     lines.append("")
+    for name, r in results.items():
+        if "trl_options" in r:
+            lines.append(f"- {name}: TRL {r['trl']} with " + ", ".join(f"{k}={v}" for k, v in r["trl_options"].items()))
     for mine, other in COMPARE:
         if mine in results and other in results:
             a, o = results[mine], results[other]

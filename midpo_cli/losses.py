@@ -42,9 +42,16 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Te
     Same shapes and shift as `sequence_logps`. Averaging over tokens (not sequences) weights every
     answer token equally, as HF causal-LM training does; an all-prompt batch gives 0, not NaN.
     """
-    mask = response_mask[:, 1:]
-    total = sequence_logps(logits, labels, response_mask).sum()
-    return -total / mask.sum().clamp(min=1)
+    return answer_nll(sequence_logps(logits, labels, response_mask), response_mask)
+
+
+def answer_nll(seq_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """SFT's loss from per-sequence log-prob sums (B,): −Σ log π / (number of scored answer tokens) (scalar).
+
+    The count is response_mask[:, 1:] — the tokens `sequence_logps` scores — so full logits and the
+    chunked path (`midpo_cli.logprobs`) give the same normalisation (docs/design.md §2.2).
+    """
+    return -seq_logps.sum() / response_mask[:, 1:].sum().clamp(min=1)
 
 
 def spe_dpo_loss(

@@ -20,13 +20,17 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.io import atomic_write_text
-from midpo_cli.losses import sequence_logps
+from midpo_cli.modeling.answer_logps import answer_logps
 
 
-def concatenated_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected rows go through one forward (2B rows); returns (chosen (B,), rejected (B,))."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logps(logits.float(), batch["input_ids"], batch["response_mask"])
+def concatenated_logps(model, batch: dict[str, torch.Tensor], **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected rows go through one forward (2B rows); returns (chosen (B,), rejected (B,)).
+
+    Log-probs come from the answer positions only (`answer_logps`, docs/design.md §2.1); forward_kwargs reach
+    the model's forward (MidpoModel's prompt_mask). One batch rather than each prompt once with both answers
+    against its KV cache: sharing measured faster but is not adopted yet (docs/design.md §6 says why).
+    """
+    logps = answer_logps(model, batch, **forward_kwargs)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 

@@ -17,14 +17,14 @@ from midpo_cli.data.tokenize import collate_pairs, encode_pairs
 from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.engine.loop import train
 from midpo_cli.gate_stats import collapse_warnings, separation
-from midpo_cli.losses import router_penalty, sequence_logps, spe_dpo_loss
+from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter
 from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
 from midpo_cli.stages.common import engine_settings, policy_ref, stage_template, tokenizer_ref
 from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.dpo import RefLogpCache, fill_ref_logps
+from midpo_cli.stages.dpo import RefLogpCache, concatenated_logps, fill_ref_logps
 from midpo_cli.stages.expert import ref_namespace
 from midpo_cli.stages.rank import harmful_from_labels
 
@@ -171,11 +171,9 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
     """
     def loss_fn(model, batch):
         response = batch["response_mask"].bool()
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       **prompt_kwargs(model, batch)).logits
-        logps = sequence_logps(logits.float(), batch["input_ids"], batch["response_mask"])
-        half = logps.shape[0] // 2
-        losses, chosen_r, rejected_r = spe_dpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"],
+        chosen, rejected = concatenated_logps(model, batch, **prompt_kwargs(model, batch))
+        half = chosen.shape[0]
+        losses, chosen_r, rejected_r = spe_dpo_loss(chosen, rejected, batch["ref_chosen_logps"],
                                                     batch["ref_rejected_logps"], 0.0, beta)
         g_s, g_h = model.gate_tensors()
         penalty_mask = batch["response_mask"] if scope == "answer" else batch["attention_mask"]

@@ -17,8 +17,9 @@ from midpo_cli.data.tokenize import collate_sft, encode_sft
 from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
-from midpo_cli.losses import sft_loss
+from midpo_cli.losses import answer_nll
 from midpo_cli.manifest import write_manifest
+from midpo_cli.modeling.answer_logps import answer_logps
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.stages.common import engine_settings, stage_template, tokenizer_ref
 from midpo_cli.stages.context import StageContext
@@ -56,8 +57,7 @@ def run(ctx: StageContext) -> None:
         return collate_sft(features, pad_id)
 
     def loss_fn(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = sft_loss(logits, batch["input_ids"], batch["response_mask"])
+        loss = answer_nll(answer_logps(model, batch), batch["response_mask"])  # sft_loss without full logits
         return loss, {"nll": loss.detach()}
 
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
