@@ -115,7 +115,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, capsys) ->
     from midpo_cli.engine.settings import EngineSettings
 
     def run(steps: int):
-        settings = EngineSettings(max_steps=steps, batch_size=8, checkpoint_every=1, checkpoint_keep=3,
+        settings = EngineSettings(max_steps=steps, batch_size=8, checkpoint={"every_steps": 1, "keep": 3},
                                   eval_each_epoch=False, log_every=100)
         return train(model=make_model(), train_data=make_data(), collate=collate, loss_fn=loss_fn,
                      settings=settings, out_dir=tmp_path, stage_name="tiny")

@@ -45,7 +45,7 @@ def loss_fn(model, batch):
 
 def settings(zero: int) -> EngineSettings:
     return EngineSettings(max_steps=6, batch_size=4, lr=1e-2, scheduler="cosine", warmup_ratio=0.2, seed=7,
-                          log_every=1, checkpoint_every=2, eval_each_epoch=False, zero_stage=zero)
+                          log_every=1, checkpoint={"every_steps": 2}, eval_each_epoch=False, zero_stage=zero)
 
 
 def run(out, zero, targets=("down_proj",)):

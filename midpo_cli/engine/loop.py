@@ -480,7 +480,7 @@ class Bookkeeper:
     def save(self) -> Path:
         t = self.trainer
         path = checkpoint.save(t.engine, t.ckpt_dir, self.step, {"step": self.step, "layout": t.layout},
-                               t.settings.checkpoint_keep)
+                               t.settings.checkpoint.keep)
         self.last_saved = self.step
         return path
 
@@ -568,7 +568,7 @@ def train(
                 if _every(settings.eval_every, record.step) or (
                         settings.eval_each_epoch and record.step % trainer.steps_per_epoch == 0):
                     book.evaluate()
-                if _every(settings.checkpoint_every, record.step):
+                if _every(settings.checkpoint.every_steps, record.step):
                     book.save()
                 if dist.any_rank(stop["signal"] is not None):
                     raise book.interrupted()

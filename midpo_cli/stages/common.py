@@ -11,33 +11,11 @@ from midpo_cli.stages.context import StageContext
 
 
 def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
+    """The stage's training settings for the engine, `precision: auto` resolved on this machine's device."""
     from midpo_cli.modeling.loading import resolve_precision
 
-    t = recipe.train_settings(stage)
-    return EngineSettings(
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        batch_size=t.batch_size,
-        eval_batch_size=t.eval_batch_size,
-        grad_accum=t.grad_accum,
-        lr=t.lr,
-        scheduler=t.scheduler,
-        warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        precision=resolve_precision(t.precision),  # `auto`: this machine's device decides
-        zero_stage=recipe.deepspeed.zero_stage,
-        deepspeed_config=recipe.deepspeed.config,
-        offload=recipe.deepspeed.offload,
-        eval_every=t.eval_every,
-        eval_each_epoch=t.eval_each_epoch,
-        log_every=t.log_every,
-        checkpoint_every=t.checkpoint.every_steps,
-        checkpoint_keep=t.checkpoint.keep,
-        tensorboard=recipe.logging.tensorboard,
-        activation_checkpointing=t.activation_checkpointing,
-    )
+    precision = resolve_precision(recipe.train_settings(stage).precision)
+    return EngineSettings.from_recipe(recipe, stage, precision=precision)
 
 
 def model_ref(ctx: StageContext, stage: str, key: str = "model") -> str:
