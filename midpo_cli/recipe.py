@@ -385,7 +385,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[di
             node = child
         value = parse_value(raw)
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            value = _deep_merge(node[parts[-1]], value)
+            value = deep_merge(node[parts[-1]], value)
         node[parts[-1]] = value
         origin[".".join(parts)] = flag or "--set"
     return data, origin
@@ -490,7 +490,7 @@ def load_recipe(
         if not isinstance(data, dict):
             raise InputError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if base:
-        data = _deep_merge(base, data)
+        data = deep_merge(base, data)
     data, origin = apply_overrides(data, list(overrides or []))
     try:
         return Recipe.model_validate(data)
@@ -507,13 +507,17 @@ def _read_text(file: Path) -> str:
         raise InputError(f"{file}: cannot read the recipe ({exc.strerror})") from None
 
 
-def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
-    out = dict(low)
+def deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: `high`'s keys over `low`'s, sections merged key by key; neither input is changed.
+
+    For recipes (a base, a file, `--set` sections) and DeepSpeed configs (a user JSON over the recipe's).
+    """
+    out = copy.deepcopy(low)
     for key, value in high.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

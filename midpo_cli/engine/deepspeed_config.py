@@ -7,7 +7,6 @@ recipe's batch sizes always win, so the data order the engine plans is the one D
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,7 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
+from midpo_cli.recipe import deep_merge
 
 
 def _fill_auto(user: Any, ours: Any) -> Any:
@@ -67,8 +59,8 @@ def deepspeed_config(settings: EngineSettings, world: int) -> dict[str, Any]:
     if settings.deepspeed_config:
         user = _read_user_config(Path(settings.deepspeed_config))
         if isinstance(user.get("optimizer"), dict):
-            user["optimizer"] = _deep_merge({"params": optimizer_params}, user["optimizer"])
-        ours = _deep_merge(ours, _fill_auto(user, ours))
+            user["optimizer"] = deep_merge({"params": optimizer_params}, user["optimizer"])
+        ours = deep_merge(ours, _fill_auto(user, ours))
         ours.update(batch_sizes)
     return ours
 

@@ -1,11 +1,14 @@
-"""Small pieces several stages need: recipe → engine settings, the policy's model and tokenizer names."""
+"""Small pieces several stages need: recipe → engine settings, the policy's model and tokenizer names, the
+template, a score model's audit gate, and a dataset's pairs selected and encoded for one stage."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
+from midpo_cli.errors import GateError
 from midpo_cli.recipe import Recipe
 from midpo_cli.stages.context import StageContext
 
@@ -60,3 +63,46 @@ def stage_template(ctx: StageContext, tokenizer: Any = None) -> str:
             console.warn(f"{ctx.stage}: uses template {template!r} but {stage} was built with {used!r}; "
                          f"re-run {stage} or set data.template: {used}")
     return template
+
+
+def require_audit(ctx: StageContext, stage: str) -> None:
+    """Refuse to use a score model whose audit fell below min_accuracy (recipe key)."""
+    manifest = ctx.inputs.get(stage) or {}
+    audit = manifest.get("audit") or {}
+    floor = getattr(ctx.recipe.stages, stage).min_accuracy
+    checks = {"pair_accuracy": audit.get("pair_accuracy")}
+    if stage == "cost_model":
+        checks["sign_accuracy"] = audit.get("sign_accuracy")
+    for name, value in checks.items():
+        if value is None:
+            raise GateError(f"{stage} ({manifest.get('outputs', {}).get('model')}) has no audit {name}; re-run it")
+        if value < floor:
+            raise GateError(
+                f"{stage} ({manifest.get('outputs', {}).get('model')}) {name} = {value:.3f} on the eval split is "
+                f"below stages.{stage}.min_accuracy = {floor}; train it longer, fix the data, or lower the floor"
+            )
+
+
+def ref_cache(ctx: StageContext, template: str):
+    """The reference log-prob cache every expert and the router share: one per (policy, template, max_length)."""
+    from midpo_cli.stages.dpo import RefLogpCache
+
+    recipe = ctx.recipe
+    sft = ctx.inputs.get("sft") or {}
+    namespace = {"policy": sft.get("fingerprint") or recipe.base_model, "template": template,
+                 "max_length": recipe.data.max_length}
+    return RefLogpCache(ctx.run_dir / "cache", namespace)
+
+
+def encoded_pairs(spec: str, data_stage: str, tokenizer: Any, template: str, max_length: int, *,
+                  columns: dict[str, str] | None = None, stage: str) -> tuple[Any, list[dict[str, Any]]]:
+    """(selection, features): `spec`'s rows, kept and oriented by `data_stage`'s filter (data/filters.py),
+    encoded for the policy (data/tokenize.py); logged under `stage` with what each step dropped."""
+    from midpo_cli.data.filters import select_pairs
+    from midpo_cli.data.readers import load_rows
+    from midpo_cli.data.tokenize import encode_pairs
+
+    selection = select_pairs(load_rows(spec, columns=columns), data_stage)
+    features, drops = encode_pairs(selection.pairs, tokenizer, template, max_length)
+    console.log(f"{stage}: {spec}: {selection.counts}; encoding dropped {drops}; {len(features)} pairs")
+    return selection, features

@@ -31,7 +31,6 @@ class StageContext:
     inputs: dict[str, dict[str, Any]]
     fingerprint: str
     resume: bool = True
-    debug_hooks: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)  # when the stage began: the manifest's wall_s
 
     @property

@@ -108,7 +108,7 @@ def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> li
         deps = dependencies(recipe, stage)
         missing = [d for d in deps if manifests.get(d) is None and d not in stages]
         if stage not in stages:
-            manifests[stage] = current if current and current.get("fingerprint") == want else current
+            manifests[stage] = current
             continue
         if missing:
             status, why = "blocked", f"needs {', '.join(missing)} (not selected and not done)"
