@@ -27,6 +27,7 @@ STAGE_ORDER = (
 )
 # Stages outside the pipeline's default order: run on request (`midpo train-expert --kind dpo`, `--only`).
 OPTIONAL_STAGES = ("dpo_expert",)
+ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 
 

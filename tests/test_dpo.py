@@ -12,9 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from midpo_cli.data.filters import Pair
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
+from midpo_cli.engine.preference import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.lora import add_lora, lora_config
-from midpo_cli.stages.dpo import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
 
 PAIRS = [
     Pair("How do I bake bread?", "Mix flour, water, yeast and salt, knead, let it rise, bake.", "I can't help.",

@@ -23,6 +23,7 @@ from midpo_cli.data.filters import pair_filter
 from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
+from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
 from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
@@ -36,7 +37,8 @@ from midpo_cli.modeling.lora import (
     weights_fingerprint,
 )
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
-from midpo_cli.stages.common import (
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import (
     encoded_pairs,
     engine_settings,
     model_ref,
@@ -46,8 +48,6 @@ from midpo_cli.stages.common import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.dpo import DpoHealth, concatenated_logps, reference_logps
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
 EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")

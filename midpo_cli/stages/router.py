@@ -16,15 +16,22 @@ from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
+from midpo_cli.engine.preference import reference_logps
 from midpo_cli.gate_stats import collapse_warnings, separation
 from midpo_cli.losses import router_penalty, sequence_logps, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter
 from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
-from midpo_cli.stages.common import encoded_pairs, engine_settings, policy_ref, ref_cache, stage_template, tokenizer_ref
-from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.dpo import reference_logps
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import (
+    encoded_pairs,
+    engine_settings,
+    policy_ref,
+    ref_cache,
+    stage_template,
+    tokenizer_ref,
+)
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 

@@ -187,7 +187,7 @@ def toy_outcome_for(prompt_set: str) -> Callable[[dict[str, Any]], float] | None
 def run(ctx: Any) -> None:
     """The pipeline's score stage: the generate stage's answers, the run's reward and cost models."""
     from midpo_cli.manifest import write_manifest
-    from midpo_cli.stages.common import model_ref
+    from midpo_cli.pipeline.inputs import model_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.score
     maps = ctx.inputs.get("generate", {}).get("outputs", {}).get("gate_maps")

@@ -1,5 +1,6 @@
-"""Small pieces several stages need: recipe → engine settings, the policy's model and tokenizer names, the
-template, a score model's audit gate, and a dataset's pairs selected and encoded for one stage."""
+"""What a stage reads from its context and the recipe: engine settings, the policy's model and tokenizer names,
+the template, a score model's audit gate, the shared reference log-prob cache, and a dataset's pairs selected
+and encoded for the stage. Shared by the stage modules; imports no stage."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import GateError
+from midpo_cli.pipeline.context import StageContext
 from midpo_cli.recipe import Recipe
-from midpo_cli.stages.context import StageContext
 
 
 def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
@@ -85,7 +86,7 @@ def require_audit(ctx: StageContext, stage: str) -> None:
 
 def ref_cache(ctx: StageContext, template: str):
     """The reference log-prob cache every expert and the router share: one per (policy, template, max_length)."""
-    from midpo_cli.stages.dpo import RefLogpCache
+    from midpo_cli.engine.preference import RefLogpCache
 
     recipe = ctx.recipe
     sft = ctx.inputs.get("sft") or {}
