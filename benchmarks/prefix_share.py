@@ -59,7 +59,7 @@ def build(pairs: int, max_length: int):
 
 def concatenated(model, feats, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     from midpo_cli.data.tokenize import collate_pairs
-    from midpo_cli.stages.dpo import concatenated_logps
+    from midpo_cli.engine.preference import concatenated_logps
 
     return concatenated_logps(model, collate_pairs(feats, pad_id))
 

@@ -94,16 +94,8 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator
 def held_prompt(model: Any, routed: bool) -> Iterator[bool]:
     """For routers that read the prompt: hold its mean h from the first forward on (as MidpoModel.generate)."""
     needs = routed and model.state.needs_prompt
-    if needs:
-        model.state.hold = True
-    try:
+    with model.holding_prompt() if needs else contextlib.nullcontext():
         yield needs
-    finally:
-        if needs:
-            model.state.hold = False
-            model.state.prompt_mask = None
-            for mod in model.routed.values():
-                mod.held_mean = None
 
 
 class ChatSession:

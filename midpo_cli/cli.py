@@ -1,4 +1,4 @@
-"""The `midpo` typer app: global options, error mapping, and the command registry.
+"""The `midpo` typer app: global options, error mapping, and the commands.
 
 Nothing here (or in commands/) imports torch, transformers, datasets or deepspeed at module
 level: `midpo --help` and `midpo recipe check` must answer in well under a second.
@@ -12,6 +12,17 @@ import sys
 import typer
 
 from midpo_cli import __version__, console
+from midpo_cli.commands import (
+    chat_cmd,
+    data_cmd,
+    env_cmd,
+    export_cmd,
+    generate_cmd,
+    pipeline_cmd,
+    recipe_cmd,
+    score_cmd,
+    stage_cmds,
+)
 from midpo_cli.errors import MidpoError
 
 app = typer.Typer(
@@ -26,17 +37,8 @@ app = typer.Typer(
 DEBUG_HINT = "(rerun with --debug for a traceback)"
 
 # Each module exposes register(app); order is the order shown in --help.
-COMMAND_MODULES = [
-    "midpo_cli.commands.pipeline_cmd",
-    "midpo_cli.commands.stage_cmds",
-    "midpo_cli.commands.generate_cmd",
-    "midpo_cli.commands.score_cmd",
-    "midpo_cli.commands.chat_cmd",
-    "midpo_cli.commands.export_cmd",
-    "midpo_cli.commands.data_cmd",
-    "midpo_cli.commands.recipe_cmd",
-    "midpo_cli.commands.env_cmd",
-]
+COMMAND_MODULES = (pipeline_cmd, stage_cmds, generate_cmd, score_cmd, chat_cmd, export_cmd, data_cmd, recipe_cmd,
+                   env_cmd)
 
 
 def _version(value: bool) -> None:
@@ -57,8 +59,8 @@ def root(
     console.configure(quiet=quiet, debug=debug)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 def _escape_help(typer_app: typer.Typer) -> None:

@@ -7,13 +7,14 @@ This module imports no torch: `midpo recipe check` must answer in well under a s
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from midpo_cli.errors import InputError
 
@@ -26,6 +27,7 @@ STAGE_ORDER = (
 )
 # Stages outside the pipeline's default order: run on request (`midpo train-expert --kind dpo`, `--only`).
 OPTIONAL_STAGES = ("dpo_expert",)
+ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 
 
@@ -41,7 +43,11 @@ class CheckpointSettings(Strict):
 
 
 class TrainSettings(Strict):
-    """Defaults shared by every training stage; each stage may override any of them."""
+    """Defaults shared by every training stage; each stage may override any of them.
+
+    The one list of training settings: a stage's overrides (`TrainOverrides`) and the engine's settings
+    (`midpo_cli.engine.settings.EngineSettings`) are derived from it (tests/test_recipe.py checks they agree).
+    """
 
     epochs: int = Field(1, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
@@ -66,26 +72,18 @@ class TrainSettings(Strict):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
 
-class TrainOverrides(Strict):
-    """Every TrainSettings key, unset by default: unset means 'inherit from train:'."""
+def _unset_by_default(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """`model`'s fields with the same types and checks, each also accepting and defaulting to None (unset)."""
+    fields: dict[str, Any] = {}
+    for key, info in model.model_fields.items():
+        unset = copy.copy(info)
+        unset.default, unset.default_factory = None, None
+        fields[key] = (info.annotation | None, unset)
+    return create_model(name, __base__=Strict, __doc__=doc, __module__=__name__, **fields)
 
-    epochs: int | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    eval_batch_size: int | None = Field(None, gt=0)
-    grad_accum: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0)
-    scheduler: Literal["cosine", "linear", "constant"] | None = None
-    warmup_ratio: float | None = Field(None, ge=0, lt=1)
-    weight_decay: float | None = Field(None, ge=0)
-    max_grad_norm: float | None = Field(None, gt=0)
-    seed: int | None = None
-    precision: Precision | None = None
-    eval_every: int | None = Field(None, gt=0)
-    eval_each_epoch: bool | None = None
-    log_every: int | None = Field(None, gt=0)
-    activation_checkpointing: bool | None = None
-    checkpoint: CheckpointSettings | None = None
+
+TrainOverrides = _unset_by_default(
+    TrainSettings, "TrainOverrides", "Every TrainSettings key, unset by default: unset means 'inherit from train:'.")
 
 
 class DataSettings(Strict):
@@ -388,7 +386,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[di
             node = child
         value = parse_value(raw)
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            value = _deep_merge(node[parts[-1]], value)
+            value = deep_merge(node[parts[-1]], value)
         node[parts[-1]] = value
         origin[".".join(parts)] = flag or "--set"
     return data, origin
@@ -493,7 +491,7 @@ def load_recipe(
         if not isinstance(data, dict):
             raise InputError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if base:
-        data = _deep_merge(base, data)
+        data = deep_merge(base, data)
     data, origin = apply_overrides(data, list(overrides or []))
     try:
         return Recipe.model_validate(data)
@@ -510,13 +508,17 @@ def _read_text(file: Path) -> str:
         raise InputError(f"{file}: cannot read the recipe ({exc.strerror})") from None
 
 
-def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
-    out = dict(low)
+def deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: `high`'s keys over `low`'s, sections merged key by key; neither input is changed.
+
+    For recipes (a base, a file, `--set` sections) and DeepSpeed configs (a user JSON over the recipe's).
+    """
+    out = copy.deepcopy(low)
     for key, value in high.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

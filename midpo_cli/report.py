@@ -286,6 +286,14 @@ def _plt():
     return plt
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write and close a figure (pyplot keeps every open figure alive otherwise)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> Path | None:
     """Mean cost vs mean reward per (model, prompt set), with intervals and the Pareto front."""
     pts = [(g, g["metrics"].get("cost", {}), g["metrics"].get("reward", {})) for g in summary["groups"]]
@@ -322,10 +330,7 @@ def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("mean reward  (helpfulness score; higher is better)")
     ax.set_title("Safety vs helpfulness (95% bootstrap CI); best is top-left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_distributions(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -346,10 +351,7 @@ def plot_distributions(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | 
             ax.axhline(0, color="tab:red", lw=0.8, ls=":")
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_gates(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -373,10 +375,7 @@ def plot_gates(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             ax.set_ylabel("answers")
             ax.set_title(f"{model}: mean {title} per answer", fontsize=10)
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------------------------- HTML
@@ -561,10 +560,7 @@ def plot_routing(summary: Mapping[str, Any], path: Path) -> Path | None:
         axis.set_title(name, fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="best", framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
@@ -633,10 +629,7 @@ def plot_gate_maps(maps: Mapping[str, Any], kind: str, path: Path) -> Path | Non
             prompt = item["prompt"] if len(item["prompt"]) <= 70 else item["prompt"][:70] + "…"
             ax.set_title(f"{key} gate · {prompt}", fontsize=8)
             fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _layer_name(name: str, i: int) -> str:

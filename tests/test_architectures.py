@@ -220,8 +220,8 @@ def test_preflight_checks_targets_on_a_weightless_model(tmp_path) -> None:
 
 
 def test_pipeline_preflight_refuses_an_unsupported_base_before_sft(tmp_path) -> None:
+    from midpo_cli.pipeline.preflight import check_architecture
     from midpo_cli.recipe import load_recipe
-    from midpo_cli.stages.preflight import check_architecture
 
     gpt2 = save_config(tmp_path, GPT2Config(n_embd=32, n_layer=1, n_head=4))
     recipe = load_recipe(None, [f"base_model={gpt2}", f"run_dir={tmp_path / 'run'}"])
@@ -249,8 +249,8 @@ def test_bf16_base_keeps_router_and_lora_in_fp32(arch) -> None:
 
 def test_auto_precision_is_fp32_on_cpu(monkeypatch) -> None:
     from midpo_cli.modeling.loading import resolve_precision, torch_dtype
+    from midpo_cli.pipeline.inputs import engine_settings
     from midpo_cli.recipe import load_recipe
-    from midpo_cli.stages.common import engine_settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto") == "fp32" and torch_dtype("auto") == torch.float32

@@ -21,10 +21,10 @@ import pytest
 from midpo_cli.assets import resolve_embedded
 from midpo_cli.io import atomic_write_text
 from midpo_cli.manifest import StageRecord, write_manifest
+from midpo_cli.pipeline.context import FINGERPRINT_FILE
+from midpo_cli.pipeline.graph import expected_fingerprint
+from midpo_cli.pipeline.run import LOCK
 from midpo_cli.recipe import STAGE_ORDER, load_recipe
-from midpo_cli.stages.context import FINGERPRINT_FILE
-from midpo_cli.stages.graph import expected_fingerprint
-from midpo_cli.stages.pipeline import LOCK
 
 OUTPUTS = {"sft": {"model": "sft/model"}, "reward_model": {"model": "reward_model/model"},
            "cost_model": {"model": "cost_model/model"}, "safety_expert": {"adapter": "safety_expert/adapter"},

@@ -12,9 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from midpo_cli.data.filters import Pair
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
+from midpo_cli.engine.preference import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.lora import add_lora, lora_config
-from midpo_cli.stages.dpo import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
 
 PAIRS = [
     Pair("How do I bake bread?", "Mix flour, water, yeast and salt, knead, let it rise, bake.", "I can't help.",
@@ -79,7 +79,7 @@ def test_concatenated_logps_match_one_sequence_at_a_time(tokenizer, features):
                                rtol=0, atol=1e-4)
 
 
-def fill(model, feats, cache, batch_size=2) -> int:
+def fill(model, feats, cache, batch_size=2) -> tuple[list[dict], int]:
     return fill_ref_logps(model, feats, PAIRS, lambda fs: collate_pairs(fs, 0), cache, batch_size=batch_size,
                           reference=model.disable_adapter)
 
@@ -90,9 +90,10 @@ def test_reference_logps_come_from_the_adapter_free_weights_and_are_cached(token
     lora_want = expected(policy, features)
     assert abs(base_want[0][0] - lora_want[0][0]) > 1e-2  # the adapter matters, so the check below can fail
 
-    feats = [dict(f) for f in features]
     namespace = {"policy": "p", "template": "safe-rlhf", "max_length": 96}
-    assert fill(policy, feats, RefLogpCache(tmp_path, namespace)) == len(PAIRS)
+    feats, computed = fill(policy, features, RefLogpCache(tmp_path, namespace))
+    assert computed == len(PAIRS)
+    assert all("ref_chosen_logps" not in f for f in features)  # new feature dicts; the given ones are unchanged
     for f, (c, r) in zip(feats, base_want, strict=True):
         assert f["ref_chosen_logps"] == pytest.approx(c, abs=1e-4)
         assert f["ref_rejected_logps"] == pytest.approx(r, abs=1e-4)
@@ -100,39 +101,41 @@ def test_reference_logps_come_from_the_adapter_free_weights_and_are_cached(token
     assert torch.allclose(torch.tensor(expected(policy, features[:1])), torch.tensor(lora_want[:1]))  # adapter on
 
     # a fresh cache object on the same folder and namespace: nothing recomputed, the same values
-    again = [dict(f) for f in features]
-    assert fill(policy, again, RefLogpCache(tmp_path, namespace)) == 0
+    again, computed = fill(policy, features, RefLogpCache(tmp_path, namespace))
+    assert computed == 0
     assert [(f["ref_chosen_logps"], f["ref_rejected_logps"]) for f in again] == \
         [(f["ref_chosen_logps"], f["ref_rejected_logps"]) for f in feats]
 
     # swapped chosen/rejected (as the other expert orders a pair) reuse the per-sequence entries
     swapped_pairs = [Pair(p.prompt, p.rejected, p.chosen, p.rejected_safe, p.chosen_safe, p.row) for p in PAIRS]
     swapped, _ = encode_pairs(swapped_pairs, tokenizer, "safe-rlhf", 96)
-    assert fill_ref_logps(policy, swapped, swapped_pairs, lambda fs: collate_pairs(fs, 0),
-                          RefLogpCache(tmp_path, namespace), batch_size=2, reference=policy.disable_adapter) == 0
+    swapped, computed = fill_ref_logps(policy, swapped, swapped_pairs, lambda fs: collate_pairs(fs, 0),
+                                       RefLogpCache(tmp_path, namespace), batch_size=2,
+                                       reference=policy.disable_adapter)
+    assert computed == 0
     assert swapped[0]["ref_chosen_logps"] == feats[0]["ref_rejected_logps"]
 
     # another policy fingerprint: another file, everything recomputed
     other = RefLogpCache(tmp_path, {**namespace, "policy": "q"})
     assert other.path != RefLogpCache(tmp_path, namespace).path
-    assert fill(policy, [dict(f) for f in features], other) == len(PAIRS)
+    assert fill(policy, features, other)[1] == len(PAIRS)
 
 
 def test_cache_file_is_verified_on_load(tokenizer, features, tmp_path, capsys):
     policy = tiny_policy(tokenizer, lora=True)
     namespace = {"policy": "p"}
     cache = RefLogpCache(tmp_path, namespace)
-    fill(policy, [dict(f) for f in features], cache)
+    fill(policy, features, cache)
 
     data = json.loads(cache.path.read_text())
     first_key = sorted(data["values"])[0]
     data["values"][first_key] = math.nan  # a poisoned entry is recomputed, the others are reused
     cache.path.write_text(json.dumps(data))
-    assert fill(policy, [dict(f) for f in features], RefLogpCache(tmp_path, namespace)) == 1
+    assert fill(policy, features, RefLogpCache(tmp_path, namespace))[1] == 1
 
     data["namespace"] = json.dumps({"policy": "someone else"})  # a header that does not match: ignored
     cache.path.write_text(json.dumps(data))
-    assert fill(policy, [dict(f) for f in features], RefLogpCache(tmp_path, namespace)) == len(PAIRS)
+    assert fill(policy, features, RefLogpCache(tmp_path, namespace))[1] == len(PAIRS)
 
     cache.path.write_text("{ not json")
     assert RefLogpCache(tmp_path, namespace).values == {}
@@ -141,10 +144,8 @@ def test_cache_file_is_verified_on_load(tokenizer, features, tmp_path, capsys):
 
 def test_batching_order_does_not_change_the_values(tokenizer, features, tmp_path):
     policy = tiny_policy(tokenizer, lora=True)
-    one = [dict(f) for f in features]
-    fill(policy, one, RefLogpCache(tmp_path / "a", {}), batch_size=1)
-    many = [dict(f) for f in features]
-    fill(policy, many, RefLogpCache(tmp_path / "b", {}), batch_size=4)
+    one, _ = fill(policy, features, RefLogpCache(tmp_path / "a", {}), batch_size=1)
+    many, _ = fill(policy, features, RefLogpCache(tmp_path / "b", {}), batch_size=4)
     for a, b in zip(one, many, strict=True):
         assert a["ref_chosen_logps"] == pytest.approx(b["ref_chosen_logps"], abs=1e-4)
         assert a["ref_rejected_logps"] == pytest.approx(b["ref_rejected_logps"], abs=1e-4)

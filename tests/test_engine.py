@@ -22,13 +22,13 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent / "engine_scripts"))
 
+from faults import faulty_step  # noqa: E402
 from tiny import Tiny, collate, loss_fn, make_data, make_model  # noqa: E402
 
-from midpo_cli.engine import artifacts, checkpoint  # noqa: E402
+from midpo_cli.engine import artifacts, checkpoint, loop  # noqa: E402
+from midpo_cli.engine.deepspeed_config import deepspeed_config  # noqa: E402
 from midpo_cli.engine.launch import launcher_env  # noqa: E402
 from midpo_cli.engine.loop import (  # noqa: E402
-    FAULT_ENV,
-    deepspeed_config,
     epoch_order,
     lr_lambda,
     param_groups,
@@ -127,7 +127,7 @@ def reference_adamw(steps: int, *, batch_size: int, grad_accum: int, lr: float, 
 
 @pytest.mark.parametrize("zero", [0, 2, 3])
 def test_zero_stages_match_a_hand_written_adamw_loop(tmp_path, zero):
-    settings = EngineSettings(max_steps=3, batch_size=4, grad_accum=2, lr=1e-2, scheduler="constant",
+    settings = EngineSettings(max_steps=3, batch_size=4, grad_accum=2, lr=1e-2, scheduler="constant", warmup_ratio=0.0,
                               max_grad_norm=None, zero_stage=zero, seed=3, eval_each_epoch=False, log_every=1)
     result = train(model=no_dropout_model(), train_data=make_data(), collate=collate, loss_fn=loss_fn,
                    settings=settings, out_dir=tmp_path)
@@ -143,7 +143,8 @@ def test_zero_stages_match_a_hand_written_adamw_loop(tmp_path, zero):
 
 def settings_for_resume(**kw) -> EngineSettings:
     base = dict(max_steps=6, batch_size=4, grad_accum=2, lr=1e-2, scheduler="cosine", warmup_ratio=0.2,
-                weight_decay=0.1, max_grad_norm=1.0, seed=11, log_every=1, checkpoint_every=2, eval_each_epoch=False)
+                weight_decay=0.1, max_grad_norm=1.0, seed=11, log_every=1, checkpoint={"every_steps": 2},
+                eval_each_epoch=False)
     return EngineSettings(**{**base, **kw})
 
 
@@ -163,14 +164,14 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path):
 def test_interrupt_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     full = run_tiny(tmp_path / "full", settings_for_resume())
     out = tmp_path / "interrupted"
-    monkeypatch.setenv(FAULT_ENV, "sigint@3")  # a real SIGINT to this process after step 3
+    monkeypatch.setattr(loop, "train_step", faulty_step("sigint", 3))  # a real SIGINT to this process after step 3
     previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match=r"interrupted at step 3; checkpoint written to .*step-3; .*--resume"):
         run_tiny(out, settings_for_resume())
     assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-2", "step-3"]  # keep=2
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.undo()
     resumed = run_tiny(out, settings_for_resume())
     assert resumed.resumed_from_step == 3 and resumed.global_step == 6
     a, b = weights(full.model), weights(resumed.model)
@@ -188,9 +189,9 @@ def test_resume_refuses_a_changed_batch_layout(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "nan@3")
+    monkeypatch.setattr(loop, "train_step", faulty_step("nan", 3))
     with pytest.raises(TrainingError, match=r"loss is nan at step 3 \(epoch 1\); last good checkpoint: .*step-2"):
-        run_tiny(tmp_path, settings_for_resume(checkpoint_every=1))
+        run_tiny(tmp_path, settings_for_resume(checkpoint={"every_steps": 1}))
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert not (tmp_path / "checkpoints" / "step-3").exists()
 

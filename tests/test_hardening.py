@@ -18,10 +18,10 @@ import pytest
 
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import read_manifest, write_manifest
+from midpo_cli.pipeline import run as pipeline
+from midpo_cli.pipeline.context import PREVIOUS
+from midpo_cli.pipeline.graph import expected_fingerprint, plan
 from midpo_cli.recipe import RecipeError, load_recipe
-from midpo_cli.stages import pipeline
-from midpo_cli.stages.context import PREVIOUS
-from midpo_cli.stages.graph import expected_fingerprint, plan
 
 sys.path.insert(0, str(Path(__file__).parent / "engine_scripts"))
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, capsys) ->
     from midpo_cli.engine.settings import EngineSettings
 
     def run(steps: int):
-        settings = EngineSettings(max_steps=steps, batch_size=8, checkpoint_every=1, checkpoint_keep=3,
+        settings = EngineSettings(max_steps=steps, batch_size=8, checkpoint={"every_steps": 1, "keep": 3},
                                   eval_each_epoch=False, log_every=100)
         return train(model=make_model(), train_data=make_data(), collate=collate, loss_fn=loss_fn,
                      settings=settings, out_dir=tmp_path, stage_name="tiny")
@@ -309,7 +309,7 @@ def test_an_empty_recipe_file_is_refused_but_an_explicit_empty_mapping_is_not(tm
 
 
 def test_plan_says_will_run_for_a_checkpoint_of_other_settings(tmp_path) -> None:
-    from midpo_cli.stages.context import make_context
+    from midpo_cli.pipeline.context import make_context
 
     ctx = make_context(_recipe(tmp_path, "stages.sft.lr=1e-3"), "sft")
     (ctx.folder / "checkpoints").mkdir()
@@ -352,7 +352,7 @@ def test_dpo_baseline_has_its_own_stage(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
     from midpo_cli.cli import app
-    from midpo_cli.stages.graph import dependencies
+    from midpo_cli.pipeline.graph import dependencies
 
     recipe = _recipe(tmp_path)
     assert recipe.stages.dpo_expert.loss == "dpo" and dependencies(recipe, "dpo_expert") == ("sft",)
@@ -366,7 +366,7 @@ def test_dpo_baseline_has_its_own_stage(tmp_path, monkeypatch) -> None:
         return run
 
     monkeypatch.setattr(pipeline, "runner", fake)
-    monkeypatch.setattr("midpo_cli.stages.preflight.check_architecture", lambda *a: None)  # no model here
+    monkeypatch.setattr("midpo_cli.pipeline.preflight.check_architecture", lambda *a: None)  # no model here
     sft = tmp_path / "run" / "sft"
     sft.mkdir(parents=True)
     write_manifest(sft, _sft_record(recipe), {})

@@ -4,15 +4,21 @@ bit-identically; a checkpoint whose trainable parameters differ from the model's
 from __future__ import annotations
 
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from midpo_cli.engine.loop import FAULT_ENV, train
+from midpo_cli.engine import loop
+from midpo_cli.engine.loop import train
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.modeling.lora import add_lora, lora_config
+
+sys.path.insert(0, str(Path(__file__).parent / "engine_scripts"))
+from faults import faulty_step  # noqa: E402
 
 
 def lora_model(targets: tuple[str, ...] = ("down_proj",)):
@@ -39,7 +45,7 @@ def loss_fn(model, batch):
 
 def settings(zero: int) -> EngineSettings:
     return EngineSettings(max_steps=6, batch_size=4, lr=1e-2, scheduler="cosine", warmup_ratio=0.2, seed=7,
-                          log_every=1, checkpoint_every=2, eval_each_epoch=False, zero_stage=zero)
+                          log_every=1, checkpoint={"every_steps": 2}, eval_each_epoch=False, zero_stage=zero)
 
 
 def run(out, zero, targets=("down_proj",)):
@@ -55,7 +61,7 @@ def adapter(model) -> dict[str, torch.Tensor]:
 def test_checkpoint_leaves_out_the_frozen_base_and_resumes_bit_identically(tmp_path, monkeypatch, zero):
     full = run(tmp_path / "full", zero)
     out = tmp_path / "interrupted"
-    monkeypatch.setenv(FAULT_ENV, "sigint@4")
+    monkeypatch.setattr(loop, "train_step", faulty_step("sigint", 4))
     previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted):
         run(out, zero)
@@ -65,7 +71,7 @@ def test_checkpoint_leaves_out_the_frozen_base_and_resumes_bit_identically(tmp_p
     saved_bytes = sum(f.stat().st_size for f in step4.rglob("*") if f.is_file())
     assert saved_bytes < 0.5 * base_bytes, (saved_bytes, base_bytes)  # adapter + Adam state, not the base
 
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.undo()
     resumed = run(out, zero)
     assert resumed.resumed_from_step == 4 and resumed.global_step == 6
     want, got = adapter(full.model), adapter(resumed.model)
@@ -75,10 +81,10 @@ def test_checkpoint_leaves_out_the_frozen_base_and_resumes_bit_identically(tmp_p
 
 
 def test_resume_refuses_a_checkpoint_of_other_trainable_parameters(tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "sigint@2")
+    monkeypatch.setattr(loop, "train_step", faulty_step("sigint", 2))
     with pytest.raises(Interrupted):
         run(tmp_path, 0)
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.undo()
     with pytest.raises(InputError, match=r"trainable parameters differ .*not in the checkpoint: \['.*up_proj"):
         run(tmp_path, 0, targets=("down_proj", "up_proj"))
     (tmp_path / "checkpoints" / "step-2" / "midpo-trainable.json").unlink()

@@ -16,9 +16,9 @@ import pytest
 
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import write_manifest
+from midpo_cli.pipeline import run as pipeline
+from midpo_cli.pipeline.graph import plan
 from midpo_cli.recipe import STAGE_ORDER, load_recipe
-from midpo_cli.stages import pipeline
-from midpo_cli.stages.graph import plan
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) ->
 
 
 def test_changed_settings_discard_stale_checkpoints(tmp_path: Path) -> None:
-    from midpo_cli.stages.context import make_context
+    from midpo_cli.pipeline.context import make_context
 
     recipe = _recipe(tmp_path, "stages.sft.lr=1e-3")
     ctx = make_context(recipe, "sft")
@@ -110,3 +110,17 @@ def test_changed_settings_discard_stale_checkpoints(tmp_path: Path) -> None:
     assert make_context(recipe, "sft").folder.joinpath("checkpoints").exists()  # same settings: kept
     make_context(_recipe(tmp_path, "stages.sft.lr=2e-3"), "sft")
     assert not (ctx.folder / "checkpoints").exists()
+
+
+def test_every_stage_has_a_runner_and_only_running_it_imports_its_module() -> None:
+    """`runner` imports stage modules statically but lazily: planning a run imports none of them."""
+    code = ("import sys; from midpo_cli.pipeline import run; from midpo_cli.pipeline.graph import plan; "
+            "from midpo_cli.recipe import load_recipe; plan(load_recipe(None), ['sft']); "
+            "print(sorted(m for m in sys.modules if m.startswith('midpo_cli.stages.') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from midpo_cli.recipe import ALL_STAGES
+
+    assert all(callable(pipeline.runner(stage)) for stage in ALL_STAGES)
+    with pytest.raises(KeyError):
+        pipeline.runner("no_such_stage")

@@ -26,9 +26,14 @@ EVAL = "embedded:toy-safety/eval-prompts"
 DEV = "embedded:toy-safety/dev-prompts"
 
 
-def _midpo(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+FAULTS = ROOT / "tests" / "engine_scripts" / "faults.py"
+
+
+def _midpo(*args: str, timeout: int = 1800, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`midpo ARGS` in a subprocess; `fault` (e.g. sigint@30) is injected by engine_scripts/faults.py."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([sys.executable, "-m", "midpo_cli.cli", *args], capture_output=True, text=True,
+    entry = [str(FAULTS), fault] if fault else ["-m", "midpo_cli.cli"]
+    return subprocess.run([sys.executable, *entry, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -198,7 +203,7 @@ def test_plan_after_router_penalty_change(run_dir: Path) -> None:
 
 
 def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path) -> None:
-    """SIGINT mid-way through the safety expert (a real signal, via the engine's test hook), then the
+    """SIGINT mid-way through the safety expert (a real signal, injected by the tests' fault wrapper), then the
     same command again: it continues from the checkpoint instead of starting over."""
     import shutil
 
@@ -206,11 +211,7 @@ def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path
     shutil.copytree(run_dir, copy)
     args = ["pipeline", "run", str(RECIPE), "--set", f"run_dir={copy}", "--only", "safety_expert",
             "--set", "stages.safety_expert.checkpoint.every_steps=10"]
-    os.environ["MIDPO_ENGINE_FAULT"] = "sigint@30"
-    try:
-        first = _midpo(*args)
-    finally:
-        del os.environ["MIDPO_ENGINE_FAULT"]
+    first = _midpo(*args, fault="sigint@30")
     assert first.returncode == 130, first.stderr[-2000:]
     assert "--resume" in first.stderr or "resume" in first.stderr
     assert (copy / "safety_expert" / "checkpoints" / "step-30").is_dir()

@@ -117,3 +117,38 @@ def test_paper_recipe_matches_the_paper_setting() -> None:
     assert (settings.lr, settings.epochs, settings.batch_size, settings.precision) == (1e-5, 3, 4, "bf16")
     assert (recipe.deepspeed.zero_stage, recipe.launcher.kind, expert.beta) == (1, "deepspeed", 0.1)
     assert recipe.stages.reward_model.use == "PKU-Alignment/beaver-7b-unified-reward"
+
+
+def test_one_list_of_training_settings() -> None:
+    """TrainOverrides and EngineSettings are derived from TrainSettings: a key, a check or a default added to one
+    and not the others fails here."""
+    from midpo_cli.engine.settings import EngineSettings
+    from midpo_cli.pipeline.inputs import engine_settings
+    from midpo_cli.recipe import TrainOverrides, TrainSettings
+
+    train = TrainSettings.model_fields
+    overrides = TrainOverrides.model_fields
+    assert list(overrides) == list(train)
+    for key, info in train.items():
+        assert overrides[key].default is None and overrides[key].metadata == info.metadata, key
+        assert overrides[key].annotation == info.annotation | None, key
+    for stage in TRAINING_STAGES:  # every training stage takes every key
+        assert set(train) <= set(type(getattr(Recipe().stages, stage)).model_fields), stage
+
+    resolved, engine_only = {"precision"}, {"zero_stage", "deepspeed_config", "offload", "tensorboard"}
+    engine = EngineSettings.model_fields
+    assert set(engine) == set(train) | engine_only
+    for key in set(train) - resolved:
+        assert engine[key].annotation == train[key].annotation and engine[key].metadata == train[key].metadata, key
+    assert EngineSettings().model_dump(exclude=resolved | engine_only) == TrainSettings().model_dump(exclude=resolved)
+    assert EngineSettings().warmup_ratio == 0.03  # the recipe's default, the one every stage has always used
+
+    recipe = load_recipe(None, ["train.warmup_ratio=0.2", "stages.router.lr=3e-3",
+                                "stages.router.checkpoint={every_steps: 5}", "deepspeed.zero_stage=2"])
+    settings = engine_settings(recipe, "router")
+    assert settings.model_dump(exclude=resolved | engine_only) == recipe.train_settings("router").model_dump(
+        exclude=resolved)
+    assert (settings.lr, settings.warmup_ratio, settings.checkpoint.every_steps, settings.zero_stage) == (
+        3e-3, 0.2, 5, 2)
+    with pytest.raises(RecipeError, match=r"stages.sft.warmup_ratio: must be < 1.0, got 1.5"):
+        load_recipe(None, ["stages.sft.warmup_ratio=1.5"])

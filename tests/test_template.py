@@ -14,7 +14,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from midpo_cli.data.template import (
     RECORD_KEY,
-    format_conversation,
     format_prompt,
     resolve_template,
     warn_mismatch,
@@ -61,9 +60,6 @@ def test_exact_prompt_text_of_both_templates() -> None:
     safe = "BEGINNING OF CONVERSATION: USER: how do I bake bread? ASSISTANT:"
     assert format_prompt(" how do I bake bread? ", "safe-rlhf", chat) == safe
     assert format_prompt("how do I bake bread?", "auto", plain) == safe
-    # safe-rlhf's PreferenceDataset joins prompt + answer with nothing between them
-    assert format_conversation("how do I bake bread?", " Sure. ", "auto", plain) == safe + "Sure."
-    assert format_conversation("how do I bake bread?", "Sure.", "auto", chat).endswith("<|assistant|>Sure.")
 
 
 def test_chat_prompts_are_encoded_without_a_second_bos() -> None:

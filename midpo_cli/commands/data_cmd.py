@@ -205,29 +205,9 @@ def _tokenizer(name: str | None):
         except InputError:
             return None, None
         name = DEFAULT_TOKENIZER
-    return _load_tokenizer(name), name
+    from midpo_cli.modeling.loading import load_tokenizer
 
-
-def _load_tokenizer(name: str):
-    """midpo's own loader when it is installed, else AutoTokenizer (pad = EOS when missing)."""
-    import importlib.util
-
-    if importlib.util.find_spec("midpo_cli.modeling.loading") is not None:
-        from midpo_cli.modeling.loading import load_tokenizer
-
-        return load_tokenizer(name)
-    from transformers import AutoTokenizer
-
-    from midpo_cli.assets import is_embedded, resolve_embedded
-
-    path = str(resolve_embedded(name)) if is_embedded(name) else name
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--tokenizer {name}: could not load a tokenizer ({exc})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_tokenizer(name), name
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -8,9 +8,8 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, SetOpt
-from midpo_cli.recipe import OPTIONAL_STAGES, STAGE_ORDER
+from midpo_cli.recipe import ALL_STAGES, OPTIONAL_STAGES, STAGE_ORDER
 
-ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 StageHelp = f"One of: {', '.join(STAGE_ORDER)}."
 
 
@@ -31,7 +30,7 @@ def _check_stage_names(names: list[str]) -> None:
 
 
 def _selection(start: str | None, until: str | None, only: list[str] | None) -> list[str]:
-    from midpo_cli.stages.graph import select_stages
+    from midpo_cli.pipeline.graph import select_stages
 
     _check_stage_names([s for s in (start, until) if s] + list(only or []))
     return select_stages(start=start, until=until, only=only)
@@ -50,7 +49,7 @@ def run(
 ) -> None:
     """Run every stage in dependency order; finished stages with unchanged settings are skipped."""
     from midpo_cli.commands.options import recipe_from
-    from midpo_cli.stages.pipeline import run_pipeline
+    from midpo_cli.pipeline.run import run_pipeline
 
     extra = [(f"launcher.kind={launcher}", "--launcher")] if launcher else []
     extra += [(f"launcher.num_gpus={num_gpus}", "--num-gpus")] if num_gpus else []
@@ -109,7 +108,7 @@ def plan(
     from rich.table import Table
 
     from midpo_cli.commands.options import recipe_from
-    from midpo_cli.stages.graph import plan as make_plan
+    from midpo_cli.pipeline.graph import plan as make_plan
 
     cfg = recipe_from(recipe, overrides)
     rows = make_plan(cfg, _selection(start, until, only), set(force or []))

@@ -82,7 +82,7 @@ def execute(stage: str, recipe, *, resume: bool, lock: bool = True) -> dict:
     """Run one stage under the run-dir lock (the worker passes lock=False: its launcher holds it)."""
     import contextlib
 
-    from midpo_cli.stages.pipeline import run_lock, run_stage
+    from midpo_cli.pipeline.run import run_lock, run_stage
 
     held = run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)) if lock else contextlib.nullcontext()
     with held:
@@ -107,8 +107,8 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
     if dry_run:
         sys.stdout.write(format_argv(argv) + "\n")
         return 0
-    from midpo_cli.stages.context import abandon_folder, finish_folder, make_context
-    from midpo_cli.stages.pipeline import run_lock
+    from midpo_cli.pipeline.context import abandon_folder, finish_folder, make_context
+    from midpo_cli.pipeline.run import run_lock
 
     with run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)):  # held for every rank's run
         ctx = make_context(recipe, stage, resume=resume)  # check and prepare once, before the ranks start

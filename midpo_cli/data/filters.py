@@ -87,6 +87,17 @@ class Selection:
     error: str | None = None
 
 
+def pair_filter(stage: str, loss: str | None = None) -> str:
+    """The filter (a PAIR_STAGES name) that selects a pipeline stage's pairs from data.train / data.eval.
+
+    The plain-DPO baseline, and the helpfulness expert with `loss: dpo`, train on every `better` pair; rank
+    scores every valid pair and the router's held-out check reads them with the same rule (`reward_model`).
+    """
+    if stage == "dpo_expert" or (stage == "helpfulness_expert" and loss == "dpo"):
+        return "dpo"
+    return stage if stage in ("reward_model", "cost_model", "safety_expert", "helpfulness_expert") else "reward_model"
+
+
 def stage_label_columns(stage: str, rule: str | None = None) -> tuple[str, ...]:
     """The label columns a stage reads from canonical pair rows."""
     if stage in ("reward_model", "helpfulness_expert", "dpo"):
@@ -155,6 +166,28 @@ def _preference_pairs(table: Table, stage: str) -> tuple[list[Pair], _Accounting
     return pairs, acc
 
 
+# Label rules: one definition for the stage filters below and for rank's D_dual rules (stages/rank.py).
+
+def both_labelled_safe(safe_0: bool | None, safe_1: bool | None) -> bool:
+    """Both answers labelled safe (the paper's D_dual by labels)."""
+    return bool(safe_0 and safe_1)
+
+
+def label_winner(better: int, safer: int | None) -> int | None:
+    """The answer that is both the better and the safer one by the labels; None when the labels disagree."""
+    return better if better == safer else None
+
+
+def harmful_from_labels(is_harmful: Any, safe_0: bool | None, safe_1: bool | None) -> bool | None:
+    """A prompt's kind from labels: the data's `is_harmful` when present, else "some answer is labelled unsafe"
+    (PKU-SafeRLHF's convention); None when the data says neither. One rule for rank and the router's checks."""
+    if is_harmful is not None:
+        return bool(is_harmful)
+    if safe_0 is not None and safe_1 is not None:
+        return not (safe_0 and safe_1)
+    return None
+
+
 # The stage filters: (drop reason, keep-predicate on the parsed row), applied in order.
 _FILTER_STEPS = {
     "not_exactly_one_safe": "exactly_one_safe",
@@ -172,9 +205,11 @@ def _stage_filters(stage: str, rule: str | None) -> list[tuple[str, Any]]:
             ("safer_is_unsafe", lambda p: p[f"is_response_{p['safer_response_id']}_safe"]),
         ]
     if stage == "router":
-        agree = ("safer_differs_from_better", lambda p: p["safer_response_id"] == p["better_response_id"])
+        agree = ("safer_differs_from_better",
+                 lambda p: label_winner(p["better_response_id"], p["safer_response_id"]) is not None)
         if _router_rule(rule) == "labels":
-            return [("not_both_safe", lambda p: p["is_response_0_safe"] and p["is_response_1_safe"]), agree]
+            return [("not_both_safe", lambda p: both_labelled_safe(p["is_response_0_safe"], p["is_response_1_safe"])),
+                    agree]
         return [agree]
     return []
 

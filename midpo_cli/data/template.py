@@ -88,11 +88,6 @@ def answer_text(answer: str, template: str = "safe-rlhf") -> str:
     return answer.strip()
 
 
-def format_conversation(prompt: str, answer: str, template: str = "safe-rlhf", tokenizer: Any = None) -> str:
-    """Prompt and answer as one string, e.g. for scoring text with a score model."""
-    return format_prompt(prompt, template, tokenizer) + answer_text(answer, template)
-
-
 def adds_special_tokens(template: str) -> bool:
     """Chat templates write BOS themselves; encoding their text must not add it a second time."""
     if template not in TEMPLATES:

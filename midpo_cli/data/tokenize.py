@@ -221,3 +221,11 @@ def collate_sft(features: Sequence[dict[str, Any]], pad_id: int,
     """B rows: input_ids, attention_mask, response_mask (answer tokens incl. EOS)."""
     return pad_sequences([f["input_ids"] for f in features], [f["prompt_len"] for f in features], pad_id,
                          padding_side)
+
+
+def with_columns(features: list[dict[str, Any]], **columns: Sequence[Any]) -> list[dict[str, Any]]:
+    """New feature dicts: each feature plus its value of every column (per-pair extras such as `margin`)."""
+    for name, values in columns.items():
+        if len(values) != len(features):
+            raise ValueError(f"with_columns: {len(values)} values of {name!r} for {len(features)} features")
+    return [{**f, **{name: values[i] for name, values in columns.items()}} for i, f in enumerate(features)]

@@ -90,15 +90,26 @@ def save_verified(
     return path
 
 
-def consolidated_state_dict(engine_or_model) -> dict[str, torch.Tensor]:
-    """A full CPU state dict on rank 0 ({} elsewhere); gathers ZeRO-3 partitions. Call on every rank."""
-    module = getattr(engine_or_model, "module", engine_or_model)
-    zero3 = any(hasattr(p, "ds_id") for p in module.parameters())
-    if not zero3:
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if dist.is_rank0() else {}
-    import deepspeed
+def save_checked(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    save_fn: Callable[[Path], None],
+    load_fn: Callable[[Path], nn.Module],
+    forward: Callable[[nn.Module], torch.Tensor],
+    probe_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+) -> Path:
+    """`save_verified` against `model` itself: `forward(m)` gives a model's probe output (e.g. `logits_on(probe)`).
 
-    params = dict(module.named_parameters())
-    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
-        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if dist.is_rank0() else {}
-    return state
+    It runs now on the in-memory model (eval mode, no grad) for the reference, and on the reloaded artifact
+    (`probe_fn`, default `forward`) for the comparison.
+    """
+    model.eval()
+    with torch.no_grad():
+        reference = forward(model)
+    return save_verified(save_fn, path, load_fn=load_fn, probe_fn=probe_fn or forward, reference=reference)
+
+
+def logits_on(probe: dict[str, torch.Tensor]) -> Callable[[nn.Module], torch.Tensor]:
+    """A language model's float logits on the `probe` inputs (`input_ids`, `attention_mask`, ...)."""
+    return lambda model: model(**probe).logits.float()

@@ -6,6 +6,10 @@ gradient accumulation, clipping, schedule, evaluation, metrics, checkpoints, res
 stops. `train()` returns a `TrainResult` whose `model` is the plain, trained nn.Module (ZeRO-3 shards
 gathered back into it), ready for the stage to save with `artifacts.save_verified`.
 
+Read it top to bottom: `setup` (processes, seeds, the step plan, the DeepSpeed engine, resume),
+`train_step` (one optimizer step over its micro-batches), `steps` (every remaining step, yielded as a
+`StepRecord`), and `train`, the driver that logs, evaluates and checkpoints between steps.
+
 Determinism: Python/numpy/torch are seeded from `settings.seed`; epoch e visits the data in the
 permutation drawn from (seed, e); a checkpoint stores the RNG states and the step, so a resumed run
 replays exactly the batches and dropout masks an uninterrupted one would have seen (fp32, CPU).
@@ -14,10 +18,7 @@ replays exactly the batches and dropout masks an uninterrupted one would have se
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -33,13 +34,13 @@ from torch import nn
 
 from midpo_cli import console
 from midpo_cli.engine import checkpoint, dist
+from midpo_cli.engine.deepspeed_config import deepspeed_config
 from midpo_cli.engine.metrics import MetricsSink, Progress
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError, Interrupted, TrainingError
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, Any]]]
 EvalFn = Callable[[nn.Module, dict], dict[str, Any]]
-FAULT_ENV = "MIDPO_ENGINE_FAULT"  # test hook: "nan@N" poisons step N's loss, "sigint@N" signals after step N
 
 
 @dataclass
@@ -114,71 +115,20 @@ def rank_micro_batches(order: np.ndarray, *, batch_size: int, world: int, rank: 
             for k in range(n_micro)]
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
+def step_plan(n_rows: int, settings: EngineSettings, world: int, stage_name: str) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, micro-batches per epoch and rank, total optimizer steps).
 
-
-def _fill_auto(user: Any, ours: Any) -> Any:
-    """Replace HF-style "auto" values with ours; drop an "auto" we cannot resolve (DeepSpeed's default)."""
-    if isinstance(user, dict):
-        out = {}
-        for key, value in user.items():
-            mine = ours.get(key) if isinstance(ours, dict) else None
-            if value == "auto":
-                if mine is not None and not isinstance(mine, dict):
-                    out[key] = mine
-            else:
-                out[key] = _fill_auto(value, mine)
-        return out
-    return user
-
-
-def deepspeed_config(settings: EngineSettings, world: int) -> dict[str, Any]:
-    """The DeepSpeed config: built from the recipe, a user JSON merged over it, recipe batch sizes win."""
-    if settings.precision not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"train.precision: unknown precision {settings.precision!r}; use fp32, bf16 or fp16")
-    ours: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": settings.batch_size,
-        "gradient_accumulation_steps": settings.grad_accum,
-        "train_batch_size": settings.batch_size * settings.grad_accum * world,
-        "gradient_clipping": float(settings.max_grad_norm or 0.0),
-        "zero_optimization": {"stage": settings.zero_stage},
-        "bf16": {"enabled": settings.precision == "bf16"},
-        "fp16": {"enabled": settings.precision == "fp16"},
-        "steps_per_print": 10**12,
-        "wall_clock_breakdown": False,
-    }
-    if settings.offload:
-        ours["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-        ours["optimizer"] = {"type": "AdamW", "params": {"lr": settings.lr, "weight_decay": settings.weight_decay}}
-        if settings.zero_stage == 0:
-            raise InputError("deepspeed.offload needs deepspeed.zero_stage 1, 2 or 3")
-    if settings.deepspeed_config:
-        path = Path(settings.deepspeed_config)
-        try:
-            user = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"deepspeed.config: {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"deepspeed.config: {path} is not valid JSON ({exc})") from None
-        if not isinstance(user, dict):
-            raise InputError(f"deepspeed.config: {path} must hold a JSON object")
-        if "scheduler" in user:
-            console.warn(f"{path}: 'scheduler' ignored; the schedule comes from train.scheduler")
-            user.pop("scheduler")
-        if isinstance(user.get("optimizer"), dict):
-            user["optimizer"] = _deep_merge({"params": {"lr": settings.lr, "weight_decay": settings.weight_decay}},
-                                            user["optimizer"])
-        ours = _deep_merge(ours, _fill_auto(user, ours))
-        for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
-            ours[key] = {"train_micro_batch_size_per_gpu": settings.batch_size,
-                         "gradient_accumulation_steps": settings.grad_accum,
-                         "train_batch_size": settings.batch_size * settings.grad_accum * world}[key]
-    return ours
+    The last partial optimizer step of an epoch is dropped: every epoch ends on an optimizer step.
+    """
+    steps_per_epoch = n_rows // (settings.batch_size * world) // settings.grad_accum
+    if steps_per_epoch == 0:
+        raise InputError(
+            f"{stage_name}: {n_rows} training rows are fewer than one optimizer step needs "
+            f"(batch_size {settings.batch_size} × grad_accum {settings.grad_accum} × {world} processes); "
+            "lower train.batch_size or train.grad_accum"
+        )
+    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    return steps_per_epoch, steps_per_epoch * settings.grad_accum, total_steps
 
 
 # ---------------------------------------------------------------- helpers with side effects
@@ -220,15 +170,26 @@ def _stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(s, h)
 
 
-def _fault() -> tuple[str, int] | None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if "@" not in spec:
-        return None
-    kind, _, step = spec.partition("@")
-    return kind, int(step)
+class EngineModel:
+    """What `loss_fn` and `eval_fn` receive as `model`: the stage's own model, with its forward run by DeepSpeed.
+
+    Calling it calls the DeepSpeed engine, never the bare module: ZeRO-3 counts gradient accumulation in
+    `engine.forward`, and a forward of the bare module makes ZeRO-3 silently keep only the last
+    micro-batch's gradient. Every attribute is the wrapped module's (`model.config`,
+    `model.disable_adapter()`, `model.gate_tensors()`), so a loss function needs to know nothing of DeepSpeed.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        object.__setattr__(self, "_engine", engine)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._engine(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine.module, name)
 
 
-def _evaluate(module: nn.Module, eval_data: Sequence, collate, eval_fn: EvalFn, batch_size: int,
+def _evaluate(engine, eval_data: Sequence, collate, eval_fn: EvalFn, batch_size: int,
               device: torch.device) -> dict[str, float]:
     """Batch-size-weighted means over the eval split, sharded over ranks.
 
@@ -241,16 +202,17 @@ def _evaluate(module: nn.Module, eval_data: Sequence, collate, eval_fn: EvalFn, 
     n_batches = math.ceil(math.ceil(len(eval_data) / world) / batch_size)
     sums: dict[str, float] = {}
     weight = 0.0
-    was_training = module.training
-    module.eval()
+    model = EngineModel(engine)
+    was_training = engine.training
+    engine.eval()
     with torch.no_grad():
         for b in range(n_batches):
             idx, w = (batches[b], len(batches[b])) if b < len(batches) else ([0], 0)
-            out = eval_fn(module, to_device(collate([eval_data[i] for i in idx]), device))
+            out = eval_fn(model, to_device(collate([eval_data[i] for i in idx]), device))
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + _as_float(value) * w
             weight += w
-    module.train(was_training)
+    engine.train(was_training)
     return _reduce_means(sums, weight)
 
 
@@ -270,7 +232,304 @@ def _gather_zero3(engine) -> nn.Module:
     return module
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- set-up
+
+@dataclass
+class Trainer:
+    """What `setup` built: the DeepSpeed engine, the step plan, and where a resumed run starts."""
+
+    engine: Any
+    scheduler: Any
+    settings: EngineSettings
+    stage_name: str
+    train_data: Sequence
+    collate: Callable[[list], dict]
+    loss_fn: LossFn
+    token_key: str
+    world: int
+    rank: int
+    device: torch.device
+    steps_per_epoch: int
+    n_micro: int
+    total_steps: int
+    ckpt_dir: Path
+    layout: dict[str, Any]
+    start_step: int = 0
+    resumed_tag: str | None = None  # the checkpoint this run resumed from
+
+    @property
+    def resumed_from(self) -> int | None:
+        return self.start_step if self.resumed_tag is not None else None
+
+
+def setup(*, model: nn.Module, train_data: Sequence, collate: Callable[[list], dict], loss_fn: LossFn,
+          settings: EngineSettings, out_dir: Path, trainable: list[nn.Parameter] | None, resume: bool,
+          stage_name: str, token_key: str) -> Trainer:
+    """Processes and seeds, the step plan, what trains, the DeepSpeed engine, then the checkpoint to resume.
+
+    The order matters: the seeds come first (DeepSpeed's set-up draws no numbers, the model's dropout
+    will), and a resumed checkpoint's RNG states are restored last, over everything set-up drew.
+    """
+    import deepspeed  # noqa: F401 - imported before the process group exists, in the order the engine always had
+
+    dist.setup()
+    world, rank = dist.world_size(), dist.rank()
+    checkpoint.seed_everything(settings.seed)
+    steps_per_epoch, n_micro, total_steps = step_plan(len(train_data), settings, world, stage_name)
+    params = _freeze_all_but(model, trainable, stage_name)
+    if settings.activation_checkpointing:
+        enable_activation_checkpointing(model, stage_name)
+    engine, scheduler = _initialize(model, params, settings, world, total_steps)
+    trainer = Trainer(
+        engine=engine, scheduler=scheduler, settings=settings, stage_name=stage_name, train_data=train_data,
+        collate=collate, loss_fn=loss_fn, token_key=token_key, world=world, rank=rank, device=dist.device(),
+        steps_per_epoch=steps_per_epoch, n_micro=n_micro, total_steps=total_steps,
+        ckpt_dir=out_dir / "checkpoints",
+        layout={"batch_size": settings.batch_size, "grad_accum": settings.grad_accum, "world_size": world,
+                "seed": settings.seed, "train_rows": len(train_data)},
+    )
+    trainer.resumed_tag, trainer.start_step = _resume(trainer, resume)
+    return trainer
+
+
+def _freeze_all_but(model: nn.Module, trainable: list[nn.Parameter] | None, stage_name: str) -> list[nn.Parameter]:
+    """`trainable` (default: the parameters that require grad) is what the optimizer updates; the rest is frozen."""
+    params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError(f"{stage_name}: the model has no trainable parameters")
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return params
+
+
+def _initialize(model: nn.Module, params: list[nn.Parameter], settings: EngineSettings, world: int,
+                total_steps: int) -> tuple[Any, Any]:
+    """The DeepSpeed engine and LR scheduler; a client torch AdamW unless the config names DeepSpeed's own."""
+    import deepspeed
+
+    warmup_steps = math.ceil(settings.warmup_ratio * total_steps)
+    config = deepspeed_config(settings, world)
+    groups = param_groups(params, settings.weight_decay)
+    schedule = lr_lambda(settings.scheduler, warmup_steps, total_steps)
+    if "optimizer" in config:  # DeepSpeed's own optimizer (offload or a user JSON): it builds it from groups
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model, model_parameters=groups, config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+    else:
+        client = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=client, config=config,
+            lr_scheduler=torch.optim.lr_scheduler.LambdaLR(client, schedule))
+    return engine, scheduler
+
+
+def _resume(trainer: Trainer, resume: bool) -> tuple[str | None, int]:
+    """(checkpoint tag, its step) of the run to continue, or (None, 0); a fresh run clears old checkpoints."""
+    ckpt_dir = trainer.ckpt_dir
+    tag = dist.broadcast_object(checkpoint.latest_tag(ckpt_dir) if resume else None)
+    start_step = 0
+    if tag is not None:
+        tag, state = checkpoint.load_latest(trainer.engine, ckpt_dir, console.warn)
+        checkpoint.check_compatible(state["layout"], trainer.layout, ckpt_dir / tag)
+        start_step = int(state["step"])
+    elif dist.is_rank0():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run never resumes into an old run's pointer
+    dist.barrier()
+    return tag, start_step
+
+
+# ---------------------------------------------------------------- steps
+
+@dataclass
+class Step:
+    """One optimizer step to take: `index` optimizer steps are done before it; its micro-batches' rows."""
+
+    index: int
+    epoch: int
+    micro_batches: list[list[int]]
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step did: loss and metrics summed over its micro-batches, tokens seen on this rank."""
+
+    step: int  # optimizer steps done, this one included
+    epoch: int
+    lr: float  # the learning rate this step used
+    sums: dict[str, float]
+    tokens: float
+    seconds: float
+
+    def means(self, grad_accum: int) -> dict[str, float]:
+        """This step's metrics averaged over its micro-batches, and its learning rate."""
+        return {**{k: v / grad_accum for k, v in self.sums.items()}, "lr": self.lr}
+
+
+def train_step(trainer: Trainer, step: Step) -> StepRecord:
+    """Forward, backward and DeepSpeed's step for each micro-batch (it applies the update on the last one).
+
+    A NaN/inf loss on any rank stops every rank before its backward, naming the last good checkpoint.
+    """
+    t0 = time.perf_counter()
+    engine, scheduler = trainer.engine, trainer.scheduler
+    lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else trainer.settings.lr
+    model = EngineModel(engine)
+    sums: dict[str, float] = {}
+    tokens = 0.0
+    for idx in step.micro_batches:
+        batch = to_device(trainer.collate([trainer.train_data[i] for i in idx]), trainer.device)
+        loss, metrics = trainer.loss_fn(model, batch)
+        if dist.any_rank(not bool(torch.isfinite(loss.detach()).all())):
+            good = checkpoint.latest_tag(trainer.ckpt_dir)
+            raise TrainingError(
+                f"{trainer.stage_name}: loss is {_as_float(loss)} at step {step.index + 1} (epoch {step.epoch + 1}); "
+                f"last good checkpoint: {trainer.ckpt_dir / good if good else 'none'}; "
+                "lower the learning rate or check the data")
+        engine.backward(loss)
+        engine.step()
+        for key, value in {"loss": loss, **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + _as_float(value)
+        if isinstance(batch.get(trainer.token_key), torch.Tensor):
+            tokens += float(batch[trainer.token_key].sum().item())
+    return StepRecord(step=step.index + 1, epoch=step.epoch, lr=lr, sums=sums, tokens=tokens,
+                      seconds=time.perf_counter() - t0)
+
+
+def steps(trainer: Trainer) -> Iterator[StepRecord]:
+    """Take every remaining optimizer step in data order, yielding each one's record as soon as it is taken."""
+    s = trainer.settings
+    micro, micro_epoch = [], None
+    for index in range(trainer.start_step, trainer.total_steps):
+        epoch = index // trainer.steps_per_epoch
+        if epoch != micro_epoch:
+            order = epoch_order(s.seed, epoch, len(trainer.train_data))
+            micro = rank_micro_batches(order, batch_size=s.batch_size, world=trainer.world, rank=trainer.rank,
+                                       n_micro=trainer.n_micro)
+            micro_epoch = epoch
+        k = index % trainer.steps_per_epoch
+        yield train_step(trainer, Step(index, epoch, micro[k * s.grad_accum:(k + 1) * s.grad_accum]))
+
+
+# ---------------------------------------------------------------- between steps: metrics, evaluation, checkpoints
+
+class Bookkeeper:
+    """What the driver does between steps: windowed train metrics, evaluation, checkpoints, the totals."""
+
+    def __init__(self, trainer: Trainer, out_dir: Path, eval_data: Sequence | None, eval_fn: EvalFn) -> None:
+        self.trainer, self.eval_data, self.eval_fn = trainer, eval_data, eval_fn
+        name, resumed = trainer.stage_name, trainer.resumed_from is not None
+        self.sink = MetricsSink(out_dir, enabled=dist.is_rank0(), tensorboard=trainer.settings.tensorboard,
+                                stage_name=name)
+        self.sink.truncate_after(trainer.start_step) if resumed else self.sink.reset()
+        self.progress = Progress(enabled=dist.is_rank0(), total=trainer.total_steps, start=trainer.start_step,
+                                 stage_name=name)
+        if resumed:
+            self.progress.message(f"{name}: resumed from {trainer.ckpt_dir / trainer.resumed_tag} "
+                                  f"(step {trainer.start_step}/{trainer.total_steps})")
+        self.step = trainer.start_step
+        self.last_saved = trainer.start_step if resumed else None
+        self.last_record: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.last_eval_step: int | None = None
+        self.train_time, self.samples_done, self.tokens_done = 0.0, 0, 0.0
+        self._new_window()
+
+    def _new_window(self) -> None:
+        """The train metrics since the last logged step (window_t: compute seconds)."""
+        self.window: dict[str, float] = {}
+        self.window_micro, self.window_tokens, self.window_t = 0.0, 0.0, 0.0
+
+    def log(self, record: StepRecord) -> None:
+        """Count the step; on a logging step, write the window's means (over all ranks) and start a new window."""
+        t, s = self.trainer, self.trainer.settings
+        self.step = record.step
+        self.train_time += record.seconds
+        self.window_t += record.seconds
+        self.samples_done += s.batch_size * s.grad_accum * t.world
+        for key, value in record.sums.items():
+            self.window[key] = self.window.get(key, 0.0) + value
+        self.window_micro += s.grad_accum
+        self.window_tokens += record.tokens
+        line = None
+        if record.step % max(1, s.log_every) == 0 or record.step == t.total_steps:
+            means = _reduce_means(self.window, self.window_micro)
+            tokens = float(dist.all_reduce_sum(torch.tensor([self.window_tokens], dtype=torch.float64))[0])
+            dt = max(self.window_t, 1e-9)
+            line = {"split": "train", "step": record.step, "epoch": round(record.step / t.steps_per_epoch, 4),
+                    "lr": record.lr, **means, "samples_per_s": self.window_micro * s.batch_size * t.world / dt,
+                    "tokens_per_s": tokens / dt}
+            self.tokens_done += tokens
+            self.sink.write(line)
+            self.last_record = line
+            self._new_window()
+        self.progress.update(record.step, line)
+
+    def evaluate(self) -> None:
+        if not self.eval_data:
+            return
+        t, s = self.trainer, self.trainer.settings
+        self.last_eval = _evaluate(t.engine, self.eval_data, t.collate, self.eval_fn,
+                                   s.eval_batch_size or s.batch_size, t.device)
+        self.last_eval_step = self.step
+        self.sink.write({"split": "eval", "step": self.step, "epoch": round(self.step / t.steps_per_epoch, 4),
+                         **self.last_eval})
+        self.progress.message(f"{t.stage_name}: eval at step {self.step}: "
+                              + " ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
+
+    def save(self) -> Path:
+        t = self.trainer
+        path = checkpoint.save(t.engine, t.ckpt_dir, self.step, {"step": self.step, "layout": t.layout},
+                               t.settings.checkpoint.keep)
+        self.last_saved = self.step
+        return path
+
+    def interrupted(self) -> Interrupted:
+        """Checkpoint this step (once) and say how to continue."""
+        path = self.trainer.ckpt_dir / f"step-{self.step}" if self.last_saved == self.step else self.save()
+        return Interrupted(f"{self.trainer.stage_name}: interrupted at step {self.step}; checkpoint written to "
+                           f"{path}; rerun the same command with --resume to continue")
+
+    def finish(self) -> None:
+        """The last step is checkpointed and evaluated, unless that already happened at it."""
+        if self.last_saved != self.step:
+            self.save()
+        if self.eval_data and self.last_eval_step != self.step:
+            self.evaluate()
+
+    def close(self) -> None:
+        self.progress.close()
+        self.sink.close()
+
+    def result(self, module: nn.Module, wall_s: float) -> TrainResult:
+        t = self.trainer
+        return TrainResult(
+            model=module,
+            global_step=self.step,
+            epochs_done=self.step // t.steps_per_epoch,
+            last_metrics={k: v for k, v in self.last_record.items() if k != "split"},
+            last_eval=self.last_eval,
+            resumed_from_step=t.resumed_from,
+            wall_s=wall_s,
+            samples_per_s=self.samples_done / self.train_time if self.train_time > 0 else 0.0,
+            tokens_per_s=self.tokens_done / self.train_time if self.train_time > 0 else 0.0,
+        )
+
+
+def _every(n: int | None, step: int) -> bool:
+    return bool(n) and step % n == 0
+
+
+def _loss_as_eval(loss_fn: LossFn) -> EvalFn:
+    """The default evaluation: the training loss and its metrics on held-out rows."""
+    def eval_fn(model, batch):
+        loss, metrics = loss_fn(model, batch)
+        return {"loss": loss, **metrics}
+
+    return eval_fn
+
+
+# ---------------------------------------------------------------- the driver
 
 def train(
     *,
@@ -290,196 +549,34 @@ def train(
 ) -> TrainResult:
     """Train `model` on `train_data`; see the module docstring for what the engine owns.
 
-    `loss_fn` and `eval_fn` receive the DeepSpeed engine as `model`: calling it runs the module's forward
-    through DeepSpeed (ZeRO-3 gradient accumulation is counted in engine.forward; calling the bare module
-    makes ZeRO-3 keep only the last micro-batch's gradient), and attribute access (`model.config`,
-    `model.disable_adapter()`) reaches the wrapped module.
+    `loss_fn` and `eval_fn` receive an `EngineModel`: the model, with its forward run by DeepSpeed.
     `trainable` (default: parameters with requires_grad) is what the optimizer updates; every other
     parameter is frozen. `on_step(step, metrics)` runs on every rank after each optimizer step.
     Raises Interrupted (130) after checkpointing on SIGINT/SIGTERM, TrainingError (3) on a NaN/inf loss.
     """
-    import deepspeed
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    dist.setup()
-    world, rank, device = dist.world_size(), dist.rank(), dist.device()
-    checkpoint.seed_everything(settings.seed)
-
-    n_micro = len(train_data) // (settings.batch_size * world)
-    steps_per_epoch = n_micro // settings.grad_accum
-    if steps_per_epoch == 0:
-        raise InputError(
-            f"{stage_name}: {len(train_data)} training rows are fewer than one optimizer step needs "
-            f"(batch_size {settings.batch_size} × grad_accum {settings.grad_accum} × {world} processes); "
-            "lower train.batch_size or train.grad_accum"
-        )
-    n_micro = steps_per_epoch * settings.grad_accum  # drop_last: every epoch ends on an optimizer step
-    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
-    warmup_steps = math.ceil(settings.warmup_ratio * total_steps)
-
-    params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError(f"{stage_name}: the model has no trainable parameters")
-    keep = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
-
-    if settings.activation_checkpointing:
-        enable_activation_checkpointing(model, stage_name)
-    config = deepspeed_config(settings, world)
-    groups = param_groups(params, settings.weight_decay)
-    schedule = lr_lambda(settings.scheduler, warmup_steps, total_steps)
-    if "optimizer" in config:  # DeepSpeed's own optimizer (offload or a user JSON): it builds it from groups
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=groups, config=config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
-    else:
-        client = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=client, config=config,
-            lr_scheduler=torch.optim.lr_scheduler.LambdaLR(client, schedule))
-    module = engine.module
-
-    ckpt_dir = out_dir / "checkpoints"
-    layout = {"batch_size": settings.batch_size, "grad_accum": settings.grad_accum, "world_size": world,
-              "seed": settings.seed, "train_rows": len(train_data)}
-    tag = dist.broadcast_object(checkpoint.latest_tag(ckpt_dir) if resume else None)
-    start_step, resumed_from = 0, None
-    if tag is not None:
-        tag, state = checkpoint.load_latest(engine, ckpt_dir, console.warn)
-        checkpoint.check_compatible(state["layout"], layout, ckpt_dir / tag)
-        start_step = resumed_from = int(state["step"])
-    elif dist.is_rank0():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run never resumes into an old run's pointer
-    dist.barrier()
-
-    sink = MetricsSink(out_dir, enabled=dist.is_rank0(), tensorboard=settings.tensorboard, stage_name=stage_name)
-    sink.truncate_after(start_step) if resumed_from is not None else sink.reset()
-    progress = Progress(enabled=dist.is_rank0(), total=total_steps, start=start_step, stage_name=stage_name)
-    if resumed_from is not None:
-        progress.message(f"{stage_name}: resumed from {ckpt_dir / tag} (step {start_step}/{total_steps})")
-    if eval_fn is None:
-        def eval_fn(m, b):  # default: the training loss and its metrics on held-out rows
-            loss, metrics = loss_fn(m, b)
-            return {"loss": loss, **metrics}
-    eval_bs = settings.eval_batch_size or settings.batch_size
-    fault = _fault()
-
-    step = start_step
-    last_saved = start_step if resumed_from is not None else None
-    last_record: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    last_eval_step = None
-    window: dict[str, float] = {}
-    window_micro, window_tokens, window_t = 0.0, 0.0, 0.0  # window_t: compute seconds since the last log
-    train_time, samples_done, tokens_done = 0.0, 0, 0.0
-
-    def do_eval() -> None:
-        nonlocal last_eval, last_eval_step
-        if not eval_data:
-            return
-        last_eval = _evaluate(engine, eval_data, collate, eval_fn, eval_bs, device)
-        last_eval_step = step
-        sink.write({"split": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4), **last_eval})
-        progress.message(f"{stage_name}: eval at step {step}: "
-                         + " ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
-
-    def save() -> Path:
-        nonlocal last_saved
-        path = checkpoint.save(engine, ckpt_dir, step, {"step": step, "layout": layout}, settings.checkpoint_keep)
-        last_saved = step
-        return path
-
-    engine.train()
+    trainer = setup(model=model, train_data=train_data, collate=collate, loss_fn=loss_fn, settings=settings,
+                    out_dir=out_dir, trainable=trainable, resume=resume, stage_name=stage_name, token_key=token_key)
+    book = Bookkeeper(trainer, out_dir, eval_data, eval_fn or _loss_as_eval(loss_fn))
     try:
         with _stop_signals() as stop:
-            while step < total_steps:
-                epoch = step // steps_per_epoch
-                micro = rank_micro_batches(epoch_order(settings.seed, epoch, len(train_data)),
-                                           batch_size=settings.batch_size, world=world, rank=rank,
-                                           n_micro=n_micro)
-                for k in range(step % steps_per_epoch, steps_per_epoch):
-                    if step >= total_steps:
-                        break
-                    t0 = time.perf_counter()
-                    lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else settings.lr  # this step's
-                    step_sums: dict[str, float] = {}
-                    for idx in micro[k * settings.grad_accum:(k + 1) * settings.grad_accum]:
-                        batch = to_device(collate([train_data[i] for i in idx]), device)
-                        loss, metrics = loss_fn(engine, batch)
-                        if fault and fault[0] == "nan" and fault[1] == step + 1:
-                            loss = loss * float("nan")
-                        if dist.any_rank(not bool(torch.isfinite(loss.detach()).all())):
-                            good = checkpoint.latest_tag(ckpt_dir)
-                            raise TrainingError(
-                                f"{stage_name}: loss is {_as_float(loss)} at step {step + 1} (epoch {epoch + 1}); "
-                                f"last good checkpoint: {ckpt_dir / good if good else 'none'}; "
-                                "lower the learning rate or check the data")
-                        engine.backward(loss)
-                        engine.step()
-                        for key, value in {"loss": loss, **metrics}.items():
-                            step_sums[key] = step_sums.get(key, 0.0) + _as_float(value)
-                        if token_key in batch and isinstance(batch[token_key], torch.Tensor):
-                            window_tokens += float(batch[token_key].sum().item())
-                    step += 1
-                    train_time += time.perf_counter() - t0
-                    window_t += time.perf_counter() - t0
-                    samples_done += settings.batch_size * settings.grad_accum * world
-                    for key, value in step_sums.items():
-                        window[key] = window.get(key, 0.0) + value
-                    window_micro += settings.grad_accum
-                    if on_step is not None:
-                        on_step(step, {**{k: v / settings.grad_accum for k, v in step_sums.items()}, "lr": lr})
-
-                    record = None
-                    if step % max(1, settings.log_every) == 0 or step == total_steps:
-                        means = _reduce_means(window, window_micro)
-                        tokens = float(dist.all_reduce_sum(torch.tensor([window_tokens], dtype=torch.float64))[0])
-                        dt = max(window_t, 1e-9)
-                        record = {"split": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                                  "lr": lr, **means,
-                                  "samples_per_s": window_micro * settings.batch_size * world / dt,
-                                  "tokens_per_s": tokens / dt}
-                        tokens_done += tokens
-                        sink.write(record)
-                        last_record = record
-                        window, window_micro, window_tokens, window_t = {}, 0.0, 0.0, 0.0
-                    progress.update(step, record)
-
-                    if settings.eval_every and step % settings.eval_every == 0:
-                        do_eval()
-                    if settings.eval_each_epoch and step % steps_per_epoch == 0 and last_eval_step != step:
-                        do_eval()
-                    if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                        save()
-                    if fault and fault[0] == "sigint" and fault[1] == step:
-                        os.kill(os.getpid(), signal.SIGINT)
-                    if dist.any_rank(stop["signal"] is not None):
-                        path = ckpt_dir / f"step-{step}" if last_saved == step else save()
-                        raise Interrupted(f"{stage_name}: interrupted at step {step}; checkpoint written to "
-                                          f"{path}; rerun the same command with --resume to continue")
-            if last_saved != step:
-                save()
-            if eval_data and last_eval_step != step:
-                do_eval()
+            for record in steps(trainer):
+                if on_step is not None:
+                    on_step(record.step, record.means(settings.grad_accum))
+                book.log(record)
+                if _every(settings.eval_every, record.step) or (
+                        settings.eval_each_epoch and record.step % trainer.steps_per_epoch == 0):
+                    book.evaluate()
+                if _every(settings.checkpoint.every_steps, record.step):
+                    book.save()
+                if dist.any_rank(stop["signal"] is not None):
+                    raise book.interrupted()
+            book.finish()
     finally:
-        progress.close()
-        sink.close()
+        book.close()
 
-    if settings.zero_stage == 3:
-        module = _gather_zero3(engine)
+    module = _gather_zero3(trainer.engine) if settings.zero_stage == 3 else trainer.engine.module
     module.eval()
     dist.barrier()
-    wall = time.perf_counter() - t_start
-    return TrainResult(
-        model=module,
-        global_step=step,
-        epochs_done=step // steps_per_epoch,
-        last_metrics={k: v for k, v in last_record.items() if k != "split"},
-        last_eval=last_eval,
-        resumed_from_step=resumed_from,
-        wall_s=wall,
-        samples_per_s=samples_done / train_time if train_time > 0 else 0.0,
-        tokens_per_s=tokens_done / train_time if train_time > 0 else 0.0,
-    )
+    return book.result(module, wall_s=time.perf_counter() - t_start)

@@ -1,38 +1,34 @@
-"""Engine settings: plain data built by a stage from its resolved recipe section.
+"""Engine settings: the recipe's training settings, resolved for one run, plus what the engine alone needs.
 
-Plain dataclass (no pydantic) so the engine can be driven from tests and scripts without a recipe;
-validation happened when the recipe was loaded.
+`EngineSettings` *is* the recipe's `TrainSettings` (same fields, types, checks and defaults; one list,
+tests/test_recipe.py checks it) with `precision` resolved (`auto` is decided by the stage from the
+device) and the run-wide DeepSpeed and logging keys added. Tests and scripts build it directly, without
+a recipe; stages build it with `from_recipe`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from midpo_cli.recipe import Recipe, TrainSettings
 
 
-@dataclass
-class EngineSettings:
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 8  # micro batch per process
-    grad_accum: int = 1
-    lr: float = 1e-4
-    scheduler: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    seed: int = 42
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    zero_stage: int = 0
-    deepspeed_config: str | None = None  # a user DeepSpeed JSON, merged under the recipe's batch sizes
-    offload: bool = False  # DeepSpeed CPU Adam with optimizer state on the CPU
-    eval_every: int | None = None
-    eval_each_epoch: bool = True
-    log_every: int = 10
-    checkpoint_every: int | None = None
-    checkpoint_keep: int = 2
-    tensorboard: bool = False
-    eval_batch_size: int | None = None
-    activation_checkpointing: bool = False  # recompute layer activations in backward (HF models)
+class EngineSettings(TrainSettings):
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Weights' dtype, resolved (no auto).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage (recipe deepspeed.zero_stage).")
+    deepspeed_config: str | None = Field(None, description="A user DeepSpeed JSON, merged under the recipe's "
+                                         "batch sizes (recipe deepspeed.config).")
+    offload: bool = Field(False, description="DeepSpeed CPU Adam with optimizer state on the CPU.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files (recipe logging.tensorboard).")
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, stage: str, precision: str) -> EngineSettings:
+        """The stage's `train:` settings with its overrides, `precision` resolved by the caller, and the run's
+        DeepSpeed and logging keys."""
+        return cls.model_validate({
+            **recipe.train_settings(stage).model_dump(), "precision": precision,
+            "zero_stage": recipe.deepspeed.zero_stage, "deepspeed_config": recipe.deepspeed.config,
+            "offload": recipe.deepspeed.offload, "tensorboard": recipe.logging.tensorboard,
+        })

@@ -270,11 +270,19 @@ class MidpoModel(nn.Module):
             self.state.prompt_mask = mask
 
         handle = self.model.register_forward_pre_hook(capture_prompt, with_kwargs=True)
-        self.state.hold = True
         try:
-            return self.model.generate(*args, **kwargs)
+            with self.holding_prompt():
+                return self.model.generate(*args, **kwargs)
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def holding_prompt(self) -> Iterator[MidpoModel]:
+        """Routers that read the prompt compute its mean h at the first forward and hold it until the end."""
+        self.state.hold = True
+        try:
+            yield self
+        finally:
             self.state.hold = False
             self.state.prompt_mask = None
             for mod in self.routed.values():
@@ -506,18 +514,10 @@ def read_midpo_config(folder: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def _load_base(name: str, dtype: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    """The base LM and a loader for its tokenizer."""
-    from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-
-    model = load_causal_lm(name, dtype=dtype, trust_remote_code=trust_remote_code)
-    return model, (lambda n: load_tokenizer(n, trust_remote_code=trust_remote_code))
-
-
 def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.device | None = None,
                fixed_gates: Sequence[float] | None = None, trust_remote_code: bool = False) -> tuple[MidpoModel, Any]:
     """(MidPO model in eval mode, tokenizer), ready for `generate`."""
-    from midpo_cli.modeling.loading import load_safetensors
+    from midpo_cli.modeling.loading import load_causal_lm, load_safetensors, load_tokenizer
 
     folder = Path(folder)
     cfg = read_midpo_config(folder)
@@ -532,7 +532,7 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
         if ref is None:
             raise InputError(f"{where}: adapters.{name} is missing")
         adapters[name] = read_adapter(folder / ref if not Path(ref).is_absolute() else Path(ref))
-    model, tokenizer_loader = _load_base(base, dtype, trust_remote_code)
+    model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
     for name in EXPERTS:  # the same base the experts were trained on (shape and weights fingerprint)
         ref = cfg["adapters"][name]
         check_adapter_base(folder / ref if not Path(ref).is_absolute() else Path(ref), model, base_name=base)
@@ -547,7 +547,7 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
     midpo.load_router_state_dict(load_safetensors(folder / ROUTER_FILE), where=str(folder / ROUTER_FILE))
     midpo.set_fixed_gates(fixed_gates if fixed_gates is not None else cfg.get("fixed_gates"))
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
-    tokenizer = tokenizer_loader(str(folder) if has_tokenizer else base)
+    tokenizer = load_tokenizer(str(folder) if has_tokenizer else base, trust_remote_code=trust_remote_code)
     if device is not None:
         midpo.to(device)
     return midpo.eval(), tokenizer

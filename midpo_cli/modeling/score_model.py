@@ -405,3 +405,15 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
     finally:
         model.train(was_training)
     return out
+
+
+def score_pairs(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], chosen: Sequence[str],
+                rejected: Sequence[str], *, batch_size: int = 32, template: str = "safe-rlhf"
+                ) -> tuple[list[float], list[float]]:
+    """(scores of the chosen answers, scores of the rejected ones), each in input order.
+
+    One `score_texts` call over both sides, so chosen and rejected answers are batched together by length.
+    """
+    scores = score_texts(model, tokenizer, [*prompts, *prompts], [*chosen, *rejected], batch_size=batch_size,
+                         template=template)
+    return scores[: len(prompts)], scores[len(prompts):]

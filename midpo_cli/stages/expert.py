@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.filters import select_pairs
-from midpo_cli.data.readers import load_rows
-from midpo_cli.data.tokenize import collate_pairs, encode_pairs
-from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.data.filters import pair_filter
+from midpo_cli.data.tokenize import collate_pairs, with_columns
+from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
+from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
 from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
@@ -36,11 +36,18 @@ from midpo_cli.modeling.lora import (
     resolve_targets,
     weights_fingerprint,
 )
-from midpo_cli.modeling.score_model import load_score_model, score_texts
-from midpo_cli.stages.common import engine_settings, model_ref, policy_ref, stage_template, tokenizer_ref
-from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.dpo import DpoHealth, RefLogpCache, concatenated_logps, fill_ref_logps
-from midpo_cli.stages.score_models import require_audit
+from midpo_cli.modeling.score_model import load_score_model, score_pairs
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import (
+    encoded_pairs,
+    engine_settings,
+    model_ref,
+    policy_ref,
+    ref_cache,
+    require_audit,
+    stage_template,
+    tokenizer_ref,
+)
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
 EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")
@@ -59,11 +66,6 @@ def run_dpo_expert(ctx: StageContext) -> None:
     run_expert(ctx, "dpo_expert")
 
 
-def data_stage(stage: str, loss: str) -> str:
-    """The filter a kind's pairs go through: dpo uses every `better` pair, like plain DPO does."""
-    return "dpo" if stage == "dpo_expert" or (stage == "helpfulness_expert" and loss == "dpo") else stage
-
-
 def run_expert(ctx: StageContext, stage: str) -> None:
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     settings = engine_settings(recipe, stage)
@@ -74,30 +76,24 @@ def run_expert(ctx: StageContext, stage: str) -> None:
     eval_sel, eval_feats = (encode_split(recipe, stage, recipe.data.eval, tokenizer, template) if recipe.data.eval
                             else (None, []))
 
-    margin_stats = attach_margins(ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)], template,
-                                  tokenizer)
+    (train_margins, eval_margins), margin_stats = spe_margins(
+        ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)], template, tokenizer)
+    train_feats = with_columns(train_feats, margin=train_margins)
+    eval_feats = with_columns(eval_feats, margin=eval_margins)
 
-    model = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
-                           trust_remote_code=recipe.trust_remote_code)
-    lora = cfg.lora
-    targets = resolve_targets(getattr(model.config, "model_type", None), lora.target_modules)
-    check_targets(model, targets)  # routable layers only: refuse before training, not at the router stage
-    base_fingerprint = weights_fingerprint(model)  # recorded in midpo.json: loaders refuse another base
-    model = add_lora(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                                        target_modules=tuple(targets)), seed=settings.seed)
+    model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
     if cfg.precompute_ref:
-        cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe, template))
-        for sel, feats in ((train_sel, train_feats), (eval_sel, eval_feats)):
-            if feats:
-                computed = fill_ref_logps(model, feats, sel.pairs, collate, cache,
-                                          batch_size=settings.eval_batch_size or settings.batch_size * 2,
-                                          reference=model.disable_adapter)
-                console.log(f"{stage}: reference log-probs: {len(feats) - computed} cached, {computed} computed")
+        cache = ref_cache(ctx, template)
+        ref_batch = settings.eval_batch_size or settings.batch_size * 2
+        train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
+                                      reference=model.disable_adapter, stage=stage)
+        eval_feats = reference_logps(model, eval_feats, eval_sel, collate, cache, batch_size=ref_batch,
+                                     reference=model.disable_adapter, stage=stage)
 
     health = DpoHealth(warmup_steps=10)
     memory: dict[str, int] = {}
@@ -134,66 +130,48 @@ def run_expert(ctx: StageContext, stage: str) -> None:
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 
+def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
+    """(the policy with a fresh LoRA adapter on the recipe's targets, the fingerprint of its base weights)."""
+    model = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed, trust_remote_code=trust_remote_code)
+    targets = resolve_targets(getattr(model.config, "model_type", None), lora.target_modules)
+    check_targets(model, targets)  # routable layers only: refuse before training, not at the router stage
+    base_fingerprint = weights_fingerprint(model)  # recorded in midpo.json: loaders refuse another base
+    model = add_lora(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                                        target_modules=tuple(targets)), seed=settings.seed)
+    return model, base_fingerprint
+
+
 def encode_split(recipe, stage: str, spec: str, tokenizer, template: str):
-    cfg = getattr(recipe.stages, stage)
-    selection = select_pairs(load_rows(spec, columns=recipe.data.columns), data_stage(stage, cfg.loss))
-    feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
-    console.log(f"{stage}: {spec}: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
-    return selection, feats
+    data = pair_filter(stage, getattr(recipe.stages, stage).loss)
+    return encoded_pairs(spec, data, tokenizer, template, recipe.data.max_length, columns=recipe.data.columns,
+                         stage=stage)
 
 
-def ref_namespace(ctx: StageContext, recipe, template: str | None = None) -> dict:
-    """Reference log-probs depend on the policy, the resolved template and max_length."""
-    sft = ctx.inputs.get("sft") or {}
-    return {"policy": sft.get("fingerprint") or recipe.base_model, "template": template or recipe.data.template,
-            "max_length": recipe.data.max_length}
-
-
-def attach_margins(ctx: StageContext, stage: str, splits, template: str, tokenizer=None) -> dict:
-    """SPE-DPO margins m = γ·max(0, S(y_w) − S(y_l)), S = −cost (safety) or reward (helpfulness).
+def spe_margins(ctx: StageContext, stage: str, splits, template: str, tokenizer=None
+                ) -> tuple[list[list[float]], dict]:
+    """SPE-DPO margins m = γ·max(0, S(y_w) − S(y_l)), S = −cost (safety) or reward (helpfulness): one list per
+    split (in the features' order), and their statistics.
 
     The score model reads each answer as the policy will see it: truncated to data.max_length (the
     margin and the policy's Δ must be about the same text).
     """
     cfg = getattr(ctx.recipe.stages, stage)
     if cfg.loss == "dpo" or stage == "dpo_expert":
-        for _, feats in splits:
-            for f in feats:
-                f["margin"] = 0.0
-        return {"mode": "dpo", "zero_fraction": 1.0}
+        return [[0.0] * len(feats) for _, feats in splits], {"mode": "dpo", "zero_fraction": 1.0}
     score_stage = SCORE_STAGE[stage]
     require_audit(ctx, score_stage)
-    cache_file = ctx.folder / "margins.json"
-    cached = json.loads(cache_file.read_text()) if cache_file.exists() else None
     scorer = model_ref(ctx, score_stage)
-    stale = cached is None or cached.get("answers") != "as-encoded"
-    if stale or cached.get("score_model_fingerprint") != (ctx.inputs[score_stage] or {}).get("fingerprint"):
-        model, tok = load_score_model(scorer, expected_type="cost" if score_stage == "cost_model" else "reward",
-                                      trust_remote_code=ctx.recipe.trust_remote_code)
-        values: dict[str, list[list[float]]] = {}
-        for name, (sel, feats) in zip(("train", "eval"), splits, strict=True):
-            if not feats:
-                continue
-            pairs = [sel.pairs[f["pair_index"]] for f in feats]
-            prompts = [p.prompt for p in pairs] * 2
-            answers = ([seen_answer(tokenizer, f, "chosen", p.chosen) for f, p in zip(feats, pairs, strict=True)]
-                       + [seen_answer(tokenizer, f, "rejected", p.rejected) for f, p in zip(feats, pairs, strict=True)])
-            scores = score_texts(model, tok, prompts, answers, batch_size=32, template=template)
-            values[name] = [scores[: len(pairs)], scores[len(pairs):]]
-        del model
-        gc.collect()  # the score model leaves memory before the policy arrives
-        cached = {"score_model_fingerprint": (ctx.inputs[score_stage] or {}).get("fingerprint"), "values": values,
-                  "answers": "as-encoded"}
-        atomic_write_json(cache_file, cached)
+    cached = margin_scores(ctx, score_stage, scorer, splits, template, tokenizer)
     sign = -1.0 if score_stage == "cost_model" else 1.0  # safety score S = −cost
+    per_split: list[list[float]] = []
     all_margins = []
     for name, (_, feats) in zip(("train", "eval"), splits, strict=True):
         if not feats:
+            per_split.append([])
             continue
         chosen, rejected = (torch.tensor(v, dtype=torch.float64) * sign for v in cached["values"][name])
         margins = preference_margin(chosen, rejected, scale=cfg.margin_scale)
-        for f, m in zip(feats, margins.tolist(), strict=True):
-            f["margin"] = m
+        per_split.append(margins.tolist())
         if name == "train":
             all_margins = margins
     zero = float((all_margins == 0).double().mean()) if len(all_margins) else None
@@ -202,7 +180,34 @@ def attach_margins(ctx: StageContext, stage: str, splits, template: str, tokeniz
              "max": float(all_margins.max()) if len(all_margins) else None}
     console.log(f"{stage}: margins from {scorer}: mean {stats['mean']:.3f}, zero (score model disagrees "
                 f"with the label) {zero:.1%}")
-    return stats
+    return per_split, stats
+
+
+def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, template: str, tokenizer) -> dict:
+    """The score model's scores of each split's chosen and rejected answers, cached in `<stage>/margins.json`
+    by the score model's fingerprint; the score model is freed before the policy arrives."""
+    cache_file = ctx.folder / "margins.json"
+    cached = json.loads(cache_file.read_text()) if cache_file.exists() else None
+    score_fingerprint = (ctx.inputs[score_stage] or {}).get("fingerprint")
+    if cached is not None and cached.get("answers") == "as-encoded" and \
+            cached.get("score_model_fingerprint") == score_fingerprint:
+        return cached
+    model, tok = load_score_model(scorer, expected_type="cost" if score_stage == "cost_model" else "reward",
+                                  trust_remote_code=ctx.recipe.trust_remote_code)
+    values: dict[str, list[list[float]]] = {}
+    for name, (sel, feats) in zip(("train", "eval"), splits, strict=True):
+        if not feats:
+            continue
+        pairs = [sel.pairs[f["pair_index"]] for f in feats]
+        chosen = [seen_answer(tokenizer, f, "chosen", p.chosen) for f, p in zip(feats, pairs, strict=True)]
+        rejected = [seen_answer(tokenizer, f, "rejected", p.rejected) for f, p in zip(feats, pairs, strict=True)]
+        values[name] = list(score_pairs(model, tok, [p.prompt for p in pairs], chosen, rejected, batch_size=32,
+                                        template=template))
+    del model
+    gc.collect()  # the score model leaves memory before the policy arrives
+    cached = {"score_model_fingerprint": score_fingerprint, "values": values, "answers": "as-encoded"}
+    atomic_write_json(cache_file, cached)
+    return cached
 
 
 def seen_answer(tokenizer, feature: dict, side: str, text: str) -> str:
@@ -243,10 +248,7 @@ def make_dpo_loss(beta: float, reference):
 
 def save_adapter(model, out: Path, probe_batch: dict, meta: dict) -> None:
     """PEFT folder + midpo.json; loaded back as a second adapter on the same base and compared."""
-    model.eval()
-    probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        reference = model(**probe).logits.float()
+    logits = logits_on({k: probe_batch[k] for k in ("input_ids", "attention_mask")})
 
     def save_fn(path):
         model.save_pretrained(path, safe_serialization=True)
@@ -264,13 +266,12 @@ def save_adapter(model, out: Path, probe_batch: dict, meta: dict) -> None:
     def probe_fn(loaded):
         loaded.set_adapter("verify")
         try:
-            with torch.no_grad():
-                return loaded(**probe).logits.float()
+            return logits(loaded)
         finally:
             loaded.set_adapter("default")
             loaded.delete_adapter("verify")
 
-    save_verified(save_fn, out, load_fn=load_fn, probe_fn=probe_fn, reference=reference)
+    save_checked(model, out, save_fn=save_fn, load_fn=load_fn, forward=logits, probe_fn=probe_fn)
 
 
 def live_parameters() -> dict[str, int]:

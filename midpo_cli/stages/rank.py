@@ -28,16 +28,15 @@ from collections import Counter
 from typing import Any
 
 from midpo_cli import console
-from midpo_cli.data.filters import select_pairs
+from midpo_cli.data.filters import both_labelled_safe, harmful_from_labels, label_winner, select_pairs
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.data.schema import parse_field, parse_optional
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, write_jsonl
 from midpo_cli.manifest import write_manifest
-from midpo_cli.modeling.score_model import load_score_model, score_texts
-from midpo_cli.stages.common import model_ref, stage_template
-from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.score_models import require_audit
+from midpo_cli.modeling.score_model import load_score_model, score_pairs
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import model_ref, require_audit, stage_template
 
 
 def run(ctx: StageContext) -> None:
@@ -49,11 +48,10 @@ def run(ctx: StageContext) -> None:
     for key, stage, kind in (("reward", "reward_model", "reward"), ("cost", "cost_model", "cost")):
         model, tokenizer = load_score_model(model_ref(ctx, stage), expected_type=kind,
                                             trust_remote_code=recipe.trust_remote_code)
-        prompts = [r["prompt"] for r in rows] * 2
-        answers = [r["response_0"] for r in rows] + [r["response_1"] for r in rows]
-        scores = score_texts(model, tokenizer, prompts, answers, batch_size=cfg.batch_size,
-                             template=template)
-        for r, s0, s1 in zip(rows, scores[: len(rows)], scores[len(rows):], strict=True):
+        scores_0, scores_1 = score_pairs(model, tokenizer, [r["prompt"] for r in rows],
+                                         [r["response_0"] for r in rows], [r["response_1"] for r in rows],
+                                         batch_size=cfg.batch_size, template=template)
+        for r, s0, s1 in zip(rows, scores_0, scores_1, strict=True):
             r[f"{key}_0"], r[f"{key}_1"] = s0, s1
         del model
         gc.collect()
@@ -101,16 +99,6 @@ def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
     return rows, valid
 
 
-def harmful_from_labels(is_harmful: Any, safe_a: bool | None, safe_b: bool | None) -> bool | None:
-    """A prompt's kind from labels: the data's `is_harmful` when present, else "some answer is labelled unsafe"
-    (PKU-SafeRLHF's convention); None when the data says neither. One rule for rank and the router's checks."""
-    if is_harmful is not None:
-        return bool(is_harmful)
-    if safe_a is not None and safe_b is not None:
-        return not (safe_a and safe_b)
-    return None
-
-
 def prompt_is_harmful(r: dict[str, Any]) -> bool:
     """The prompt's kind, for balancing: `harmful_from_labels`, else "some answer is predicted unsafe by the
     cost model" (cost > 0)."""
@@ -131,7 +119,7 @@ def _winner_by_models(r: dict[str, Any]) -> int | None:
 def _winner_by_labels(r: dict[str, Any]) -> int | None:
     if r["_safer"] is None:
         raise InputError("rank: this rule needs safer_response_id in the data; use stages.rank.by: models")
-    return r["_better"] if r["_better"] == r["_safer"] else None
+    return label_winner(r["_better"], r["_safer"])
 
 
 def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tuple[dict, int]], dict[str, int]]:
@@ -145,7 +133,7 @@ def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tu
     elif rule == "labels":  # the paper: both labelled safe, safer == better
         if any(r["_safe_0"] is None or r["_safe_1"] is None for r in rows):
             raise InputError("rank: rule 'labels' needs is_response_0_safe/is_response_1_safe in the data")
-        kept = [r for r in rows if r["_safe_0"] and r["_safe_1"]]
+        kept = [r for r in rows if both_labelled_safe(r["_safe_0"], r["_safe_1"])]
         steps["both_labelled_safe"] = len(kept)
         winners = [(r, _winner_by_labels(r)) for r in kept]
         steps["safer_equals_better"] = sum(w is not None for _, w in winners)

@@ -11,22 +11,27 @@ from __future__ import annotations
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.filters import select_pairs
+from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
-from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
+from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.gate_stats import collapse_warnings, separation
 from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter
 from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
-from midpo_cli.stages.common import engine_settings, policy_ref, stage_template, tokenizer_ref
-from midpo_cli.stages.context import StageContext
-from midpo_cli.stages.dpo import RefLogpCache, concatenated_logps, fill_ref_logps
-from midpo_cli.stages.expert import ref_namespace
-from midpo_cli.stages.rank import harmful_from_labels
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import (
+    encoded_pairs,
+    engine_settings,
+    policy_ref,
+    ref_cache,
+    stage_template,
+    tokenizer_ref,
+)
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -37,11 +42,13 @@ def run(ctx: StageContext) -> None:
     if settings.activation_checkpointing:  # a recomputed forward would record every layer's gates twice
         console.warn("router: activation_checkpointing is not supported for the router (its gates are recorded "
                      "during the forward); training without it")
-        settings.activation_checkpointing = False
+        settings = settings.model_copy(update={"activation_checkpointing": False})
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)  # `auto` in data.template resolves to this same tokenizer's
-    selection, train_feats = router_data(ctx, tokenizer, template)
+    # the router trains on rank's D_dual, always: choosing the pairs is part of the method (stages.rank.rule)
+    selection, train_feats = encoded_pairs(str(ctx.input_path("rank", "dual")), "router", tokenizer, template,
+                                           recipe.data.max_length, stage="router")
 
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
@@ -63,10 +70,8 @@ def run(ctx: StageContext) -> None:
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
-    cache = RefLogpCache(ctx.run_dir / "cache", ref_namespace(ctx, recipe, template))
-    computed = fill_ref_logps(model, train_feats, selection.pairs, collate, cache,
-                              batch_size=settings.batch_size * 2, reference=model.routing_disabled)
-    console.log(f"router: reference log-probs: {len(train_feats) - computed} cached, {computed} computed")
+    train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
+                                  batch_size=settings.batch_size * 2, reference=model.routing_disabled, stage="router")
 
     loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
@@ -91,15 +96,6 @@ def run(ctx: StageContext) -> None:
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
                     "router": router_settings.to_dict()}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
-
-
-def router_data(ctx: StageContext, tokenizer, template: str):
-    """The router trains on rank's D_dual, always: choosing the pairs is part of the method (stages.rank.rule)."""
-    recipe = ctx.recipe
-    selection = select_pairs(load_rows(str(ctx.input_path("rank", "dual"))), "router")
-    feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
-    console.log(f"router: {selection.counts}; encoding dropped {drops}; {len(feats)} pairs")
-    return selection, feats
 
 
 def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
@@ -156,8 +152,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def prompt_kwargs(model, batch) -> dict:
     """`prompt_mask` for routers that read the prompt (granularity prompt, input token+prompt)."""
-    module = getattr(model, "module", model)  # the DeepSpeed engine wraps the MidpoModel
-    if not module.state.needs_prompt:
+    if not model.state.needs_prompt:
         return {}
     return {"prompt_mask": batch["attention_mask"].bool() & ~batch["response_mask"].bool()}
 
@@ -198,18 +193,9 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
 
 def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_batch: dict,
                 template: str | None = None) -> None:
-    model.eval()
     probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
     probe.update(prompt_kwargs(model, probe_batch))
-    with torch.no_grad():
-        reference = model(**probe).logits.float()
-
-    def probe_fn(loaded):
-        with torch.no_grad():
-            return loaded(**probe).logits.float()
-
-    save_verified(
-        lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
-                                safety_adapter=str(safety_dir),
-                                helpfulness_adapter=str(help_dir)),
-        out, load_fn=lambda path: load_midpo(path)[0], probe_fn=probe_fn, reference=reference)
+    save_checked(model, out,
+                 save_fn=lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
+                                                 safety_adapter=str(safety_dir), helpfulness_adapter=str(help_dir)),
+                 load_fn=lambda path: load_midpo(path)[0], forward=logits_on(probe))

@@ -187,7 +187,7 @@ def toy_outcome_for(prompt_set: str) -> Callable[[dict[str, Any]], float] | None
 def run(ctx: Any) -> None:
     """The pipeline's score stage: the generate stage's answers, the run's reward and cost models."""
     from midpo_cli.manifest import write_manifest
-    from midpo_cli.stages.common import model_ref
+    from midpo_cli.pipeline.inputs import model_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.score
     maps = ctx.inputs.get("generate", {}).get("outputs", {}).get("gate_maps")
@@ -257,19 +257,3 @@ def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 TOY_SETS = ("eval-prompts", "eval-harmful", "eval-benign", "traps")
 
-
-def print_toy_table(toy: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="toy world (ground-truth judge)")
-    for col in ("model", "prompts", "harmful-safe", "benign-helpful", "toy score", "exact", "g_s harm", "g_s benign"):
-        table.add_column(col)
-
-    def f(v: Any) -> str:
-        return "—" if v is None else f"{v:.2f}"
-
-    for e in toy:
-        table.add_row(e["model"], e["prompt_set"], f(e["harmful_safe"]), f(e["benign_helpful"]), f(e["toy_score"]),
-                      f(e["exact_template_rate"]), f(e["gate_safety_harmful"]), f(e["gate_safety_benign"]))
-    if not console.quiet():
-        console.err.print(table)

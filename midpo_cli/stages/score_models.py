@@ -14,15 +14,14 @@ import torch
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import load_rows
-from midpo_cli.data.tokenize import collate_pairs, encode_pairs
-from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.data.tokenize import collate_pairs, with_columns
+from midpo_cli.engine.artifacts import save_checked
 from midpo_cli.engine.loop import train
-from midpo_cli.errors import GateError
 from midpo_cli.losses import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
-from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_texts
-from midpo_cli.stages.common import engine_settings, model_ref, stage_template
-from midpo_cli.stages.context import StageContext
+from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_pairs
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import encoded_pairs, engine_settings, model_ref, stage_template
 
 KINDS = {"reward_model": "reward", "cost_model": "cost"}
 AUDIT_MAX_PAIRS = 2000
@@ -93,34 +92,25 @@ def _train(ctx: StageContext, stage: str, score_type: str, template: str):
 
 
 def _pair_features(recipe, stage: str, tokenizer, template: str) -> tuple[list[dict], list[dict]]:
+    """Train and eval features of the stage's pairs, each with both answers' safe labels (the cost model's signs)."""
     out = []
     for spec in (recipe.data.train, recipe.data.eval):
         if not spec:
             out.append([])
             continue
-        selection = select_pairs(load_rows(spec, columns=recipe.data.columns), stage)
-        feats, drops = encode_pairs(selection.pairs, tokenizer, template, recipe.data.max_length)
-        for f in feats:
-            pair = selection.pairs[f["pair_index"]]
-            f["chosen_safe"] = float(bool(pair.chosen_safe))
-            f["rejected_safe"] = float(bool(pair.rejected_safe))
-        console.log(f"{stage}: {spec}: {selection.counts} → {len(feats)} encoded ({drops})")
-        out.append(feats)
+        selection, feats = encoded_pairs(spec, stage, tokenizer, template, recipe.data.max_length,
+                                         columns=recipe.data.columns, stage=stage)
+        pairs = [selection.pairs[f["pair_index"]] for f in feats]
+        out.append(with_columns(feats, chosen_safe=[float(bool(p.chosen_safe)) for p in pairs],
+                                rejected_safe=[float(bool(p.rejected_safe)) for p in pairs]))
     return out[0], out[1]
 
 
 def _save(model, tokenizer, out, score_type: str) -> None:
-    model.eval()
     probe = tokenizer(["BEGINNING OF CONVERSATION: USER: hi ASSISTANT: hello"], return_tensors="pt")
-    with torch.no_grad():
-        reference = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])[1].float()
-
-    def probe_fn(loaded):
-        with torch.no_grad():
-            return loaded(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])[1].float()
-
-    save_verified(lambda path: save_score_model(model, tokenizer, path, score_type=score_type), out,
-                  load_fn=lambda path: load_score_model(path)[0], probe_fn=probe_fn, reference=reference)
+    save_checked(model, out, save_fn=lambda path: save_score_model(model, tokenizer, path, score_type=score_type),
+                 load_fn=lambda path: load_score_model(path)[0],
+                 forward=lambda m: m(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])[1].float())
 
 
 def audit_score_model(model, tokenizer, recipe, score_type: str, template: str | None = None) -> dict[str, Any]:
@@ -128,10 +118,9 @@ def audit_score_model(model, tokenizer, recipe, score_type: str, template: str |
     spec = recipe.data.eval or recipe.data.train
     stage = "reward_model" if score_type == "reward" else "cost_model"
     pairs = select_pairs(load_rows(spec, columns=recipe.data.columns), stage).pairs[:AUDIT_MAX_PAIRS]
-    prompts = [p.prompt for p in pairs] * 2
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    scores = torch.tensor(score_texts(model, tokenizer, prompts, answers, batch_size=32,
-                                      template=template or recipe.data.template), dtype=torch.float64)
+    by_side = score_pairs(model, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs],
+                          [p.rejected for p in pairs], batch_size=32, template=template or recipe.data.template)
+    scores = torch.tensor(by_side[0] + by_side[1], dtype=torch.float64)  # chosen answers, then rejected ones
     n = len(pairs)
     chosen, rejected = scores[:n], scores[n:]
     out: dict[str, Any] = {"eval_pairs": n, "source": spec}
@@ -158,21 +147,3 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     greater = (pos[:, None] > neg[None, :]).double().mean()
     ties = (pos[:, None] == neg[None, :]).double().mean()
     return float(greater + 0.5 * ties)
-
-
-def require_audit(ctx: StageContext, stage: str) -> None:
-    """Refuse to use a score model whose audit fell below min_accuracy (recipe key)."""
-    manifest = ctx.inputs.get(stage) or {}
-    audit = manifest.get("audit") or {}
-    floor = getattr(ctx.recipe.stages, stage).min_accuracy
-    checks = {"pair_accuracy": audit.get("pair_accuracy")}
-    if stage == "cost_model":
-        checks["sign_accuracy"] = audit.get("sign_accuracy")
-    for name, value in checks.items():
-        if value is None:
-            raise GateError(f"{stage} ({manifest.get('outputs', {}).get('model')}) has no audit {name}; re-run it")
-        if value < floor:
-            raise GateError(
-                f"{stage} ({manifest.get('outputs', {}).get('model')}) {name} = {value:.3f} on the eval split is "
-                f"below stages.{stage}.min_accuracy = {floor}; train it longer, fix the data, or lower the floor"
-            )

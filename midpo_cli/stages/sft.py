@@ -14,15 +14,15 @@ from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.data.tokenize import collate_sft, encode_sft
-from midpo_cli.engine.artifacts import save_verified
+from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
 from midpo_cli.losses import answer_nll
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.answer_logps import answer_logps
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.stages.common import engine_settings, stage_template, tokenizer_ref
-from midpo_cli.stages.context import StageContext
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.inputs import engine_settings, stage_template, tokenizer_ref
 
 EVAL_FRACTION = 0.05
 EVAL_MAX_ROWS = 300
@@ -109,20 +109,11 @@ def save_causal_lm(model, tokenizer, out, probe_batch: dict) -> None:
     """save_pretrained into a temp folder, reload, compare probe logits, then rename into place."""
     from transformers import AutoModelForCausalLM
 
-    model.eval()
     probe = {k: v for k, v in probe_batch.items() if k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        reference = model(**probe).logits.float()
 
     def save_fn(path):
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
 
-    def load_fn(path):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-
-    def probe_fn(loaded):
-        with torch.no_grad():
-            return loaded(**probe).logits.float()
-
-    save_verified(save_fn, out, load_fn=load_fn, probe_fn=probe_fn, reference=reference)
+    save_checked(model, out, save_fn=save_fn, forward=logits_on(probe),
+                 load_fn=lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))

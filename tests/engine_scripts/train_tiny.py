@@ -37,7 +37,7 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = EngineSettings(max_steps=args.steps, batch_size=4, grad_accum=2, lr=1e-2, log_every=1,
-                              zero_stage=args.zero, checkpoint_every=args.checkpoint_every, seed=3)
+                              zero_stage=args.zero, checkpoint={"every_steps": args.checkpoint_every}, seed=3)
 
     def slow_loss(model, batch):
         time.sleep(args.sleep)

@@ -18,8 +18,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.recipe import TRAINING_STAGES, Recipe
 
 FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
-PAIR_DATA_STAGE = {"reward_model": "reward_model", "cost_model": "cost_model", "safety_expert": "safety_expert",
-                   "helpfulness_expert": "helpfulness_expert", "dpo_expert": "dpo", "rank": "reward_model"}
+PAIR_READERS = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo_expert", "rank")
 SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval loss
 
 
@@ -156,9 +155,9 @@ def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
         return specs
     if stage in ("reward_model", "cost_model") and getattr(recipe.stages, stage).use:
         return {"data.eval": data.eval} if data.eval else {"data.train": data.train}
-    if stage in PAIR_DATA_STAGE or stage in ("safety_expert", "helpfulness_expert"):
+    if stage in PAIR_READERS:
         specs["data.train"] = data.train
-    if data.eval and stage in (*PAIR_DATA_STAGE, "router"):
+    if data.eval and stage in (*PAIR_READERS, "router"):
         specs["data.eval"] = data.eval
     return specs
 
@@ -174,7 +173,7 @@ def _is_local(spec: str) -> bool:
 
 def check_data(recipe: Recipe, stage: str) -> None:
     """Read each local dataset the stage uses: it exists, parses, has the columns, and fills one step."""
-    from midpo_cli.data.filters import select_pairs
+    from midpo_cli.data.filters import pair_filter, select_pairs
     from midpo_cli.data.readers import load_rows
 
     for n, (key, spec) in enumerate(data_specs(recipe, stage).items()):
@@ -185,12 +184,8 @@ def check_data(recipe: Recipe, stage: str) -> None:
             if stage == "sft":
                 rows = _sft_rows(recipe, table)
             else:
-                data_stage = PAIR_DATA_STAGE.get(stage, "reward_model")
-                if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
-                    data_stage = "dpo"
-                if stage == "safety_expert" and recipe.stages.safety_expert.loss == "dpo":
-                    data_stage = "dpo"
-                rows = len(select_pairs(table, data_stage).pairs)
+                loss = getattr(getattr(recipe.stages, stage), "loss", None)
+                rows = len(select_pairs(table, pair_filter(stage, loss)).pairs)
         except InputError as exc:
             raise InputError(f"{key}: {exc}") from None
         if n == 0 and stage in TRAINING_STAGES and stage != "router" and not _uses_existing(recipe, stage):

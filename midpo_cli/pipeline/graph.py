@@ -1,4 +1,6 @@
-"""The stage graph and what each stage's fingerprint covers (no torch: `pipeline plan` uses it).
+"""The stage graph, what each stage's fingerprint covers, and whether a stage is done (no torch:
+`pipeline plan` uses it). `stage_plans` is the one place that computes fingerprints and statuses for the
+pipeline, `pipeline plan` and a standalone stage command alike.
 
 Why each edge exists: the reward and cost models start from the SFT policy's backbone; each
 expert needs its score model for margins; rank needs both score models; the router mixes both
@@ -8,11 +10,12 @@ answers and both score models.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
-from midpo_cli.recipe import OPTIONAL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
+from midpo_cli.recipe import ALL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
     "sft": (),
@@ -26,7 +29,6 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "score": ("generate", "reward_model", "cost_model"),
     "dpo_expert": ("sft",),  # the plain-DPO baseline: margin 0, so no score model
 }
-ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -80,8 +82,14 @@ def select_stages(
 
 
 def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[str, Any] | None]) -> str:
+    """The fingerprint the recipe asks of `stage`, given its inputs' manifests (by stage name)."""
     inputs = {dep: manifests.get(dep) for dep in dependencies(recipe, stage)}
     return stage_fingerprint(stage, stage_config(recipe, stage), inputs)
+
+
+def is_done(manifest: dict[str, Any] | None, fingerprint: str) -> bool:
+    """A stage is done when its folder's manifest (written last) carries the fingerprint wanted now."""
+    return bool(manifest) and manifest.get("fingerprint") == fingerprint
 
 
 def resumable(folder: Path, fingerprint: str) -> bool:
@@ -91,30 +99,47 @@ def resumable(folder: Path, fingerprint: str) -> bool:
     return same and (folder / "checkpoints" / "latest").exists()
 
 
-def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[dict[str, Any]]:
-    """Each stage's status — done / will run / will resume / blocked — and why, from manifests only.
+@dataclass
+class StagePlan:
+    """One selected stage: its status — done / will run / will resume / blocked — and why."""
+
+    stage: str
+    status: str
+    why: str
+    depends_on: list[str]
+    fingerprint: str  # what the recipe asks for now
+    manifest: dict[str, Any] | None  # the finished result in the stage folder, if any
+    missing: list[str]  # dependencies neither selected nor done (status blocked)
+
+    def row(self) -> dict[str, Any]:
+        """What `midpo pipeline plan` shows (and prints with --json)."""
+        return {"stage": self.stage, "status": self.status, "why": self.why, "depends_on": self.depends_on,
+                "fingerprint": self.fingerprint}
+
+
+def stage_plans(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[StagePlan]:
+    """The plan of each selected stage, in pipeline order, from manifests only.
 
     A stage that will re-run changes its fingerprint, so everything downstream re-runs too; the
     walk goes in dependency order and feeds each stage's *would-be* fingerprint forward.
     """
     force = force or set()
-    run_dir = Path(recipe.run_dir)
     manifests: dict[str, dict[str, Any] | None] = {}
-    rows = []
+    plans = []
     for stage in ALL_STAGES:
-        folder = stage_dir(run_dir, stage)
+        folder = stage_dir(recipe.run_dir, stage)
         current = read_manifest(folder)
+        if stage not in stages:
+            manifests[stage] = current
+            continue
         want = expected_fingerprint(recipe, stage, manifests)
         deps = dependencies(recipe, stage)
         missing = [d for d in deps if manifests.get(d) is None and d not in stages]
-        if stage not in stages:
-            manifests[stage] = current if current and current.get("fingerprint") == want else current
-            continue
         if missing:
             status, why = "blocked", f"needs {', '.join(missing)} (not selected and not done)"
         elif stage in force:
             status, why = "will run", "forced"
-        elif current and current.get("fingerprint") == want:
+        elif is_done(current, want):
             status, why = "done", f"finished {current.get('finished_at', '?')}"
         elif resumable(folder, want):
             status, why = "will resume", "checkpoint of these settings found"
@@ -123,5 +148,10 @@ def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> li
         else:
             status, why = "will run", "not run yet"
         manifests[stage] = current if status == "done" else {"fingerprint": want}
-        rows.append({"stage": stage, "status": status, "why": why, "depends_on": list(deps), "fingerprint": want})
-    return rows
+        plans.append(StagePlan(stage, status, why, list(deps), want, current, missing))
+    return plans
+
+
+def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[dict[str, Any]]:
+    """`stage_plans` as rows: stage, status, why, depends_on, fingerprint."""
+    return [p.row() for p in stage_plans(recipe, stages, force)]

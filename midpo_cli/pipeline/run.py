@@ -1,44 +1,58 @@
-"""`midpo pipeline run`: every stage in dependency order, skipping what is done, under a run-dir lock."""
+"""Run stages: `midpo pipeline run` (every selected stage in dependency order, skipping what is done, under
+a run-dir lock) and each stage command (`run_stage`, one stage, the same code path).
+
+This module imports each stage's module only when that stage runs (`runner`), so planning, locking and
+`midpo --help` never import torch; the stage modules import `pipeline.context` and `pipeline.inputs`,
+never this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.manifest import read_manifest, stage_dir
-from midpo_cli.recipe import OPTIONAL_STAGES, STAGE_ORDER, Recipe
-from midpo_cli.stages.context import abandon_folder, finish_folder, make_context
-from midpo_cli.stages.graph import dependencies, expected_fingerprint
+from midpo_cli.manifest import read_manifest
+from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context
+from midpo_cli.pipeline.graph import is_done, stage_plans
+from midpo_cli.recipe import Recipe
 
-# Stage name → "module:function"; imported only when the stage runs (keeps `plan` torch-free).
-RUNNERS = {
-    "sft": "midpo_cli.stages.sft:run",
-    "reward_model": "midpo_cli.stages.score_models:run_reward_model",
-    "cost_model": "midpo_cli.stages.score_models:run_cost_model",
-    "safety_expert": "midpo_cli.stages.expert:run_safety_expert",
-    "helpfulness_expert": "midpo_cli.stages.expert:run_helpfulness_expert",
-    "rank": "midpo_cli.stages.rank:run",
-    "router": "midpo_cli.stages.router:run",
-    "generate": "midpo_cli.stages.generate:run",
-    "score": "midpo_cli.stages.score:run",
-    "dpo_expert": "midpo_cli.stages.expert:run_dpo_expert",
-}
 LOCK = ".midpo.lock"
-ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 
 
-def runner(stage: str):
-    module, _, func = RUNNERS[stage].partition(":")
-    return getattr(importlib.import_module(module), func)
+def runner(stage: str) -> Callable[[StageContext], None]:
+    """The function that runs `stage`; its module, and torch with it, is imported only now."""
+    match stage:
+        case "sft":
+            from midpo_cli.stages.sft import run
+        case "reward_model":
+            from midpo_cli.stages.score_models import run_reward_model as run
+        case "cost_model":
+            from midpo_cli.stages.score_models import run_cost_model as run
+        case "safety_expert":
+            from midpo_cli.stages.expert import run_safety_expert as run
+        case "helpfulness_expert":
+            from midpo_cli.stages.expert import run_helpfulness_expert as run
+        case "dpo_expert":
+            from midpo_cli.stages.expert import run_dpo_expert as run
+        case "rank":
+            from midpo_cli.stages.rank import run
+        case "router":
+            from midpo_cli.stages.router import run
+        case "generate":
+            from midpo_cli.stages.generate import run
+        case "score":
+            from midpo_cli.stages.score import run
+        case _:
+            raise KeyError(stage)
+    return run
 
 
 def _pid_alive(pid: int) -> bool:
@@ -55,7 +69,7 @@ def _pid_alive(pid: int) -> bool:
 def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Path]:
     """One writing command per run dir (`pipeline run`, `train-*`, `rank`); a lock left by a dead process on
     this host is taken over. Without it a standalone stage command could wipe a running pipeline's stage."""
-    from midpo_cli.stages.preflight import check_run_dir
+    from midpo_cli.pipeline.preflight import check_run_dir
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
@@ -90,15 +104,15 @@ def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Pat
         path.unlink(missing_ok=True)
 
 
-def run_stage(recipe: Recipe, stage: str, *, resume: bool) -> dict[str, Any]:
+def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | None = None) -> dict[str, Any]:
     """Check, prepare and run one stage (the caller holds the lock); returns its manifest.
 
     A failure with nothing to resume from gives the stage folder its previous finished result back;
     success drops that backup.
     """
-    ctx = make_context(recipe, stage, resume=resume)
+    ctx = make_context(recipe, stage, resume=resume, fingerprint=fingerprint)
     restored = read_manifest(ctx.folder)
-    if resume and restored and restored.get("fingerprint") == ctx.fingerprint:
+    if resume and is_done(restored, ctx.fingerprint):
         return restored  # settings changed back: prepare_folder restored the finished result from .previous
     try:
         runner(stage)(ctx)
@@ -116,37 +130,29 @@ def run_pipeline(
     recipe: Recipe, *, stages: list[str], force: set[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run the selected stages; return one row per stage: stage, action (skipped/ran), wall_s, metrics."""
-    from midpo_cli.stages.graph import plan
-    from midpo_cli.stages.preflight import preflight
+    from midpo_cli.pipeline.preflight import preflight
 
     force = force or set()
     summary = []
     with run_lock(recipe.run_dir):
-        for row in plan(recipe, stages, force):  # bad data or settings fail now, not after hours of earlier stages
-            if row["status"] != "done":
-                preflight(recipe, row["stage"])
-        manifests: dict[str, dict[str, Any] | None] = {}
-        for stage in ALL_STAGES:
-            folder = stage_dir(recipe.run_dir, stage)
-            current = read_manifest(folder)
-            if stage not in stages:
-                manifests[stage] = current
-                continue
-            want = expected_fingerprint(recipe, stage, manifests)
-            if stage not in force and current and current.get("fingerprint") == want:
-                console.log(f"[dim]⏭  {stage}: done (fingerprint {want}), skipped[/dim]", markup=True)
-                manifests[stage] = current
+        plans = stage_plans(recipe, stages, force)
+        for step in plans:  # bad data or settings fail now, not after hours of earlier stages
+            if step.status != "done":
+                preflight(recipe, step.stage)
+        for step in plans:
+            stage = step.stage
+            if step.status == "done":
+                console.log(f"[dim]⏭  {stage}: done (fingerprint {step.fingerprint}), skipped[/dim]", markup=True)
                 summary.append({"stage": stage, "action": "skipped", "wall_s": 0.0,
-                                "metrics": current.get("metrics", {})})
+                                "metrics": step.manifest.get("metrics", {})})
                 continue
-            missing = [d for d in dependencies(recipe, stage) if not manifests.get(d)]
-            if missing:
-                raise InputError(f"stage {stage!r} needs {', '.join(missing)}: include them or run them first")
+            if step.missing:
+                raise InputError(f"stage {stage!r} needs {', '.join(step.missing)}: include them or run them first")
             console.log(f"[bold cyan]▶ {stage}[/bold cyan]", markup=True)
             t0 = time.time()
-            manifests[stage] = run_stage(recipe, stage, resume=stage not in force)
+            manifest = run_stage(recipe, stage, resume=stage not in force, fingerprint=step.fingerprint)
             wall = time.time() - t0
             console.log(f"[green]✔ {stage}[/green] in {wall:.0f}s", markup=True)
             summary.append({"stage": stage, "action": "ran", "wall_s": round(wall, 1),
-                            "metrics": manifests[stage].get("metrics", {})})
+                            "metrics": manifest.get("metrics", {})})
     return summary

@@ -16,8 +16,8 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
+from midpo_cli.pipeline.graph import dependencies, stage_plans
 from midpo_cli.recipe import Recipe
-from midpo_cli.stages.graph import dependencies, expected_fingerprint
 
 FINGERPRINT_FILE = ".fingerprint"
 PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
@@ -31,7 +31,6 @@ class StageContext:
     inputs: dict[str, dict[str, Any]]
     fingerprint: str
     resume: bool = True
-    debug_hooks: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)  # when the stage began: the manifest's wall_s
 
     @property
@@ -72,13 +71,14 @@ def upstream_manifests(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def make_context(recipe: Recipe, stage: str, *, resume: bool = True) -> StageContext:
+def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint: str | None = None) -> StageContext:
     """Validate everything that can be checked without a model, then prepare the stage folder.
 
+    `fingerprint` is the one the pipeline's plan computed; a standalone stage command plans this stage alone.
     Nothing in the folder changes until every check passed. A changed fingerprint (or a forced run)
     moves a finished result into `<stage>/.previous/` (see `prepare_folder`), never deletes it first.
     """
-    from midpo_cli.stages.preflight import preflight
+    from midpo_cli.pipeline.preflight import preflight
 
     started = time.time()
     inputs = upstream_manifests(recipe, stage)
@@ -89,7 +89,7 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True) -> StageCon
             f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
         )
     preflight(recipe, stage)
-    fingerprint = expected_fingerprint(recipe, stage, inputs)
+    fingerprint = fingerprint or stage_plans(recipe, [stage])[0].fingerprint
     folder = stage_dir(recipe.run_dir, stage)
     prepare_folder(folder, fingerprint, resume=resume)
     return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,

@@ -73,19 +73,21 @@ def fill_ref_logps(
     *,
     batch_size: int,
     reference: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> int:
-    """Set features[i]['ref_chosen_logps'/'ref_rejected_logps'], computing only uncached sequences.
+) -> tuple[list[dict], int]:
+    """(the features with 'ref_chosen_logps'/'ref_rejected_logps' added, how many pairs needed a forward pass).
 
-    `reference()` is a context that turns the model into π_ref (adapter or routing disabled):
-    the same weights, no second copy. Pairs are batched longest first, so each batch pads to
-    similar lengths (the values do not depend on the batch). Returns how many pairs needed a forward pass.
+    Only uncached sequences are computed; the given features are left as they are. `reference()` is a
+    context that turns the model into π_ref (adapter or routing disabled): the same weights, no second copy.
+    Pairs are batched longest first, so each batch pads to similar lengths (the values do not depend on the
+    batch).
     """
+    refs: dict[int, tuple[float, float]] = {}  # id(feature) → (chosen, rejected)
     todo = []
     for f in features:
         pair = pairs[f["pair_index"]]
         kc, kr = sequence_key(pair.prompt, pair.chosen), sequence_key(pair.prompt, pair.rejected)
         if kc in cache.values and kr in cache.values:
-            f["ref_chosen_logps"], f["ref_rejected_logps"] = cache.values[kc], cache.values[kr]
+            refs[id(f)] = cache.values[kc], cache.values[kr]
         else:
             todo.append((f, kc, kr))
     todo.sort(key=lambda item: -max(len(item[0]["chosen_input_ids"]), len(item[0]["rejected_input_ids"])))
@@ -99,12 +101,25 @@ def fill_ref_logps(
                      for k, v in collate([f for f, _, _ in chunk]).items()}
             chosen, rejected = concatenated_logps(model, batch)
             for (f, kc, kr), c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
-                f["ref_chosen_logps"], f["ref_rejected_logps"] = c, r
+                refs[id(f)] = c, r
                 cache.values[kc], cache.values[kr] = c, r
     model.train(was_training)
     if todo:
         cache.save()
-    return len(todo)
+    out = [{**f, "ref_chosen_logps": refs[id(f)][0], "ref_rejected_logps": refs[id(f)][1]} for f in features]
+    return out, len(todo)
+
+
+def reference_logps(model, features: list[dict], selection: Any, collate: Callable[[list], dict],
+                    cache: RefLogpCache, *, batch_size: int, reference: Callable[[], contextlib.AbstractContextManager],
+                    stage: str) -> list[dict]:
+    """`fill_ref_logps` for a stage's split (`selection` holds its pairs): the new features, the counts logged."""
+    if not features:
+        return features
+    features, computed = fill_ref_logps(model, features, selection.pairs, collate, cache, batch_size=batch_size,
+                                        reference=reference)
+    console.log(f"{stage}: reference log-probs: {len(features) - computed} cached, {computed} computed")
+    return features
 
 
 class DpoHealth:

@@ -1,0 +1,109 @@
+"""What a stage reads from its context and the recipe: engine settings, the policy's model and tokenizer names,
+the template, a score model's audit gate, the shared reference log-prob cache, and a dataset's pairs selected
+and encoded for the stage. Shared by the stage modules; imports no stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from midpo_cli import console
+from midpo_cli.engine.settings import EngineSettings
+from midpo_cli.errors import GateError
+from midpo_cli.pipeline.context import StageContext
+from midpo_cli.recipe import Recipe
+
+
+def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
+    """The stage's training settings for the engine, `precision: auto` resolved on this machine's device."""
+    from midpo_cli.modeling.loading import resolve_precision
+
+    precision = resolve_precision(recipe.train_settings(stage).precision)
+    return EngineSettings.from_recipe(recipe, stage, precision=precision)
+
+
+def model_ref(ctx: StageContext, stage: str, key: str = "model") -> str:
+    """An upstream model: a folder in the run dir, or the hub name / path that stage recorded via `use:`."""
+    path = ctx.input_path(stage, key)
+    return str(path) if Path(path).exists() else str(ctx.inputs[stage]["outputs"][key])
+
+
+def policy_ref(ctx: StageContext) -> str:
+    """The base policy every expert, the router and generation start from: the SFT stage's model."""
+    return model_ref(ctx, "sft")
+
+
+def tokenizer_ref(recipe: Recipe, model: str) -> str:
+    return recipe.tokenizer or model
+
+
+def stage_template(ctx: StageContext, tokenizer: Any = None) -> str:
+    """data.template resolved once for this stage from the policy's tokenizer (`auto` → chat or safe-rlhf).
+
+    Every stage resolves from the same tokenizer (the SFT policy's, or the base model's for SFT itself),
+    so they all agree; each records the result in its manifest (`template`), and an upstream stage that
+    recorded another one is warned about, since its model was trained on other text.
+    """
+    from midpo_cli import console
+    from midpo_cli.data.template import resolve_template
+
+    recipe = ctx.recipe
+    recorded = {m["template"] for m in ctx.inputs.values() if m and m.get("template")}
+    if tokenizer is None and recipe.data.template == "auto" and len(recorded) == 1:
+        template = next(iter(recorded))  # resolved upstream from the same policy tokenizer
+    else:
+        if tokenizer is None and recipe.data.template != "safe-rlhf":
+            from midpo_cli.modeling.loading import load_tokenizer
+
+            policy = policy_ref(ctx) if "sft" in ctx.inputs else (recipe.stages.sft.use or recipe.base_model)
+            tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
+        template = resolve_template(recipe.data.template, tokenizer)
+    for stage, manifest in sorted(ctx.inputs.items()):
+        used = (manifest or {}).get("template")
+        if used is not None and used != template:
+            console.warn(f"{ctx.stage}: uses template {template!r} but {stage} was built with {used!r}; "
+                         f"re-run {stage} or set data.template: {used}")
+    return template
+
+
+def require_audit(ctx: StageContext, stage: str) -> None:
+    """Refuse to use a score model whose audit fell below min_accuracy (recipe key)."""
+    manifest = ctx.inputs.get(stage) or {}
+    audit = manifest.get("audit") or {}
+    floor = getattr(ctx.recipe.stages, stage).min_accuracy
+    checks = {"pair_accuracy": audit.get("pair_accuracy")}
+    if stage == "cost_model":
+        checks["sign_accuracy"] = audit.get("sign_accuracy")
+    for name, value in checks.items():
+        if value is None:
+            raise GateError(f"{stage} ({manifest.get('outputs', {}).get('model')}) has no audit {name}; re-run it")
+        if value < floor:
+            raise GateError(
+                f"{stage} ({manifest.get('outputs', {}).get('model')}) {name} = {value:.3f} on the eval split is "
+                f"below stages.{stage}.min_accuracy = {floor}; train it longer, fix the data, or lower the floor"
+            )
+
+
+def ref_cache(ctx: StageContext, template: str):
+    """The reference log-prob cache every expert and the router share: one per (policy, template, max_length)."""
+    from midpo_cli.engine.preference import RefLogpCache
+
+    recipe = ctx.recipe
+    sft = ctx.inputs.get("sft") or {}
+    namespace = {"policy": sft.get("fingerprint") or recipe.base_model, "template": template,
+                 "max_length": recipe.data.max_length}
+    return RefLogpCache(ctx.run_dir / "cache", namespace)
+
+
+def encoded_pairs(spec: str, data_stage: str, tokenizer: Any, template: str, max_length: int, *,
+                  columns: dict[str, str] | None = None, stage: str) -> tuple[Any, list[dict[str, Any]]]:
+    """(selection, features): `spec`'s rows, kept and oriented by `data_stage`'s filter (data/filters.py),
+    encoded for the policy (data/tokenize.py); logged under `stage` with what each step dropped."""
+    from midpo_cli.data.filters import select_pairs
+    from midpo_cli.data.readers import load_rows
+    from midpo_cli.data.tokenize import encode_pairs
+
+    selection = select_pairs(load_rows(spec, columns=columns), data_stage)
+    features, drops = encode_pairs(selection.pairs, tokenizer, template, max_length)
+    console.log(f"{stage}: {spec}: {selection.counts}; encoding dropped {drops}; {len(features)} pairs")
+    return selection, features
