@@ -66,7 +66,7 @@ def concatenated(model, feats, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def prefix_shared(model, feats, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts once (left-padded), then chosen and rejected (interleaved rows) against the repeated KV cache."""
-    from midpo_cli.modeling.answer_logps import answer_logps
+    from midpo_cli.engine.answer_logps import answer_logps
 
     prompts = [f["chosen_input_ids"][:f["chosen_prompt_len"]] for f in feats]
     answers = [a for f in feats for a in (f["chosen_input_ids"][f["chosen_prompt_len"]:],

@@ -16,10 +16,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
+from midpo_cli.engine import answer_logps as answer_logps_module
+from midpo_cli.engine.answer_logps import answer_logps, full_logits_reason
 from midpo_cli.logprobs import chunked_answer_logps, default_chunk_size
 from midpo_cli.losses import answer_nll, sequence_logps, sft_loss
-from midpo_cli.modeling import answer_logps as answer_logps_module
-from midpo_cli.modeling.answer_logps import answer_logps, full_logits_reason
 from midpo_cli.modeling.lora import AdapterWeights, LoraBranch, lora_config
 from midpo_cli.modeling.midpo import RouterSettings, wrap
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from midpo_cli import console
+from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.io import atomic_write_text
-from midpo_cli.modeling.answer_logps import answer_logps
 
 
 def concatenated_logps(model, batch: dict[str, torch.Tensor], **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,12 +14,12 @@ from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.data.tokenize import collate_sft, encode_sft
+from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
 from midpo_cli.losses import answer_nll
 from midpo_cli.manifest import write_manifest
-from midpo_cli.modeling.answer_logps import answer_logps
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.pipeline.context import StageContext
 from midpo_cli.pipeline.inputs import engine_settings, stage_template, tokenizer_ref
