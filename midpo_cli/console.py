@@ -49,6 +49,20 @@ def error(message: str, *, hint: str | None = None) -> None:
         err.print(hint, style="dim", markup=False, highlight=False)
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """Filter/encoding accounting as a line a person reads: "200 of 400 kept (not exactly one safe 200)".
+
+    The dicts keep machine keys (`dropped:not_exactly_one_safe`) for manifests; logs show only the
+    non-zero reasons, in words.
+    """
+    total = next((counts[k] for k in ("rows_in", "pairs_in") if k in counts), None)
+    reasons = [f"{k.removeprefix('dropped:').replace(':', ' ').replace('_', ' ')} {v}" for k, v in counts.items()
+               if v and k not in ("rows_in", "pairs_in", "kept")]
+    kept = counts.get("kept")
+    head = f"{kept} of {total} kept" if kept is not None and total is not None else f"{kept} kept"
+    return head + (f" ({', '.join(reasons)})" if reasons else "")
+
+
 def emit_json(payload: Any) -> None:
     """Machine-readable summary on stdout, one JSON document."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

@@ -559,3 +559,12 @@ def test_templates(byte_tok) -> None:
         format_prompt("hi", "chat", no_chat)
     with pytest.raises(InputError, match="unknown template"):
         format_prompt("hi", "alpaca")
+
+
+def test_counts_read_as_text_with_only_the_reasons_that_happened() -> None:
+    from midpo_cli.console import counts_text
+
+    counts = {"pairs_in": 400, "dropped:malformed": 0, "dropped:not_exactly_one_safe": 150,
+              "truncated:prompt": 3, "kept": 250}
+    assert counts_text(counts) == "250 of 400 kept (not exactly one safe 150, truncated prompt 3)"
+    assert counts_text({"rows_in": 160, "kept": 160}) == "160 of 160 kept"

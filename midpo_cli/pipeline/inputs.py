@@ -105,5 +105,6 @@ def encoded_pairs(spec: str, data_stage: str, tokenizer: Any, template: str, max
 
     selection = select_pairs(load_rows(spec, columns=columns), data_stage)
     features, drops = encode_pairs(selection.pairs, tokenizer, template, max_length)
-    console.log(f"{stage}: {spec}: {selection.counts}; encoding dropped {drops}; {len(features)} pairs")
+    console.log(f"{stage}: {spec}: filter {console.counts_text(selection.counts)}; "
+                f"encoding {console.counts_text(drops)}; {len(features)} pairs")
     return selection, features

@@ -439,8 +439,7 @@ class _progress:
 
 def log_counts(prompt_sets: Sequence[PromptSet]) -> None:
     for s in prompt_sets:
-        dropped = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v and k != "rows_in")
-        console.log(f"prompts {s.name}: {len(s.prompts)} kept" + (f" ({dropped})" if dropped else ""))
+        console.log(f"prompts {s.name}: {console.counts_text({**s.counts, 'kept': len(s.prompts)})}")
 
 
 # ---------------------------------------------------------------------------------------------- pipeline stage

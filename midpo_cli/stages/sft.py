@@ -47,7 +47,8 @@ def run(ctx: StageContext) -> None:
     template = stage_template(ctx, tokenizer)
     train_feats, drops = encode_sft(train_rows, tokenizer, template, recipe.data.max_length)
     eval_feats, _ = encode_sft(eval_rows, tokenizer, template, recipe.data.max_length)
-    console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows, dropped {drops}")
+    console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows; encoding "
+                f"{console.counts_text(drops)}")
 
     model = load_causal_lm(recipe.base_model, dtype=settings.precision, seed=settings.seed,
                            trust_remote_code=recipe.trust_remote_code)
