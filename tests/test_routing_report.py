@@ -240,3 +240,12 @@ def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tm
     assert "…" not in text  # nothing was cut off
     assert "#1 = a_rather_long_router_model_name" in text and "eval-prompts" in text
     assert "Router vs the best fixed blend" in text and "@gates" not in text  # blends: not in the model tables
+
+
+def test_toy_slices_saved_as_files_keep_the_judge_dev_set_included() -> None:
+    """A dev slice written to a file (benchmarks/real_model.py) must still choose the best fixed blend."""
+    from midpo_cli.stages.score import is_toy_set
+
+    for name in ("dev-prompts", "eval-prompts", "traps", "embedded:toy-safety/dev-prompts"):
+        assert is_toy_set(name), name
+    assert not is_toy_set("my-prompts")

@@ -255,5 +255,5 @@ def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-TOY_SETS = ("eval-prompts", "eval-harmful", "eval-benign", "traps")
+TOY_SETS = ("dev-prompts", "eval-prompts", "eval-harmful", "eval-benign", "traps")  # file stems of toy slices
 
