@@ -30,7 +30,9 @@ from midpo_cli.losses import sequence_logps
 # config attributes named like logits that the chunks reproduce (the final soft-cap) or that never touch the
 # output logits (attention soft-cap, MoE router logits); any other one, unless 1, means full logits
 HANDLED_CONFIG = {"final_logit_softcapping", "attn_logit_softcapping", "output_router_logits"}
-_MISMATCHED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()  # failed `_head_mismatch`
+# `_head_mismatch` per causal LM, from its first chunked call: the check is about the head's structure (a
+# custom head, an unannounced logit scale), which training does not change, so it need not run every step
+_HEAD_CHECKED: weakref.WeakKeyDictionary[nn.Module, str | None] = weakref.WeakKeyDictionary()
 _WARNED: set[tuple[str, str]] = set()  # (model class, reason): each fallback is named once per process
 
 
@@ -46,12 +48,13 @@ def answer_logps(model, batch: dict[str, torch.Tensor], *, chunk_size: int | Non
     reason = full_logits_reason(lm)
     if reason is None:
         hidden, logits = _hidden_states(model, lm, batch, forward_kwargs)
-        reason = _head_mismatch(lm, hidden[:, -1], logits[:, -1])
+        if lm not in _HEAD_CHECKED:
+            _HEAD_CHECKED[lm] = _head_mismatch(lm, hidden[:, -1], logits[:, -1])
+        reason = _HEAD_CHECKED[lm]
         if reason is None:
             head = lm.get_output_embeddings()
             return chunked_answer_logps(hidden, head.weight, head.bias, batch["input_ids"], batch["response_mask"],
                                         softcap=_softcap(lm), chunk_size=chunk_size)
-        _MISMATCHED[lm] = reason
     key = (type(model if lm is None else lm).__name__, reason)
     if key not in _WARNED:
         _WARNED.add(key)
@@ -74,8 +77,8 @@ def full_logits_reason(lm: nn.Module | None) -> str | None:
     """Why the chunked path cannot reproduce this model's logits, or None when it can."""
     if lm is None:
         return "not a Hugging Face causal LM with an output embedding"
-    if lm in _MISMATCHED:
-        return _MISMATCHED[lm]
+    if _HEAD_CHECKED.get(lm):
+        return _HEAD_CHECKED[lm]
     head = lm.get_output_embeddings()
     if type(head) is not nn.Linear:
         return f"its output layer is {type(head).__name__}, not a plain torch.nn.Linear"
