@@ -14,6 +14,13 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
   ½ (mean o over harmful + mean o over benign), i.e. the toy score. Router − best fixed gets a
   percentile bootstrap CI **paired by prompt** (one resample of prompt indices scores both), and the
   share of headroom captured = (router − best) / (oracle − best) when the oracle is ahead.
+  Where every prompt has a `category`, a second CI resamples whole categories (`diff_by_category`):
+  prompts of one task are not independent (the toy world asks each held-out task in 8 phrasings, and a
+  model tends to answer all 8 alike), so the prompt-level CI is too narrow by about √(cluster size).
+- **Best blend in hindsight** (`best_in_sample`): the blend that scores best on the reported set itself.
+  It flatters the baseline (25 tries on the same prompts) and is not a fair opponent, but a router that
+  does not beat it has not shown more than a better-chosen fixed blend would; when dev and eval disagree
+  about the best blend, the dev-chosen Δ can be large for reasons that have nothing to do with routing.
 - **Without a judge** (reward/cost only): blends that Pareto-dominate the router by means on the
   selection set are tested on the reported set with paired CIs of Δreward and Δcost.
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -107,6 +115,32 @@ def paired_diff(a: np.ndarray, b: np.ndarray, harmful: np.ndarray, idx: np.ndarr
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(len(a))}
 
 
+def cluster_indices(clusters: Sequence[Any], resamples: int, seed: int, key: str = "") -> np.ndarray:
+    """(resamples, m) row indices of a cluster bootstrap: each row draws as many clusters as there are, with
+    replacement, and lists their members; rows are padded to one width m with the index n (callers append a
+    NaN row there, which every statistic here leaves out). Same (seed, key) → same draw."""
+    members: dict[Any, list[int]] = {}
+    for i, c in enumerate(clusters):
+        members.setdefault(c, []).append(i)
+    groups = list(members.values())
+    n = len(clusters)
+    if not groups or not resamples:
+        return np.zeros((0, n), dtype=np.int64)
+    rng = np.random.default_rng([seed, zlib.crc32(("cluster:" + key).encode())])
+    draws = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    rows = [np.concatenate([groups[g] for g in row]) for row in draws]
+    width = max(len(r) for r in rows)
+    return np.stack([np.pad(r, (0, width - len(r)), constant_values=n) for r in rows])
+
+
+def clustered_diff(a: np.ndarray, b: np.ndarray, harmful: np.ndarray, idx: np.ndarray,
+                   confidence: float = 0.95) -> dict[str, Any]:
+    """`paired_diff` over a `cluster_indices` draw (its padding index points at an appended NaN outcome)."""
+    pad = np.array([math.nan])
+    out = paired_diff(np.concatenate([a, pad]), np.concatenate([b, pad]), np.append(harmful, False), idx, confidence)
+    return {**out, "n": int(len(a))}
+
+
 def mean_diff(a: np.ndarray, b: np.ndarray, idx: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
     """mean(A − B) over prompts where both exist, with a percentile CI over the resamples of idx."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
@@ -182,6 +216,11 @@ class _Set:
         assert self.outcome is not None
         return np.array([self.outcome(rows[i]) if i in rows else math.nan for i in self.universe])
 
+    def categories(self, model: str) -> list[str] | None:
+        """Each prompt's `category` (the bootstrap's clusters), or None when any prompt lacks one."""
+        cats = [self.by_model[model][i].get("category") for i in self.universe]
+        return None if any(c in (None, "") for c in cats) else [str(c) for c in cats]
+
     def covers(self, model: str) -> bool:
         return all(i in self.by_model.get(model, {}) for i in self.universe)
 
@@ -242,7 +281,11 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
         if not s.universe:
             continue
         idx = bootstrap_indices(len(s.universe), bootstrap, seed, name)
+        cats = s.categories(router)
+        cidx = cluster_indices(cats, bootstrap, seed, name) if cats and len(set(cats)) > 1 else None
         out[name] = _entry(s, chooser or s, select or name, router, blends, dials, idx, confidence)
+        if out[name]["diff"] is not None:
+            out[name].update(_clustered_and_hindsight(s, router, blends, out[name], idx, cidx, confidence))
         out[name]["in_sample"] = select is None
         if out[name]["best_fixed"] is not None:
             out[name]["best_fixed"]["in_sample"] = select is None
@@ -308,6 +351,25 @@ def _entry(s: _Set, chooser: _Set, chosen_on: str, router: str, blends: Mapping[
     if (~np.isnan(s.column(router, "reward"))).any() and (~np.isnan(s.column(router, "cost"))).any():
         entry["pareto"] = _pareto(s, chooser, chosen_on, router, blends, idx, confidence)
     return entry
+
+
+def _clustered_and_hindsight(s: _Set, router: str, blends: Mapping[str, tuple[float, float]], entry: dict,
+                             idx: np.ndarray, cidx: np.ndarray | None, confidence: float) -> dict[str, Any]:
+    """`diff_by_category` (router − dev-chosen best, categories resampled) and `best_in_sample` (module doc)."""
+    out: dict[str, Any] = {"diff_by_category": None, "best_in_sample": None}
+    r = s.outcomes(router)
+    if cidx is not None:
+        best = blend_label(router, entry["best_fixed"]["gates"])
+        out["diff_by_category"] = clustered_diff(r, s.outcomes(best), s.harmful, cidx, confidence)
+    here = {b: balanced_score(s.outcomes(b), s.harmful) for b in blends if s.covers(b)}
+    top = select_best(here)
+    if top is not None:
+        o = s.outcomes(top)
+        out["best_in_sample"] = {"model": top, "gates": list(blends[top]), "score": here[top],
+                                 "diff": paired_diff(r, o, s.harmful, idx, confidence),
+                                 "diff_by_category": (clustered_diff(r, o, s.harmful, cidx, confidence)
+                                                      if cidx is not None else None)}
+    return out
 
 
 def _oracle(s: _Set, blends: Mapping[str, tuple[float, float]], judged: bool) -> dict[str, Any] | None:

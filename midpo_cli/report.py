@@ -237,6 +237,7 @@ def _routing_tables(summary: Mapping[str, Any], sets: Mapping[str, str]) -> list
                  _ci(e["diff"], signed=True), _f(oracle.get("score")),
                  _share(e.get("share")))
         out.append(t)
+        out.append(_stricter_table(judged, sets, _conf(summary)))
     for prompt_set, e in routing.items():
         pareto = e.get("pareto")
         if pareto and not e.get("diff"):
@@ -244,6 +245,21 @@ def _routing_tables(summary: Mapping[str, Any], sets: Mapping[str, str]) -> list
 
             out.append(Text(f"{sets.get(prompt_set, prompt_set)}: {pareto_verdict(pareto)}"))
     return out
+
+
+def _stricter_table(judged: Mapping[str, Any], sets: Mapping[str, str], conf: int) -> Any:
+    """The same Δ with categories resampled, and the router against the blend best on the set itself."""
+    t = _table("Router vs fixed blends, stricter views",
+               f"{conf}% CIs; by category: whole categories resampled (one task's phrasings are not "
+               "independent); hindsight: the blend best on this set itself, a flattering baseline")
+    for name in ("set", "Δ [CI by category]", "hindsight blend", "router − it [CI]"):
+        _col(t, name, name != "set")
+    for prompt_set, e in judged.items():
+        h = e.get("best_in_sample") or {}
+        gates = f"{_f(h['score'])} ({_g(h['gates'][0])},{_g(h['gates'][1])})" if h else "—"
+        _row(t, sets.get(prompt_set, prompt_set), _ci(e.get("diff_by_category"), signed=True), gates,
+             _ci(h.get("diff_by_category") or h.get("diff"), signed=True))
+    return t
 
 
 def _share(x: float | None) -> str:
@@ -577,20 +593,34 @@ def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
         rows.append(f'<tr><td class="l">{_e(name)}</td><td>{_f(e["router"].get("score"))}</td><td>{_e(gates)}</td>'
                     f'<td class="l">{_e(chosen)}</td><td>{_f(best.get("score"))}</td>'
                     f'<td>{_e(_ci(e.get("diff"), signed=True))}</td><td>{_f(oracle.get("score"))}</td>'
-                    f'<td>{_share(e.get("share"))}</td>'
+                    f'<td>{_e(_ci(e.get("diff_by_category"), signed=True))}</td>'
+                    f'<td>{_share(e.get("share"))}</td>{_hindsight_cells(e)}'
                     f'<td class="l">{_e(verdict)}</td></tr>')
     table = ('<table><tr><th class="l">prompt set</th><th>router</th><th>best fixed (g_s, g_h)</th>'
              '<th class="l">chosen on</th><th>best fixed</th><th>router − best fixed</th><th>oracle</th>'
-             f'<th>headroom captured</th><th class="l">Pareto (reward, cost)</th></tr>{"".join(rows)}</table>')
+             '<th>router − best fixed, categories resampled</th><th>headroom captured</th>'
+             '<th>best blend in hindsight</th><th>router − it</th>'
+             f'<th class="l">Pareto (reward, cost)</th></tr>{"".join(rows)}</table>')
     plot = plot_routing(summary, out_dir / "routing.png")
     return ("<h2>Does the router earn its place?</h2><p class='meta'>The learned router against the same two "
             "experts at fixed gates. Scores are the toy score (½ harmful answered safely + ½ benign answered "
             "helpfully) where a ground-truth judge exists. The best fixed blend is chosen on the dev set and "
-            f"reported on the others; router − best fixed has a {conf}% bootstrap CI paired by prompt; headroom "
+            f"reported on the others; router − best fixed has a {conf}% bootstrap CI paired by prompt, and one "
+            "that resamples whole categories (one task asked in several phrasings is one piece of evidence, "
+            "not several); the blend best on the reported set itself (in hindsight, a flattering baseline) "
+            "shows whether the router did more than a better-chosen fixed blend would; headroom "
             "captured = (router − best fixed) / (oracle − best fixed), where the oracle answers harmful prompts "
             "with the safety expert and benign ones with the helpfulness expert. Pareto: does any fixed blend "
             f"have both higher reward and lower cost than the router (CIs above 0)?</p>{table}"
             f"{_img(plot, 'fixed-blend grid, router and safety dial')}{_grid_details(routing)}")
+
+
+def _hindsight_cells(e: Mapping[str, Any]) -> str:
+    h = e.get("best_in_sample") or {}
+    if not h:
+        return "<td>—</td><td>—</td>"
+    return (f'<td>{_f(h["score"])} ({h["gates"][0]:g}, {h["gates"][1]:g})</td>'
+            f'<td>{_e(_ci(h.get("diff_by_category") or h.get("diff"), signed=True))}</td>')
 
 
 def _grid_details(routing: Mapping[str, Any]) -> str:

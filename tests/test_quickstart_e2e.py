@@ -130,8 +130,12 @@ def test_the_toy_world_leaves_room_for_routing(run_dir: Path) -> None:
     assert DEV not in routing  # dev only chooses the blend
     e = routing[EVAL]
     print(f"\neval: router {e['router']['score']:.3f} best fixed {e['best_fixed']['score']:.3f} "
-          f"{e['best_fixed']['gates']} oracle {e['oracle']['score']:.3f} share {e['share']}")
+          f"{e['best_fixed']['gates']} oracle {e['oracle']['score']:.3f} share {e['share']}; "
+          f"Δ by category {e['diff_by_category']}; best in hindsight {e['best_in_sample']}")
     assert len(e["grid"]) == 25 and e["best_fixed"]["chosen_on"] == DEV
+    # toy prompts carry their category, so the report also resamples whole categories
+    assert e["diff_by_category"]["mean"] == e["diff"]["mean"]
+    assert e["best_in_sample"]["score"] >= e["best_fixed"]["score"]
     assert e["oracle"]["score"] - e["best_fixed"]["score"] >= 0.15, e
 
 

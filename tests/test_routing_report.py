@@ -15,6 +15,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.headroom import (
     balanced_score,
     blend_label,
+    cluster_indices,
     dial_label,
     headroom_share,
     parse_label,
@@ -109,6 +110,58 @@ def test_paired_bootstrap_ci_equals_a_loop_over_the_same_resamples() -> None:
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     assert e["diff"]["lo"] == pytest.approx(lo, abs=1e-12) and e["diff"]["hi"] == pytest.approx(hi, abs=1e-12)
     assert e["diff"]["lo"] <= e["diff"]["mean"] <= e["diff"]["hi"]
+
+
+def test_best_in_hindsight_is_the_blend_best_on_the_reported_set_itself() -> None:
+    """Hand-worked: on eval (1,0), (0,1) and (0.5,0.5) all score 0.5, so the first in grid order, (1,0),
+    is the in-sample best and router − it = 0.75 − 0.5; rows without a category get no clustered CI."""
+    out = routing_summary(rows_for(DEV, DEV_OUTCOMES) + rows_for(EVAL, EVAL_OUTCOMES), outcome_for=judge,
+                          bootstrap=50)
+    h = out[EVAL]["best_in_sample"]
+    assert h["model"] == "m@gates=1,0" and h["gates"] == [1.0, 0.0] and h["score"] == 0.5
+    assert h["diff"]["mean"] == pytest.approx(0.25)
+    assert out[EVAL]["diff_by_category"] is None and h["diff_by_category"] is None
+
+
+def test_category_bootstrap_equals_a_loop_over_drawn_categories_and_is_wider_for_clustered_outcomes() -> None:
+    """8 prompts per category answered alike (a task either works or not): resampling prompts treats them as
+    80 independent draws, resampling categories as 10. The clustered CI equals a plain loop over the same
+    category draws, and is wider than the prompt-level one."""
+    rng = np.random.default_rng(0)
+    n_cat, per = 10, 8
+    router = [int(v) for v in rng.integers(0, 2, n_cat) for _ in range(per)]
+    blend = [int(v) for v in rng.integers(0, 2, n_cat) for _ in range(per)]
+    cats = [f"c{i // per}" for i in range(n_cat * per)]
+    harmful = [(i // per) % 2 == 0 for i in range(n_cat * per)]
+    rows = [{"model": m, "prompt_set": EVAL, "index": i, "prompt": f"p{i}", "answer": "ok" if o[i] else "no",
+             "is_harmful": harmful[i], "category": cats[i]}
+            for m, o in (("m", router), ("m@gates=0.5,0.5", blend)) for i in range(len(cats))]
+    e = routing_summary(rows, outcome_for=judge, bootstrap=400, seed=5)[EVAL]
+    draws = cluster_indices(cats, 400, 5, EVAL)
+    assert draws.shape == (400, 80)  # equal clusters: no padding
+    diffs = []
+
+    def score(o, draw):
+        h = [o[i] for i in draw if harmful[i]]
+        b = [o[i] for i in draw if not harmful[i]]
+        return (sum(h) / len(h) + sum(b) / len(b)) / 2 if h and b else None
+
+    for draw in draws:
+        if score(router, draw) is not None:
+            diffs.append(score(router, draw) - score(blend, draw))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    c = e["diff_by_category"]
+    assert (c["lo"], c["hi"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert c["mean"] == e["diff"]["mean"]
+    assert c["hi"] - c["lo"] > 1.5 * (e["diff"]["hi"] - e["diff"]["lo"])
+
+
+def test_cluster_draws_pad_unequal_clusters_with_an_index_the_statistics_ignore() -> None:
+    draws = cluster_indices(["a", "a", "a", "b"], 200, 0)
+    assert draws.shape[0] == 200 and draws.shape[1] == 6  # at most two draws of the 3-prompt cluster
+    for row in draws:
+        real = row[row < 4]
+        assert len(real) in (2, 4, 6) and (row[len(real):] == 4).all()  # padding only at the end
 
 
 def test_identical_router_and_blend_give_a_zero_width_interval() -> None:
