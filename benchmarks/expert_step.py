@@ -30,7 +30,9 @@ extra weight copies weigh more as the model grows). `--model DIR` uses a local H
 (weights and tokenizer) as the policy instead, its architecture's default LoRA target, and a cost model
 on its backbone with a fresh head (e.g. Gemma 3 270M: a 262k-token vocabulary, where answer-only log-probs
 matter); everything else is unchanged, still fp32 on the CPU. `--repeat N` runs the variants round-robin N
-times and reports the median wall time (the spread shows how noisy the machine was).
+times and reports the median wall time (the spread shows how noisy the machine was). `--trace` adds each
+midpo variant's phases (LoRA model, margins, reference log-probs, training, save-and-verify) with their
+time and peak RSS, sampled every 50 ms, to find where the peak is.
 
 Wall time is measured around each child process (interpreter start and imports included, for all
 variants alike). Peak RSS is the child's ru_maxrss; "model RSS" subtracts the RSS the child had
@@ -159,7 +161,58 @@ def rss_now() -> int:
     return psutil.Process().memory_info().rss
 
 
-def child_midpo(work: Path, overrides: list[str]) -> dict:
+class PhaseTrace:
+    """Peak RSS per phase of a midpo expert run (`--trace`): a thread samples RSS every 50 ms and the stage's
+    phase functions are wrapped to mark where each begins and ends, so the peak can be pinned to a phase."""
+
+    PHASES = ("lora_policy", "spe_margins", "reference_logps", "train", "save_checked")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self.marks: list[tuple[str, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), rss_now()))
+            self._stop.wait(0.05)
+
+    def install(self) -> None:
+        import functools
+
+        import midpo_cli.stages.expert as expert
+
+        for name in self.PHASES:
+            original = getattr(expert, name)
+
+            @functools.wraps(original)
+            def wrapped(*args, _f=original, _name=name, **kwargs):
+                start = time.perf_counter()
+                self.samples.append((start, rss_now()))
+                try:
+                    return _f(*args, **kwargs)
+                finally:
+                    end = time.perf_counter()
+                    self.samples.append((end, rss_now()))
+                    self.marks.append((_name, start, end))
+
+            setattr(expert, name, wrapped)
+        self._thread.start()
+
+    def table(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join()
+        out = []
+        for name, start, end in self.marks:
+            inside = [r for t, r in self.samples if start <= t <= end] or [0]
+            out.append({"phase": name, "s": round(end - start, 1), "peak_rss_mib": round(max(inside) / 2**20)})
+        return out
+
+
+def child_midpo(work: Path, overrides: list[str], trace: bool = False) -> dict:
     import deepspeed  # noqa: F401  (imported before the baseline RSS, like the others' libraries)
     import peft  # noqa: F401
     import transformers  # noqa: F401
@@ -168,6 +221,9 @@ def child_midpo(work: Path, overrides: list[str]) -> dict:
     from midpo_cli.cli import main
 
     base = rss_now()
+    tracer = PhaseTrace() if trace else None
+    if tracer:
+        tracer.install()
     sets = [arg for item in overrides for arg in ("--set", item)]
     code = main(["--quiet", "train-expert", "--kind", "safety", "--recipe", str(work / "recipe.yaml"), *sets])
     if code != 0:
@@ -175,7 +231,8 @@ def child_midpo(work: Path, overrides: list[str]) -> dict:
     manifest = json.loads((work / "run" / "safety_expert" / "manifest.json").read_text())
     lines = (work / "run" / "safety_expert" / "metrics.jsonl").read_text().splitlines()
     losses = [r["loss"] for r in map(json.loads, lines) if r.get("split") == "train"]
-    return {"baseline_rss": base, "steps": manifest["metrics"]["steps"], "losses": losses}
+    return {"baseline_rss": base, "steps": manifest["metrics"]["steps"], "losses": losses,
+            **({"phases": tracer.table()} if tracer else {})}
 
 
 def encoded_pairs(work: Path, settings: dict):
@@ -312,12 +369,13 @@ def run_child(variant: str, work: Path) -> None:
     import torch
 
     torch.set_num_threads(settings["threads"])
+    trace = settings.get("trace", False)
     if variant == "midpo":
-        result = child_midpo(work, [])
+        result = child_midpo(work, [], trace)
     elif variant == "midpo-dpo":
-        result = child_midpo(work, ["stages.safety_expert.loss=dpo"])
+        result = child_midpo(work, ["stages.safety_expert.loss=dpo"], trace)
     elif variant == "midpo-ckpt":
-        result = child_midpo(work, ["train.activation_checkpointing=true"])
+        result = child_midpo(work, ["train.activation_checkpointing=true"], trace)
     elif variant == "reference":
         result = child_reference(work, settings)
     else:
@@ -352,6 +410,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the variants; medians are reported")
     parser.add_argument("--work", type=Path, help="keep the work folder here (default: a temporary one)")
+    parser.add_argument("--trace", action="store_true", help="midpo variants: peak RSS per phase of the stage")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -366,7 +425,7 @@ def main() -> None:
     settings = {"size": args.size, "model": str(args.model) if args.model else None, "pairs": args.pairs,
                 "epochs": args.epochs, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": 3e-4, "beta": 0.1, "warmup_ratio": 0.03, "seed": 42,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "trace": args.trace}
     with tempfile.TemporaryDirectory(prefix="midpo-expert-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -432,6 +491,10 @@ def report(runs: dict[str, list[dict]], settings: dict) -> str:
                      f"{r['peak_rss'] / 2**20:.0f} | {model_rss:.0f} | {sum(last) / len(last):.3f} | "
                      f"{ratio_t} | {ratio_m} |")
     lines.append("")
+    for name, r in results.items():
+        if r.get("phases"):
+            lines.append(f"- {name} phases (s, peak RSS MiB): " + "; ".join(
+                f"{p['phase']} {p['s']:.0f} s {p['peak_rss_mib']}" for p in r["phases"]))
     for name, r in results.items():
         if "trl_options" in r:
             lines.append(f"- {name}: TRL {r['trl']} with " + ", ".join(f"{k}={v}" for k, v in r["trl_options"].items()))

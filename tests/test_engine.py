@@ -267,6 +267,43 @@ def test_save_verified_round_trip_and_atomic_failure(tmp_path):
     assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == [tmp_path / "ok"]
 
 
+def test_lm_probe_is_small_and_still_catches_a_changed_layer_or_head(tmp_path):
+    """`logits_on`: hidden states at every position + full logits at the last one, (B, T·H + V), not (B, T, V).
+    A reload that differs in one middle-layer weight, or only in lm_head, must still fail verification."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    probe = {"input_ids": torch.randint(0, 97, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    out = artifacts.logits_on(probe)(model)
+    assert out.shape == (2, 7 * 16 + 97)
+    with torch.no_grad():
+        full = model(**probe).logits
+    torch.testing.assert_close(out[:, -97:], full[:, -1], rtol=0, atol=1e-6)  # the head at the last position
+
+    def changed(where):
+        def load(_path):
+            other = copy.deepcopy(model)
+            with torch.no_grad():
+                weight = dict(other.named_parameters())[where]
+                weight[0, 0] += 0.5
+            return other
+        return load
+
+    save = _save_state(model)
+    artifacts.save_checked(model, tmp_path / "same", save_fn=save, load_fn=lambda _p: copy.deepcopy(model),
+                           forward=artifacts.logits_on(probe))
+    assert (tmp_path / "same" / "w.safetensors").is_file()
+    for where in ("model.layers.0.mlp.down_proj.weight", "lm_head.weight"):
+        with pytest.raises(TrainingError, match="differ"):
+            artifacts.save_checked(model, tmp_path / where, save_fn=save, load_fn=changed(where),
+                                   forward=artifacts.logits_on(probe))
+
+
 def test_check_tensors_catches_empty_zero_and_dead_lora(tmp_path):
     cases = {
         "empty": ({"a": torch.ones(3), "b": torch.empty(0)}, "empty"),
