@@ -11,6 +11,7 @@ The same ≈20M-parameter LLaMA (random init, the embedded tokenizer), the same 
                   in memory, activation checkpointing off (midpo's default);
 - midpo-dpo:      the same stage with `loss: dpo` — margin 0, so no score-model pass: TRL's objective;
 - midpo-ckpt:     SPE-DPO with `train.activation_checkpointing: true` (the memory-lean setting);
+- midpo-dpo-ckpt: `loss: dpo` with activation checkpointing: TRL's objective at midpo's memory-lean setting;
 - reference:      the reference implementation's layout, written here: a second full model copy as
                   π_ref, the cost model's forward inside every step for the margin, and the loss in a
                   per-sample Python loop (per-token log-probs vectorised, sums and loss per pair) —
@@ -54,9 +55,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("midpo", "midpo-dpo", "midpo-ckpt", "reference", "trl", "trl-fast")
+VARIANTS = ("midpo", "midpo-dpo", "midpo-ckpt", "midpo-dpo-ckpt", "reference", "trl", "trl-fast")
 COMPARE = [("midpo", "reference"), ("midpo-ckpt", "reference"), ("midpo", "trl"), ("midpo-dpo", "trl-fast"),
-           ("midpo-ckpt", "trl")]  # (ours, theirs) pairs reported as ratios
+           ("midpo-dpo-ckpt", "trl-fast"), ("midpo-ckpt", "trl")]  # (ours, theirs) pairs reported as ratios
 SIZES = {  # LLaMA shapes; the vocabulary is the embedded tokenizer's (768)
     "20m": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 6, "num_attention_heads": 8},
     "100m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 14, "num_attention_heads": 12},
@@ -376,6 +377,8 @@ def run_child(variant: str, work: Path) -> None:
         result = child_midpo(work, ["stages.safety_expert.loss=dpo"], trace)
     elif variant == "midpo-ckpt":
         result = child_midpo(work, ["train.activation_checkpointing=true"], trace)
+    elif variant == "midpo-dpo-ckpt":
+        result = child_midpo(work, ["stages.safety_expert.loss=dpo", "train.activation_checkpointing=true"], trace)
     elif variant == "reference":
         result = child_reference(work, settings)
     else:

@@ -141,7 +141,10 @@ def test_the_toy_world_leaves_room_for_routing(run_dir: Path) -> None:
 
 def test_midpo_beats_both_experts_the_base_and_the_best_fixed_blend(run_dir: Path) -> None:
     """Held-out eval. The issue's stronger targets (≥ 60 % of the headroom with a CI above 0, safety-gate
-    AUROC ≥ 0.9 and a gap ≥ 0.3) are not met on this toy world yet; benchmarks/RESULTS.md records by how much.
+    AUROC ≥ 0.9 and a gap ≥ 0.3) are not met on this toy world; benchmarks/RESULTS.md records by how much and
+    why (the tiny base cannot separate held-out prompt kinds: a linear probe on the router's input reaches
+    AUROC 0.32 on dev). The Δ over the dev-chosen blend asserted here is partly dev/eval disagreement: the
+    report's category-resampled CI and the blend best in hindsight show how much.
     What holds and is asserted: the router beats each expert, the base and the dev-chosen fixed blend, and its
     safety gate is higher on harmful than on benign prompts."""
     toy = _toy(run_dir)
