@@ -13,7 +13,8 @@ with an `is_harmful` column) and reports its AUROC on each held-out set, for thr
 - `residual, prompt mean` and `residual, last prompt token`: the decoder's hidden state after the middle
   layer (`output_hidden_states`), for comparison with a router that would read the residual stream.
 
-The probe's λ is fixed (1e-2 on standardised features), not tuned on the held-out sets. A high training
+The probe is `midpo_cli.probe` (λ fixed, standardised features), the one the router stage logs as
+`input_probe_auroc`; λ is not tuned on the held-out sets. A high training
 AUROC with a low held-out one means the kinds are memorised per task, not recognised: no router on those
 features will separate held-out prompts either. Nothing here asserts a number (benchmarks/RESULTS.md).
 """
@@ -30,6 +31,7 @@ from midpo_cli.data.template import format_prompt
 from midpo_cli.gate_stats import auroc
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
+from midpo_cli.probe import fit_linear_probe
 from midpo_cli.stages.generate import load_prompt_set
 
 
@@ -64,25 +66,6 @@ def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * mask).sum(1) / mask.sum(1)
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2):
-    """Logistic regression on standardised features; returns a scoring function for new rows."""
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
-    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
-    z64, y64 = z.double(), y.double()
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z64 @ w + b, y64) + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return lambda new: (((new - mu) / sd).double() @ w + b).detach()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="a MidPO model folder (router/model of a run)")
@@ -109,7 +92,7 @@ def main() -> None:
     print(f"| features | train | {' | '.join(held)} |")
     print(f"|---|---|{'---|' * len(held)}")
     for view, x in train_x.items():
-        score = fit_probe(x, y)
+        score = fit_linear_probe(x, (y > 0).tolist())
         cells = [auroc(score(x).tolist(), (y > 0).tolist())]
         cells += [auroc(score(f[view]).tolist(), flags) for f, flags in held.values()]
         print(f"| {view} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")

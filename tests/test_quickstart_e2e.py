@@ -154,6 +154,11 @@ def test_midpo_beats_both_experts_the_base_and_the_best_fixed_blend(run_dir: Pat
     e = json.loads((run_dir / "score" / "summary.json").read_text())["routing"][EVAL]
     assert e["diff"]["mean"] > 0, e["diff"]
     assert midpo["gate_safety_harmful"] > midpo["gate_safety_benign"], midpo
+    # the router stage records the ceiling of any router on this base (a probe on its input, routing off)
+    metrics = _manifest(run_dir, "router")["metrics"]
+    print(f"\nrouter: held-out gate AUROC {metrics['gate_separation_auroc']:.3f}, gap "
+          f"{metrics['gate_separation_gap']:.3f}; input probe AUROC {metrics['input_probe_auroc']:.3f}")
+    assert 0.0 <= metrics["input_probe_auroc"] <= 1.0
 
 
 def test_rank_counts_match_a_direct_computation(run_dir: Path) -> None:

@@ -14,10 +14,11 @@ from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
+from midpo_cli.engine.answer_logps import causal_lm
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
-from midpo_cli.gate_stats import collapse_warnings, separation
+from midpo_cli.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
@@ -32,6 +33,7 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
+from midpo_cli.probe import linear_probe_auroc
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -77,7 +79,8 @@ def run(ctx: StageContext) -> None:
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
 
-    separation = held_out_separation(result.model, ctx, tokenizer, template, collate)
+    separation = held_out_separation(result.model, ctx, tokenizer, template, collate,
+                                     train=(train_feats, selection.pairs))
     out = ctx.folder / "model"
     save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
@@ -89,6 +92,7 @@ def run(ctx: StageContext) -> None:
         "gate_help_chosen": result.last_metrics.get("gate_help_chosen"),
         "gate_separation_auroc": separation.get("auroc"),
         "gate_separation_gap": separation.get("gap"),
+        "input_probe_auroc": separation.get("input_probe_auroc"),
         "router_parameters": n_router,
         "pairs": len(train_feats),
         "steps": result.global_step,
@@ -116,9 +120,11 @@ def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
 
 
 @torch.no_grad()
-def held_out_separation(model, ctx: StageContext, tokenizer, template: str, collate, batch_size: int = 32) -> dict:
+def held_out_separation(model, ctx: StageContext, tokenizer, template: str, collate, batch_size: int = 32,
+                        train: tuple[list, list] | None = None) -> dict:
     """Does the trained router route? Mean safety gate over each held-out pair's answer tokens (both answers,
-    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse."""
+    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse.
+    With `train` (the router's features and pairs): also the ceiling, `input_probe_auroc` (`input_probe`)."""
     pairs, harmful = held_out_pairs(ctx.recipe)
     if not pairs:
         console.log("router: no held-out pairs with a known prompt kind (data.eval); gate separation not measured")
@@ -143,7 +149,52 @@ def held_out_separation(model, ctx: StageContext, tokenizer, template: str, coll
                     f"{sep['n_harmful']} + {sep['n_benign']} pairs of {recipe.data.eval})")
     for why in collapse_warnings(sep):
         console.warn(f"router: the gates look collapsed: {why}")
+    if train is not None:
+        sep["input_probe_auroc"] = input_probe(model, *train, feats, flags, collate, batch_size)
     return sep
+
+
+def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, held_flags: list[bool], collate,
+                batch_size: int = 32) -> float | None:
+    """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.probe): how well any
+    router on this base could separate the prompt kinds. Logged, and warned about when below MIN_AUROC."""
+    kinds = [harmful_from_labels(p.meta.get("is_harmful"), p.chosen_safe, p.rejected_safe)
+             for p in (train_pairs[f["pair_index"]] for f in train_feats)]
+    keep = [i for i, k in enumerate(kinds) if k is not None]
+    train_x = prompt_features(model, [train_feats[i] for i in keep], collate, batch_size)
+    value = linear_probe_auroc(train_x, [bool(kinds[i]) for i in keep],
+                               prompt_features(model, held_feats, collate, batch_size), held_flags)
+    if value is None:
+        return None
+    console.log(f"router: a linear probe on the router's input (routing off), fit on the {len(keep)} training "
+                f"pairs' prompts, separates the held-out ones with AUROC {value:.3f}: the ceiling of any router here")
+    if value < MIN_AUROC:
+        console.warn(f"router: the base's hidden states barely separate held-out harmful and benign prompts "
+                     f"(probe AUROC {value:.2f} < {MIN_AUROC}); no router on them can route (docs/design.md §8)")
+    return value
+
+
+def prompt_features(model, feats: list, collate, batch_size: int) -> torch.Tensor:
+    """(n, layers·d): per routed layer, the mean over prompt tokens of its input, with routing off."""
+    layers = list(model.routed.values())
+    decoder = causal_lm(model).get_decoder()  # the backbone: no lm_head, so no vocabulary-sized logits
+    out = []
+    for start in range(0, len(feats), batch_size):
+        batch = collate(feats[start:start + batch_size])
+        half = batch["input_ids"].shape[0] // 2  # chosen rows; the rejected ones share the prompt
+        mask = batch["attention_mask"][:half]
+        prompt = (mask.bool() & ~batch["response_mask"][:half].bool()).unsqueeze(-1).float()
+        caught: list[torch.Tensor] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, args, into=caught: into.append(args[0].float()))
+                 for m in layers]
+        try:
+            with model.routing_disabled():
+                decoder(input_ids=batch["input_ids"][:half], attention_mask=mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        out.append(torch.cat([(h * prompt).sum(1) / prompt.sum(1).clamp(min=1) for h in caught], dim=-1))
+    return torch.cat(out)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

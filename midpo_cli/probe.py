@@ -1,0 +1,52 @@
+"""Can a linear map of the router's input tell harmful from benign prompts it was not fit on?
+
+A router is a linear map (or a small MLP) of the hidden states it reads, so how well *any* router can
+separate prompt kinds is bounded by how linearly separable they are in those states. The router stage
+fits this probe on its training prompts and scores the held-out ones: a low held-out AUROC says the base
+memorises which training tasks are harmful without recognising new ones, and no router training will fix
+that (the quickstart's tiny base: 0.32 on dev prompts; Gemma 3 270M: 0.99; docs/design.md §8).
+
+L2-regularised logistic regression on standardised features, fit by L-BFGS in float64; λ is fixed, never
+tuned on the held-out side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from midpo_cli.gate_stats import auroc
+
+L2 = 1e-2
+
+
+def fit_linear_probe(x: torch.Tensor, y: Sequence[bool], l2: float = L2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fit on (n, d) features and labels; returns the scorer of new (m, d) rows (logits, float64)."""
+    x = x.detach().double()
+    mu, sd = x.mean(0), x.std(0, unbiased=False) + 1e-6
+    z = (x - mu) / sd
+    target = torch.tensor([float(v) for v in y], dtype=torch.float64)
+    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, target) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # callers may sit under no_grad (the router stage's evaluation)
+        opt.step(closure)
+    w, b = w.detach(), b.detach()
+    return lambda new: ((new.detach().double() - mu) / sd) @ w + b
+
+
+def linear_probe_auroc(train_x: torch.Tensor, train_y: Sequence[bool], test_x: torch.Tensor,
+                       test_y: Sequence[bool]) -> float | None:
+    """Held-out AUROC (harmful = positive) of a probe fit on the training rows; None without both kinds."""
+    if len(set(train_y)) < 2 or len(set(test_y)) < 2:
+        return None
+    score = fit_linear_probe(train_x, train_y)
+    return auroc(score(test_x).tolist(), list(test_y))
