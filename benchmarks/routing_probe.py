@@ -39,24 +39,18 @@ def features(model, tokenizer, prompts: list[str], template: str, batch: int = 3
     """Three (n, d) feature views of each prompt, with routing off (the base the experts were trained on)."""
     views: dict[str, list[torch.Tensor]] = {"router input, prompt mean": [], "residual, prompt mean": [],
                                             "residual, last prompt token": []}
-    layers = list(model.routed.values())
     for start in range(0, len(prompts), batch):
         texts = [format_prompt(p, template, tokenizer) for p in prompts[start:start + batch]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        caught: list[torch.Tensor] = []
-        hooks = [m.register_forward_pre_hook(lambda _m, args, into=caught: into.append(args[0].float()))
-                 for m in layers]
-        try:
-            with torch.no_grad(), model.routing_disabled():
-                out = model.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                                  output_hidden_states=True)
-        finally:
-            for h in hooks:
-                h.remove()
+        # the router stage's own view (its probe); then the residual stream, from the backbone alone
+        views["router input, prompt mean"].append(
+            model.routed_input_means(enc.input_ids, enc.attention_mask, enc.attention_mask.bool()))
+        with torch.no_grad(), model.routing_disabled():
+            out = model.model.get_decoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                            output_hidden_states=True)
         mask = enc.attention_mask.unsqueeze(-1).float()
         mid = out.hidden_states[len(out.hidden_states) // 2].float()
         last = enc.attention_mask.shape[1] - 1 - enc.attention_mask.flip(1).argmax(1)  # last real token
-        views["router input, prompt mean"].append(torch.cat([_mean(h, mask) for h in caught], -1))
         views["residual, prompt mean"].append(_mean(mid, mask))
         views["residual, last prompt token"].append(mid[torch.arange(mid.shape[0]), last])
     return {k: torch.cat(v) for k, v in views.items()}

@@ -359,9 +359,9 @@ def _clustered_and_hindsight(s: _Set, router: str, blends: Mapping[str, tuple[fl
     out: dict[str, Any] = {"diff_by_category": None, "best_in_sample": None}
     r = s.outcomes(router)
     if cidx is not None:
-        best = blend_label(router, entry["best_fixed"]["gates"])
+        best = entry["best_fixed"]["model"]
         out["diff_by_category"] = clustered_diff(r, s.outcomes(best), s.harmful, cidx, confidence)
-    here = {b: balanced_score(s.outcomes(b), s.harmful) for b in blends if s.covers(b)}
+    here = {g["model"]: g.get("score") for g in entry["grid"] if s.covers(g["model"])}  # scored by `_entry`
     top = select_best(here)
     if top is not None:
         o = s.outcomes(top)

@@ -84,12 +84,17 @@ def full_logits_reason(lm: nn.Module | None) -> str | None:
         return f"its output layer is {type(head).__name__}, not a plain torch.nn.Linear"
     if hasattr(head.weight, "ds_id"):
         return "DeepSpeed ZeRO-3 partitions lm_head's weight outside lm_head's own forward"
-    if "logits_to_keep" not in inspect.signature(lm.forward).parameters:
+    if not takes_logits_to_keep(lm):
         return "its forward takes no logits_to_keep"
     for key, value in vars(lm.config).items():
         if "logit" in key and key not in HANDLED_CONFIG and value not in (None, False, 1, 1.0):
             return f"config.{key} = {value!r} changes the logits in a way midpo does not reproduce"
     return None
+
+
+def takes_logits_to_keep(lm: nn.Module) -> bool:
+    """Whether a causal LM's forward can project only its last positions (most Hugging Face LMs can)."""
+    return "logits_to_keep" in inspect.signature(lm.forward).parameters
 
 
 def _softcap(lm: nn.Module) -> float | None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from midpo_cli.engine import dist
+from midpo_cli.engine.answer_logps import causal_lm, takes_logits_to_keep
 from midpo_cli.errors import TrainingError
 from midpo_cli.io import atomic_dir
 
@@ -121,12 +122,9 @@ def logits_on(probe: dict[str, torch.Tensor]) -> Callable[[nn.Module], torch.Ten
     positions' logits and keeps the last (the same check, at the old cost).
     """
     def run(model: nn.Module) -> torch.Tensor:
-        try:
-            out = model(**probe, output_hidden_states=True, logits_to_keep=1)
-        except TypeError as err:  # a forward without logits_to_keep
-            if "logits_to_keep" not in str(err):
-                raise
-            out = model(**probe, output_hidden_states=True)
+        lm = causal_lm(model)
+        keep = {"logits_to_keep": 1} if lm is not None and takes_logits_to_keep(lm) else {}
+        out = model(**probe, output_hidden_states=True, **keep)
         hidden = out.hidden_states[-1].float().flatten(1)
         return torch.cat([hidden, out.logits[:, -1:].float().flatten(1)], dim=1)
 

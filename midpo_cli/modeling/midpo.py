@@ -288,6 +288,26 @@ class MidpoModel(nn.Module):
             for mod in self.routed.values():
                 mod.held_mean = None
 
+    @torch.no_grad()
+    def routed_input_means(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           prompt_mask: torch.Tensor) -> torch.Tensor:
+        """(B, layers·d): per routed layer, the mean of its input over the prompt tokens, routing off.
+
+        What a prompt-reading router sees of the base, for the router stage's linear probe (midpo_cli.probe)
+        and benchmarks/routing_probe.py. The decoder backbone runs alone: no vocabulary-sized logits.
+        """
+        caught: list[torch.Tensor] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: caught.append(args[0].float()))
+                 for m in self.routed.values()]
+        try:
+            with self.routing_disabled():
+                self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prompt = prompt_mask.unsqueeze(-1).float()
+        return torch.cat([(h * prompt).sum(1) / prompt.sum(1).clamp(min=1) for h in caught], dim=-1)
+
     # -- routing controls ----------------------------------------------------------------------
     @contextlib.contextmanager
     def routing_disabled(self) -> Iterator[MidpoModel]:

@@ -14,7 +14,6 @@ from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
-from midpo_cli.engine.answer_logps import causal_lm
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
@@ -175,25 +174,14 @@ def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, h
 
 
 def prompt_features(model, feats: list, collate, batch_size: int) -> torch.Tensor:
-    """(n, layers·d): per routed layer, the mean over prompt tokens of its input, with routing off."""
-    layers = list(model.routed.values())
-    decoder = causal_lm(model).get_decoder()  # the backbone: no lm_head, so no vocabulary-sized logits
+    """`MidpoModel.routed_input_means` of each pair's prompt (its chosen row; the rejected one shares it)."""
     out = []
     for start in range(0, len(feats), batch_size):
         batch = collate(feats[start:start + batch_size])
-        half = batch["input_ids"].shape[0] // 2  # chosen rows; the rejected ones share the prompt
+        half = batch["input_ids"].shape[0] // 2
         mask = batch["attention_mask"][:half]
-        prompt = (mask.bool() & ~batch["response_mask"][:half].bool()).unsqueeze(-1).float()
-        caught: list[torch.Tensor] = []
-        hooks = [m.register_forward_pre_hook(lambda _m, args, into=caught: into.append(args[0].float()))
-                 for m in layers]
-        try:
-            with model.routing_disabled():
-                decoder(input_ids=batch["input_ids"][:half], attention_mask=mask)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        out.append(torch.cat([(h * prompt).sum(1) / prompt.sum(1).clamp(min=1) for h in caught], dim=-1))
+        out.append(model.routed_input_means(batch["input_ids"][:half], mask,
+                                            mask.bool() & ~batch["response_mask"][:half].bool()))
     return torch.cat(out)
 
 
