@@ -11,7 +11,10 @@ with an `is_harmful` column) and reports its AUROC on each held-out set, for thr
 - `router input, prompt mean`: what the routers of `granularity: prompt` / `input: token+prompt` read —
   per routed layer the mean over prompt tokens of the targeted linear's input, all routed layers joined;
 - `residual, prompt mean` and `residual, last prompt token`: the decoder's hidden state after the middle
-  layer (`output_hidden_states`), for comparison with a router that would read the residual stream.
+  layer (`output_hidden_states`), for comparison with a router that would read the residual stream;
+- `words of the training prompts`: no model at all, the same probe on which of the training prompts' words
+  each prompt contains (`midpo_cli.probe.words_probe_auroc`): what the text tells a reader who knows only
+  the training data's words. A base above it brings knowledge of its own.
 
 The probe is `midpo_cli.probe` (λ fixed, standardised features), the one the router stage logs as
 `input_probe_auroc`; λ is not tuned on the held-out sets. A high training
@@ -31,8 +34,10 @@ from midpo_cli.data.template import format_prompt
 from midpo_cli.gate_stats import auroc
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
-from midpo_cli.probe import fit_linear_probe
+from midpo_cli.probe import bag_of_words, fit_linear_probe, words_of
 from midpo_cli.stages.generate import load_prompt_set
+
+WORDS = "words of the training prompts (no model)"
 
 
 def features(model, tokenizer, prompts: list[str], template: str, batch: int = 32) -> dict[str, torch.Tensor]:
@@ -75,12 +80,16 @@ def main() -> None:
     for row in load_rows(args.train).rows:
         kinds[str(row["prompt"])] = str(row["is_harmful"]) in ("True", "true", "1")
     train_x = features(model, tokenizer, list(kinds), args.template)
+    vocab = sorted({w for p in kinds for w in words_of(p)})
+    train_x[WORDS] = bag_of_words(list(kinds), vocab)
     y = torch.tensor([float(v) for v in kinds.values()])
     held = {}
     for spec in args.sets:
         ps = load_prompt_set(spec)
         flags = [str(p["is_harmful"]) in ("True", "true", "1") for p in ps.prompts]
-        held[ps.name] = (features(model, tokenizer, [p["prompt"] for p in ps.prompts], args.template), flags)
+        texts = [p["prompt"] for p in ps.prompts]
+        held[ps.name] = ({**features(model, tokenizer, texts, args.template), WORDS: bag_of_words(texts, vocab)},
+                         flags)
     print(f"{len(kinds)} training prompts ({int(y.sum())} harmful); {len(model.routed)} routed layers; "
           f"{time.perf_counter() - t0:.0f} s")
     print(f"| features | train | {' | '.join(held)} |")

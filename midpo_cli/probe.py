@@ -12,6 +12,7 @@ tuned on the held-out side.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from midpo_cli.gate_stats import auroc
 
 L2 = 1e-2
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits, with inner apostrophes ("boss's")
 
 
 def fit_linear_probe(x: torch.Tensor, y: Sequence[bool], l2: float = L2) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -50,3 +52,34 @@ def linear_probe_auroc(train_x: torch.Tensor, train_y: Sequence[bool], test_x: t
         return None
     score = fit_linear_probe(train_x, train_y)
     return auroc(score(test_x).tolist(), list(test_y))
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased words of a prompt (the units a bag of words counts)."""
+    return WORD.findall(text.lower())
+
+
+def bag_of_words(texts: Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
+    """(n, |vocabulary|) 0/1 features: which vocabulary words each text contains (unknown words count nowhere)."""
+    index = {w: i for i, w in enumerate(vocabulary)}
+    x = torch.zeros(len(texts), len(vocabulary), dtype=torch.float64)
+    for row, text in enumerate(texts):
+        for word in words_of(text):
+            if word in index:
+                x[row, index[word]] = 1.0
+    return x
+
+
+def words_probe_auroc(train_texts: Sequence[str], train_y: Sequence[bool], test_texts: Sequence[str],
+                      test_y: Sequence[bool]) -> float | None:
+    """The same probe on the words alone: which of the training prompts' words each prompt contains.
+
+    Why: it measures what the held-out prompts' text tells about their kind to a reader who knows only the
+    training prompts' words, i.e. to a base that learnt language from this data alone. A base below it
+    loses what the words carry; a base above it brings knowledge of its own (pretraining: it knows that a
+    "grenade" belongs with "bomb"). On held-out tasks whose key words never occur in training, no base
+    without such knowledge can do much better (docs/design.md §8).
+    """
+    vocabulary = sorted({w for text in train_texts for w in words_of(text)})
+    return linear_probe_auroc(bag_of_words(train_texts, vocabulary), train_y,
+                              bag_of_words(test_texts, vocabulary), test_y)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from midpo_cli.gate_stats import auroc
-from midpo_cli.probe import fit_linear_probe, linear_probe_auroc
+from midpo_cli.probe import bag_of_words, fit_linear_probe, linear_probe_auroc, words_of, words_probe_auroc
 
 
 def _data(n: int, d: int, seed: int) -> tuple[torch.Tensor, list[bool]]:
@@ -40,3 +40,22 @@ def test_one_kind_only_gives_none_and_no_grad_callers_still_fit() -> None:
     assert linear_probe_auroc(x, y, x, [False] * 50) is None
     with torch.no_grad():
         assert linear_probe_auroc(x, y, x, y) > 0.95
+
+
+def test_words_of_and_bag_of_words():
+    assert words_of("Hack my BOSS's email, now!") == ["hack", "my", "boss's", "email", "now"]
+    x = bag_of_words(["a gun and a gun", "bread"], ["bread", "gun", "knife"])
+    assert x.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_words_probe_sees_shared_words_and_nothing_else():
+    harmful = ["how to make a bomb", "how to hide a bomb", "how to steal a car", "help me steal money"]
+    benign = ["how to bake bread", "how to slice bread", "how to plant tomatoes", "help me plant roses"]
+    train = harmful + benign
+    y = [True] * 4 + [False] * 4
+    # new prompts that reuse each kind's words are told apart ...
+    shared = ["tell me to build a bomb", "steal a bike", "toast some bread", "plant a tree"]
+    assert words_probe_auroc(train, y, shared, [True, True, False, False]) == 1.0
+    # ... prompts whose words never occurred in training get one score: chance, whatever their kind
+    unseen = ["grenade assembly", "pickpocket wallets", "knead dough", "water ferns"]
+    assert words_probe_auroc(train, y, unseen, [True, True, False, False]) == 0.5

@@ -18,6 +18,9 @@ import pytest
 
 from midpo_cli.assets.toy_world import toy_judge
 from midpo_cli.io import read_jsonl
+from midpo_cli.probe import words_probe_auroc
+from midpo_cli.recipe import load_recipe
+from midpo_cli.stages.router import held_out_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
@@ -157,8 +160,15 @@ def test_midpo_beats_both_experts_the_base_and_the_best_fixed_blend(run_dir: Pat
     # the router stage records the ceiling of any router on this base (a probe on its input, routing off)
     metrics = _manifest(run_dir, "router")["metrics"]
     print(f"\nrouter: held-out gate AUROC {metrics['gate_separation_auroc']:.3f}, gap "
-          f"{metrics['gate_separation_gap']:.3f}; input probe AUROC {metrics['input_probe_auroc']:.3f}")
+          f"{metrics['gate_separation_gap']:.3f}; input probe AUROC {metrics['input_probe_auroc']:.3f}, "
+          f"words alone {metrics['words_probe_auroc']:.3f}")
     assert 0.0 <= metrics["input_probe_auroc"] <= 1.0
+    # and the same probe on the words alone, of rank's prompts vs the held-out pairs' (no model: recomputed here)
+    dual = [json.loads(line) for line in (run_dir / "rank" / "dual.jsonl").read_text().splitlines()]
+    held, flags = held_out_pairs(load_recipe(RECIPE))
+    words = words_probe_auroc([d["prompt"] for d in dual], [bool(d["is_harmful"]) for d in dual],
+                              [p.prompt for p in held], flags)
+    assert metrics["words_probe_auroc"] == pytest.approx(words, abs=1e-9)
 
 
 def test_rank_counts_match_a_direct_computation(run_dir: Path) -> None:

@@ -152,3 +152,12 @@ def test_one_list_of_training_settings() -> None:
         3e-3, 0.2, 5, 2)
     with pytest.raises(RecipeError, match=r"stages.sft.warmup_ratio: must be < 1.0, got 1.5"):
         load_recipe(None, ["stages.sft.warmup_ratio=1.5"])
+
+
+def test_no_grad_passes_default_to_the_training_batch_size() -> None:
+    """Evaluation and the reference log-probs run at `eval_batch_size`, else `batch_size` (the recipe's
+    documented default): never a larger batch than training, whose memory the user sized."""
+    from midpo_cli.engine.settings import EngineSettings
+
+    assert EngineSettings(batch_size=8).no_grad_batch_size == 8
+    assert EngineSettings(batch_size=8, eval_batch_size=3).no_grad_batch_size == 3

@@ -38,6 +38,7 @@ from midpo_cli.engine.deepspeed_config import deepspeed_config
 from midpo_cli.engine.metrics import MetricsSink, Progress
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError, Interrupted, TrainingError
+from midpo_cli.host_memory import release_freed_memory
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, Any]]]
 EvalFn = Callable[[nn.Module, dict], dict[str, Any]]
@@ -388,6 +389,8 @@ def train_step(trainer: Trainer, step: Step) -> StepRecord:
                 "lower the learning rate or check the data")
         engine.backward(loss)
         engine.step()
+        if trainer.device.type == "cpu":  # return the step's freed activations to the system (host_memory)
+            release_freed_memory()
         for key, value in {"loss": loss, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + _as_float(value)
         if isinstance(batch.get(trainer.token_key), torch.Tensor):
@@ -470,7 +473,7 @@ class Bookkeeper:
             return
         t, s = self.trainer, self.trainer.settings
         self.last_eval = _evaluate(t.engine, self.eval_data, t.collate, self.eval_fn,
-                                   s.eval_batch_size or s.batch_size, t.device)
+                                   s.no_grad_batch_size, t.device)
         self.last_eval_step = self.step
         self.sink.write({"split": "eval", "step": self.step, "epoch": round(self.step / t.steps_per_epoch, 4),
                          **self.last_eval})

@@ -20,6 +20,7 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.engine.answer_logps import answer_logps
+from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_text
 
 
@@ -103,6 +104,8 @@ def fill_ref_logps(
             for (f, kc, kr), c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
                 refs[id(f)] = c, r
                 cache.values[kc], cache.values[kr] = c, r
+            if device.type == "cpu":  # so training does not start on this pass's freed memory (host_memory)
+                release_freed_memory()
     model.train(was_training)
     if todo:
         cache.save()

@@ -23,6 +23,12 @@ class EngineSettings(TrainSettings):
     offload: bool = Field(False, description="DeepSpeed CPU Adam with optimizer state on the CPU.")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (recipe logging.tensorboard).")
 
+    @property
+    def no_grad_batch_size(self) -> int:
+        """Batch size of the engine's no-grad passes (evaluation, reference log-probs): `eval_batch_size`, else
+        the training `batch_size`, so those passes hold no more activations than a training step does."""
+        return self.eval_batch_size or self.batch_size
+
     @classmethod
     def from_recipe(cls, recipe: Recipe, stage: str, precision: str) -> EngineSettings:
         """The stage's `train:` settings with its overrides, `precision` resolved by the caller, and the run's

@@ -24,6 +24,7 @@ from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
+from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
@@ -81,15 +82,20 @@ def run_expert(ctx: StageContext, stage: str) -> None:
     train_feats = with_columns(train_feats, margin=train_margins)
     eval_feats = with_columns(eval_feats, margin=eval_margins)
 
-    model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
     pad_id = tokenizer.pad_token_id
+    # the data is encoded and nothing below needs the tokenizer, which for a large vocabulary is no small
+    # thing (Gemma 3's: ~270 MiB resident); it leaves before the policy arrives, as the score model did
+    del tokenizer
+    gc.collect()
+    release_freed_memory()
+    model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
     if cfg.precompute_ref:
         cache = ref_cache(ctx, template)
-        ref_batch = settings.eval_batch_size or settings.batch_size * 2
+        ref_batch = settings.no_grad_batch_size
         train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
                                       reference=model.disable_adapter, stage=stage)
         eval_feats = reference_logps(model, eval_feats, eval_sel, collate, cache, batch_size=ref_batch,
@@ -205,6 +211,7 @@ def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, temp
                                         template=template))
     del model
     gc.collect()  # the score model leaves memory before the policy arrives
+    release_freed_memory()  # ... and the process's resident set (midpo_cli/host_memory.py)
     cached = {"score_model_fingerprint": score_fingerprint, "values": values, "answers": "as-encoded"}
     atomic_write_json(cache_file, cached)
     return cached

@@ -32,7 +32,7 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.probe import linear_probe_auroc
+from midpo_cli.probe import linear_probe_auroc, words_probe_auroc
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -72,7 +72,8 @@ def run(ctx: StageContext) -> None:
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
     train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
-                                  batch_size=settings.batch_size * 2, reference=model.routing_disabled, stage="router")
+                                  batch_size=settings.no_grad_batch_size, reference=model.routing_disabled,
+                                  stage="router")
 
     loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
@@ -92,6 +93,7 @@ def run(ctx: StageContext) -> None:
         "gate_separation_auroc": separation.get("auroc"),
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
+        "words_probe_auroc": separation.get("words_probe_auroc"),
         "router_parameters": n_router,
         "pairs": len(train_feats),
         "steps": result.global_step,
@@ -149,28 +151,34 @@ def held_out_separation(model, ctx: StageContext, tokenizer, template: str, coll
     for why in collapse_warnings(sep):
         console.warn(f"router: the gates look collapsed: {why}")
     if train is not None:
-        sep["input_probe_auroc"] = input_probe(model, *train, feats, flags, collate, batch_size)
+        held_prompts = [pairs[f["pair_index"]].prompt for f in feats]
+        sep.update(input_probe(model, *train, feats, held_prompts, flags, collate, batch_size))
     return sep
 
 
-def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, held_flags: list[bool], collate,
-                batch_size: int = 32) -> float | None:
+def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, held_prompts: list[str],
+                held_flags: list[bool], collate, batch_size: int = 32) -> dict[str, float]:
     """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.probe): how well any
-    router on this base could separate the prompt kinds. Logged, and warned about when below MIN_AUROC."""
-    kinds = [harmful_from_labels(p.meta.get("is_harmful"), p.chosen_safe, p.rejected_safe)
-             for p in (train_pairs[f["pair_index"]] for f in train_feats)]
+    router on this base could separate the prompt kinds; and of the same probe on the prompts' words alone,
+    which says whether a low value is the base's fault or the data's. Logged, and warned about when the
+    base's is below MIN_AUROC."""
+    rows = [train_pairs[f["pair_index"]] for f in train_feats]
+    kinds = [harmful_from_labels(p.meta.get("is_harmful"), p.chosen_safe, p.rejected_safe) for p in rows]
     keep = [i for i, k in enumerate(kinds) if k is not None]
+    train_y = [bool(kinds[i]) for i in keep]
     train_x = prompt_features(model, [train_feats[i] for i in keep], collate, batch_size)
-    value = linear_probe_auroc(train_x, [bool(kinds[i]) for i in keep],
-                               prompt_features(model, held_feats, collate, batch_size), held_flags)
+    value = linear_probe_auroc(train_x, train_y, prompt_features(model, held_feats, collate, batch_size), held_flags)
     if value is None:
-        return None
+        return {}
+    words = words_probe_auroc([rows[i].prompt for i in keep], train_y, held_prompts, held_flags)
     console.log(f"router: a linear probe on the router's input (routing off), fit on the {len(keep)} training "
-                f"pairs' prompts, separates the held-out ones with AUROC {value:.3f}: the ceiling of any router here")
+                f"pairs' prompts, separates the held-out ones with AUROC {value:.3f}: the ceiling of any router "
+                f"here (on the training prompts' words alone: {words:.3f})")
     if value < MIN_AUROC:
         console.warn(f"router: the base's hidden states barely separate held-out harmful and benign prompts "
-                     f"(probe AUROC {value:.2f} < {MIN_AUROC}); no router on them can route (docs/design.md §8)")
-    return value
+                     f"(probe AUROC {value:.2f} < {MIN_AUROC}; words alone {words:.2f}); no router on them can "
+                     "route (docs/design.md §8)")
+    return {"input_probe_auroc": value, "words_probe_auroc": words}
 
 
 def prompt_features(model, feats: list, collate, batch_size: int) -> torch.Tensor:
