@@ -214,9 +214,6 @@ class PhaseTrace:
 
 
 def child_midpo(work: Path, overrides: list[str], trace: bool = False) -> dict:
-    from midpo_cli.host_memory import prefer_huge_pages
-
-    prefer_huge_pages()  # what the midpo CLI does first: it only takes effect before torch's imports
     import deepspeed  # noqa: F401  (imported before the baseline RSS, like the others' libraries)
     import peft  # noqa: F401
     import transformers  # noqa: F401

@@ -24,7 +24,6 @@ from midpo_cli.commands import (
     stage_cmds,
 )
 from midpo_cli.errors import MidpoError
-from midpo_cli.host_memory import prefer_huge_pages
 
 app = typer.Typer(
     name="midpo",
@@ -101,7 +100,6 @@ def _click_classes(name: str) -> tuple[type, ...]:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: map midpo's errors to one line and a stable exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    prefer_huge_pages()  # before any stage imports torch (midpo_cli/host_memory.py)
     try:
         result = app(args=argv, standalone_mode=False)
     except MidpoError as exc:

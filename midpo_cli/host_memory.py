@@ -3,36 +3,23 @@
 On CPU, PyTorch's tensors come from glibc's malloc. A training step allocates and frees the same large
 activations layer after layer, and glibc keeps much of what is freed, fragmented, instead of returning it
 to the system: traced per decoder layer on Gemma 3 270M with activation checkpointing, the resident set
-grew 28 MiB a layer in the forward while live tensors grew 5 MiB (the checkpointed layer inputs). Two
-remedies, applied to every midpo process, neither measurably slower there (benchmarks/RESULTS.md):
+grew 28 MiB a layer in the forward while live tensors grew 5 MiB (the checkpointed layer inputs), and the
+next phase started on top of that slack. `release_freed_memory` hands the free pages back (glibc's
+`malloc_trim(0)`): after the margin pass and after the reference pass, and after every training step
+when `activation_checkpointing` is on — the user's choice of memory over time, since the returned pages
+are faulted back in by the next step (free on Gemma's 10 s steps; trimming every step of a 20 M model
+without checkpointing measured ~14 s slower of 75).
 
-- PyTorch's own `THP_MEM_ALLOC_ENABLE=1`: tensors of 2 MiB or more are advised as transparent huge
-  pages. PyTorch reads it once, at its first large allocation (after torch, transformers and peft are
-  imported it is too late), so the CLI sets it before any stage imports torch; a value the user set is
-  kept (0 turns it off).
-- glibc's `malloc_trim(0)` after each micro-batch's step (and each reference-log-prob batch) on CPU: it
-  returns the pages the step freed. A no-op where the C library is not glibc.
-
-One checkpointed Gemma step (16 sequences × 128 tokens, steady state) peaked at 2,245–2,277 MiB with
-neither, 2,023 with the first, 1,865–1,913 with both, at the same 16–18 s a step.
-
-This module imports nothing heavy: the CLI calls it before torch is imported.
+PyTorch's `THP_MEM_ALLOC_ENABLE=1` (huge pages for large tensors) lowered a Gemma step's peak further but
+made the 20 M model slower, so midpo leaves it to the user (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import sys
 from collections.abc import Callable
-
-THP_ENV = "THP_MEM_ALLOC_ENABLE"
-
-
-def prefer_huge_pages() -> None:
-    """Turn PyTorch's huge-page CPU allocations on unless the environment already says otherwise."""
-    os.environ.setdefault(THP_ENV, "1")
 
 
 @functools.cache

@@ -13,7 +13,6 @@ import sys
 
 from midpo_cli import console
 from midpo_cli.errors import MidpoError
-from midpo_cli.host_memory import prefer_huge_pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None)
     args = parser.parse_args(argv)
-    prefer_huge_pages()  # before the stage imports torch (midpo_cli/host_memory.py)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if os.environ.get("RANK", "0") != "0":

@@ -389,8 +389,8 @@ def train_step(trainer: Trainer, step: Step) -> StepRecord:
                 "lower the learning rate or check the data")
         engine.backward(loss)
         engine.step()
-        if trainer.device.type == "cpu":  # return the step's freed activations to the system (host_memory)
-            release_freed_memory()
+        if trainer.device.type == "cpu" and trainer.settings.activation_checkpointing:
+            release_freed_memory()  # memory over time, as checkpointing chose: the step's slack (host_memory)
         for key, value in {"loss": loss, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + _as_float(value)
         if isinstance(batch.get(trainer.token_key), torch.Tensor):

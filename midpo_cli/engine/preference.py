@@ -104,9 +104,9 @@ def fill_ref_logps(
             for (f, kc, kr), c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
                 refs[id(f)] = c, r
                 cache.values[kc], cache.values[kr] = c, r
-            if device.type == "cpu":  # so training does not start on this pass's freed memory (host_memory)
-                release_freed_memory()
     model.train(was_training)
+    if device.type == "cpu":  # so training does not start on this pass's freed memory (host_memory)
+        release_freed_memory()
     if todo:
         cache.save()
     out = [{**f, "ref_chosen_logps": refs[id(f)][0], "ref_rejected_logps": refs[id(f)][1]} for f in features]
