@@ -57,7 +57,7 @@ class _AnswerTokenLogps(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk_size):
             z, _ = _chunk_logits(h[start:start + chunk_size].to(dtype), w, b, softcap)
             picked = z.gather(1, targets[start:start + chunk_size, None]).squeeze(1)
-            out[start:start + chunk_size] = picked - _logsumexp_(z)
+            out[start:start + chunk_size] = picked - torch.logsumexp(z, dim=1)
         return out
 
     @staticmethod
@@ -73,7 +73,7 @@ class _AnswerTokenLogps(torch.autograd.Function):
             end = min(start + ctx.chunk_size, h.shape[0])
             hc, g = h[start:end].to(dtype), grad_out[start:end].to(dtype)
             z, tanh = _chunk_logits(hc, w, b, ctx.softcap)
-            grad_z = _softmax_(z).mul_(-g[:, None])  # −g·p, in z's memory
+            grad_z = z.sub_(z.logsumexp(1, keepdim=True)).exp_().mul_(-g[:, None])  # −g·p, in z's memory
             grad_z[torch.arange(end - start, device=z.device), targets[start:end]] += g  # + g·onehot
             if tanh is not None:
                 grad_z.mul_(tanh.square_().neg_().add_(1))  # chain through z = cap·tanh(l/cap)
@@ -84,19 +84,6 @@ class _AnswerTokenLogps(torch.autograd.Function):
             if need_b:
                 grad_b += grad_z.sum(0)
         return _cast(grad_h, h), _cast(grad_w, weight), _cast(grad_b, bias), None, None, None
-
-
-def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
-    """Row-wise logsumexp of a (C, V) chunk, overwriting it with exp(z − max): torch.logsumexp would
-    allocate a second (C, V) tensor, the largest temporary of the forward."""
-    peak = z.amax(1, keepdim=True)
-    return z.sub_(peak).exp_().sum(1).log_().add_(peak.squeeze(1))
-
-
-def _softmax_(z: torch.Tensor) -> torch.Tensor:
-    """Row-wise softmax of a (C, V) chunk, in its own memory (same reason as `_logsumexp_`)."""
-    z.sub_(z.amax(1, keepdim=True)).exp_()
-    return z.div_(z.sum(1, keepdim=True))
 
 
 def _cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
