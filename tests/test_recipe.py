@@ -154,10 +154,11 @@ def test_one_list_of_training_settings() -> None:
         load_recipe(None, ["stages.sft.warmup_ratio=1.5"])
 
 
-def test_no_grad_passes_default_to_the_training_batch_size() -> None:
-    """Evaluation and the reference log-probs run at `eval_batch_size`, else `batch_size` (the recipe's
-    documented default): never a larger batch than training, whose memory the user sized."""
+def test_reference_passes_batch_size() -> None:
+    """Reference log-probs run at `eval_batch_size`, else twice the training batch, else (with activation
+    checkpointing, memory before time) the training batch."""
     from midpo_cli.engine.settings import EngineSettings
 
-    assert EngineSettings(batch_size=8).no_grad_batch_size == 8
-    assert EngineSettings(batch_size=8, eval_batch_size=3).no_grad_batch_size == 3
+    assert EngineSettings(batch_size=8).reference_batch_size == 16
+    assert EngineSettings(batch_size=8, activation_checkpointing=True).reference_batch_size == 8
+    assert EngineSettings(batch_size=8, eval_batch_size=3, activation_checkpointing=True).reference_batch_size == 3

@@ -473,7 +473,7 @@ class Bookkeeper:
             return
         t, s = self.trainer, self.trainer.settings
         self.last_eval = _evaluate(t.engine, self.eval_data, t.collate, self.eval_fn,
-                                   s.no_grad_batch_size, t.device)
+                                   s.eval_batch_size or s.batch_size, t.device)
         self.last_eval_step = self.step
         self.sink.write({"split": "eval", "step": self.step, "epoch": round(self.step / t.steps_per_epoch, 4),
                          **self.last_eval})

@@ -24,10 +24,13 @@ class EngineSettings(TrainSettings):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (recipe logging.tensorboard).")
 
     @property
-    def no_grad_batch_size(self) -> int:
-        """Batch size of the engine's no-grad passes (evaluation, reference log-probs): `eval_batch_size`, else
-        the training `batch_size`, so those passes hold no more activations than a training step does."""
-        return self.eval_batch_size or self.batch_size
+    def reference_batch_size(self) -> int:
+        """Batch size of the reference log-prob passes: `eval_batch_size`, else twice the training batch (a
+        no-grad pass holds fewer activations, and on a small model a batch costs mostly overhead), but only
+        the training batch with activation checkpointing, which says memory matters more than time."""
+        if self.eval_batch_size:
+            return self.eval_batch_size
+        return self.batch_size if self.activation_checkpointing else 2 * self.batch_size
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, stage: str, precision: str) -> EngineSettings:

@@ -95,7 +95,7 @@ def run_expert(ctx: StageContext, stage: str) -> None:
 
     if cfg.precompute_ref:
         cache = ref_cache(ctx, template)
-        ref_batch = settings.no_grad_batch_size
+        ref_batch = settings.reference_batch_size
         train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
                                       reference=model.disable_adapter, stage=stage)
         eval_feats = reference_logps(model, eval_feats, eval_sel, collate, cache, batch_size=ref_batch,

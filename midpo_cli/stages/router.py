@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> None:
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
 
     train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
-                                  batch_size=settings.no_grad_batch_size, reference=model.routing_disabled,
+                                  batch_size=settings.reference_batch_size, reference=model.routing_disabled,
                                   stage="router")
 
     loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope)
