@@ -34,7 +34,7 @@ from midpo_cli.data.template import format_prompt
 from midpo_cli.gate_stats import auroc
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
-from midpo_cli.probe import bag_of_words, fit_linear_probe, words_of
+from midpo_cli.probe import bag_of_words, fit_linear_probe, vocabulary
 from midpo_cli.stages.generate import load_prompt_set
 
 WORDS = "words of the training prompts (no model)"
@@ -80,7 +80,7 @@ def main() -> None:
     for row in load_rows(args.train).rows:
         kinds[str(row["prompt"])] = str(row["is_harmful"]) in ("True", "true", "1")
     train_x = features(model, tokenizer, list(kinds), args.template)
-    vocab = sorted({w for p in kinds for w in words_of(p)})
+    vocab = vocabulary(list(kinds))
     train_x[WORDS] = bag_of_words(list(kinds), vocab)
     y = torch.tensor([float(v) for v in kinds.values()])
     held = {}

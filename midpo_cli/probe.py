@@ -59,6 +59,11 @@ def words_of(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def vocabulary(texts: Sequence[str]) -> list[str]:
+    """The sorted words of the training texts: the only words a bag-of-words probe can know."""
+    return sorted({w for text in texts for w in words_of(text)})
+
+
 def bag_of_words(texts: Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
     """(n, |vocabulary|) 0/1 features: which vocabulary words each text contains (unknown words count nowhere)."""
     index = {w: i for i, w in enumerate(vocabulary)}
@@ -80,6 +85,5 @@ def words_probe_auroc(train_texts: Sequence[str], train_y: Sequence[bool], test_
     "grenade" belongs with "bomb"). On held-out tasks whose key words never occur in training, no base
     without such knowledge can do much better (docs/design.md §8).
     """
-    vocabulary = sorted({w for text in train_texts for w in words_of(text)})
-    return linear_probe_auroc(bag_of_words(train_texts, vocabulary), train_y,
-                              bag_of_words(test_texts, vocabulary), test_y)
+    known = vocabulary(train_texts)
+    return linear_probe_auroc(bag_of_words(train_texts, known), train_y, bag_of_words(test_texts, known), test_y)
