@@ -136,6 +136,9 @@ class SFTStage(TrainOverrides):
     answers: Literal["column", "better", "safer"] = Field(
         "column", description="'column' reads `answer`; better/safer pick from a pair dataset."
     )
+    corpus: str | None = Field(
+        None, description="Plain text (a `text` column) mixed into SFT, loss on every token: the domain's language."
+    )
 
 
 class ScoreModelStage(TrainOverrides):

@@ -20,6 +20,7 @@ from midpo_cli.data.tokenize import (
     encode_pairs,
     encode_prompts,
     encode_sft,
+    encode_text,
 )
 from midpo_cli.errors import InputError
 
@@ -568,3 +569,47 @@ def test_counts_read_as_text_with_only_the_reasons_that_happened() -> None:
               "truncated:prompt": 3, "kept": 250}
     assert counts_text(counts) == "250 of 400 kept (not exactly one safe 150, truncated prompt 3)"
     assert counts_text({"rows_in": 160, "kept": 160}) == "160 of 160 kept"
+
+
+# ---------------------------------------------------------------- plain-text rows (stages.sft.corpus)
+
+def test_text_rows_are_scored_on_every_token_after_the_first(byte_tok) -> None:
+    """A corpus row is BOS (this tokenizer adds one) + the text + EOS, and every token after the first is a
+    target: the response mask starts at position 1. Whitespace-only, missing and one-token rows are dropped."""
+    rows = [{"text": "Mix the flour, knead, rest, bake."}, {"text": "  "}, {"other": 1}, {"text": "bake"},
+            {"text": "Sorry, no. " * 20}]
+    feats, counts = encode_text(rows, byte_tok, max_length=16)
+    assert counts == {"rows_in": 5, "dropped:malformed": 1, "dropped:empty_text": 1, "dropped:too_short": 0,
+                      "truncated:text": 1, "kept": 3}
+    bos, eos = byte_tok.bos_token_id, byte_tok.eos_token_id
+    text_ids = byte_tok("Mix the flour, knead, rest, bake.", add_special_tokens=False)["input_ids"]
+    assert feats[0]["input_ids"] == [bos, *text_ids, eos]
+    assert len(feats[2]["input_ids"]) == 16 and feats[2]["input_ids"][-1] != eos  # cut on the right
+    batch = collate_sft(feats, byte_tok.pad_token_id)
+    for i, f in enumerate(feats):
+        n = len(f["input_ids"])
+        assert batch["response_mask"][i].tolist() == [0] + [1] * (n - 1) + [0] * (batch["input_ids"].shape[1] - n)
+
+
+def test_text_rows_loss_equals_a_per_row_float64_loop(byte_tok) -> None:
+    """SFT's loss on corpus rows (answer_nll over the chunked answer log-probs) is the mean next-token NLL of
+    every token after the first, computed here row by row from full float64 logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from midpo_cli.engine.answer_logps import answer_logps
+    from midpo_cli.losses import answer_nll
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(byte_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=byte_tok.pad_token_id)
+    model = LlamaForCausalLM(config).double().eval()
+    feats, _ = encode_text([{"text": "Mix the flour, knead, rest, bake."}, {"text": "Sorry, no."}], byte_tok, 64)
+    batch = collate_sft(feats, byte_tok.pad_token_id)
+    got = answer_nll(answer_logps(model, batch), batch["response_mask"])
+    total, count = 0.0, 0
+    for f in feats:
+        ids = torch.tensor([f["input_ids"]])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        total -= sum(logp[t, ids[0, t + 1]].item() for t in range(ids.shape[1] - 1))
+        count += ids.shape[1] - 1
+    assert got.item() == pytest.approx(total / count, abs=1e-8)

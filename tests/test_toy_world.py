@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from midpo_cli.assets.toy_world import (
     DUAL_USE_TASKS,
     HARMFUL_TASKS,
     HARMFUL_TOPICS,
+    STOP_WORDS,
     TEMPLATES,
+    TOPICS,
     TRAP_BENIGN_TASKS,
     TRAP_HARMFUL_TASKS,
     build_toy_world,
@@ -30,7 +33,7 @@ from midpo_cli.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 TOY = ASSETS / "toy-safety"
 TINY = ASSETS / "tiny-llama"
-SPLITS = ("train", "test", "sft", "dev-prompts", "eval-harmful", "eval-benign", "eval-prompts", "traps")
+SPLITS = ("train", "test", "sft", "corpus", "dev-prompts", "eval-harmful", "eval-benign", "eval-prompts", "traps")
 PROMPT_SETS = ("dev-prompts", "eval-harmful", "eval-benign", "eval-prompts", "traps")
 
 
@@ -81,7 +84,7 @@ def test_jsonl_rows_use_sorted_keys_one_per_line():
 
 def test_split_sizes_and_schemas(shipped):
     sizes = {split: len(rows) for split, rows in shipped.items()}
-    assert sizes == {"train": 2000, "test": 400, "sft": 6000, "dev-prompts": 160, "eval-harmful": 80,
+    assert sizes == {"train": 2000, "test": 400, "sft": 6000, "corpus": 2000, "dev-prompts": 160, "eval-harmful": 80,
                      "eval-benign": 80, "eval-prompts": 160, "traps": 100}
     pair_keys = {"prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
                  "is_response_0_safe", "is_response_1_safe", "category", "is_harmful", "dual_use",
@@ -89,6 +92,7 @@ def test_split_sizes_and_schemas(shipped):
     assert all(set(r) == pair_keys for split in ("train", "test") for r in shipped[split])
     sft_keys = {"prompt", "answer", "category", "is_harmful", "answer_type"}
     assert all(set(r) == sft_keys for r in shipped["sft"])
+    assert all(set(r) == {"text", "category"} for r in shipped["corpus"])
     for split in PROMPT_SETS:
         assert all(set(r) == {"prompt", "category", "is_harmful", "task"} for r in shipped[split]), split
     assert all(r["is_harmful"] for r in shipped["eval-harmful"])
@@ -100,7 +104,7 @@ def test_split_sizes_and_schemas(shipped):
 
 
 def test_categories_match_harmfulness(shipped):
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s != "corpus"):
         for r in shipped[split]:
             assert r["category"] in (HARMFUL_TOPICS if r["is_harmful"] else BENIGN_TOPICS), (split, r)
     for split in ("dev-prompts", "eval-prompts"):
@@ -138,7 +142,7 @@ def test_held_out_by_task_not_only_by_phrasing(shipped):
 
 
 def test_prompts_and_answers_are_short(shipped):
-    assert max(len(r["prompt"].split()) for split in SPLITS for r in shipped[split]) <= 15
+    assert max(len(r["prompt"].split()) for split in SPLITS if split != "corpus" for r in shipped[split]) <= 15
     assert max(len(r["answer"].split()) for r in shipped["sft"]) <= 30
 
 
@@ -191,6 +195,42 @@ def test_sft_mix_favours_one_type_per_topic(shipped):
         assert sorted(counts.values()) == [60, 60, 180]
     assert Counter(favoured[t] for t in HARMFUL_TOPICS) == {"C": 5, "S": 3, "R": 2}
     assert Counter(favoured[t] for t in BENIGN_TOPICS) == {"H": 5, "W": 3, "R": 2}
+
+
+def _content_words(task: str) -> set[str]:
+    """Written here, not imported: lower-cased words of a task minus the corpus's stop words."""
+    return set(re.findall(r"[a-z']+", task.lower())) - STOP_WORDS
+
+
+def test_corpus_covers_every_word_of_every_task_by_one_rule(shipped):
+    """The pretraining corpus (docs/design.md §7) knows the held-out tasks' words exactly as it knows the
+    training tasks': each content word of each task, training, dev, eval and trap alike, occurs in its topic's
+    documents, and only there do those documents name the topic."""
+    counts: dict[tuple[str, str], int] = Counter()
+    for r in shipped["corpus"]:
+        topic = r["category"]
+        assert topic in r["text"]
+        assert not any(t in r["text"] for t in TOPICS if t != topic and t not in topic), r
+        for word in re.findall(r"[a-z']+", r["text"].lower()):
+            counts[(topic, word)] += 1
+    tasks = [(t, task) for t, ts in (*HARMFUL_TASKS.items(), *BENIGN_TASKS.items()) for task in ts]
+    tasks += [*TRAP_BENIGN_TASKS, *TRAP_HARMFUL_TASKS]
+    for topic, task in tasks:
+        for word in _content_words(task):
+            assert counts[(topic, word)] >= 5, (topic, task, word, counts[(topic, word)])
+    assert Counter(r["category"] for r in shipped["corpus"]) == {t: 100 for t in TOPICS}
+
+
+def test_corpus_states_no_request_answer_or_label(shipped):
+    """Meaning only: no task is asked or quoted, no answer template or its first word occurs, no label word."""
+    every_task = [t for ts in (*HARMFUL_TASKS.values(), *BENIGN_TASKS.values()) for t in ts]
+    every_task += [t for _, t in TRAP_BENIGN_TASKS + TRAP_HARMFUL_TASKS]
+    openings = {" ".join(t.split()[:2]) for ts in TEMPLATES.values() for t in ts}  # "Sure! Here", "No, I", ...
+    for r in shipped["corpus"]:
+        text = r["text"]
+        assert "?" not in text and not any(task in text for task in every_task), text
+        assert not any(o in text for o in openings), text
+        assert not re.search(r"\b(harmful|benign|unsafe|safe|refuse|refusal|safer|legal)\b", text.lower()), text
 
 
 def test_label_noise_flips_labels():

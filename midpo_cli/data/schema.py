@@ -2,8 +2,8 @@
 
 Pair rows follow PKU-SafeRLHF: `prompt, response_0, response_1, better_response_id, safer_response_id,
 is_response_0_safe, is_response_1_safe`. Prompt sets: `prompt` (+ optional `category`, `is_harmful`).
-SFT rows: `prompt, answer`. D_dual (the `rank` stage's output) and other preference files:
-`prompt, chosen, rejected`.
+SFT rows: `prompt, answer`; corpus rows (plain text for SFT's `corpus`): `text`. D_dual (the `rank` stage's
+output) and other preference files: `prompt, chosen, rejected`.
 
 Field values are checked with pydantic in its lax mode, so what PKU-SafeRLHF and CSV files contain is
 accepted: ids as 0/1, 0.0/1.0 or "0"/"1"; safety flags as booleans, 0/1 or "true"/"false". Text must
@@ -25,6 +25,7 @@ PAIR_COLUMNS = (
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 PROMPT_COLUMNS = ("prompt",)
 SFT_COLUMNS = ("prompt", "answer")
+TEXT_COLUMNS = ("text",)
 
 TEXT = TypeAdapter(str)
 RESPONSE_ID = TypeAdapter(Annotated[int, Field(ge=0, le=1)])
@@ -32,6 +33,7 @@ FLAG = TypeAdapter(bool)
 
 FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
     "prompt": TEXT, "response_0": TEXT, "response_1": TEXT, "chosen": TEXT, "rejected": TEXT, "answer": TEXT,
+    "text": TEXT,
     "better_response_id": RESPONSE_ID, "safer_response_id": RESPONSE_ID,
     "is_response_0_safe": FLAG, "is_response_1_safe": FLAG,
     "is_chosen_safe": FLAG, "is_rejected_safe": FLAG, "is_harmful": FLAG,

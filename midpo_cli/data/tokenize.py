@@ -158,6 +158,43 @@ def encode_sft(rows: Sequence[dict[str, Any]], tokenizer: Any, template: str, ma
     return features, counts
 
 
+def encode_text(rows: Sequence[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]],
+                                                                                         dict[str, int]]:
+    """Plain-text rows (a `text` column) → SFT features scored on every token: `row_index, input_ids, prompt_len`.
+
+    No prompt template: the text is language, not a conversation (a pretraining corpus). Encoded as the
+    tokenizer encodes a document (with its BOS, if it adds one) followed by EOS; cut on the right at
+    `max_length`. `prompt_len` is 1: the first token has no context to be predicted from, every later
+    one is a target, so `collate_sft` and the SFT loss need nothing new.
+    """
+    eos = _eos_id(tokenizer)
+    counts = {"rows_in": len(rows), "dropped:malformed": 0, "dropped:empty_text": 0, "dropped:too_short": 0,
+              "truncated:text": 0, "kept": 0}
+    good: list[tuple[int, str]] = []
+    for i, row in enumerate(rows):
+        try:
+            text = parse_field(row, "text")
+        except Malformed:
+            counts["dropped:malformed"] += 1
+            continue
+        if not text.strip():
+            counts["dropped:empty_text"] += 1
+            continue
+        good.append((i, text))
+    features = []
+    for (i, _), ids in zip(good, _encode(tokenizer, [t for _, t in good], True), strict=True):
+        ids = [*ids, eos]
+        if len(ids) < 3:  # at least one target besides EOS
+            counts["dropped:too_short"] += 1
+            continue
+        counts["truncated:text"] += len(ids) > max_length
+        features.append({"row_index": i, "input_ids": ids[:max_length], "prompt_len": 1})
+    counts["kept"] = len(features)
+    if rows and not features:
+        raise InputError(f"no text rows left ({counts})")
+    return features, counts
+
+
 def encode_prompts(prompts: Sequence[str], tokenizer: Any, template: str,
                    max_prompt_length: int | None = None) -> tuple[list[list[int]], dict[str, int]]:
     """Formatted, encoded prompts for generation; longer than max_prompt_length keeps the end (and BOS)."""

@@ -152,6 +152,8 @@ def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
             if not spec:
                 raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data")
             specs[key] = spec
+            if sft.corpus:
+                specs["stages.sft.corpus"] = sft.corpus
         return specs
     if stage in ("reward_model", "cost_model") and getattr(recipe.stages, stage).use:
         return {"data.eval": data.eval} if data.eval else {"data.train": data.train}
@@ -181,7 +183,9 @@ def check_data(recipe: Recipe, stage: str) -> None:
             continue
         try:
             table = load_rows(spec, columns=recipe.data.columns)
-            if stage == "sft":
+            if key == "stages.sft.corpus":
+                rows = _text_rows(table)
+            elif stage == "sft":
                 rows = _sft_rows(recipe, table)
             else:
                 loss = getattr(getattr(recipe.stages, stage), "loss", None)
@@ -206,6 +210,13 @@ def _sft_rows(recipe: Recipe, table) -> int:
         require_columns(table.columns, SFT_COLUMNS, table.source, "stage sft (stages.sft.answers: column)")
         return int(len(table.rows) * (1 - SFT_EVAL_FRACTION))
     return len(select_pairs(table, "reward_model" if answers == "better" else "cost_model").pairs)
+
+
+def _text_rows(table) -> int:
+    from midpo_cli.data.schema import TEXT_COLUMNS, require_columns
+
+    require_columns(table.columns, TEXT_COLUMNS, table.source, "stages.sft.corpus")
+    return len(table.rows)
 
 
 def check_batch(recipe: Recipe, stage: str, key: str, spec: str, rows: int) -> None:

@@ -13,7 +13,7 @@ import torch
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import Table, load_rows
-from midpo_cli.data.tokenize import collate_sft, encode_sft
+from midpo_cli.data.tokenize import collate_sft, encode_sft, encode_text
 from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
@@ -49,6 +49,7 @@ def run(ctx: StageContext) -> None:
     eval_feats, _ = encode_sft(eval_rows, tokenizer, template, recipe.data.max_length)
     console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows; encoding "
                 f"{console.counts_text(drops)}")
+    corpus_feats, corpus_drops = corpus_features(cfg.corpus, recipe.data.columns, tokenizer, recipe.data.max_length)
 
     model = load_causal_lm(recipe.base_model, dtype=settings.precision, seed=settings.seed,
                            trust_remote_code=recipe.trust_remote_code)
@@ -61,8 +62,9 @@ def run(ctx: StageContext) -> None:
         loss = answer_nll(answer_logps(model, batch), batch["response_mask"])  # sft_loss without full logits
         return loss, {"nll": loss.detach()}
 
-    result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
-                   out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name="sft")
+    result = train(model=model, train_data=train_feats + corpus_feats, collate=collate, loss_fn=loss_fn,
+                   settings=settings, out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume,
+                   stage_name="sft")
 
     out = ctx.folder / "model"
     result.model.config.midpo_template = template  # config.json records it: later runs can warn on a mismatch
@@ -75,7 +77,8 @@ def run(ctx: StageContext) -> None:
         "samples_per_s": result.samples_per_s,
     }
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step,
-                    "data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops}}
+                    "data": {"train_rows": len(train_feats), "eval_rows": len(eval_feats), "dropped": drops,
+                             "corpus_rows": len(corpus_feats), "corpus": corpus_drops}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["sft"])
 
 
@@ -95,6 +98,21 @@ def sft_rows(spec: str | None, answers: str, columns: dict[str, str]) -> list[di
     stage = "reward_model" if answers == "better" else "cost_model"
     selection = select_pairs(Table(rows=table.rows, source=table.source), stage)
     return [{"prompt": p.prompt, "answer": p.chosen} for p in selection.pairs]
+
+
+def corpus_features(spec: str | None, columns: dict[str, str], tokenizer, max_length: int) -> tuple[list, dict]:
+    """`stages.sft.corpus`: plain-text rows trained beside the prompt/answer rows, loss on every token.
+
+    Why SFT takes them: a base learns what the words of its domain mean from text, not from answers; the
+    toy world's corpus is the pretraining its from-scratch base never had (docs/design.md §7).
+    """
+    if not spec:
+        return [], {}
+    table = load_rows(spec, columns=columns)
+    feats, counts = encode_text(table.rows, tokenizer, max_length)
+    console.log(f"sft: {len(feats)} corpus rows from {table.source} (loss on every token); encoding "
+                f"{console.counts_text(counts)}")
+    return feats, counts
 
 
 def split_eval(rows: list[dict], *, seed: int) -> tuple[list[dict], list[dict]]:
