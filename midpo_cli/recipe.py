@@ -166,13 +166,13 @@ class ExpertStage(TrainOverrides):
 
 
 class RankStage(Strict):
-    rule: Literal["joint", "models", "labels", "agree"] = Field(
+    rule: Literal["joint", "expert", "models", "labels", "agree"] = Field(
         "joint", description="How D_dual is chosen: joint (one answer wins on both axes), or the paper's models/labels."
     )
     by: Literal["auto", "labels", "models"] = Field(
         "auto", description="joint: judge both axes by the labels or the score models (auto: labels when present)."
     )
-    balance: Literal["cells", "kinds", "none"] = Field(
+    balance: Literal["cells", "contrast", "kinds", "none"] = Field(
         "cells", description="joint: equal pairs per (prompt kind, rejected unsafe?) cell, per prompt kind, or none."
     )
     batch_size: int = Field(32, gt=0, description="Scoring batch size.")

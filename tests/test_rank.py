@@ -91,6 +91,40 @@ def test_joint_by_labels_and_the_papers_rules_match_pandas(scored):
     assert len(models) == int(((df.cost_0 < 0) & (df.cost_1 < 0) & order & strict).sum())
 
 
+def test_expert_rule_and_contrast_balance_match_pandas(scored):
+    """`expert`: on a harmful prompt the safer answer wins, on a benign one the better (labels), or the lower cost /
+    higher reward (models, ties dropped); `contrast` keeps harmful pairs with an unsafe rejected answer and as many
+    benign pairs."""
+    rows, df = scored
+    safer = df.apply(lambda r: r[f"response_{r.safer_response_id}"], axis=1)
+    better = df.apply(lambda r: r[f"response_{r.better_response_id}"], axis=1)
+    by_labels = safer.where(df.is_harmful, better)
+    dual, steps = dual_pairs(rows, "expert", by="labels", balance="none")
+    assert steps["expert_axis_winner_by_labels"] == len(df) == len(dual)
+    assert sorted((d["prompt"], d["chosen"]) for d in dual) == sorted(zip(df.prompt, by_labels, strict=True))
+    # the rule keeps harmful pairs the helpfulness annotators got wrong: compliance rejected, a refusal chosen
+    assert any(d["is_harmful"] and d["chosen"].startswith(("Sorry", "No,", "Unfortunately")) and not
+               d["is_rejected_safe"] for d in dual)
+
+    cost_win = (df.cost_0 != df.cost_1) & df.is_harmful
+    reward_win = (df.reward_0 != df.reward_1) & ~df.is_harmful
+    pick = df.apply(lambda r: r.response_0 if ((r.cost_0 < r.cost_1) if r.is_harmful else (r.reward_0 > r.reward_1))
+                    else r.response_1, axis=1)
+    keep = cost_win | reward_win
+    by_models, _ = dual_pairs(rows, "expert", by="models", balance="none")
+    assert sorted((d["prompt"], d["chosen"]) for d in by_models) == sorted(zip(df.prompt[keep], pick[keep],
+                                                                              strict=True))
+
+    chosen_id = df.apply(lambda r: r.safer_response_id if r.is_harmful else r.better_response_id, axis=1)
+    rejected_safe = df.apply(lambda r: r[f"is_response_{1 - chosen_id[r.name]}_safe"], axis=1)
+    n_contrast = int((df.is_harmful & ~rejected_safe).sum())
+    m = min(n_contrast, int((~df.is_harmful).sum()))
+    contrast, steps = dual_pairs(rows, "expert", by="labels", balance="contrast", seed=1)
+    assert steps["balanced_contrast"] == 2 * m == len(contrast)
+    assert sum(d["is_harmful"] for d in contrast) == m
+    assert all(not d["is_rejected_safe"] for d in contrast if d["is_harmful"])
+
+
 def test_equal_costs_do_not_count_as_agreeing_orders():
     row = {"prompt": "p", "response_0": "a", "response_1": "b", "_better": 0, "_safer": 0, "_safe_0": True,
            "_safe_1": True, "_harmful_label": False, "reward_0": 2.0, "reward_1": 1.0, "cost_0": -1.0, "cost_1": -1.0}

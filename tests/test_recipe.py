@@ -65,7 +65,7 @@ def test_bad_override_names_the_flag() -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe(None, ["stages.router.beta=0", "stages.rank.rule=vibes"])
     assert sorted(info.value.problems) == [
-        "--set stages.rank.rule: must be one of joint, models, labels, agree, got 'vibes'",
+        "--set stages.rank.rule: must be one of joint, expert, models, labels, agree, got 'vibes'",
         "--set stages.router.beta: must be > 0.0, got 0",
     ]
 

@@ -14,6 +14,12 @@ Rules (`stages.rank.rule`):
   two axes agree. These never contain a compliant answer as the rejected one, so a router trained on them
   sees no reason to open the safety gate and collapses onto the helpfulness expert (benchmarks/RESULTS.md).
 - `agree`: better == safer by the labels, no balancing.
+- `expert`: every pair, judged on the axis of the expert its prompt needs — the safer answer wins on a harmful
+  prompt, the better one on a benign prompt (labels, or the score models with ties dropped) — then balanced
+  like `joint`. It is the oracle router's rule written as pairs: unlike `joint` it keeps "a refusal beats
+  compliance" on harmful prompts (the helpfulness annotators rate compliance better there, so `joint` drops
+  those pairs), the only pairs in which the helpfulness expert's gate costs loss on a harmful prompt.
+  Measured on dev it ties `joint` on the quickstart (benchmarks/RESULTS.md); an option, not the default.
 
 Outputs: `scored.jsonl` (the pair data with reward_0/1 and cost_0/1 added), `dual.jsonl` (the
 router's pairs: prompt, chosen, rejected and their scores), and `audit.json` (counts per rule
@@ -122,6 +128,19 @@ def _winner_by_labels(r: dict[str, Any]) -> int | None:
     return label_winner(r["_better"], r["_safer"])
 
 
+def _winner_for_expert(r: dict[str, Any], by: str) -> int | None:
+    """The answer the right expert prefers: on a harmful prompt the safer one, on a benign prompt the better one
+    (by the labels, or by the score models: lower cost / higher reward, a tie dropped)."""
+    harmful = prompt_is_harmful(r)
+    if by == "labels":
+        if r["_safer"] is None:
+            raise InputError("rank: this rule needs safer_response_id in the data; use stages.rank.by: models")
+        return r["_safer"] if harmful else r["_better"]
+    key, sign = ("cost", -1) if harmful else ("reward", 1)
+    a, b = sign * r[f"{key}_0"], sign * r[f"{key}_1"]
+    return None if a == b else (0 if a > b else 1)
+
+
 def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tuple[dict, int]], dict[str, int]]:
     """(row, chosen id) pairs a rule keeps, and the count after each of its steps."""
     steps: dict[str, int] = {}
@@ -146,8 +165,13 @@ def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tu
         pick = _winner_by_models if by == "models" else _winner_by_labels
         winners = [(r, pick(r)) for r in rows]
         steps[f"wins_both_axes_by_{by}"] = sum(w is not None for _, w in winners)
+    elif rule == "expert":  # each prompt judged on the axis of the expert that should answer it
+        if by == "auto":
+            by = "labels" if all(r["_safer"] is not None for r in rows) else "models"
+        winners = [(r, _winner_for_expert(r, by)) for r in rows]
+        steps[f"expert_axis_winner_by_{by}"] = sum(w is not None for _, w in winners)
     else:
-        raise InputError(f"rank: unknown rule {rule!r}; choose joint, models, labels or agree")
+        raise InputError(f"rank: unknown rule {rule!r}; choose joint, expert, models, labels or agree")
     return [(r, w) for r, w in winners if w is not None], steps
 
 
@@ -167,14 +191,18 @@ def balance_pairs(kept: list[tuple[dict, int]], how: str, seed: int) -> list[tup
     should answer here"; safe-vs-safe pairs on harmful prompts (a redirect over a flat refusal) reward
     whichever expert writes the nicer refusal, which on PKU-style labels is the helpfulness expert, and they
     outnumber the others (3.7 : 1 on the toy world) — enough to teach the router to open the helpfulness
-    gate on harmful prompts. `none` keeps everything.
+    gate on harmful prompts. `contrast` keeps only the harmful pairs whose rejected answer is unsafe (and as many
+    benign pairs): every harmful pair then asks "should the safety expert answer?", none "which refusal reads
+    better?". `none` keeps everything.
     """
     if how == "none":
         return kept
     cells: dict[tuple, list[int]] = {}
     for i, (r, c) in enumerate(kept):
         harmful = prompt_is_harmful(r)
-        key = (harmful, _rejected_is_unsafe(r, c) if harmful and how == "cells" else None)
+        key = (harmful, _rejected_is_unsafe(r, c) if harmful and how in ("cells", "contrast") else None)
+        if how == "contrast" and key == (True, False):
+            continue
         cells.setdefault(key, []).append(i)
     if len(cells) < 2:
         return kept
@@ -190,7 +218,7 @@ def dual_pairs(rows: list[dict[str, Any]], rule: str, *, by: str = "auto", balan
     steps = {"scored": len(rows)}
     kept, rule_steps = _rule_steps(rows, rule, by)
     steps.update(rule_steps)
-    if rule == "joint" and balance != "none":
+    if rule in ("joint", "expert") and balance != "none":
         kept = balance_pairs(kept, balance, seed)
         steps[f"balanced_{balance}"] = len(kept)
     out = []
