@@ -167,13 +167,15 @@ class ExpertStage(TrainOverrides):
 
 class RankStage(Strict):
     rule: Literal["joint", "expert", "models", "labels", "agree"] = Field(
-        "joint", description="How D_dual is chosen: joint (one answer wins on both axes), or the paper's models/labels."
+        "joint", description="How D_dual is chosen: joint (one answer wins on both axes), expert (the safer answer "
+        "on harmful prompts, the better on benign ones), or the paper's models/labels."
     )
     by: Literal["auto", "labels", "models"] = Field(
-        "auto", description="joint: judge both axes by the labels or the score models (auto: labels when present)."
+        "auto", description="joint/expert: judge by the labels or the score models (auto: labels when present)."
     )
     balance: Literal["cells", "contrast", "kinds", "none"] = Field(
-        "cells", description="joint: equal pairs per (prompt kind, rejected unsafe?) cell, per prompt kind, or none."
+        "cells", description="joint/expert: equal pairs per (prompt kind, rejected unsafe?) cell; contrast: without "
+        "harmful safe-vs-safe pairs; per prompt kind; or none."
     )
     batch_size: int = Field(32, gt=0, description="Scoring batch size.")
 

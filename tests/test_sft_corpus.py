@@ -56,3 +56,21 @@ def test_the_corpus_is_part_of_the_sft_fingerprint(runs) -> None:
             != expected_fingerprint(runs["corpus-recipe"], "sft", {}))
     assert (expected_fingerprint(runs["plain-recipe"], "reward_model", {"sft": {"fingerprint": "x"}})
             == expected_fingerprint(runs["corpus-recipe"], "reward_model", {"sft": {"fingerprint": "x"}}))
+
+
+def test_data_columns_map_the_sft_rows_not_the_corpus(tmp_path) -> None:
+    """data.columns renames the pair / SFT data's columns; the corpus keeps its own `text` column."""
+    from midpo_cli.modeling.loading import load_tokenizer
+    from midpo_cli.pipeline.preflight import check_data
+    from midpo_cli.stages.sft import corpus_features, sft_rows
+
+    rows = [json.loads(line) for line in resolve_embedded("embedded:toy-safety/sft").read_text().splitlines()[:40]]
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"question": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    corpus = _slice("embedded:toy-safety/corpus", 4, tmp_path / "corpus.jsonl")
+    recipe = load_recipe(None, [f"run_dir={tmp_path / 'run'}", f"data.sft={sft}", "data.columns={prompt: question}",
+                                f"stages.sft.corpus={corpus}", "stages.sft.batch_size=8"])
+    check_data(recipe, "sft")  # no error: the mapping is not applied to the corpus
+    assert len(sft_rows(str(sft), "column", recipe.data.columns)) == 40
+    feats, counts = corpus_features(str(corpus), load_tokenizer("embedded:tiny-llama"), 96)
+    assert counts["kept"] == len(feats) == 4

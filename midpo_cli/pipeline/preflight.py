@@ -182,7 +182,8 @@ def check_data(recipe: Recipe, stage: str) -> None:
         if not _is_local(spec):
             continue
         try:
-            table = load_rows(spec, columns=recipe.data.columns)
+            # data.columns maps the pair / SFT data; a corpus has its own one column, `text`
+            table = load_rows(spec, columns=None if key == "stages.sft.corpus" else recipe.data.columns)
             if key == "stages.sft.corpus":
                 rows = _text_rows(table)
             elif stage == "sft":

@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> None:
     eval_feats, _ = encode_sft(eval_rows, tokenizer, template, recipe.data.max_length)
     console.log(f"sft: {len(train_feats)} train rows, {len(eval_feats)} eval rows; encoding "
                 f"{console.counts_text(drops)}")
-    corpus_feats, corpus_drops = corpus_features(cfg.corpus, recipe.data.columns, tokenizer, recipe.data.max_length)
+    corpus_feats, corpus_drops = corpus_features(cfg.corpus, tokenizer, recipe.data.max_length)
 
     model = load_causal_lm(recipe.base_model, dtype=settings.precision, seed=settings.seed,
                            trust_remote_code=recipe.trust_remote_code)
@@ -100,15 +100,16 @@ def sft_rows(spec: str | None, answers: str, columns: dict[str, str]) -> list[di
     return [{"prompt": p.prompt, "answer": p.chosen} for p in selection.pairs]
 
 
-def corpus_features(spec: str | None, columns: dict[str, str], tokenizer, max_length: int) -> tuple[list, dict]:
+def corpus_features(spec: str | None, tokenizer, max_length: int) -> tuple[list, dict]:
     """`stages.sft.corpus`: plain-text rows trained beside the prompt/answer rows, loss on every token.
 
     Why SFT takes them: a base learns what the words of its domain mean from text, not from answers; the
-    toy world's corpus is the pretraining its from-scratch base never had (docs/design.md §7).
+    toy world's corpus is the pretraining its from-scratch base never had (docs/design.md §7). The corpus
+    has its own one column, `text`, so data.columns (the pair and SFT data's mapping) does not apply.
     """
     if not spec:
         return [], {}
-    table = load_rows(spec, columns=columns)
+    table = load_rows(spec)
     feats, counts = encode_text(table.rows, tokenizer, max_length)
     console.log(f"sft: {len(feats)} corpus rows from {table.source} (loss on every token); encoding "
                 f"{console.counts_text(counts)}")
