@@ -12,6 +12,8 @@ The same ≈20M-parameter LLaMA (random init, the embedded tokenizer), the same 
 - midpo-dpo:      the same stage with `loss: dpo` — margin 0, so no score-model pass: TRL's objective;
 - midpo-ckpt:     SPE-DPO with `train.activation_checkpointing: true` (the memory-lean setting);
 - midpo-dpo-ckpt: `loss: dpo` with activation checkpointing: TRL's objective at midpo's memory-lean setting;
+- <any of these>-rows: the same with `train.share_prompt: false`, two rows per pair (the prompt encoded
+                  twice, the layout before issue 13's prefix sharing), to measure the packed rows side by side;
 - reference:      the reference implementation's layout, written here: a second full model copy as
                   π_ref, the cost model's forward inside every step for the margin, and the loss in a
                   per-sample Python loop (per-token log-probs vectorised, sums and loss per pair) —
@@ -55,7 +57,15 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("midpo", "midpo-dpo", "midpo-ckpt", "midpo-dpo-ckpt", "reference", "trl", "trl-fast")
+MIDPO = ("midpo", "midpo-dpo", "midpo-ckpt", "midpo-dpo-ckpt")
+# "-rows": the same midpo variant with two rows per pair (train.share_prompt false), the layout before sharing
+MIDPO_SETS = {  # each midpo variant's recipe overrides
+    "midpo": [],
+    "midpo-dpo": ["stages.safety_expert.loss=dpo"],
+    "midpo-ckpt": ["train.activation_checkpointing=true"],
+    "midpo-dpo-ckpt": ["stages.safety_expert.loss=dpo", "train.activation_checkpointing=true"],
+}
+VARIANTS = (*MIDPO, *(f"{v}-rows" for v in MIDPO), "reference", "trl", "trl-fast")
 COMPARE = [("midpo", "reference"), ("midpo-ckpt", "reference"), ("midpo", "trl"), ("midpo-dpo", "trl-fast"),
            ("midpo-dpo-ckpt", "trl-fast"), ("midpo-ckpt", "trl")]  # (ours, theirs) pairs reported as ratios
 SIZES = {  # LLaMA shapes; the vocabulary is the embedded tokenizer's (768)
@@ -371,14 +381,10 @@ def run_child(variant: str, work: Path) -> None:
 
     torch.set_num_threads(settings["threads"])
     trace = settings.get("trace", False)
-    if variant == "midpo":
-        result = child_midpo(work, [], trace)
-    elif variant == "midpo-dpo":
-        result = child_midpo(work, ["stages.safety_expert.loss=dpo"], trace)
-    elif variant == "midpo-ckpt":
-        result = child_midpo(work, ["train.activation_checkpointing=true"], trace)
-    elif variant == "midpo-dpo-ckpt":
-        result = child_midpo(work, ["stages.safety_expert.loss=dpo", "train.activation_checkpointing=true"], trace)
+    base = variant.removesuffix("-rows")
+    if base in MIDPO:
+        rows = ["train.share_prompt=false"] if variant.endswith("-rows") else []
+        result = child_midpo(work, [*rows, *MIDPO_SETS[base]], trace)
     elif variant == "reference":
         result = child_reference(work, settings)
     else:
@@ -410,7 +416,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(v for v in VARIANTS if not v.endswith("-rows")))
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the variants; medians are reported")
     parser.add_argument("--work", type=Path, help="keep the work folder here (default: a temporary one)")
     parser.add_argument("--trace", action="store_true", help="midpo variants: peak RSS per phase of the stage")

@@ -69,6 +69,10 @@ class TrainSettings(Strict):
     activation_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass: less memory, more compute."
     )
+    share_prompt: bool = Field(
+        True, description="Experts and router: each pair's prompt encoded once, one packed row prompt ‖ chosen ‖ "
+        "rejected with a block attention mask, instead of two rows (same log-probs, fewer tokens).",
+    )
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
 

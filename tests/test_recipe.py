@@ -30,7 +30,7 @@ def test_three_mistakes_reported_together_with_lines(tmp_path: Path) -> None:
         f"{path}:4 train.epochs: must be an integer, got 'two'",
         f"{path}:5 train.learning_rat: unknown key; allowed: activation_checkpointing, batch_size, checkpoint, "
         "epochs, eval_batch_size, eval_each_epoch, eval_every, grad_accum, log_every, lr, max_grad_norm, max_steps, "
-        "precision, scheduler, seed, warmup_ratio, weight_decay",
+        "precision, scheduler, seed, share_prompt, warmup_ratio, weight_decay",
         f"{path}:8 stages.router.granularity: must be one of token, prompt, got 'sentence'",
     ]
     assert info.value.exit_code == 2

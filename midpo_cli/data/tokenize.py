@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from midpo_cli.data.packing import pack_pairs
 from midpo_cli.data.schema import Malformed, parse_field
 from midpo_cli.data.template import adds_special_tokens, answer_text, format_prompt, resolve_template
 from midpo_cli.errors import InputError
@@ -239,11 +240,18 @@ def pad_sequences(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad
 
 
 def collate_pairs(features: Sequence[dict[str, Any]], pad_id: int, padding_side: str = "right",
-                  extras: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """2B rows, chosen rows first then rejected; `extras` are per-pair float (B,) tensors; pair_index (B,)."""
+                  extras: Sequence[str] = (), share_prompt: bool = False) -> dict[str, torch.Tensor]:
+    """2B rows, chosen rows first then rejected; `extras` are per-pair float (B,) tensors; pair_index (B,).
+
+    share_prompt (recipe `train.share_prompt`): also the one-row-per-pair layout (`data.packing.pack_pairs`),
+    where every pair's rows share their prompt tokens; the forward then encodes each prompt once.
+    """
     seqs = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
     lens = [f["chosen_prompt_len"] for f in features] + [f["rejected_prompt_len"] for f in features]
     batch = pad_sequences(seqs, lens, pad_id, padding_side)
+    packed = pack_pairs(features, pad_id, padding_side) if share_prompt else None
+    if packed is not None:
+        batch.update(packed)
     batch["pair_index"] = torch.tensor([f["pair_index"] for f in features], dtype=torch.long)
     for key in extras:
         missing = [f["pair_index"] for f in features if key not in f]

@@ -47,14 +47,11 @@ def answer_logps(model, batch: dict[str, torch.Tensor], *, chunk_size: int | Non
     lm = causal_lm(model)
     reason = full_logits_reason(lm)
     if reason is None:
-        hidden, logits = _hidden_states(model, lm, batch, forward_kwargs)
-        if lm not in _HEAD_CHECKED:
-            _HEAD_CHECKED[lm] = _head_mismatch(lm, hidden[:, -1], logits[:, -1])
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **forward_kwargs}
+        hidden = checked_hidden_states(model, lm, inputs)
+        if hidden is not None:
+            return head_answer_logps(lm, hidden, batch, chunk_size)
         reason = _HEAD_CHECKED[lm]
-        if reason is None:
-            head = lm.get_output_embeddings()
-            return chunked_answer_logps(hidden, head.weight, head.bias, batch["input_ids"], batch["response_mask"],
-                                        softcap=_softcap(lm), chunk_size=chunk_size)
     key = (type(model if lm is None else lm).__name__, reason)
     if key not in _WARNED:
         _WARNED.add(key)
@@ -101,16 +98,26 @@ def _softcap(lm: nn.Module) -> float | None:
     return getattr(lm.config, "final_logit_softcapping", None) or None
 
 
-def _hidden_states(model, lm: nn.Module, batch: dict, forward_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the backbone's final hidden states (B, T, H), the model's logits at the last position (B, 1, V))."""
+def checked_hidden_states(model, lm: nn.Module, inputs: dict) -> torch.Tensor | None:
+    """The backbone's final hidden states (B, T, H) of `model(**inputs)`, lm_head run on the last position only;
+    None when that position's logits show the head is not what the chunks compute (checked on the first call)."""
     captured: list[torch.Tensor] = []
     handle = lm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
     try:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1,
-                    **forward_kwargs)
+        logits = model(**inputs, logits_to_keep=1).logits
     finally:
         handle.remove()
-    return captured[-1], out.logits
+    hidden = captured[-1]
+    if lm not in _HEAD_CHECKED:
+        _HEAD_CHECKED[lm] = _head_mismatch(lm, hidden[:, -1], logits[:, -1])
+    return hidden if _HEAD_CHECKED[lm] is None else None
+
+
+def head_answer_logps(lm: nn.Module, hidden: torch.Tensor, batch: dict, chunk_size: int | None) -> torch.Tensor:
+    """(B,) log π(answer | prompt) from hidden states aligned with batch's input_ids / response_mask."""
+    head = lm.get_output_embeddings()
+    return chunked_answer_logps(hidden, head.weight, head.bias, batch["input_ids"], batch["response_mask"],
+                                softcap=_softcap(lm), chunk_size=chunk_size)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""DPO machinery shared by the experts and the router: one concatenated forward, cached reference
+"""DPO machinery shared by the experts and the router: one forward for chosen and rejected, cached reference
 log-probs, and the health monitor.
 
 Reference log-probs are cached per *sequence* (hash of model fingerprint, template, max_length,
@@ -20,18 +20,23 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.engine.answer_logps import answer_logps
+from midpo_cli.engine.shared_prompt import shared_prompt_logps
 from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_text
 
 
 def concatenated_logps(model, batch: dict[str, torch.Tensor], **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected rows go through one forward (2B rows); returns (chosen (B,), rejected (B,)).
+    """Chosen and rejected log-probs from one forward; returns (chosen (B,), rejected (B,)).
 
-    Log-probs come from the answer positions only (`answer_logps`, docs/design.md §2.1); forward_kwargs reach
-    the model's forward (MidpoModel's prompt_mask). One batch rather than each prompt once with both answers
-    against its KV cache: sharing measured faster but is not adopted yet (docs/design.md §6 says why).
+    The forward runs the batch's packed rows (each prompt once, `engine.shared_prompt`) when the collate made
+    them (`train.share_prompt`) and the model can run them exactly, else the 2B rows. Log-probs come from the
+    answer positions only (`answer_logps`, docs/design.md §2.1); forward_kwargs reach the model's forward
+    (MidpoModel's prompt_mask, of the 2B rows). What the model records per position (MidpoModel's gates) has the
+    rows of whichever forward ran: `shared_prompt.to_rows` gives it the 2B rows.
     """
-    logps = answer_logps(model, batch, **forward_kwargs)
+    logps = shared_prompt_logps(model, batch, **forward_kwargs) if "packed_input_ids" in batch else None
+    if logps is None:
+        logps = answer_logps(model, batch, **forward_kwargs)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 

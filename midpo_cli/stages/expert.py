@@ -91,7 +91,8 @@ def run_expert(ctx: StageContext, stage: str) -> None:
     model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
 
     def collate(features):
-        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
+        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
+                             share_prompt=settings.share_prompt)
 
     if cfg.precompute_ref:
         cache = ref_cache(ctx, template)

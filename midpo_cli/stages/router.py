@@ -17,6 +17,7 @@ from midpo_cli.data.tokenize import collate_pairs, encode_pairs
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
+from midpo_cli.engine.shared_prompt import to_rows
 from midpo_cli.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
@@ -69,7 +70,8 @@ def run(ctx: StageContext) -> None:
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
-        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]))
+        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
+                             share_prompt=settings.share_prompt)
 
     train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
                                   batch_size=settings.reference_batch_size, reference=model.routing_disabled,
@@ -217,7 +219,7 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
         half = chosen.shape[0]
         losses, chosen_r, rejected_r = spe_dpo_loss(chosen, rejected, batch["ref_chosen_logps"],
                                                     batch["ref_rejected_logps"], 0.0, beta)
-        g_s, g_h = model.gate_tensors()
+        g_s, g_h = ([to_rows(g, batch) for g in gates] for gates in model.gate_tensors())  # (2B, T) each
         penalty_mask = batch["response_mask"] if scope == "answer" else batch["attention_mask"]
         penalty = router_penalty(g_s, g_h, penalty_mask, lam_safety, lam_help)
         with torch.no_grad():
