@@ -10,8 +10,8 @@ routers, activation checkpointing and DeepSpeed's bookkeeping see one ordinary f
 in a warning: the full-logits path (its reasons, ZeRO-3 among them), an attention kernel that takes no custom
 mask (flash attention), a forward without position ids, and rows longer than a sliding attention window
 (the block mask carries no window). A model's first packed call is also checked against two rows per pair on
-its first pair, in eval mode without gradients, which catches anything else (a model that ignores position
-ids, ALiBi, ...).
+its first CHECK_PAIRS pairs, in eval mode without gradients, which catches anything else (a model that ignores
+position ids, ALiBi, ...).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def shared_prompt_logps(model, batch: dict[str, torch.Tensor], *, chunk_size: in
     lm = causal_lm(model)
     reason = packing_reason(lm, batch)
     if reason is None and lm not in _CHECKED:
-        _CHECKED[lm] = _packing_mismatch(model, batch, forward_kwargs, chunk_size)
+        _CHECKED[lm] = _packing_mismatch(model, lm, batch, forward_kwargs, chunk_size)
     reason = reason or _CHECKED.get(lm)
     if reason is not None:
         key = (type(model if lm is None else lm).__name__, reason)
@@ -123,7 +123,7 @@ def _packed_logps(model, lm: nn.Module, batch: dict, forward_kwargs: dict, chunk
 
 
 @torch.no_grad()
-def _packing_mismatch(model, batch: dict, forward_kwargs: dict, chunk_size: int | None) -> str | None:
+def _packing_mismatch(model, lm: nn.Module, batch: dict, forward_kwargs: dict, chunk_size: int | None) -> str | None:
     """Packed vs two rows on the batch's first CHECK_PAIRS pairs, in eval mode (no dropout), without gradients.
 
     The tolerance is a hundred times what the two layouts' different rounding gives in fp32 (≈1e-7 of a
@@ -139,11 +139,11 @@ def _packing_mismatch(model, batch: dict, forward_kwargs: dict, chunk_size: int 
     was_training = model.training
     model.eval()
     try:
-        packed = _packed_logps(model, causal_lm(model), first, kwargs, chunk_size)
+        packed = _packed_logps(model, lm, first, kwargs, chunk_size)
         separate = answer_logps(model, first, chunk_size=chunk_size, **kwargs)
     finally:
         model.train(was_training)
-    tol = 5e-2 if next(causal_lm(model).parameters()).element_size() < 4 else 1e-5  # 16-bit weights round more
+    tol = 5e-2 if next(lm.parameters()).element_size() < 4 else 1e-5  # 16-bit weights round more
     err = (packed - separate).abs()
     if bool((err <= tol * (1 + separate.abs())).all()):
         return None

@@ -144,6 +144,8 @@ def _winner_for_expert(r: dict[str, Any], by: str) -> int | None:
 def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tuple[dict, int]], dict[str, int]]:
     """(row, chosen id) pairs a rule keeps, and the count after each of its steps."""
     steps: dict[str, int] = {}
+    if by == "auto":  # joint/expert: labels where the data has both label columns (see the module docstring)
+        by = "labels" if all(r["_safer"] is not None for r in rows) else "models"
     if rule == "models":  # the paper: both predicted safe, reward order agrees with cost order
         kept = [r for r in rows if r["cost_0"] < 0 and r["cost_1"] < 0]
         steps["both_predicted_safe"] = len(kept)
@@ -160,14 +162,10 @@ def _rule_steps(rows: list[dict[str, Any]], rule: str, by: str) -> tuple[list[tu
         winners = [(r, _winner_by_labels(r)) for r in rows]
         steps["safer_equals_better"] = sum(w is not None for _, w in winners)
     elif rule == "joint":  # one answer wins on both axes, whether or not both are safe
-        if by == "auto":  # labels where the data has both label columns: see the module docstring
-            by = "labels" if all(r["_safer"] is not None for r in rows) else "models"
         pick = _winner_by_models if by == "models" else _winner_by_labels
         winners = [(r, pick(r)) for r in rows]
         steps[f"wins_both_axes_by_{by}"] = sum(w is not None for _, w in winners)
     elif rule == "expert":  # each prompt judged on the axis of the expert that should answer it
-        if by == "auto":
-            by = "labels" if all(r["_safer"] is not None for r in rows) else "models"
         winners = [(r, _winner_for_expert(r, by)) for r in rows]
         steps[f"expert_axis_winner_by_{by}"] = sum(w is not None for _, w in winners)
     else:
