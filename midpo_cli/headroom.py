@@ -5,7 +5,9 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
 
 - **Best fixed blend**, chosen on a selection (dev) prompt set and reported on every other set.
   Picking it on the set it is reported on would flatter the baseline by the noise of 25 tries; when
-  no dev set exists each set picks its own and the result is marked in-sample.
+  no dev set exists each set picks its own and the result is marked in-sample. The corners of the
+  blend square that the sweep leaves out but the answers hold under the pipeline's labels compete
+  too: `base` is the blend (0, 0), `safety_expert` (1, 0), `helpfulness_expert` (0, 1).
 - **Oracle router** (where prompts carry `is_harmful`): per prompt the expert that should serve it:
   the safety expert's answer on harmful prompts, the helpfulness expert's on benign ones. Experts are
   the blends (1, 0) and (0, 1) of the routed model (the same weights), else models named
@@ -249,6 +251,27 @@ def find_router(models: Sequence[str]) -> tuple[str | None, dict[str, tuple[floa
     return router, blends[router], dials.get(router, {})
 
 
+# Models that are a corner of the blend square: the routed model at these gates is, weight for weight,
+# the base policy (no adapter) or one expert's adapter alone, under the pipeline's labels.
+CORNER_MODELS = (((0.0, 0.0), "base"), ((1.0, 0.0), "safety_expert"), ((0.0, 1.0), "helpfulness_expert"))
+
+
+def with_corner_models(blends: Mapping[str, tuple[float, float]],
+                       models: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """The blends, plus each corner model the sweep lacks but the answers have (`CORNER_MODELS`).
+
+    An explicit `gate_sweep` of a few blends (a real model, where every blend costs a generation pass) can
+    leave out (0, 0): the base policy, often the strongest fixed blend when both experts overshoot. It was
+    generated anyway, so it competes as the blend it is, and the router is never compared only with weaker ones.
+    """
+    out = dict(blends)
+    have = set(out.values())
+    for gates, name in CORNER_MODELS:
+        if gates not in have and name in models:
+            out[name] = gates
+    return out
+
+
 def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[[str], Outcome | None],
                     select_on: str | None = None, bootstrap: int = 1000, seed: int = 0,
                     confidence: float = 0.95) -> dict[str, Any]:
@@ -264,6 +287,7 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
     router, blends, dials = find_router(models)
     if router is None:
         return {}
+    blends = with_corner_models(blends, models)
     grouped: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         grouped.setdefault(str(r["prompt_set"]), []).append(r)

@@ -87,6 +87,23 @@ def test_headroom_hand_worked_example() -> None:
     assert [g["model"] for g in e["grid"]] == ["m@gates=1,0", "m@gates=0,1", "m@gates=0.5,0.5"]
 
 
+def test_the_base_policy_competes_as_the_blend_0_0_when_the_sweep_leaves_it_out() -> None:
+    """A short explicit sweep without (0, 0): the pipeline's `base` answers are that blend, and here the best."""
+    dev = {**DEV_OUTCOMES, "base": [1, 1, 1, 1]}
+    ev = {**EVAL_OUTCOMES, "base": [1, 1, 1, 0]}  # 0.75 on eval: ties the router
+    e = routing_summary(rows_for(DEV, dev) + rows_for(EVAL, ev), outcome_for=judge, bootstrap=0)[EVAL]
+    assert e["best_fixed"]["model"] == "base" and e["best_fixed"]["gates"] == [0.0, 0.0]
+    assert e["best_fixed"]["score"] == 0.75 and e["diff"]["mean"] == pytest.approx(0.0)
+    assert e["headroom"] == pytest.approx(0.25) and e["share"] == pytest.approx(0.0)
+    assert [g["model"] for g in e["grid"]][-1] == "base"
+    # a sweep that has (0, 0) keeps its own blend, and `base` is not counted twice
+    with_corner = {**ev, "m@gates=0,0": [0, 0, 0, 0]}
+    dev_corner = {**dev, "m@gates=0,0": [0, 0, 0, 0]}
+    e = routing_summary(rows_for(DEV, dev_corner) + rows_for(EVAL, with_corner), outcome_for=judge,
+                        bootstrap=0)[EVAL]
+    assert "base" not in [g["model"] for g in e["grid"]] and e["best_fixed"]["model"] == "m@gates=0.5,0.5"
+
+
 def test_paired_bootstrap_ci_equals_a_loop_over_the_same_resamples() -> None:
     rng = np.random.default_rng(3)
     n = 30
