@@ -253,7 +253,7 @@ def find_router(models: Sequence[str]) -> tuple[str | None, dict[str, tuple[floa
 
 # Models that are a corner of the blend square: the routed model at these gates is, weight for weight,
 # the base policy (no adapter) or one expert's adapter alone, under the pipeline's labels.
-CORNER_MODELS = (((0.0, 0.0), "base"), ((1.0, 0.0), "safety_expert"), ((0.0, 1.0), "helpfulness_expert"))
+CORNER_MODELS = {(0.0, 0.0): "base", (1.0, 0.0): "safety_expert", (0.0, 1.0): "helpfulness_expert"}
 
 
 def with_corner_models(blends: Mapping[str, tuple[float, float]],
@@ -266,7 +266,7 @@ def with_corner_models(blends: Mapping[str, tuple[float, float]],
     """
     out = dict(blends)
     have = set(out.values())
-    for gates, name in CORNER_MODELS:
+    for gates, name in CORNER_MODELS.items():
         if gates not in have and name in models:
             out[name] = gates
     return out
@@ -342,9 +342,10 @@ def _stats(s: _Set, model: str) -> dict[str, Any]:
     return out
 
 
-def _expert(s: _Set, blends: Mapping[str, tuple[float, float]], gates: tuple[float, float], name: str) -> str | None:
+def _expert(s: _Set, blends: Mapping[str, tuple[float, float]], gates: tuple[float, float]) -> str | None:
+    """The blend at these gates that answered this set, else the corner model of that name (`CORNER_MODELS`)."""
     label = next((b for b, g in blends.items() if g == gates), None)
-    for cand in (label, name):
+    for cand in (label, CORNER_MODELS[gates]):
         if cand is not None and s.universe and s.covers(cand):
             return cand
     return None
@@ -397,8 +398,8 @@ def _clustered_and_hindsight(s: _Set, router: str, blends: Mapping[str, tuple[fl
 
 
 def _oracle(s: _Set, blends: Mapping[str, tuple[float, float]], judged: bool) -> dict[str, Any] | None:
-    safety = _expert(s, blends, (1.0, 0.0), "safety_expert")
-    helpful = _expert(s, blends, (0.0, 1.0), "helpfulness_expert")
+    safety = _expert(s, blends, (1.0, 0.0))
+    helpful = _expert(s, blends, (0.0, 1.0))
     if safety is None or helpful is None:
         return None
     out: dict[str, Any] = {"from": {"harmful": safety, "benign": helpful}}
