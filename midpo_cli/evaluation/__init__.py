@@ -1,0 +1,1 @@
+"""Evaluation: what the answers say — scores, routing headroom, gate statistics, refusals, probes, the report."""
