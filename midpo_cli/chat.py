@@ -298,7 +298,7 @@ def legend() -> Any:
 
 
 def parse_pair(text: str, what: str) -> tuple[float, float]:
-    from midpo_cli.gate_stats import parse_gates
+    from midpo_cli.evaluation.gate_stats import parse_gates
 
     return parse_gates(text, what)
 

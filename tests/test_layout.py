@@ -64,8 +64,9 @@ def test_the_pipeline_below_the_stages_never_reaches_up() -> None:
 def test_libraries_never_import_the_layers_above_them() -> None:
     above = ("midpo_cli.pipeline", "midpo_cli.stages", "midpo_cli.commands", "midpo_cli.cli", "midpo_cli.worker")
     libraries = ("midpo_cli.modeling", "midpo_cli.data", "midpo_cli.engine", "midpo_cli.recipe", "midpo_cli.losses",
-                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.summary", "midpo_cli.headroom",
-                 "midpo_cli.gate_stats", "midpo_cli.refusal", "midpo_cli.report", "midpo_cli.assets")
+                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.evaluation.summary",
+                 "midpo_cli.evaluation.headroom", "midpo_cli.evaluation.gate_stats", "midpo_cli.evaluation.refusal",
+                 "midpo_cli.evaluation.report", "midpo_cli.assets")
     for module, (anywhere, _) in GRAPH.items():
         if module.startswith(libraries):
             up = {i for i in anywhere if i.startswith(above)}

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from midpo_cli.summary import (
+from midpo_cli.evaluation.summary import (
     as_float,
     bootstrap_indices,
     group,

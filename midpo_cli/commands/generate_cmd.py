@@ -18,7 +18,7 @@ def _gates(text: str | None) -> tuple[float, float] | None:
 
     if text is None:
         return None
-    from midpo_cli.gate_stats import parse_gates
+    from midpo_cli.evaluation.gate_stats import parse_gates
 
     return parse_gates(text, "--gates")
 

@@ -72,7 +72,7 @@ def report(
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-draw the plots and report.html from scores.csv + summary.json."""
-    from midpo_cli.report import load_scores, print_tables, write_report
+    from midpo_cli.evaluation.report import load_scores, print_tables, write_report
 
     rows, summary, folder = load_scores(path)
     print_tables(summary)

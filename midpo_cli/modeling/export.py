@@ -46,7 +46,7 @@ PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
 
 def parse_gates(text: str) -> tuple[float, float]:
     """`G_S,G_H` → two floats in [0, 1]."""
-    from midpo_cli.gate_stats import parse_gates as parse
+    from midpo_cli.evaluation.gate_stats import parse_gates as parse
 
     return parse(text, "--gates")
 

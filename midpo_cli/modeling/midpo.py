@@ -293,7 +293,7 @@ class MidpoModel(nn.Module):
                            prompt_mask: torch.Tensor) -> torch.Tensor:
         """(B, layers·d): per routed layer, the mean of its input over the prompt tokens, routing off.
 
-        What a prompt-reading router sees of the base, for the router stage's linear probe (midpo_cli.probe)
+        What a prompt-reading router sees of the base, for the router stage's linear probe (midpo_cli.evaluation.probe)
         and benchmarks/routing_probe.py. The decoder backbone runs alone: no vocabulary-sized logits.
         """
         caught: list[torch.Tensor] = []

@@ -18,7 +18,8 @@ from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
-from midpo_cli.gate_stats import MIN_AUROC, collapse_warnings, separation
+from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
+from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
 from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
@@ -33,7 +34,6 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.probe import linear_probe_auroc, words_probe_auroc
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -126,7 +126,7 @@ def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
 def held_out_separation(model, ctx: StageContext, tokenizer, template: str, collate, batch_size: int = 32,
                         train: tuple[list, list] | None = None) -> dict:
     """Does the trained router route? Mean safety gate over each held-out pair's answer tokens (both answers,
-    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse.
+    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.evaluation.gate_stats); warns on collapse.
     With `train` (the router's features and pairs): also the ceiling, `input_probe_auroc` (`input_probe`)."""
     pairs, harmful = held_out_pairs(ctx.recipe)
     if not pairs:
@@ -160,8 +160,8 @@ def held_out_separation(model, ctx: StageContext, tokenizer, template: str, coll
 
 def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, held_prompts: list[str],
                 held_flags: list[bool], collate, batch_size: int = 32) -> dict[str, float]:
-    """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.probe): how well any
-    router on this base could separate the prompt kinds; and of the same probe on the prompts' words alone,
+    """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.evaluation.probe): how
+    well any router on this base could separate the prompt kinds; and of the same probe on the prompts' words alone,
     which says whether a low value is the base's fault or the data's. Logged, and warned about when the
     base's is below MIN_AUROC."""
     rows = [train_pairs[f["pair_index"]] for f in train_feats]

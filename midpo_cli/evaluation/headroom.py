@@ -281,7 +281,7 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
     `select_on`: the set the best blend is chosen on (it gets no entry of its own); None picks the set
     whose name ends in `dev-prompts`, and without one every set chooses in-sample.
     """
-    from midpo_cli.summary import bootstrap_indices
+    from midpo_cli.evaluation.summary import bootstrap_indices
 
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     router, blends, dials = find_router(models)
