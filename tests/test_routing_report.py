@@ -14,14 +14,12 @@ import pytest
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.headroom import (
     balanced_score,
-    blend_label,
     cluster_indices,
-    dial_label,
     headroom_share,
-    parse_label,
     routing_summary,
     select_best,
 )
+from midpo_cli.evaluation.labels import blend_label, dial_label, parse_label
 from midpo_cli.evaluation.summary import bootstrap_indices
 from midpo_cli.recipe import load_recipe
 from midpo_cli.stages import score as score_stage

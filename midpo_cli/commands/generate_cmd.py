@@ -14,15 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
 
 
-def _gates(text: str | None) -> tuple[float, float] | None:
-
-    if text is None:
-        return None
-    from midpo_cli.evaluation.gate_stats import parse_gates
-
-    return parse_gates(text, "--gates")
-
-
 def generate(
     model: list[str] = typer.Option(..., "--model", "-m", help="[LABEL=]SPEC: base model (embedded:, hub, path), "
                                     "PEFT adapter folder, or MidPO model folder. Repeatable."),
@@ -50,12 +41,13 @@ def generate(
     """Generate answers (batched, KV cache, left padding); resumable: existing rows are skipped."""
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
+    from midpo_cli.evaluation.labels import parse_gates
     from midpo_cli.modeling.loading import resolve_precision
     from midpo_cli.stages import generate as stage
 
     check_template(template)
     dtype = resolve_precision(dtype)  # `auto` → bf16 on a CUDA GPU that has it, else fp32
-    fixed = _gates(gates)
+    fixed = parse_gates(gates) if gates is not None else None
     sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
     entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)

@@ -26,14 +26,12 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
 - **Without a judge** (reward/cost only): blends that Pareto-dominate the router by means on the
   selection set are tested on the reported set with paired CIs of Δreward and Δcost.
 
-Labels (the `model` of answer rows): `NAME@gates=G_S,G_H` is NAME at fixed gates, `NAME@dial=+B`
-NAME with safety bias B; NAME itself is the router.
+Labels (the `model` of answer rows): midpo_cli.evaluation.labels.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -42,35 +40,9 @@ from typing import Any
 import numpy as np
 
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.labels import parse_label
 
-_SUFFIX = re.compile(r"^(?P<base>.+)@(?:gates=(?P<gs>[0-9.eE+-]+),(?P<gh>[0-9.eE+-]+)|dial=(?P<b>[0-9.eE+-]+))$")
 Outcome = Callable[[Mapping[str, Any]], float]
-
-
-def blend_label(name: str, gates: Sequence[float]) -> str:
-    return f"{name}@gates={float(gates[0]):g},{float(gates[1]):g}"
-
-
-def dial_label(name: str, bias: float) -> str:
-    return f"{name}@dial={float(bias):+g}"
-
-
-def parse_label(label: str) -> tuple[str, tuple[float, float] | None, float | None]:
-    """(base name, fixed gates or None, safety bias or None) of a model label."""
-    m = _SUFFIX.match(label)
-    if not m:
-        return label, None, None
-    try:
-        if m["b"] is not None:
-            return m["base"], None, float(m["b"])
-        return m["base"], (float(m["gs"]), float(m["gh"])), None
-    except ValueError:
-        return label, None, None
-
-
-def is_sweep_label(label: str) -> bool:
-    """A blend or dial variant (kept out of the win-rate and category tables, which compare models)."""
-    return parse_label(label)[0] != label
 
 
 # ----------------------------------------------------------------------------------------- scores

@@ -22,7 +22,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.headroom import is_sweep_label
+from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.summary import as_bool, as_float, pareto_front
 from midpo_cli.io import atomic_write_text, read_json
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from midpo_cli.evaluation.headroom import is_sweep_label
+from midpo_cli.evaluation.labels import is_sweep_label
 
 # name → (row field, prompt subset: None = all prompts, True = harmful only, False = benign only)
 METRICS: dict[str, tuple[str, bool | None]] = {

@@ -16,7 +16,7 @@ says how many answers are kept; the same command resumes.
 Models (`--model [LABEL=]SPEC`): a folder with `midpo_config.json` is a MidPO model; a folder with
 `adapter_config.json` is a PEFT adapter on the base named in that config; anything else (embedded:,
 hub name, local folder) is a base causal LM. The row's `model` is LABEL (or SPEC); fixed gates add
-`@gates=G_S,G_H`, a safety dial `@dial=+B` (midpo_cli.evaluation.headroom). Prompt sets (`--prompts [NAME=]SPEC`): a
+`@gates=G_S,G_H`, a safety dial `@dial=+B` (midpo_cli.evaluation.labels). Prompt sets (`--prompts [NAME=]SPEC`): a
 preset name (data/prompt_sets.py), an embedded: set, a hub dataset with a column mapping, or a local
 JSONL/CSV/TXT file; empty prompts are skipped and counted.
 """
@@ -218,7 +218,7 @@ class ModelEntry:
 
 
 def model_entries(texts: Sequence[str], gates: Sequence[float] | None = None) -> list[ModelEntry]:
-    from midpo_cli.evaluation.headroom import blend_label
+    from midpo_cli.evaluation.labels import blend_label
 
     out = []
     for text in texts:
@@ -237,7 +237,7 @@ def apply_routing(entries: Sequence[ModelEntry], gates: tuple[float, float] | No
                   safety_bias: float) -> list[ModelEntry]:
     """`--gates` / `--safety-bias` change MidPO folders only (the others keep their plain id); an error
     when neither applies to any --model, or when both are given (fixed gates bypass the dial)."""
-    from midpo_cli.evaluation.headroom import blend_label, dial_label
+    from midpo_cli.evaluation.labels import blend_label, dial_label
 
     if gates is None and not safety_bias:
         return list(entries)
@@ -488,7 +488,7 @@ def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[P
     Blends answer every sweep set (the dev set chooses the best one, the others report it); dials skip
     the dev set, since the dial curve is drawn on the reported sets only.
     """
-    from midpo_cli.evaluation.headroom import blend_label, dial_label
+    from midpo_cli.evaluation.labels import blend_label, dial_label
 
     entries = [ModelEntry(name, refs[name](), safety_bias=cfg.safety_bias if name == "midpo" else 0.0)
                for name in cfg.models]

@@ -18,7 +18,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.headroom import is_sweep_label
+from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
 from midpo_cli.evaluation.summary import summarize
 from midpo_cli.io import atomic_write_json, atomic_write_text
