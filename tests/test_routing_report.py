@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.headroom import (
-    balanced_score,
-    cluster_indices,
-    headroom_share,
-    routing_summary,
-    select_best,
-)
+from midpo_cli.evaluation.bootstrap import balanced_score, bootstrap_indices, cluster_indices
+from midpo_cli.evaluation.headroom import headroom_share, routing_summary, select_best
 from midpo_cli.evaluation.labels import blend_label, dial_label, parse_label
-from midpo_cli.evaluation.summary import bootstrap_indices
 from midpo_cli.recipe import load_recipe
 from midpo_cli.stages import score as score_stage
 

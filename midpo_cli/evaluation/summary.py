@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from midpo_cli.evaluation.bootstrap import bootstrap_indices
 from midpo_cli.evaluation.labels import is_sweep_label
 
 # name → (row field, prompt subset: None = all prompts, True = harmful only, False = benign only)
@@ -70,12 +70,6 @@ def as_float(value: Any) -> float:
 def as_bool(value: Any) -> bool | None:
     number = as_float(value)
     return None if math.isnan(number) else bool(number)
-
-
-def bootstrap_indices(n: int, resamples: int, seed: int, key: str = "") -> np.ndarray:
-    """(resamples, n) indices drawn with replacement; the same (seed, key) always gives the same draw."""
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    return rng.integers(0, n, size=(resamples, n)) if n and resamples else np.zeros((0, n), dtype=np.int64)
 
 
 def _clean(x: float) -> float | None:
