@@ -73,7 +73,7 @@ def open_session(spec: str, *, template: str | None, safety_bias: float | None, 
     from midpo_cli.chat import ChatSession
     from midpo_cli.data.template import check_template, resolve_template, warn_mismatch
     from midpo_cli.errors import InputError
-    from midpo_cli.stages.generate import load_policy
+    from midpo_cli.modeling.policy import load_policy
 
     if template is not None:
         check_template(template)

@@ -2,31 +2,25 @@
 
 Output: a JSONL file, one row per (model, prompt set, prompt) — see ROW_FIELDS. The file is
 **resumable**: rows are keyed by (model, prompt_set, index), rows already present are skipped on a
-re-run, and each finished batch is appended in one write followed by fsync. Why append + fsync and
-not "rewrite a temp file + os.replace" per batch: rewriting costs O(file) per batch (quadratic over
-a run); appending costs O(batch). A crash during the append can leave a partial last line; on the
-next run that trailing partial line is cut off (and said), complete lines are kept, so a crash
-loses at most the batch being written. Every row records what wrote it: the generation settings
-(`gen`, and their id `gen_id`), the template, and the model (`model_spec`, and `model_id`: a hash of
-the model folder's content plus its fixed gates and safety dial). A re-run refuses to mix other
-settings or another model under the same label into the file, and a file that is not an answers
-file is refused before anything is written to it. Ctrl-C stops after the batch being written and
-says how many answers are kept; the same command resumes.
+re-run, and each finished batch is appended in one write followed by fsync (the file's format, reader
+and appender: midpo_cli.evaluation.answers), so a crash loses at most the batch being written. Every
+row records what wrote it: the generation settings (`gen`, and their id `gen_id`), the template, and the
+model (`model_spec`, and `model_id`: a hash of the model folder's content plus its fixed gates and safety
+dial). A re-run refuses to mix other settings or another model under the same label into the file, and a
+file that is not an answers file is refused before anything is written to it. Ctrl-C stops after the
+batch being written and says how many answers are kept; the same command resumes.
 
-Models (`--model [LABEL=]SPEC`): a folder with `midpo_config.json` is a MidPO model; a folder with
-`adapter_config.json` is a PEFT adapter on the base named in that config; anything else (embedded:,
-hub name, local folder) is a base causal LM. The row's `model` is LABEL (or SPEC); fixed gates add
-`@gates=G_S,G_H`, a safety dial `@dial=+B` (midpo_cli.evaluation.labels). Prompt sets (`--prompts [NAME=]SPEC`): a
-preset name (data/prompt_sets.py), an embedded: set, a hub dataset with a column mapping, or a local
-JSONL/CSV/TXT file; empty prompts are skipped and counted.
+Models (`--model [LABEL=]SPEC`): a base causal LM, a PEFT adapter folder or a MidPO model folder
+(midpo_cli.modeling.policy). The row's `model` is LABEL (or SPEC); fixed gates add `@gates=G_S,G_H`, a
+safety dial `@dial=+B` (midpo_cli.evaluation.labels). Prompt sets (`--prompts [NAME=]SPEC`): a preset
+name (data/prompt_sets.py), an embedded: set, a hub dataset with a column mapping, or a local JSONL/CSV/TXT
+file; empty prompts are skipped and counted.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -39,12 +33,13 @@ from midpo_cli.data.filters import select_prompts
 from midpo_cli.data.prompt_sets import is_preset, load_preset
 from midpo_cli.data.readers import load_rows
 from midpo_cli.errors import InputError, Interrupted
+from midpo_cli.evaluation.answers import append_rows, read_answers
 from midpo_cli.manifest import fingerprint
+from midpo_cli.modeling.policy import Policy, load_policy
 
 ROW_FIELDS = ("model", "model_spec", "model_id", "fixed_gates", "safety_bias", "prompt_set", "index", "prompt",
               "answer", "category", "is_harmful", "prompt_tokens", "answer_tokens", "truncated", "finished", "gates",
               "template", "gen", "gen_id")
-ANSWER_KEYS = ("model", "prompt_set", "index", "answer")  # what makes a line an answers row
 _LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
 
@@ -78,47 +73,6 @@ def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptS
     return PromptSet(name=name, spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})
 
 
-@dataclass
-class Policy:
-    model: Any
-    tokenizer: Any
-    kind: str  # base | adapter | midpo
-
-
-def load_policy(spec: str, *, gates: Sequence[float] | None = None, safety_bias: float = 0.0, dtype: str = "fp32",
-                seed: int = 0, tokenizer: str | None = None, trust_remote_code: bool = False) -> Policy:
-    """Resolve a model spec (module docstring) into a model in eval mode and its tokenizer."""
-    from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-
-    folder = Path(spec).expanduser()
-    if (folder / "midpo_config.json").is_file():
-        from midpo_cli.modeling.midpo import load_midpo
-
-        model, tok = load_midpo(folder, dtype=dtype, fixed_gates=gates, trust_remote_code=trust_remote_code)
-        model.set_safety_bias(safety_bias)
-        return Policy(model, tok, "midpo")
-    if gates is not None:
-        raise InputError(f"--gates applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    if safety_bias:
-        raise InputError(f"--safety-bias applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        from midpo_cli.modeling.lora import adapter_base, check_adapter_base
-
-        base = adapter_base(folder)  # resolved from the adapter folder (midpo.json), else PEFT's config
-        if not base:
-            raise InputError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is empty")
-        base_model = load_causal_lm(base, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
-        check_adapter_base(folder, base_model, base_name=base)  # the base it was trained on, not a look-alike
-        model = PeftModel.from_pretrained(base_model, str(folder)).eval()
-        has_tok = (folder / "tokenizer_config.json").is_file()
-        tok = load_tokenizer(tokenizer or (str(folder) if has_tok else base), trust_remote_code=trust_remote_code)
-        return Policy(model, tok, "adapter")
-    model = load_causal_lm(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code).eval()
-    return Policy(model, load_tokenizer(tokenizer or spec, trust_remote_code=trust_remote_code), "base")
-
-
 _HASH_WHOLE = 64 << 20  # files up to 64 MiB are hashed whole; larger ones by size, head and tail
 
 
@@ -148,57 +102,6 @@ def content_fingerprint(spec: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- output file
-
-
-def read_answers(path: Path) -> list[dict[str, Any]]:
-    """Rows of an answers file. Everything is checked before anything is written: a file that is not
-    an answers file is refused untouched; then a trailing partial line (a crash mid-append) is cut off
-    and reported, and a complete last row without its newline gets one."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    *complete, tail = data.split(b"\n")
-    rows = [_answer_line(path, number, line) for number, line in enumerate(complete, start=1) if line.strip()]
-    fix: bytes | None = None  # what to do with the last line: None = nothing
-    if tail.strip():
-        try:
-            rows.append(_answer_line(path, len(complete) + 1, tail))
-            fix = b"\n"
-        except InputError:
-            if not tail.startswith(b'{"model": '):  # not the start of a row this module wrote
-                raise
-            fix = b""
-    if fix == b"\n":
-        with open(path, "ab") as fh:
-            fh.write(fix)
-    elif fix == b"":
-        cut = len(data) - len(tail)
-        console.warn(f"{path}: dropping a partial last line ({len(tail)} bytes) left by an interrupted run")
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return rows
-
-
-def _answer_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        row = None
-    if not isinstance(row, dict) or any(k not in row for k in ANSWER_KEYS):
-        raise InputError(f"{path}: line {number} is not an answers row (JSON with {', '.join(ANSWER_KEYS)}); "
-                         "not an answers file? Give another --output")
-    return row
-
-
-def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One write of whole lines, then fsync: the batch is on disk before the next one starts."""
-    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    with open(path, "ab") as fh:
-        fh.write(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _gen_id(settings: dict[str, Any]) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.answers import read_answer_rows
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
 from midpo_cli.evaluation.summary import summarize
@@ -26,33 +26,7 @@ from midpo_cli.io import atomic_write_json, atomic_write_text
 SCORE_COLUMNS = ("model", "prompt_set", "index", "category", "is_harmful", "reward", "cost", "safe", "refusal",
                  "refusal_match", "prompt_tokens", "answer_tokens", "truncated", "finished", "gate_safety",
                  "gate_helpfulness", "prompt", "answer")
-REQUIRED = ("model", "prompt_set", "index", "prompt", "answer")
 Scorer = Callable[[str, str, list[str], list[str]], list[float]]
-
-
-def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Answer rows from `midpo generate` (or any JSONL with the REQUIRED fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"answers file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):  # an interrupted `generate`: rerun it to complete the file
-                    raise InputError(f"{path}: line {number} is cut off; rerun `midpo generate` to repair it") from None
-                raise InputError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise InputError(f"{path}: line {number}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
-    if not rows:
-        raise InputError(f"{path}: no answers")
-    return rows
 
 
 def default_scorer(*, batch_size: int, template: str, trust_remote_code: bool = False) -> Scorer:
