@@ -36,6 +36,7 @@ from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.evaluation.answers import append_rows, read_answers
 from midpo_cli.manifest import fingerprint
 from midpo_cli.modeling.policy import Policy, load_policy
+from midpo_cli.recipe import GenerationSettings
 
 ROW_FIELDS = ("model", "model_spec", "model_id", "fixed_gates", "safety_bias", "prompt_set", "index", "prompt",
               "answer", "category", "is_harmful", "prompt_tokens", "answer_tokens", "truncated", "finished", "gates",
@@ -166,8 +167,9 @@ class _Run:
     """State of one generate_to_file call, shared by its helpers."""
 
     output: Path
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # what each row records: the template and `generation` but its batch size
     gen_id: str
+    generation: GenerationSettings
     stats: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
 
@@ -176,17 +178,16 @@ def generate_to_file(
     models: Sequence[ModelEntry],
     prompt_sets: Sequence[PromptSet],
     output: str | Path,
+    settings: GenerationSettings | None = None,
     *,
     template: str = "safe-rlhf",
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_prompt_length: int | None = None,
     loader: Callable[[ModelEntry], Any] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Generate every missing (model, prompt set, prompt) row into `output`; return run statistics.
+
+    `settings` (default: GenerationSettings()) with any of them changed by name (`max_new_tokens=8`); all
+    but the batch size are recorded in each row (`gen`) and must match the rows already in the file.
 
     `loader(entry) -> Policy` defaults to `load_policy(entry.spec, gates=..., safety_bias=...)`; a model
     whose rows all exist is not loaded at all, and consecutive entries of one MidPO folder (a gate or
@@ -194,14 +195,14 @@ def generate_to_file(
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"template": template, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "max_prompt_length": max_prompt_length}
+    generation = (settings or GenerationSettings()).but(**changes)
+    recorded = {"template": template, **generation.model_dump(exclude={"batch_size"})}
     existing = read_answers(output)
-    run = _Run(output, settings, _gen_id(settings), {})
+    run = _Run(output, recorded, _gen_id(recorded), generation, {})
     other = next((r for r in existing if r.get("gen_id") != run.gen_id), None)
     if other is not None:
         was = other.get("gen") or other.get("gen_id")
-        raise InputError(f"{output} holds answers generated with other settings ({was} vs {settings}); "
+        raise InputError(f"{output} holds answers generated with other settings ({was} vs {recorded}); "
                          "use another --output or delete the file")
     ids = _check_models(models, existing, output)
     done = {(r["model"], r["prompt_set"], int(r["index"])) for r in existing}
@@ -212,7 +213,7 @@ def generate_to_file(
                  "answer_tokens": 0, "truncated_prompts": 0, "prompt_sets": {s.name: s.counts for s in prompt_sets}}
     loader = loader or (lambda e: load_policy(e.spec, gates=e.gates, safety_bias=e.safety_bias))
     try:
-        _generate_all(models, prompt_sets, todo, total, ids, loader, run, batch_size)
+        _generate_all(models, prompt_sets, todo, total, ids, loader, run)
     except KeyboardInterrupt:  # the file is the truth: the interrupt may land between a write and its count
         kept = output.read_bytes().count(b"\n") if output.exists() else 0
         raise Interrupted(f"generate interrupted: {kept} answers kept in {output} ({kept - len(existing)} new); "
@@ -249,7 +250,7 @@ def _check_models(models: Sequence[ModelEntry], existing: list[dict[str, Any]], 
 
 def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet],
                   todo: dict[tuple[str, str], list[dict[str, Any]]], total: int, ids: dict[str, str],
-                  loader: Callable[[ModelEntry], Any], run: _Run, batch_size: int) -> None:
+                  loader: Callable[[ModelEntry], Any], run: _Run) -> None:
     cached: tuple[str, Any, Any] | None = None  # (spec, policy, its routing state as loaded)
     try:
         with _progress(total) as (progress, task):
@@ -268,7 +269,7 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
                 if policy.kind == "midpo":  # one loaded model serves every blend and dial of its folder
                     policy.model.set_fixed_gates(entry.gates if entry.gates is not None else cached[2][0])
                     policy.model.set_safety_bias(entry.safety_bias)
-                _generate_entry(entry, policy, prompt_sets, todo, ids, run, batch_size, progress, task)
+                _generate_entry(entry, policy, prompt_sets, todo, ids, run, progress, task)
     finally:
         if cached is not None:
             _restore(cached)
@@ -283,15 +284,14 @@ def _restore(cached: tuple[str, Any, Any]) -> None:
 
 def _generate_entry(entry: ModelEntry, policy: Any, prompt_sets: Sequence[PromptSet],
                     todo: dict[tuple[str, str], list[dict[str, Any]]], ids: dict[str, str], run: _Run,
-                    batch_size: int, progress: Any, task: Any) -> None:
+                    progress: Any, task: Any) -> None:
     from midpo_cli.modeling.generation import generate_answers
 
     for pset in prompt_sets:
         pending = todo[(entry.label, pset.name)]
         progress.update(task, description=f"{entry.label} · {pset.name}")
-        batches = generate_answers(
-            policy.model, policy.tokenizer, [p["prompt"] for p in pending], batch_size=batch_size,
-            **{k: v for k, v in run.settings.items()})
+        batches = generate_answers(policy.model, policy.tokenizer, [p["prompt"] for p in pending], run.generation,
+                                   template=run.settings["template"])
         for batch in batches:
             rows = [_answer_row(entry, pset, pending[b["index"]], b, run, ids[entry.label]) for b in batch]
             append_rows(run.output, rows)
@@ -368,9 +368,7 @@ def run(ctx: Any) -> None:
                            trust_remote_code=recipe.trust_remote_code)
 
     out = ctx.folder / "answers.jsonl"
-    stats = generate_to_file(entries, sets, out, template=recipe.data.template, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
-                             max_prompt_length=cfg.max_prompt_length, loader=loader)
+    stats = generate_to_file(entries, sets, out, cfg, template=recipe.data.template, loader=loader)
     record = ctx.record()
     record.outputs = {"answers": ctx.rel(out)}
     if cfg.gate_maps and "midpo" in cfg.models:
