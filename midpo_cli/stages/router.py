@@ -54,19 +54,8 @@ def run(ctx: StageContext) -> None:
 
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
-    base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
-                          trust_remote_code=recipe.trust_remote_code)
-    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
-    for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
-        check_adapter_base(adapter_dir, base, base_name=policy)
-    model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
+    model, router_settings = routed_policy(ctx, policy, settings, safety_dir, help_dir)
     trainable = model.router_parameters()
-    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
-    assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
-    n_router = count_router_parameters(model)
-    console.log(f"router: {n_router:,} router parameters over {len(model.routed)} routed layers "
-                f"({sum(p.numel() for p in model.parameters()):,} in the whole model)")
-
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
@@ -96,13 +85,30 @@ def run(ctx: StageContext) -> None:
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
         "words_probe_auroc": separation.get("words_probe_auroc"),
-        "router_parameters": n_router,
+        "router_parameters": count_router_parameters(result.model),
         "pairs": len(train_feats),
         "steps": result.global_step,
     }
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
                     "router": router_settings.to_dict()}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir):
+    """(the base with both experts and fresh routers of recipe stages.router, its RouterSettings); everything
+    but the routers is frozen (asserted), and experts trained on another base are refused."""
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
+    base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
+                          trust_remote_code=recipe.trust_remote_code)
+    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
+    for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
+        check_adapter_base(adapter_dir, base, base_name=policy)
+    model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
+    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
+    assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
+    console.log(f"router: {count_router_parameters(model):,} router parameters over {len(model.routed)} routed "
+                f"layers ({sum(p.numel() for p in model.parameters()):,} in the whole model)")
+    return model, router_settings
 
 
 def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
