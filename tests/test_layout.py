@@ -77,21 +77,25 @@ def test_libraries_never_import_the_layers_above_them() -> None:
     assert not {i for i in GRAPH["midpo_cli.recipe"][0] if i not in ("midpo_cli.errors",)}
 
 
-def test_module_level_imports_have_no_cycle() -> None:
-    top = {m: {i for i in imports if i in GRAPH} for m, (_, imports) in GRAPH.items()}
+def _assert_acyclic(imports: dict[str, set[str]]) -> None:
+    """Depth-first search; the first cycle found is named module by module."""
     state: dict[str, int] = {}
 
     def visit(module: str, path: list[str]) -> None:
         state[module] = 1
-        for other in sorted(top[module]):
+        for other in sorted(imports[module]):
             assert state.get(other) != 1, "import cycle: " + " → ".join([*path, module, other])
             if other not in state:
                 visit(other, [*path, module])
         state[module] = 2
 
-    for module in sorted(top):
+    for module in sorted(imports):
         if module not in state:
             visit(module, [])
+
+
+def test_module_level_imports_have_no_cycle() -> None:
+    _assert_acyclic({m: {i for i in imports if i in GRAPH} for m, (_, imports) in GRAPH.items()})
 
 
 # Layers, top to bottom (docs/design.md §3): a module imports its own folder's modules and those of layers below.
@@ -139,20 +143,7 @@ def test_imports_run_down_the_layers_but_for_the_named_ones() -> None:
 
 
 def test_no_import_cycle_even_through_lazy_imports() -> None:
-    imports = {m: {i for i in anywhere if i in GRAPH and i != m} for m, (anywhere, _) in GRAPH.items()}
-    state: dict[str, int] = {}
-
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = 1
-        for other in sorted(imports[module]):
-            assert state.get(other) != 1, "import cycle: " + " → ".join([*path, module, other])
-            if other not in state:
-                visit(other, [*path, module])
-        state[module] = 2
-
-    for module in sorted(imports):
-        if module not in state:
-            visit(module, [])
+    _assert_acyclic({m: {i for i in anywhere if i in GRAPH} for m, (anywhere, _) in GRAPH.items()})
 
 
 def test_no_function_is_longer_than_60_lines() -> None:
