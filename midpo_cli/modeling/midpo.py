@@ -56,7 +56,12 @@ ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
 
 @dataclass(frozen=True)
 class RouterSettings:
-    """Router shape (recipe `stages.router`): a linear map h → 2 logits unless `hidden` is set."""
+    """Router shape (recipe `stages.router`): a linear map h → 2 logits unless `hidden` is set.
+
+    These defaults are the plain per-token router on h (the paper's input, and the layout of a folder saved
+    before `input` was recorded), for the library and tests; a run's defaults are the recipe's (`input:
+    token+prompt`), which the router stage always passes.
+    """
 
     granularity: Literal["token", "prompt"] = "token"
     input: Literal["token", "token+prompt"] = "token"
