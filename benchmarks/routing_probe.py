@@ -29,13 +29,13 @@ import time
 
 import torch
 
+from midpo_cli.data.prompt_sets import load_prompt_set
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.template import format_prompt
 from midpo_cli.evaluation.gate_stats import auroc
 from midpo_cli.evaluation.probe import bag_of_words, fit_linear_probe, vocabulary
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
-from midpo_cli.stages.generate import load_prompt_set
 
 WORDS = "words of the training prompts (no model)"
 

@@ -43,6 +43,7 @@ def generate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate answers (batched, KV cache, left padding); resumable: existing rows are skipped."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
     from midpo_cli.evaluation.labels import parse_gates
@@ -52,7 +53,7 @@ def generate(
     check_template(template)
     dtype = resolve_precision(dtype)  # `auto` → bf16 on a CUDA GPU that has it, else fp32
     fixed = parse_gates(gates) if gates is not None else None
-    sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
+    sets = [load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
     entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
 

@@ -13,15 +13,14 @@ batch being written and says how many answers are kept; the same command resumes
 Models (`--model [LABEL=]SPEC`): a base causal LM, a PEFT adapter folder or a MidPO model folder
 (midpo_cli.modeling.policy). The row's `model` is LABEL (or SPEC); fixed gates add `@gates=G_S,G_H`, a
 safety dial `@dial=+B` (midpo_cli.evaluation.labels). Prompt sets (`--prompts [NAME=]SPEC`): a preset
-name (data/prompt_sets.py), an embedded: set, a hub dataset with a column mapping, or a local JSONL/CSV/TXT
-file; empty prompts are skipped and counted.
+name, an embedded: set, a hub dataset with a column mapping, or a local JSONL/CSV/TXT file
+(midpo_cli.data.prompt_sets.load_prompt_set); empty prompts are skipped and counted.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
-from midpo_cli.data.filters import select_prompts
-from midpo_cli.data.prompt_sets import is_preset, load_preset
-from midpo_cli.data.readers import load_rows
+from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, split_label
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.evaluation.answers import append_rows, read_answers
 from midpo_cli.manifest import fingerprint
@@ -41,39 +38,6 @@ from midpo_cli.recipe import GenerationSettings
 ROW_FIELDS = ("model", "model_spec", "model_id", "fixed_gates", "safety_bias", "prompt_set", "index", "prompt",
               "answer", "category", "is_harmful", "prompt_tokens", "answer_tokens", "truncated", "finished", "gates",
               "template", "gen", "gen_id")
-_LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
-
-
-def split_label(text: str) -> tuple[str | None, str]:
-    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label."""
-    head, sep, tail = text.partition("=")
-    if sep and head and tail and _LABEL.match(head):
-        return head, tail
-    return None, text
-
-
-@dataclass
-class PromptSet:
-    name: str
-    spec: str
-    prompts: list[dict[str, Any]]  # prompt, category, is_harmful, row (0-based source row: the row key)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptSet:
-    """A prompt set by preset name, embedded: name, hub spec or local file; empty prompts dropped, counted."""
-    label, spec = split_label(text)
-    counts: dict[str, int] = {}
-    if is_preset(spec):
-        table, counts = load_preset(spec)
-    else:
-        table = load_rows(spec, columns=columns)
-    sel = select_prompts(table)
-    local = Path(spec).expanduser()
-    name = label or (local.stem if local.is_file() else spec)
-    return PromptSet(name=name, spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})
-
-
 _HASH_WHOLE = 64 << 20  # files up to 64 MiB are hashed whole; larger ones by size, head and tail
 
 
