@@ -148,7 +148,7 @@ def test_no_import_cycle_even_through_lazy_imports() -> None:
 
 def test_no_function_is_longer_than_60_lines() -> None:
     """The team's limit, so that an entry function reads like a table of contents: from `def` to its last
-    line, docstring included, under 60 lines."""
+    line, docstring included, at most 60 lines."""
     long = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
