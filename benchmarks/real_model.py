@@ -138,7 +138,7 @@ def greedy_speed(out: Path, prompts_file: Path, batch: int, new_tokens: int, tem
     import torch
 
     from midpo_cli.data.tokenize import encode_prompts, pad_sequences
-    from midpo_cli.stages.generate import load_policy
+    from midpo_cli.modeling.policy import load_policy
 
     router = json.loads((out / "router" / "manifest.json").read_text())
     sft = json.loads((out / "sft" / "manifest.json").read_text())

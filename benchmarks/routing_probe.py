@@ -13,10 +13,10 @@ with an `is_harmful` column) and reports its AUROC on each held-out set, for thr
 - `residual, prompt mean` and `residual, last prompt token`: the decoder's hidden state after the middle
   layer (`output_hidden_states`), for comparison with a router that would read the residual stream;
 - `words of the training prompts`: no model at all, the same probe on which of the training prompts' words
-  each prompt contains (`midpo_cli.probe.words_probe_auroc`): what the text tells a reader who knows only
+  each prompt contains (`midpo_cli.evaluation.probe.words_probe_auroc`): what the text tells a reader who knows only
   the training data's words. A base above it brings knowledge of its own.
 
-The probe is `midpo_cli.probe` (λ fixed, standardised features), the one the router stage logs as
+The probe is `midpo_cli.evaluation.probe` (λ fixed, standardised features), the one the router stage logs as
 `input_probe_auroc`; λ is not tuned on the held-out sets. A high training
 AUROC with a low held-out one means the kinds are memorised per task, not recognised: no router on those
 features will separate held-out prompts either. Nothing here asserts a number (benchmarks/RESULTS.md).
@@ -29,13 +29,13 @@ import time
 
 import torch
 
+from midpo_cli.data.prompt_sets import load_prompt_set
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.template import format_prompt
-from midpo_cli.gate_stats import auroc
+from midpo_cli.evaluation.gate_stats import auroc
+from midpo_cli.evaluation.probe import bag_of_words, fit_linear_probe, vocabulary
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
-from midpo_cli.probe import bag_of_words, fit_linear_probe, vocabulary
-from midpo_cli.stages.generate import load_prompt_set
 
 WORDS = "words of the training prompts (no model)"
 

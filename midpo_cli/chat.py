@@ -28,6 +28,7 @@ import torch
 from midpo_cli import console
 from midpo_cli.data.template import SAFE_RLHF, adds_special_tokens, format_prompt
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.labels import parse_gates
 from midpo_cli.io import write_jsonl
 
 TokenCallback = Callable[[str, "tuple[float, float] | None"], None]
@@ -297,12 +298,6 @@ def legend() -> Any:
     return text.append(" safe")
 
 
-def parse_pair(text: str, what: str) -> tuple[float, float]:
-    from midpo_cli.gate_stats import parse_gates
-
-    return parse_gates(text, what)
-
-
 def settings_line(session: ChatSession) -> str:
     if not session.routed:
         return f"{session.kind} model, template {session.template}"
@@ -330,7 +325,7 @@ def handle_command(session: ChatSession, line: str, out: Any) -> bool:
             extra = " (fixed gates are on: /gates off to let the routers use it)" if session.fixed_gates else ""
             out.print(f"[dim]{escape(settings_line(session) + extra)}[/dim]")
         elif name == "/gates":
-            session.set_gates(None if arg in ("off", "router", "routers") else parse_pair(arg, "/gates"))
+            session.set_gates(None if arg in ("off", "router", "routers") else parse_gates(arg, "/gates"))
             out.print(f"[dim]{escape(settings_line(session))}[/dim]")
         elif name == "/reset":
             session.reset()

@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: a reader sees the old artifact or the finished new one, never half."""
+"""Atomic file and folder writes (a reader sees the old artifact or the finished new one, never half), and
+the one JSON and JSON-lines reader, whose errors name the file and the line."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from midpo_cli.errors import InputError
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -56,17 +59,48 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file; a syntax error becomes an InputError naming the file and line."""
-    from midpo_cli.errors import InputError
-
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+class JsonlError(InputError):
+    """A line of a JSON-lines file that is not a JSON object; `line` is its 1-based number."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def jsonl_rows(lines: Iterable[str], source: str, *, unit: str = "line", cut_off: str | None = None,
+               start: int = 1) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(number, row) for each line of a JSON-lines file; row is None for a blank line (callers count them).
+
+    The one JSONL parser of the package: a line that is not a JSON object raises JsonlError
+    `SOURCE: UNIT N: invalid JSON (…)` or `… expected a JSON object, got T`. With `cut_off`, a last line
+    without its newline that does not parse is reported as cut off (an interrupted writer), with that hint.
+    """
+    for number, line in enumerate(lines, start=start):
+        if not line.strip():
+            yield number, None
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if cut_off is not None and not line.endswith("\n"):
+                raise JsonlError(f"{source}: {unit} {number} is cut off; {cut_off}", number) from None
+            raise JsonlError(f"{source}: {unit} {number}: invalid JSON ({exc.msg})", number) from None
+        if not isinstance(row, dict):
+            raise JsonlError(f"{source}: {unit} {number}: expected a JSON object, got {type(row).__name__}", number)
+        yield number, row
+
+
+def read_jsonl(path: str | os.PathLike[str], *, source: str | None = None, unit: str = "line",
+               cut_off: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file, blank lines skipped (jsonl_rows)."""
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return [row for _, row in jsonl_rows(fh, source or str(path), unit=unit, cut_off=cut_off) if row is not None]
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:

@@ -159,7 +159,8 @@ def router_penalty(
     g_safety, g_help: (L, B, T) or a list of L (B, T) gate tensors; token_mask (B, T), 1 = real token.
     The mean runs over all (layer, real token) cells, i.e. the per-layer means averaged over
     layers — summing over layers would act as λ·L (docs/design.md §7). Padding never contributes; an
-    all-padding batch gives 0. Returns a scalar.
+    all-padding batch gives 0. Returns a scalar. λ = 1 is the paper's equation; a run's λ is the recipe's
+    `stages.router.penalty` (default 0), which the router stage always passes.
     """
     gs, gh = _stack_layers(g_safety), _stack_layers(g_help)  # (L, B, T)
     mask = token_mask.bool().unsqueeze(0)  # (1, B, T)

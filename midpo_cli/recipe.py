@@ -11,7 +11,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -169,8 +169,12 @@ class ExpertStage(TrainOverrides):
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
 
 
+RankRule = Literal["joint", "expert", "models", "labels", "agree"]
+RANK_RULES = get_args(RankRule)  # one list for the schema and `midpo rank --rule`'s help
+
+
 class RankStage(Strict):
-    rule: Literal["joint", "expert", "models", "labels", "agree"] = Field(
+    rule: RankRule = Field(
         "joint", description="How D_dual is chosen: joint (one answer wins on both axes), expert (the safer answer "
         "on harmful prompts, the better on benign ones), or the paper's models/labels."
     )
@@ -200,19 +204,40 @@ class RouterStage(TrainOverrides):
     penalty: RouterPenalty = Field(default_factory=RouterPenalty)
 
 
-class GenerateStage(Strict):
+class GenerationSettings(Strict):
+    """The sampling settings of one generation pass, defined once: the generate stage's recipe section
+    (below, which answers 32 prompts a batch), `midpo generate`'s option defaults, and the library
+    (modeling.generation.generate_answers, stages.generate.generate_to_file). The prompt template, the
+    seventh setting, is a recipe's `data.template` (one per run, shared with the training stages)."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Tokens to generate at most.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    batch_size: int = Field(16, gt=0, description="Prompts per batch.")
+    seed: int = Field(0, description="Sampling seed.")
+    max_prompt_length: int | None = Field(None, gt=0, description="Prompt tokens kept, from the end (null: the "
+                                          "model's context minus max_new_tokens).")
+
+    def but(self, **changes: Any) -> GenerationSettings:
+        """These settings (of a recipe section too) with some changed, checked like a recipe; a bad value is
+        an InputError."""
+        try:
+            return GenerationSettings.model_validate({**{k: getattr(self, k) for k in GenerationSettings.model_fields},
+                                                      **changes})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"generation setting {where}: {first['msg']}") from None
+
+
+class GenerateStage(GenerationSettings):
+    batch_size: int = Field(32, gt=0, description="Prompts per batch (`midpo generate` answers 16).")
     prompts: list[str] = Field(
         default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
     )
     models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo"]] = Field(
         default_factory=lambda: ["base", "safety_expert", "helpfulness_expert", "midpo"], min_length=1
     )
-    max_new_tokens: int = Field(64, gt=0)
-    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    batch_size: int = Field(32, gt=0)
-    seed: int = 0
-    max_prompt_length: int | None = Field(None, gt=0)
     gate_sweep: Literal["grid"] | list[list[float]] = Field(
         "grid", description="Fixed [g_s, g_h] blends of the MidPO model to compare with its router; 'grid' = "
         "g_s, g_h in {0, .25, .5, .75, 1} (25 blends); [] = none."

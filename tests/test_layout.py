@@ -1,8 +1,10 @@
 """The layout flows one way (docs/design.md §3): cli → commands → pipeline.run → stages →
-pipeline.{context, inputs, graph, preflight} → modeling → {data, engine} → recipe → losses.
+pipeline.{context, inputs, graph, preflight} → modeling → {data, engine, evaluation} → recipe → losses.
 
 Read from the source with ast, imports inside functions included, so a lazy import that runs back up
-fails here as well as a module-level one.
+fails here as well as a module-level one. Seen folder by folder (`midpo_cli.X`, the evaluation layer one
+folder), exactly one import runs back up the layers: `pipeline.run` imports each stage module inside
+`runner()`, when that stage runs (`UP_IMPORTS`); file by file, no import cycle at all.
 """
 
 from __future__ import annotations
@@ -64,8 +66,7 @@ def test_the_pipeline_below_the_stages_never_reaches_up() -> None:
 def test_libraries_never_import_the_layers_above_them() -> None:
     above = ("midpo_cli.pipeline", "midpo_cli.stages", "midpo_cli.commands", "midpo_cli.cli", "midpo_cli.worker")
     libraries = ("midpo_cli.modeling", "midpo_cli.data", "midpo_cli.engine", "midpo_cli.recipe", "midpo_cli.losses",
-                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.summary", "midpo_cli.headroom",
-                 "midpo_cli.gate_stats", "midpo_cli.refusal", "midpo_cli.report", "midpo_cli.assets")
+                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.evaluation", "midpo_cli.assets")
     for module, (anywhere, _) in GRAPH.items():
         if module.startswith(libraries):
             up = {i for i in anywhere if i.startswith(above)}
@@ -76,18 +77,82 @@ def test_libraries_never_import_the_layers_above_them() -> None:
     assert not {i for i in GRAPH["midpo_cli.recipe"][0] if i not in ("midpo_cli.errors",)}
 
 
-def test_module_level_imports_have_no_cycle() -> None:
-    top = {m: {i for i in imports if i in GRAPH} for m, (_, imports) in GRAPH.items()}
+def _assert_acyclic(imports: dict[str, set[str]]) -> None:
+    """Depth-first search; the first cycle found is named module by module."""
     state: dict[str, int] = {}
 
     def visit(module: str, path: list[str]) -> None:
         state[module] = 1
-        for other in sorted(top[module]):
+        for other in sorted(imports[module]):
             assert state.get(other) != 1, "import cycle: " + " → ".join([*path, module, other])
             if other not in state:
                 visit(other, [*path, module])
         state[module] = 2
 
-    for module in sorted(top):
+    for module in sorted(imports):
         if module not in state:
             visit(module, [])
+
+
+def test_module_level_imports_have_no_cycle() -> None:
+    _assert_acyclic({m: {i for i in imports if i in GRAPH} for m, (_, imports) in GRAPH.items()})
+
+
+# Layers, top to bottom (docs/design.md §3): a module imports its own folder's modules and those of layers below.
+LAYERS = (
+    ("cli", "worker"),
+    ("commands",),
+    ("stages",),
+    ("chat", "pipeline"),  # the folder whose context, inputs, graph and preflight the stages use
+    ("modeling",),
+    ("engine",),
+    ("data", "evaluation", "manifest"),
+    ("assets", "io", "recipe"),
+    ("console", "errors", "host_memory", "logprobs", "losses"),
+)
+# The imports allowed to run back up: (importer, imported folder) → why.
+UP_IMPORTS = {("midpo_cli.pipeline.run", "stages"): "runner() imports a stage's module when that stage runs"}
+
+
+def _node(module: str) -> str:
+    """The folder or top-level module a module belongs to."""
+    return module.split(".")[1]
+
+
+def _layer(node: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if node in names)
+
+
+def test_every_module_has_a_layer() -> None:
+    nodes = {_node(m) for m in GRAPH if m != "midpo_cli"}
+    assert nodes == {n for names in LAYERS for n in names}, "a folder or module is missing from LAYERS (or gone)"
+
+
+def test_imports_run_down_the_layers_but_for_the_named_ones() -> None:
+    up = set()
+    for module, (anywhere, top) in GRAPH.items():
+        if module == "midpo_cli":
+            continue
+        for imported in anywhere - {"midpo_cli"}:
+            a, b = _node(module), _node(imported)
+            if a == b or _layer(a) < _layer(b):
+                continue
+            assert imported not in top, f"{module} imports {imported} at module level, up the layers"
+            up.add((module, b))
+    assert up == set(UP_IMPORTS), f"imports running back up the layers: {sorted(up - set(UP_IMPORTS))}"
+
+
+def test_no_import_cycle_even_through_lazy_imports() -> None:
+    _assert_acyclic({m: {i for i in anywhere if i in GRAPH} for m, (anywhere, _) in GRAPH.items()})
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    """The team's limit, so that an entry function reads like a table of contents: from `def` to its last
+    line, docstring included, at most 60 lines."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

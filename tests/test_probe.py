@@ -1,11 +1,11 @@
-"""The linear probe behind the router stage's `input_probe_auroc` (midpo_cli.probe)."""
+"""The linear probe behind the router stage's `input_probe_auroc` (midpo_cli.evaluation.probe)."""
 
 from __future__ import annotations
 
 import torch
 
-from midpo_cli.gate_stats import auroc
-from midpo_cli.probe import bag_of_words, fit_linear_probe, linear_probe_auroc, words_of, words_probe_auroc
+from midpo_cli.evaluation.gate_stats import auroc
+from midpo_cli.evaluation.probe import bag_of_words, fit_linear_probe, linear_probe_auroc, words_of, words_probe_auroc
 
 
 def _data(n: int, d: int, seed: int) -> tuple[torch.Tensor, list[bool]]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from midpo_cli.assets.toy_world import toy_judge
+from midpo_cli.evaluation.probe import words_probe_auroc
 from midpo_cli.io import read_jsonl
-from midpo_cli.probe import words_probe_auroc
 from midpo_cli.recipe import load_recipe
 from midpo_cli.stages.router import held_out_pairs
 

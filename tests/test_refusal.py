@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from midpo_cli.errors import InputError
-from midpo_cli.refusal import DEFAULT_PATTERNS, RefusalDetector, is_refusal
+from midpo_cli.evaluation.refusal import DEFAULT_PATTERNS, RefusalDetector, is_refusal
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

@@ -1,4 +1,4 @@
-"""Router vs fixed blends (midpo_cli.headroom) on hand-worked examples, its place in summary.json, the
+"""Router vs fixed blends (midpo_cli.evaluation.headroom) on hand-worked examples, its place in summary.json, the
 report and the terminal tables, and the escaping of names that come from data."""
 
 from __future__ import annotations
@@ -12,19 +12,11 @@ import numpy as np
 import pytest
 
 from midpo_cli.errors import InputError
-from midpo_cli.headroom import (
-    balanced_score,
-    blend_label,
-    cluster_indices,
-    dial_label,
-    headroom_share,
-    parse_label,
-    routing_summary,
-    select_best,
-)
+from midpo_cli.evaluation.bootstrap import balanced_score, bootstrap_indices, cluster_indices
+from midpo_cli.evaluation.headroom import headroom_share, routing_summary, select_best
+from midpo_cli.evaluation.labels import blend_label, dial_label, parse_label
 from midpo_cli.recipe import load_recipe
 from midpo_cli.stages import score as score_stage
-from midpo_cli.summary import bootstrap_indices
 
 DEV, EVAL = "toy/dev-prompts", "toy/eval-prompts"
 # Outcomes per prompt (1 = the judge is happy): prompts 0, 1 harmful; 2, 3 benign.
@@ -217,7 +209,7 @@ def test_without_a_judge_a_dominating_blend_is_found_on_dev_and_tested_on_eval()
     assert by["d_reward"]["mean"] == pytest.approx(1.0, abs=0.1) and by["d_cost"]["mean"] == pytest.approx(1, abs=0.1)
     assert by["significant"] and pareto["dominated"] and pareto["significant"]
     assert e["oracle"]["from"] == {"harmful": "m@gates=1,0", "benign": "m@gates=0,1"} and "score" not in e["oracle"]
-    from midpo_cli.report import pareto_verdict
+    from midpo_cli.evaluation.report import pareto_verdict
 
     assert "(1,0) Pareto-dominates the router" in pareto_verdict(pareto)
 
@@ -295,7 +287,7 @@ def test_report_escapes_every_name_from_data(tmp_path, monkeypatch) -> None:
 def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tmp_path, monkeypatch) -> None:
     from rich.console import Console
 
-    from midpo_cli.report import terminal_tables
+    from midpo_cli.evaluation.report import terminal_tables
 
     monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
     answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name="a_rather_long_router_model_name")

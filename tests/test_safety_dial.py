@@ -57,7 +57,7 @@ def counting_loader(model, calls: list):
 
 
 def test_a_sweep_loads_its_model_once_and_records_gates_and_bias_per_row(midpo, tmp_path) -> None:
-    from midpo_cli.headroom import blend_label, dial_label
+    from midpo_cli.evaluation.labels import blend_label, dial_label
 
     folder = tmp_path / "m"
     folder.mkdir()

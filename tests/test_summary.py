@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from midpo_cli.summary import (
+from midpo_cli.evaluation.bootstrap import bootstrap_indices
+from midpo_cli.evaluation.summary import (
     as_float,
-    bootstrap_indices,
     group,
     mean_ci,
     pareto_front,

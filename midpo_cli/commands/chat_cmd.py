@@ -38,10 +38,10 @@ def chat(
     With --json, stdin is one prompt: the answer, its mean gates and one gate pair per answer token are
     printed as JSON on stdout (echo "prompt" | midpo chat MODEL --json).
     """
-    from midpo_cli.chat import parse_pair
     from midpo_cli.errors import InputError
+    from midpo_cli.evaluation.labels import parse_gates
 
-    fixed = parse_pair(gates, "--gates") if gates is not None else None
+    fixed = parse_gates(gates) if gates is not None else None
     prompt = None
     if as_json:
         prompt = sys.stdin.read().strip()
@@ -73,7 +73,7 @@ def open_session(spec: str, *, template: str | None, safety_bias: float | None, 
     from midpo_cli.chat import ChatSession
     from midpo_cli.data.template import check_template, resolve_template, warn_mismatch
     from midpo_cli.errors import InputError
-    from midpo_cli.stages.generate import load_policy
+    from midpo_cli.modeling.policy import load_policy
 
     if template is not None:
         check_template(template)

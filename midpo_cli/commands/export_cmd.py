@@ -41,9 +41,10 @@ def export(
     if merged and gates is None:
         raise InputError("--merged needs --gates G_SAFETY,G_HELPFULNESS (the fixed mix to fold in), e.g. 0.5,0.5")
 
+    from midpo_cli.evaluation.labels import parse_gates
     from midpo_cli.modeling import export as ex
 
-    fixed = ex.parse_gates(gates) if merged else None
+    fixed = parse_gates(gates) if merged else None
     ex.check_destination(to)
     ex.midpo_config(model, targets[0])
     if fixed is not None:

@@ -8,19 +8,13 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt
+from midpo_cli.recipe import GenerationSettings
+
+_D = GenerationSettings()  # the option defaults: one definition of the generation settings
 
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
-
-
-def _gates(text: str | None) -> tuple[float, float] | None:
-
-    if text is None:
-        return None
-    from midpo_cli.gate_stats import parse_gates
-
-    return parse_gates(text, "--gates")
 
 
 def generate(
@@ -29,12 +23,13 @@ def generate(
     prompts: list[str] = typer.Option(..., "--prompts", "-p", help="[NAME=]SPEC: preset, embedded:, hub dataset, "
                                       "or a .jsonl/.csv/.txt file (one prompt a line). Repeatable."),
     output: Path = typer.Option(..., "--output", "-o", help="Answers JSONL (resumed if it exists)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Tokens to generate at most."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per batch."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    max_prompt_length: int = typer.Option(None, "--max-prompt-length", min=2,
+    max_new_tokens: int = typer.Option(_D.max_new_tokens, "--max-new-tokens", min=1,
+                                       help="Tokens to generate at most."),
+    temperature: float = typer.Option(_D.temperature, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(_D.top_p, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", min=1, help="Prompts per batch."),
+    seed: int = typer.Option(_D.seed, "--seed", help="Sampling seed."),
+    max_prompt_length: int = typer.Option(_D.max_prompt_length, "--max-prompt-length", min=2,
                                           help="Prompt tokens kept (from the end; default: context - new tokens)."),
     template: str = typer.Option("auto", "--template", help="auto (each model's chat template if its tokenizer has "
                                  "one, else safe-rlhf), safe-rlhf or chat."),
@@ -48,15 +43,17 @@ def generate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate answers (batched, KV cache, left padding); resumable: existing rows are skipped."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
+    from midpo_cli.evaluation.labels import parse_gates
     from midpo_cli.modeling.loading import resolve_precision
     from midpo_cli.stages import generate as stage
 
     check_template(template)
     dtype = resolve_precision(dtype)  # `auto` → bf16 on a CUDA GPU that has it, else fp32
-    fixed = _gates(gates)
-    sets = [stage.load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
+    fixed = parse_gates(gates) if gates is not None else None
+    sets = [load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
     entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
 
@@ -64,9 +61,9 @@ def generate(
         return stage.load_policy(e.spec, gates=e.gates, safety_bias=e.safety_bias, dtype=dtype, seed=seed,
                                  trust_remote_code=trust_remote_code)
 
-    stats = stage.generate_to_file(entries, sets, output, template=template, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
-                                   max_prompt_length=max_prompt_length, loader=loader)
+    settings = _D.but(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
+                      seed=seed, max_prompt_length=max_prompt_length)
+    stats = stage.generate_to_file(entries, sets, output, settings, template=template, loader=loader)
     console.log(f"generate: {stats['rows_written']} new answers ({stats['rows_existing']} already there) → {output}"
                 + (f"; {stats['truncated_prompts']} prompts truncated from the left" if stats["truncated_prompts"]
                    else ""))

@@ -50,8 +50,8 @@ def score(
 def check_score_inputs(answers: Path, output: Path, reward_model: str | None, cost_model: str | None) -> None:
     """Everything `score` can refuse before a score model loads: the output, the models, each row's index."""
     from midpo_cli.errors import InputError
+    from midpo_cli.evaluation.answers import read_answer_rows
     from midpo_cli.pipeline.preflight import check_model_ref
-    from midpo_cli.stages.score import read_answer_rows
 
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is an existing file; give a folder for scores.csv, summary.json, "
@@ -72,7 +72,7 @@ def report(
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-draw the plots and report.html from scores.csv + summary.json."""
-    from midpo_cli.report import load_scores, print_tables, write_report
+    from midpo_cli.evaluation.report import load_scores, print_tables, write_report
 
     rows, summary, folder = load_scores(path)
     print_tables(summary)

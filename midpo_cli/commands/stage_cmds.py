@@ -14,6 +14,7 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, RecipeOpt, SetOpt
+from midpo_cli.recipe import RANK_RULES
 
 
 class Launcher(str, Enum):
@@ -211,7 +212,7 @@ def train_expert(
 def rank(
     recipe: Path = RecipeOpt,
     overrides: list[str] = SetOpt,
-    rule: str = typer.Option(None, "--rule", help="joint | models | labels | agree (default: the recipe's)."),
+    rule: str = typer.Option(None, "--rule", help=f"{' | '.join(RANK_RULES)} (default: the recipe's)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score every pair with the reward and cost models and write D_dual by the chosen rule."""

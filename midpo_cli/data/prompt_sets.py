@@ -17,14 +17,20 @@ Presets (hub spec → kept rows; is_harmful; category column):
   False; `type`.
 
 WildGuardMix is gated on the hub: accept its terms and `huggingface-cli login` first.
+
+`load_prompt_set("[NAME=]SPEC")` loads any prompt set (a preset, an embedded: set, a hub dataset with a
+column mapping, or a local JSONL/CSV/TXT file) for `generate` and the benchmarks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from midpo_cli.data.filters import select_prompts
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.errors import InputError
 
@@ -105,3 +111,38 @@ def apply_preset(preset: PromptPreset, table: Table) -> tuple[Table, dict[str, i
     if not rows:
         raise InputError(f"{table.source}: preset {preset.name!r} kept no rows ({counts})")
     return Table(rows, f"{preset.name} ({table.source})", dict(table.skipped)), counts
+
+
+# ---------------------------------------------------------------------------------------------- prompt sets
+
+_LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+
+
+def split_label(text: str) -> tuple[str | None, str]:
+    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label."""
+    head, sep, tail = text.partition("=")
+    if sep and head and tail and _LABEL.match(head):
+        return head, tail
+    return None, text
+
+
+@dataclass
+class PromptSet:
+    name: str
+    spec: str
+    prompts: list[dict[str, Any]]  # prompt, category, is_harmful, row (0-based source row: the row key)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptSet:
+    """A prompt set by preset name, embedded: name, hub spec or local file; empty prompts dropped, counted."""
+    label, spec = split_label(text)
+    counts: dict[str, int] = {}
+    if is_preset(spec):
+        table, counts = load_preset(spec)
+    else:
+        table = load_rows(spec, columns=columns)
+    sel = select_prompts(table)
+    local = Path(spec).expanduser()
+    name = label or (local.stem if local.is_file() else spec)
+    return PromptSet(name=name, spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli.errors import InputError
+from midpo_cli.io import jsonl_rows
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
 DEFAULT_SPLIT = "train"
@@ -155,19 +156,10 @@ def _read_local_file(path: Path, spec: str, split: str | None) -> Table:
 
 
 def _read_jsonl(path: Path, source: str) -> tuple[list[dict[str, Any]], str, dict[str, int]]:
-    rows, empty = [], 0
     with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                empty += 1
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{source}: row {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{source}: row {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+        numbered = list(jsonl_rows(fh, source, unit="row"))
+    rows = [row for _, row in numbered if row is not None]
+    empty = len(numbered) - len(rows)
     return rows, source, ({"empty_lines": empty} if empty else {})
 
 

@@ -1,7 +1,7 @@
 """Launcher command builder: `deepspeed` / `torchrun` argv lists that run the stage worker in every process.
 
 Argv lists only, never a shell string: paths with spaces and quotes stay one argument, and nothing is
-interpreted by a shell. `format_argv` is for printing (a line a user can paste). No torch imports here.
+interpreted by a shell. `format_argv` is for printing (a line a user can paste). No torch at import time.
 The deepspeed launcher has no `-m`; its `--module` flag makes it run the script name as a module.
 """
 
@@ -60,10 +60,13 @@ def format_argv(argv: list[str]) -> str:
 
 
 def launcher_env() -> dict[str, str]:
-    """This process's environment minus the rendezvous variables an in-process run set for itself."""
+    """This process's environment minus the rendezvous variables an in-process run set for itself (the names
+    are dist's; imported here, when a launcher is about to start, so that printing an argv needs no torch)."""
+    from midpo_cli.engine.dist import MARKER, SINGLE_PROCESS_ENV
+
     env = dict(os.environ)
-    if env.pop("MIDPO_SINGLE_PROCESS", None) is not None:
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    if env.pop(MARKER, None) is not None:
+        for key in SINGLE_PROCESS_ENV:
             env.pop(key, None)
     return env
 

@@ -48,13 +48,11 @@ EvalFn = Callable[[nn.Module, dict], dict[str, Any]]
 class TrainResult:
     model: nn.Module
     global_step: int
-    epochs_done: int
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int | None = None
     wall_s: float = 0.0
     samples_per_s: float = 0.0
-    tokens_per_s: float = 0.0
 
 
 # ---------------------------------------------------------------- pure pieces (unit-tested directly)
@@ -509,13 +507,11 @@ class Bookkeeper:
         return TrainResult(
             model=module,
             global_step=self.step,
-            epochs_done=self.step // t.steps_per_epoch,
             last_metrics={k: v for k, v in self.last_record.items() if k != "split"},
             last_eval=self.last_eval,
             resumed_from_step=t.resumed_from,
             wall_s=wall_s,
             samples_per_s=self.samples_done / self.train_time if self.train_time > 0 else 0.0,
-            tokens_per_s=self.tokens_done / self.train_time if self.train_time > 0 else 0.0,
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
+from midpo_cli.io import jsonl_rows
 
 
 def _clean(value: Any) -> Any:
@@ -45,7 +46,8 @@ class MetricsSink:
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        rows = jsonl_rows(lines, str(self.path))
+        kept = [ln for ln, (_, row) in zip(lines, rows, strict=True) if row is not None and row.get("step", 0) <= step]
         if len(kept) != len(lines):
             self.path.write_text("".join(kept), encoding="utf-8")
 

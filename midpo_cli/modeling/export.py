@@ -44,13 +44,6 @@ PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
 
 # -- input checks ---------------------------------------------------------------------------------
 
-def parse_gates(text: str) -> tuple[float, float]:
-    """`G_S,G_H` → two floats in [0, 1]."""
-    from midpo_cli.gate_stats import parse_gates as parse
-
-    return parse(text, "--gates")
-
-
 def check_destination(to: str | Path) -> Path:
     """An export never overwrites: `--to` must not exist, or be an empty folder."""
     to = Path(to).expanduser()

@@ -26,6 +26,7 @@ import torch
 from midpo_cli.data.template import recorded_template, resolve_template, warn_mismatch
 from midpo_cli.data.tokenize import encode_prompts, pad_sequences
 from midpo_cli.errors import InputError
+from midpo_cli.recipe import GenerationSettings
 
 
 def context_limit(model: Any) -> int | None:
@@ -76,32 +77,26 @@ def generate_answers(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
+    settings: GenerationSettings | None = None,
     *,
     template: str = "safe-rlhf",
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_prompt_length: int | None = None,
+    **changes: Any,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield one list per batch of {index, answer, prompt_tokens, answer_tokens, truncated, finished, gates,
-    prompt_ids, produced_ids}.
+    prompt_ids, produced_ids}. `settings` (default: GenerationSettings()) with any of them changed by name
+    (`max_new_tokens=8`).
 
     `index` is the prompt's position in `prompts`; batches come longest prompt first. `gates` is
     {"safety", "helpfulness"} (mean over answer tokens) for a MidPO model, else None. `produced_ids`
     are the generated ids up to and including EOS (the steps whose gates `gates` averages).
     """
-    if max_new_tokens <= 0 or batch_size <= 0:
-        raise InputError(f"max_new_tokens and batch_size must be > 0, got {max_new_tokens}, {batch_size}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise InputError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    s = (settings or GenerationSettings()).but(**changes)
     template = resolve_template(template, tokenizer)  # `auto`: this model's tokenizer decides
     config = getattr(model, "config", None)
     warn_mismatch(f"model {getattr(config, '_name_or_path', None) or 'policy'}", recorded_template(config), template)
-    limit = max_prompt_length
+    limit = s.max_prompt_length
     if limit is None and (ctx := context_limit(model)) is not None:
-        limit = ctx - max_new_tokens
+        limit = ctx - s.max_new_tokens
     if limit is not None and limit < 2:
         raise InputError(f"max_prompt_length {limit} leaves no room for a prompt; lower max_new_tokens")
     full, _ = encode_prompts(list(prompts), tokenizer, template, None)
@@ -111,15 +106,15 @@ def generate_answers(
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
-    sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)} if temperature > 0 \
-        else {"do_sample": False}
+    sampling = {"do_sample": True, "temperature": float(s.temperature), "top_p": float(s.top_p)} \
+        if s.temperature > 0 else {"do_sample": False}
     device = getattr(model, "device", torch.device("cpu"))
-    torch.manual_seed(seed)
+    torch.manual_seed(s.seed)
     was_training = getattr(model, "training", False)
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+        for start in range(0, len(order), s.batch_size):
+            batch = order[start:start + s.batch_size]
             seqs = [ids[i] for i in batch]
             padded = pad_sequences(seqs, [len(s) for s in seqs], pad_id, padding_side="left")
             recorder = _GateRecorder(model) if is_routed(model) else None
@@ -127,7 +122,7 @@ def generate_answers(
                 with torch.no_grad():
                     out = model.generate(
                         input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device),
-                        max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos, use_cache=True,
+                        max_new_tokens=s.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos, use_cache=True,
                         **sampling,
                     )
             finally:

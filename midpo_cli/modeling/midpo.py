@@ -10,8 +10,8 @@ the rsLoRA / rank_pattern value); they are equal for the default experts, and ea
 own if the adapters differ. The same s is used in training and inference: there is one forward.
 
 Design choices:
-- Wrap, don't fork (STYLE §9): the HF model is modified in place, any decoder whose targeted layers
-  are `nn.Linear` works; anything else is refused naming the module path and its type.
+- Wrap, don't fork (docs/design.md §2.7): the HF model is modified in place, any decoder whose targeted
+  layers are `nn.Linear` works; anything else is refused naming the module path and its type.
 - One copy of the base: `routing_disabled()` turns the routed additions off, so the same weights are
   the DPO reference π_ref. `fixed_gates(g_s, g_h)` bypasses the routers (gate sweeps, parity tests).
 - All routed layers share one small `RoutingState`; this is how a forward passes the prompt mask to
@@ -56,7 +56,12 @@ ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
 
 @dataclass(frozen=True)
 class RouterSettings:
-    """Router shape (recipe `stages.router`): a linear map h → 2 logits unless `hidden` is set."""
+    """Router shape (recipe `stages.router`): a linear map h → 2 logits unless `hidden` is set.
+
+    These defaults are the plain per-token router on h (the paper's input, and the layout of a folder saved
+    before `input` was recorded), for the library and tests; a run's defaults are the recipe's (`input:
+    token+prompt`), which the router stage always passes.
+    """
 
     granularity: Literal["token", "prompt"] = "token"
     input: Literal["token", "token+prompt"] = "token"
@@ -293,7 +298,7 @@ class MidpoModel(nn.Module):
                            prompt_mask: torch.Tensor) -> torch.Tensor:
         """(B, layers·d): per routed layer, the mean of its input over the prompt tokens, routing off.
 
-        What a prompt-reading router sees of the base, for the router stage's linear probe (midpo_cli.probe)
+        What a prompt-reading router sees of the base, for the router stage's linear probe (midpo_cli.evaluation.probe)
         and benchmarks/routing_probe.py. The decoder backbone runs alone: no vocabulary-sized logits.
         """
         caught: list[torch.Tensor] = []
@@ -389,7 +394,8 @@ class MidpoModel(nn.Module):
 
 
 def count_router_parameters(model: MidpoModel) -> int:
-    """Trainable router parameters: L·(2·d + 2) for the default linear router (d = intermediate size)."""
+    """Trainable router parameters: L·(2·d_x + 2) for a linear router, d_x = 2·d with `input: token+prompt` (the
+    recipe's default), d with `input: token`; d = the routed layers' input width (docs/design.md §2.7)."""
     return sum(p.numel() for p in model.router_parameters())
 
 

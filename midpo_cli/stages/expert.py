@@ -121,20 +121,28 @@ def run_expert(ctx: StageContext, stage: str) -> None:
             "margin_scale": cfg.margin_scale, "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
             "score_model": margin_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_adapter(result.model, out, collate(train_feats[:4]), meta)
-    record = ctx.record()
+    record = expert_record(ctx, result, template=template, margins=margin_stats, health=health, memory=memory,
+                           counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None})
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
+    write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
+
+
+def expert_record(ctx: StageContext, result, *, template: str, margins: dict, health: DpoHealth, memory: dict,
+                  counts: dict):
+    """The manifest record of an expert stage, its outputs left to the caller: losses, speed, margins, health."""
+    record = ctx.record()
     record.metrics = {
         "train_loss": result.last_metrics.get("loss"),
         "eval_loss": (result.last_eval or {}).get("loss"),
         "eval_reward_accuracy": (result.last_eval or {}).get("reward_accuracy"),
         "steps": result.global_step,
         "pairs_per_s": result.samples_per_s,
-        "margin_zero_fraction": margin_stats.get("zero_fraction"),
+        "margin_zero_fraction": margins.get("zero_fraction"),
     }
-    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margin_stats,
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margins,
                     "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
-                    "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
-    write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
+                    "data": counts}
+    return record
 
 
 def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):

@@ -2,32 +2,25 @@
 
 Output: a JSONL file, one row per (model, prompt set, prompt) — see ROW_FIELDS. The file is
 **resumable**: rows are keyed by (model, prompt_set, index), rows already present are skipped on a
-re-run, and each finished batch is appended in one write followed by fsync. Why append + fsync and
-not "rewrite a temp file + os.replace" per batch: rewriting costs O(file) per batch (quadratic over
-a run); appending costs O(batch). A crash during the append can leave a partial last line; on the
-next run that trailing partial line is cut off (and said), complete lines are kept, so a crash
-loses at most the batch being written. Every row records what wrote it: the generation settings
-(`gen`, and their id `gen_id`), the template, and the model (`model_spec`, and `model_id`: a hash of
-the model folder's content plus its fixed gates and safety dial). A re-run refuses to mix other
-settings or another model under the same label into the file, and a file that is not an answers
-file is refused before anything is written to it. Ctrl-C stops after the batch being written and
-says how many answers are kept; the same command resumes.
+re-run, and each finished batch is appended in one write followed by fsync (the file's format, reader
+and appender: midpo_cli.evaluation.answers), so a crash loses at most the batch being written. Every
+row records what wrote it: the generation settings (`gen`, and their id `gen_id`), the template, and the
+model (`model_spec`, and `model_id`: a hash of the model folder's content plus its fixed gates and safety
+dial). A re-run refuses to mix other settings or another model under the same label into the file, and a
+file that is not an answers file is refused before anything is written to it. Ctrl-C stops after the
+batch being written and says how many answers are kept; the same command resumes.
 
-Models (`--model [LABEL=]SPEC`): a folder with `midpo_config.json` is a MidPO model; a folder with
-`adapter_config.json` is a PEFT adapter on the base named in that config; anything else (embedded:,
-hub name, local folder) is a base causal LM. The row's `model` is LABEL (or SPEC); fixed gates add
-`@gates=G_S,G_H`, a safety dial `@dial=+B` (midpo_cli.headroom). Prompt sets (`--prompts [NAME=]SPEC`): a
-preset name (data/prompt_sets.py), an embedded: set, a hub dataset with a column mapping, or a local
-JSONL/CSV/TXT file; empty prompts are skipped and counted.
+Models (`--model [LABEL=]SPEC`): a base causal LM, a PEFT adapter folder or a MidPO model folder
+(midpo_cli.modeling.policy). The row's `model` is LABEL (or SPEC); fixed gates add `@gates=G_S,G_H`, a
+safety dial `@dial=+B` (midpo_cli.evaluation.labels). Prompt sets (`--prompts [NAME=]SPEC`): a preset
+name, an embedded: set, a hub dataset with a column mapping, or a local JSONL/CSV/TXT file
+(midpo_cli.data.prompt_sets.load_prompt_set); empty prompts are skipped and counted.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import json
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,90 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
-from midpo_cli.data.filters import select_prompts
-from midpo_cli.data.prompt_sets import is_preset, load_preset
-from midpo_cli.data.readers import load_rows
+from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, split_label
 from midpo_cli.errors import InputError, Interrupted
+from midpo_cli.evaluation.answers import append_rows, read_answers
 from midpo_cli.manifest import fingerprint
+from midpo_cli.modeling.policy import Policy, load_policy
+from midpo_cli.recipe import GenerationSettings
 
 ROW_FIELDS = ("model", "model_spec", "model_id", "fixed_gates", "safety_bias", "prompt_set", "index", "prompt",
               "answer", "category", "is_harmful", "prompt_tokens", "answer_tokens", "truncated", "finished", "gates",
               "template", "gen", "gen_id")
-ANSWER_KEYS = ("model", "prompt_set", "index", "answer")  # what makes a line an answers row
-_LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
-
-
-def split_label(text: str) -> tuple[str | None, str]:
-    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label."""
-    head, sep, tail = text.partition("=")
-    if sep and head and tail and _LABEL.match(head):
-        return head, tail
-    return None, text
-
-
-@dataclass
-class PromptSet:
-    name: str
-    spec: str
-    prompts: list[dict[str, Any]]  # prompt, category, is_harmful, row (0-based source row: the row key)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptSet:
-    """A prompt set by preset name, embedded: name, hub spec or local file; empty prompts dropped, counted."""
-    label, spec = split_label(text)
-    counts: dict[str, int] = {}
-    if is_preset(spec):
-        table, counts = load_preset(spec)
-    else:
-        table = load_rows(spec, columns=columns)
-    sel = select_prompts(table)
-    local = Path(spec).expanduser()
-    name = label or (local.stem if local.is_file() else spec)
-    return PromptSet(name=name, spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})
-
-
-@dataclass
-class Policy:
-    model: Any
-    tokenizer: Any
-    kind: str  # base | adapter | midpo
-
-
-def load_policy(spec: str, *, gates: Sequence[float] | None = None, safety_bias: float = 0.0, dtype: str = "fp32",
-                seed: int = 0, tokenizer: str | None = None, trust_remote_code: bool = False) -> Policy:
-    """Resolve a model spec (module docstring) into a model in eval mode and its tokenizer."""
-    from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-
-    folder = Path(spec).expanduser()
-    if (folder / "midpo_config.json").is_file():
-        from midpo_cli.modeling.midpo import load_midpo
-
-        model, tok = load_midpo(folder, dtype=dtype, fixed_gates=gates, trust_remote_code=trust_remote_code)
-        model.set_safety_bias(safety_bias)
-        return Policy(model, tok, "midpo")
-    if gates is not None:
-        raise InputError(f"--gates applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    if safety_bias:
-        raise InputError(f"--safety-bias applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        from midpo_cli.modeling.lora import adapter_base, check_adapter_base
-
-        base = adapter_base(folder)  # resolved from the adapter folder (midpo.json), else PEFT's config
-        if not base:
-            raise InputError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is empty")
-        base_model = load_causal_lm(base, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
-        check_adapter_base(folder, base_model, base_name=base)  # the base it was trained on, not a look-alike
-        model = PeftModel.from_pretrained(base_model, str(folder)).eval()
-        has_tok = (folder / "tokenizer_config.json").is_file()
-        tok = load_tokenizer(tokenizer or (str(folder) if has_tok else base), trust_remote_code=trust_remote_code)
-        return Policy(model, tok, "adapter")
-    model = load_causal_lm(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code).eval()
-    return Policy(model, load_tokenizer(tokenizer or spec, trust_remote_code=trust_remote_code), "base")
-
-
 _HASH_WHOLE = 64 << 20  # files up to 64 MiB are hashed whole; larger ones by size, head and tail
 
 
@@ -150,57 +69,6 @@ def content_fingerprint(spec: str) -> str:
 # ---------------------------------------------------------------------------------------------- output file
 
 
-def read_answers(path: Path) -> list[dict[str, Any]]:
-    """Rows of an answers file. Everything is checked before anything is written: a file that is not
-    an answers file is refused untouched; then a trailing partial line (a crash mid-append) is cut off
-    and reported, and a complete last row without its newline gets one."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    *complete, tail = data.split(b"\n")
-    rows = [_answer_line(path, number, line) for number, line in enumerate(complete, start=1) if line.strip()]
-    fix: bytes | None = None  # what to do with the last line: None = nothing
-    if tail.strip():
-        try:
-            rows.append(_answer_line(path, len(complete) + 1, tail))
-            fix = b"\n"
-        except InputError:
-            if not tail.startswith(b'{"model": '):  # not the start of a row this module wrote
-                raise
-            fix = b""
-    if fix == b"\n":
-        with open(path, "ab") as fh:
-            fh.write(fix)
-    elif fix == b"":
-        cut = len(data) - len(tail)
-        console.warn(f"{path}: dropping a partial last line ({len(tail)} bytes) left by an interrupted run")
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return rows
-
-
-def _answer_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        row = None
-    if not isinstance(row, dict) or any(k not in row for k in ANSWER_KEYS):
-        raise InputError(f"{path}: line {number} is not an answers row (JSON with {', '.join(ANSWER_KEYS)}); "
-                         "not an answers file? Give another --output")
-    return row
-
-
-def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One write of whole lines, then fsync: the batch is on disk before the next one starts."""
-    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    with open(path, "ab") as fh:
-        fh.write(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _gen_id(settings: dict[str, Any]) -> str:
     return fingerprint(settings)[:12]
 
@@ -218,7 +86,7 @@ class ModelEntry:
 
 
 def model_entries(texts: Sequence[str], gates: Sequence[float] | None = None) -> list[ModelEntry]:
-    from midpo_cli.headroom import blend_label
+    from midpo_cli.evaluation.labels import blend_label
 
     out = []
     for text in texts:
@@ -237,7 +105,7 @@ def apply_routing(entries: Sequence[ModelEntry], gates: tuple[float, float] | No
                   safety_bias: float) -> list[ModelEntry]:
     """`--gates` / `--safety-bias` change MidPO folders only (the others keep their plain id); an error
     when neither applies to any --model, or when both are given (fixed gates bypass the dial)."""
-    from midpo_cli.headroom import blend_label, dial_label
+    from midpo_cli.evaluation.labels import blend_label, dial_label
 
     if gates is None and not safety_bias:
         return list(entries)
@@ -263,8 +131,9 @@ class _Run:
     """State of one generate_to_file call, shared by its helpers."""
 
     output: Path
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # what each row records: the template and `generation` but its batch size
     gen_id: str
+    generation: GenerationSettings
     stats: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
 
@@ -273,17 +142,16 @@ def generate_to_file(
     models: Sequence[ModelEntry],
     prompt_sets: Sequence[PromptSet],
     output: str | Path,
+    settings: GenerationSettings | None = None,
     *,
     template: str = "safe-rlhf",
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_prompt_length: int | None = None,
     loader: Callable[[ModelEntry], Any] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Generate every missing (model, prompt set, prompt) row into `output`; return run statistics.
+
+    `settings` (default: GenerationSettings()) with any of them changed by name (`max_new_tokens=8`); all
+    but the batch size are recorded in each row (`gen`) and must match the rows already in the file.
 
     `loader(entry) -> Policy` defaults to `load_policy(entry.spec, gates=..., safety_bias=...)`; a model
     whose rows all exist is not loaded at all, and consecutive entries of one MidPO folder (a gate or
@@ -291,14 +159,14 @@ def generate_to_file(
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"template": template, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "max_prompt_length": max_prompt_length}
+    generation = (settings or GenerationSettings()).but(**changes)
+    recorded = {"template": template, **generation.model_dump(exclude={"batch_size"})}
     existing = read_answers(output)
-    run = _Run(output, settings, _gen_id(settings), {})
+    run = _Run(output, recorded, _gen_id(recorded), generation, {})
     other = next((r for r in existing if r.get("gen_id") != run.gen_id), None)
     if other is not None:
         was = other.get("gen") or other.get("gen_id")
-        raise InputError(f"{output} holds answers generated with other settings ({was} vs {settings}); "
+        raise InputError(f"{output} holds answers generated with other settings ({was} vs {recorded}); "
                          "use another --output or delete the file")
     ids = _check_models(models, existing, output)
     done = {(r["model"], r["prompt_set"], int(r["index"])) for r in existing}
@@ -309,7 +177,7 @@ def generate_to_file(
                  "answer_tokens": 0, "truncated_prompts": 0, "prompt_sets": {s.name: s.counts for s in prompt_sets}}
     loader = loader or (lambda e: load_policy(e.spec, gates=e.gates, safety_bias=e.safety_bias))
     try:
-        _generate_all(models, prompt_sets, todo, total, ids, loader, run, batch_size)
+        _generate_all(models, prompt_sets, todo, total, ids, loader, run)
     except KeyboardInterrupt:  # the file is the truth: the interrupt may land between a write and its count
         kept = output.read_bytes().count(b"\n") if output.exists() else 0
         raise Interrupted(f"generate interrupted: {kept} answers kept in {output} ({kept - len(existing)} new); "
@@ -346,7 +214,7 @@ def _check_models(models: Sequence[ModelEntry], existing: list[dict[str, Any]], 
 
 def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet],
                   todo: dict[tuple[str, str], list[dict[str, Any]]], total: int, ids: dict[str, str],
-                  loader: Callable[[ModelEntry], Any], run: _Run, batch_size: int) -> None:
+                  loader: Callable[[ModelEntry], Any], run: _Run) -> None:
     cached: tuple[str, Any, Any] | None = None  # (spec, policy, its routing state as loaded)
     try:
         with _progress(total) as (progress, task):
@@ -365,7 +233,7 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
                 if policy.kind == "midpo":  # one loaded model serves every blend and dial of its folder
                     policy.model.set_fixed_gates(entry.gates if entry.gates is not None else cached[2][0])
                     policy.model.set_safety_bias(entry.safety_bias)
-                _generate_entry(entry, policy, prompt_sets, todo, ids, run, batch_size, progress, task)
+                _generate_entry(entry, policy, prompt_sets, todo, ids, run, progress, task)
     finally:
         if cached is not None:
             _restore(cached)
@@ -380,15 +248,14 @@ def _restore(cached: tuple[str, Any, Any]) -> None:
 
 def _generate_entry(entry: ModelEntry, policy: Any, prompt_sets: Sequence[PromptSet],
                     todo: dict[tuple[str, str], list[dict[str, Any]]], ids: dict[str, str], run: _Run,
-                    batch_size: int, progress: Any, task: Any) -> None:
+                    progress: Any, task: Any) -> None:
     from midpo_cli.modeling.generation import generate_answers
 
     for pset in prompt_sets:
         pending = todo[(entry.label, pset.name)]
         progress.update(task, description=f"{entry.label} · {pset.name}")
-        batches = generate_answers(
-            policy.model, policy.tokenizer, [p["prompt"] for p in pending], batch_size=batch_size,
-            **{k: v for k, v in run.settings.items()})
+        batches = generate_answers(policy.model, policy.tokenizer, [p["prompt"] for p in pending], run.generation,
+                                   template=run.settings["template"])
         for batch in batches:
             rows = [_answer_row(entry, pset, pending[b["index"]], b, run, ids[entry.label]) for b in batch]
             append_rows(run.output, rows)
@@ -465,9 +332,7 @@ def run(ctx: Any) -> None:
                            trust_remote_code=recipe.trust_remote_code)
 
     out = ctx.folder / "answers.jsonl"
-    stats = generate_to_file(entries, sets, out, template=recipe.data.template, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
-                             max_prompt_length=cfg.max_prompt_length, loader=loader)
+    stats = generate_to_file(entries, sets, out, cfg, template=recipe.data.template, loader=loader)
     record = ctx.record()
     record.outputs = {"answers": ctx.rel(out)}
     if cfg.gate_maps and "midpo" in cfg.models:
@@ -488,7 +353,7 @@ def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[P
     Blends answer every sweep set (the dev set chooses the best one, the others report it); dials skip
     the dev set, since the dial curve is drawn on the reported sets only.
     """
-    from midpo_cli.headroom import blend_label, dial_label
+    from midpo_cli.evaluation.labels import blend_label, dial_label
 
     entries = [ModelEntry(name, refs[name](), safety_bias=cfg.safety_bias if name == "midpo" else 0.0)
                for name in cfg.models]

@@ -18,7 +18,8 @@ from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
-from midpo_cli.gate_stats import MIN_AUROC, collapse_warnings, separation
+from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
+from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
 from midpo_cli.losses import router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
@@ -33,7 +34,6 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.probe import linear_probe_auroc, words_probe_auroc
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -54,19 +54,8 @@ def run(ctx: StageContext) -> None:
 
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
-    base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
-                          trust_remote_code=recipe.trust_remote_code)
-    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
-    for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
-        check_adapter_base(adapter_dir, base, base_name=policy)
-    model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
+    model, router_settings = routed_policy(ctx, policy, settings, safety_dir, help_dir)
     trainable = model.router_parameters()
-    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
-    assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
-    n_router = count_router_parameters(model)
-    console.log(f"router: {n_router:,} router parameters over {len(model.routed)} routed layers "
-                f"({sum(p.numel() for p in model.parameters()):,} in the whole model)")
-
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
@@ -96,13 +85,30 @@ def run(ctx: StageContext) -> None:
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
         "words_probe_auroc": separation.get("words_probe_auroc"),
-        "router_parameters": n_router,
+        "router_parameters": count_router_parameters(result.model),
         "pairs": len(train_feats),
         "steps": result.global_step,
     }
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
                     "router": router_settings.to_dict()}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir):
+    """(the base with both experts and fresh routers of recipe stages.router, its RouterSettings); everything
+    but the routers is frozen (asserted), and experts trained on another base are refused."""
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
+    base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
+                          trust_remote_code=recipe.trust_remote_code)
+    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
+    for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
+        check_adapter_base(adapter_dir, base, base_name=policy)
+    model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
+    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
+    assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
+    console.log(f"router: {count_router_parameters(model):,} router parameters over {len(model.routed)} routed "
+                f"layers ({sum(p.numel() for p in model.parameters()):,} in the whole model)")
+    return model, router_settings
 
 
 def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
@@ -126,7 +132,7 @@ def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
 def held_out_separation(model, ctx: StageContext, tokenizer, template: str, collate, batch_size: int = 32,
                         train: tuple[list, list] | None = None) -> dict:
     """Does the trained router route? Mean safety gate over each held-out pair's answer tokens (both answers,
-    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.gate_stats); warns on collapse.
+    every routed layer), harmful vs benign prompts: AUROC and gap (midpo_cli.evaluation.gate_stats); warns on collapse.
     With `train` (the router's features and pairs): also the ceiling, `input_probe_auroc` (`input_probe`)."""
     pairs, harmful = held_out_pairs(ctx.recipe)
     if not pairs:
@@ -160,8 +166,8 @@ def held_out_separation(model, ctx: StageContext, tokenizer, template: str, coll
 
 def input_probe(model, train_feats: list, train_pairs: list, held_feats: list, held_prompts: list[str],
                 held_flags: list[bool], collate, batch_size: int = 32) -> dict[str, float]:
-    """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.probe): how well any
-    router on this base could separate the prompt kinds; and of the same probe on the prompts' words alone,
+    """Held-out AUROC of a linear probe on the router's input with routing off (midpo_cli.evaluation.probe): how
+    well any router on this base could separate the prompt kinds; and of the same probe on the prompts' words alone,
     which says whether a low value is the base's fault or the data's. Logged, and warned about when the
     base's is below MIN_AUROC."""
     rows = [train_pairs[f["pair_index"]] for f in train_feats]

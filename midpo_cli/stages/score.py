@@ -1,9 +1,9 @@
 """Stage `score` and `midpo score`: per-answer reward, cost, safe and refusal; the summary; the report.
 
 Writes into the output folder: `scores.csv` (one row per answer, SCORE_COLUMNS), `summary.json`
-(midpo_cli.summary.summarize plus the inputs), and the report (`report.html` and its PNGs). Either
+(midpo_cli.evaluation.summary.summarize plus the inputs), and the report (`report.html` and its PNGs). Either
 score model may be absent: its columns stay empty and the metrics that need it are left out (the
-table says so). Refusal uses the documented pattern detector (midpo_cli.refusal).
+table says so). Refusal uses the documented pattern detector (midpo_cli.evaluation.refusal).
 """
 
 from __future__ import annotations
@@ -11,48 +11,22 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.headroom import is_sweep_label
+from midpo_cli.evaluation.answers import read_answer_rows
+from midpo_cli.evaluation.labels import is_sweep_label
+from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
+from midpo_cli.evaluation.summary import summarize
 from midpo_cli.io import atomic_write_json, atomic_write_text
-from midpo_cli.refusal import DEFAULT_WINDOW, RefusalDetector
-from midpo_cli.summary import summarize
 
 SCORE_COLUMNS = ("model", "prompt_set", "index", "category", "is_harmful", "reward", "cost", "safe", "refusal",
                  "refusal_match", "prompt_tokens", "answer_tokens", "truncated", "finished", "gate_safety",
                  "gate_helpfulness", "prompt", "answer")
-REQUIRED = ("model", "prompt_set", "index", "prompt", "answer")
 Scorer = Callable[[str, str, list[str], list[str]], list[float]]
-
-
-def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Answer rows from `midpo generate` (or any JSONL with the REQUIRED fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"answers file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):  # an interrupted `generate`: rerun it to complete the file
-                    raise InputError(f"{path}: line {number} is cut off; rerun `midpo generate` to repair it") from None
-                raise InputError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise InputError(f"{path}: line {number}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
-    if not rows:
-        raise InputError(f"{path}: no answers")
-    return rows
 
 
 def default_scorer(*, batch_size: int, template: str, trust_remote_code: bool = False) -> Scorer:
@@ -127,13 +101,13 @@ def score_answers(
     """Score every answer, write scores.csv + summary.json + the report into out_dir; return the summary.
 
     Beyond the per-model summary: `toy` (ground-truth rates on toy-world prompt sets), `routing` (the
-    router against fixed blends, midpo_cli.headroom; the best blend chosen on `select_on`) and `gates`
+    router against fixed blends, midpo_cli.evaluation.headroom; the best blend chosen on `select_on`) and `gates`
     (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
     for the report's heatmaps.
     """
-    from midpo_cli.headroom import routing_summary
-    from midpo_cli.report import print_tables, write_report
-    from midpo_cli.summary import gate_summary
+    from midpo_cli.evaluation.headroom import routing_summary
+    from midpo_cli.evaluation.report import print_tables, write_report
+    from midpo_cli.evaluation.summary import gate_summary
 
     detector = RefusalDetector(refusal_patterns or RefusalDetector.patterns, refusal_window)  # checks patterns early
     if not reward_model and not cost_model:
@@ -173,7 +147,7 @@ def toy_outcome_for(prompt_set: str) -> Callable[[dict[str, Any]], float] | None
     if not is_toy_set(prompt_set):
         return None
     from midpo_cli.assets.toy_world import toy_judge
-    from midpo_cli.summary import as_bool
+    from midpo_cli.evaluation.summary import as_bool
 
     def outcome(row: dict[str, Any]) -> float:
         kind = toy_judge(str(row["prompt"]), str(row["answer"]))
@@ -208,7 +182,7 @@ def key_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The manifest's metrics, most telling first (`pipeline run` shows the first few): the router's
     margin over the best fixed blend, the toy score, then reward/cost/refusal per model. Prompt sets
     go by their last name part (`eval-prompts`) when that is unambiguous."""
-    from midpo_cli.report import short_names
+    from midpo_cli.evaluation.report import short_names
 
     sets, _ = short_names(summary["prompt_sets"], 24)
     out: dict[str, Any] = {}

@@ -14,6 +14,7 @@ import torch
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import load_rows
+from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import save_checked
 from midpo_cli.engine.loop import train
@@ -47,7 +48,7 @@ def _run(ctx: StageContext, stage: str) -> None:
     else:
         model, tokenizer, result = _train(ctx, stage, score_type, template)
         out = ctx.folder / "model"
-        model.config.midpo_template = template  # config.json records it: later scoring can warn on a mismatch
+        setattr(model.config, RECORD_KEY, template)  # config.json records it: later scoring can warn on a mismatch
         _save(model, tokenizer, out, score_type)
         record.outputs = {"model": ctx.rel(out)}
         record.extra["training"] = {"steps": result.global_step, "samples_per_s": result.samples_per_s,

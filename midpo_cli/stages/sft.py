@@ -13,6 +13,7 @@ import torch
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import Table, load_rows
+from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_sft, encode_sft, encode_text
 from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.engine.artifacts import logits_on, save_checked
@@ -67,7 +68,7 @@ def run(ctx: StageContext) -> None:
                    stage_name="sft")
 
     out = ctx.folder / "model"
-    result.model.config.midpo_template = template  # config.json records it: later runs can warn on a mismatch
+    setattr(result.model.config, RECORD_KEY, template)  # config.json records it: later runs can warn on a mismatch
     save_causal_lm(result.model, tokenizer, out, collate([*eval_feats, *train_feats][:4]))
     record.outputs = {"model": ctx.rel(out)}
     record.metrics = {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from midpo_cli.gate_stats import auroc
+from midpo_cli.evaluation.gate_stats import auroc
 
 L2 = 1e-2
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits, with inner apostrophes ("boss's")

@@ -26,135 +26,33 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
 - **Without a judge** (reward/cost only): blends that Pareto-dominate the router by means on the
   selection set are tested on the reported set with paired CIs of Δreward and Δcost.
 
-Labels (the `model` of answer rows): `NAME@gates=G_S,G_H` is NAME at fixed gates, `NAME@dial=+B`
-NAME with safety bias B; NAME itself is the router.
+Labels (the `model` of answer rows): midpo_cli.evaluation.labels.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.bootstrap import (
+    balanced_score,
+    bootstrap_indices,
+    cluster_indices,
+    clustered_diff,
+    mean_diff,
+    paired_diff,
+)
+from midpo_cli.evaluation.labels import parse_label
 
-_SUFFIX = re.compile(r"^(?P<base>.+)@(?:gates=(?P<gs>[0-9.eE+-]+),(?P<gh>[0-9.eE+-]+)|dial=(?P<b>[0-9.eE+-]+))$")
 Outcome = Callable[[Mapping[str, Any]], float]
 
 
-def blend_label(name: str, gates: Sequence[float]) -> str:
-    return f"{name}@gates={float(gates[0]):g},{float(gates[1]):g}"
-
-
-def dial_label(name: str, bias: float) -> str:
-    return f"{name}@dial={float(bias):+g}"
-
-
-def parse_label(label: str) -> tuple[str, tuple[float, float] | None, float | None]:
-    """(base name, fixed gates or None, safety bias or None) of a model label."""
-    m = _SUFFIX.match(label)
-    if not m:
-        return label, None, None
-    try:
-        if m["b"] is not None:
-            return m["base"], None, float(m["b"])
-        return m["base"], (float(m["gs"]), float(m["gh"])), None
-    except ValueError:
-        return label, None, None
-
-
-def is_sweep_label(label: str) -> bool:
-    """A blend or dial variant (kept out of the win-rate and category tables, which compare models)."""
-    return parse_label(label)[0] != label
-
-
 # ----------------------------------------------------------------------------------------- scores
-
-
-def balanced_score(outcomes: np.ndarray, harmful: np.ndarray) -> float | None:
-    """½ (mean outcome on harmful + mean on benign); NaN outcomes left out; None if a side is empty."""
-    o, h = np.asarray(outcomes, dtype=np.float64), np.asarray(harmful, dtype=bool)
-    sides = [o[h & ~np.isnan(o)], o[~h & ~np.isnan(o)]]
-    if any(side.size == 0 for side in sides):
-        return None
-    return float((sides[0].mean() + sides[1].mean()) / 2)
-
-
-def boot_balanced(outcomes: np.ndarray, harmful: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The balanced score on each resample (rows of idx); NaN where a resample lacks one side."""
-    o = np.asarray(outcomes, dtype=np.float64)[idx]
-    h = np.asarray(harmful, dtype=bool)[idx]
-    present = ~np.isnan(o)
-    o = np.where(present, o, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        harm = (o * (h & present)).sum(1) / (h & present).sum(1)
-        benign = (o * (~h & present)).sum(1) / (~h & present).sum(1)
-    return (harm + benign) / 2
-
-
-def _percentiles(boot: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
-    boot = boot[~np.isnan(boot)]
-    if not boot.size:
-        return None, None
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
-def paired_diff(a: np.ndarray, b: np.ndarray, harmful: np.ndarray, idx: np.ndarray,
-                confidence: float = 0.95) -> dict[str, Any]:
-    """Balanced score of A − of B, with a percentile CI over the same resampled prompts for both."""
-    sa, sb = balanced_score(a, harmful), balanced_score(b, harmful)
-    mean = None if sa is None or sb is None else sa - sb
-    lo = hi = None
-    if mean is not None and idx.shape[0]:
-        lo, hi = _percentiles(boot_balanced(a, harmful, idx) - boot_balanced(b, harmful, idx), confidence)
-    return {"mean": mean, "lo": lo, "hi": hi, "n": int(len(a))}
-
-
-def cluster_indices(clusters: Sequence[Any], resamples: int, seed: int, key: str = "") -> np.ndarray:
-    """(resamples, m) row indices of a cluster bootstrap: each row draws as many clusters as there are, with
-    replacement, and lists their members; rows are padded to one width m with the index n (callers append a
-    NaN row there, which every statistic here leaves out). Same (seed, key) → same draw."""
-    members: dict[Any, list[int]] = {}
-    for i, c in enumerate(clusters):
-        members.setdefault(c, []).append(i)
-    groups = list(members.values())
-    n = len(clusters)
-    if not groups or not resamples:
-        return np.zeros((0, n), dtype=np.int64)
-    rng = np.random.default_rng([seed, zlib.crc32(("cluster:" + key).encode())])
-    draws = rng.integers(0, len(groups), size=(resamples, len(groups)))
-    rows = [np.concatenate([groups[g] for g in row]) for row in draws]
-    width = max(len(r) for r in rows)
-    return np.stack([np.pad(r, (0, width - len(r)), constant_values=n) for r in rows])
-
-
-def clustered_diff(a: np.ndarray, b: np.ndarray, harmful: np.ndarray, idx: np.ndarray,
-                   confidence: float = 0.95) -> dict[str, Any]:
-    """`paired_diff` over a `cluster_indices` draw (its padding index points at an appended NaN outcome)."""
-    pad = np.array([math.nan])
-    out = paired_diff(np.concatenate([a, pad]), np.concatenate([b, pad]), np.append(harmful, False), idx, confidence)
-    return {**out, "n": int(len(a))}
-
-
-def mean_diff(a: np.ndarray, b: np.ndarray, idx: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
-    """mean(A − B) over prompts where both exist, with a percentile CI over the resamples of idx."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    present = ~np.isnan(d)
-    if not present.any():
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    lo = hi = None
-    if idx.shape[0]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = _percentiles(np.nanmean(d[idx], axis=1), confidence)
-    return {"mean": float(d[present].mean()), "lo": lo, "hi": hi, "n": int(present.sum())}
 
 
 def select_best(scores: Mapping[str, float | None]) -> str | None:
@@ -281,8 +179,6 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
     `select_on`: the set the best blend is chosen on (it gets no entry of its own); None picks the set
     whose name ends in `dev-prompts`, and without one every set chooses in-sample.
     """
-    from midpo_cli.summary import bootstrap_indices
-
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     router, blends, dials = find_router(models)
     if router is None:

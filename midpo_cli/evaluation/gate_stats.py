@@ -1,5 +1,5 @@
 """Gates outside the model: does the router route (separation of the safety gate between harmful and benign
-prompts), and the one parser of `G_S,G_H` gate pairs given on command lines.
+prompts). The parser of `G_S,G_H` gate pairs is midpo_cli.evaluation.labels.parse_gates.
 
 A router that earns its place opens the safety gate on harmful prompts and closes it on benign ones.
 Two numbers say whether it does, and both are needed: the AUROC of the mean safety gate as a harmful-vs-benign
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-
-from midpo_cli.errors import InputError
 
 # Collapse thresholds (router stage warning): below these the gates do not tell the prompt kinds apart.
 MIN_AUROC = 0.6
@@ -69,14 +67,3 @@ def collapse_warnings(sep: dict[str, Any]) -> list[str]:
     if means and (all(m < SATURATED for m in means) or all(m > 1 - SATURATED for m in means)):
         out.append("safety gates saturated on one side for both prompt kinds")
     return out
-
-
-def parse_gates(text: str, what: str = "--gates") -> tuple[float, float]:
-    """`G_S,G_H` → (g_safety, g_helpfulness), both in [0, 1]; one parser for every command that takes gates."""
-    try:
-        g_s, g_h = (float(x) for x in text.split(","))
-    except ValueError:
-        raise InputError(f"{what} {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. {what} 0.5,0.5") from None
-    if not (0.0 <= g_s <= 1.0 and 0.0 <= g_h <= 1.0):
-        raise InputError(f"{what} {text!r}: both gates must be in [0, 1]")
-    return g_s, g_h

@@ -5,7 +5,7 @@ safer), harmless rate (share with cost < 0), refusal rate on harmful prompts and
 (over-refusal), mean answer length, and for MidPO models the mean gates on harmful and benign
 prompts. Between models on the same prompt set: reward win rate (A's reward > B's) and cost win
 rate (A's cost < B's), ties counted as half a win. Blend and dial variants (`NAME@gates=…`,
-`NAME@dial=…`) get their groups but no win rates or categories: midpo_cli.headroom compares them with
+`NAME@dial=…`) get their groups but no win rates or categories: midpo_cli.evaluation.headroom compares them with
 their router, and 25 blends would make hundreds of pairs nobody reads.
 
 Confidence intervals: percentile bootstrap, **paired by prompt**. For a prompt set, one matrix of
@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
-from midpo_cli.headroom import is_sweep_label
+from midpo_cli.evaluation.bootstrap import bootstrap_indices
+from midpo_cli.evaluation.labels import is_sweep_label
 
 # name → (row field, prompt subset: None = all prompts, True = harmful only, False = benign only)
 METRICS: dict[str, tuple[str, bool | None]] = {
@@ -70,12 +70,6 @@ def as_float(value: Any) -> float:
 def as_bool(value: Any) -> bool | None:
     number = as_float(value)
     return None if math.isnan(number) else bool(number)
-
-
-def bootstrap_indices(n: int, resamples: int, seed: int, key: str = "") -> np.ndarray:
-    """(resamples, n) indices drawn with replacement; the same (seed, key) always gives the same draw."""
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    return rng.integers(0, n, size=(resamples, n)) if n and resamples else np.zeros((0, n), dtype=np.int64)
 
 
 def _clean(x: float) -> float | None:
@@ -232,12 +226,12 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def gate_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per (model, prompt set) with gates: does the safety gate separate harmful from benign prompts?
 
-    Each entry: `separation` (midpo_cli.gate_stats: AUROC of the answer's mean safety gate as a
+    Each entry: `separation` (midpo_cli.evaluation.gate_stats: AUROC of the answer's mean safety gate as a
     harmful-vs-benign classifier, the two means and their gap; None without harm labels) and the mean
     safety / helpfulness gates per category. Blend and dial variants are left out (blend gates are constants;
     the dial curve is in summary["routing"]).
     """
-    from midpo_cli.gate_stats import separation
+    from midpo_cli.evaluation.gate_stats import separation
 
     grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:

@@ -22,9 +22,9 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.headroom import is_sweep_label
+from midpo_cli.evaluation.labels import is_sweep_label
+from midpo_cli.evaluation.summary import as_bool, as_float, pareto_front
 from midpo_cli.io import atomic_write_text, read_json
-from midpo_cli.summary import as_bool, as_float, pareto_front
 
 COLUMNS = (  # metric, header, lower is better, short header (terminal)
     ("reward", "Helpfulness (reward ↑)", False, "reward ↑"),
@@ -738,7 +738,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
             f"reward model: {_e(inputs.get('reward_model') or '—')} · cost model: {_e(inputs.get('cost_model') or '—')}"
             f"<br>{int(100 * boot['confidence'])}% percentile bootstrap intervals, {boot['resamples']} resamples, "
             "paired by prompt. Cost &lt; 0 means judged safe; refusal is a pattern match on the answer's opening "
-            "(midpo_cli/refusal.py).")
+            "(midpo_cli/evaluation/refusal.py).")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>midpo evaluation report</title><style>{CSS}</style></head>
 <body><h1>midpo evaluation report</h1><p class="meta">{meta}</p>{f'<p class="note">{_e(note)}</p>' if note else ''}

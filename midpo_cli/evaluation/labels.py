@@ -1,0 +1,54 @@
+"""The label scheme of answer rows, and the one parser of `G_S,G_H` gate pairs.
+
+An answer row's `model` is a label: `NAME` is the model as given (for a MidPO model, its learned
+routers), `NAME@gates=G_S,G_H` the same model at fixed gates (a blend of the sweep), `NAME@dial=+B`
+the same model with safety bias B (a dial setting). The generate stage writes these labels; the
+summary, the routing table and the report read them. One module, so that writers and readers agree
+and the generate stage needs no statistics module to name its rows. Pure Python, no numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from midpo_cli.errors import InputError
+
+_SUFFIX = re.compile(r"^(?P<base>.+)@(?:gates=(?P<gs>[0-9.eE+-]+),(?P<gh>[0-9.eE+-]+)|dial=(?P<b>[0-9.eE+-]+))$")
+
+
+def blend_label(name: str, gates: Sequence[float]) -> str:
+    return f"{name}@gates={float(gates[0]):g},{float(gates[1]):g}"
+
+
+def dial_label(name: str, bias: float) -> str:
+    return f"{name}@dial={float(bias):+g}"
+
+
+def parse_label(label: str) -> tuple[str, tuple[float, float] | None, float | None]:
+    """(base name, fixed gates or None, safety bias or None) of a model label."""
+    m = _SUFFIX.match(label)
+    if not m:
+        return label, None, None
+    try:
+        if m["b"] is not None:
+            return m["base"], None, float(m["b"])
+        return m["base"], (float(m["gs"]), float(m["gh"])), None
+    except ValueError:
+        return label, None, None
+
+
+def is_sweep_label(label: str) -> bool:
+    """A blend or dial variant (kept out of the win-rate and category tables, which compare models)."""
+    return parse_label(label)[0] != label
+
+
+def parse_gates(text: str, what: str = "--gates") -> tuple[float, float]:
+    """`G_S,G_H` → (g_safety, g_helpfulness), both in [0, 1]; one parser for every command that takes gates."""
+    try:
+        g_s, g_h = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected G_SAFETY,G_HELPFULNESS, e.g. {what} 0.5,0.5") from None
+    if not (0.0 <= g_s <= 1.0 and 0.0 <= g_h <= 1.0):
+        raise InputError(f"{what} {text!r}: both gates must be in [0, 1]")
+    return g_s, g_h
