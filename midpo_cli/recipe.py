@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from midpo_cli.errors import InputError
 
@@ -190,14 +190,36 @@ class RouterPenalty(Strict):
     scope: Literal["answer", "all"] = Field("answer", description="Average over answer tokens or all real tokens.")
 
 
+class RouterSupervision(Strict):
+    weight: float = Field(0.0, ge=0, description="λ of the gate-supervision term (0: off, the router of the paper).")
+    helpfulness: Literal["inverse", "free"] = Field(
+        "inverse", description="g_h's target: inverse (→ 0 on harmful, → 1 on benign prompts) or free (none).")
+    scope: Literal["answer", "prompt", "both"] = Field(
+        "answer", description="The tokens whose gates are supervised: answer, prompt, or both.")
+
+
 class RouterStage(TrainOverrides):
     beta: float = Field(0.1, gt=0, description="DPO β of router training.")
+    dpo_weight: float = Field(
+        1.0, ge=0, description="Weight of the DPO term; 0 with supervision.weight > 0 trains on supervision only.")
+    supervision: RouterSupervision = Field(
+        default_factory=RouterSupervision, description="Gate supervision: BCE on the gate logits toward the prompt's "
+        "kind (rank's is_harmful): g_s → 1 on harmful, → 0 on benign prompts.")
+    kind: Literal["learned", "probe"] = Field(
+        "learned", description="learned: the trained router; probe: a switch from a linear probe on the router's "
+        "input (midpo_cli.evaluation.probe_switch), its threshold chosen on the dev prompts.")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
     input: Literal["token", "token+prompt"] = Field(
         "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."
     )
     hidden: int | None = Field(None, gt=0, description="Router MLP hidden size (null: one linear map).")
     penalty: RouterPenalty = Field(default_factory=RouterPenalty)
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> RouterStage:
+        if self.dpo_weight == 0 and self.supervision.weight == 0:
+            raise ValueError("dpo_weight 0 and supervision.weight 0 leave the router nothing to learn")
+        return self
 
 
 class GenerateStage(Strict):

@@ -114,11 +114,15 @@ class Router(nn.Module):
     def net_dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype
 
-    def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+        """The gates before the sigmoid (…, 2), dial included: what gate supervision's BCE reads."""
         logits = self.net(h.to(self.net_dtype))  # the router's own dtype: fp32 even inside a bf16 model
         if safety_bias:
             logits = logits + logits.new_tensor([safety_bias, -safety_bias])
-        return torch.sigmoid(logits)
+        return logits
+
+    def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+        return torch.sigmoid(self.logits(h, safety_bias))
 
 
 @dataclass
@@ -163,19 +167,26 @@ class RoutedLinear(nn.Module):
         self.router = router
         self.state = state
         self.last_gates: torch.Tensor | None = None  # (…, 2) of the last forward, with grad in training
+        self.last_logits: torch.Tensor | None = None  # (…, 2) their logits (routed gates only)
         self.held_mean: torch.Tensor | None = None  # (B, 1, d) the prompt's mean h, held during generation
 
     def gates_for(self, h: torch.Tensor) -> torch.Tensor:
-        """Gates broadcastable to (…, 2): fixed, per token, from the prompt's mean h, or from both."""
+        """Gates broadcastable to (…, 2): fixed, per token, from the prompt's mean h, or from both.
+
+        Routed gates also leave their logits in `last_logits` (None for fixed gates)."""
         st = self.state
+        self.last_logits = None
         if st.fixed is not None:
             return h.new_tensor(st.fixed)
         if not st.needs_prompt:
-            return self.router(h, st.safety_bias)
-        mean = self.prompt_mean(h)
-        if st.granularity == "prompt":
-            return self.router(mean, st.safety_bias)  # (B, 1, 2)
-        return self.router(torch.cat([h, mean.expand_as(h)], dim=-1), st.safety_bias)
+            router_in = h
+        elif st.granularity == "prompt":
+            router_in = self.prompt_mean(h)  # (B, 1, d)
+        else:
+            router_in = torch.cat([h, self.prompt_mean(h).expand_as(h)], dim=-1)
+        logits = self.router.logits(router_in, st.safety_bias)
+        self.last_logits = logits.expand(*h.shape[:-1], 2)
+        return torch.sigmoid(logits)
 
     def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
         """(B, 1, d): mean h over the prompt tokens; computed once and held while generating."""
@@ -198,7 +209,7 @@ class RoutedLinear(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         y = self.base(h)
         if not self.state.enabled:
-            self.last_gates = None
+            self.last_gates = self.last_logits = None
             return y
         gates = self.gates_for(h).to(h.dtype)  # fp32 router, model-dtype mix (a no-op in fp32)
         self.last_gates = gates.expand(*h.shape[:-1], 2)
@@ -366,6 +377,16 @@ class MidpoModel(nn.Module):
         """(g_safety per layer, g_help per layer), each (B, T) with grad: the router penalty's input."""
         last = self._last()
         return [g[..., 0] for g in last], [g[..., 1] for g in last]
+
+    def gate_logit_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(safety-gate logits per layer, helpfulness-gate logits per layer), each (B, T) with grad: the
+        input of gate supervision (midpo_cli.losses.gate_supervision_loss). Fixed gates have none."""
+        self._last()
+        missing = [name for name, mod in self.routed.items() if mod.last_logits is None]
+        if missing:
+            raise RuntimeError(f"no gate logits recorded for {missing[0]}: fixed gates have none")
+        last = [mod.last_logits for mod in self.routed.values()]
+        return [z[..., 0] for z in last], [z[..., 1] for z in last]  # type: ignore[index]
 
     def router_parameters(self) -> list[nn.Parameter]:
         return [p for mod in self.routed.values() for p in mod.router.parameters()]
