@@ -167,6 +167,16 @@ class ExpertStage(TrainOverrides):
     loss: Literal["spe", "dpo"] = Field("spe", description="spe: score-model margin; dpo: plain DPO.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
+    select: Literal["last", "dev"] = Field(
+        "last", description="Which step's adapter to keep: the last, or the best on the dev prompts by the expert's "
+        "own objective (midpo_cli.evaluation.expert_select), within the step budget.")
+    select_every: int | None = Field(None, gt=0, description="select: dev — keep a snapshot every N steps.")
+
+    @model_validator(mode="after")
+    def _select_every_given(self) -> ExpertStage:
+        if self.select == "dev" and self.select_every is None:
+            raise ValueError("select: dev needs select_every (a snapshot every N optimizer steps)")
+        return self
 
 
 class RankStage(Strict):

@@ -49,6 +49,7 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
+from midpo_cli.stages.expert_dev import check_settings, choose_on_dev, snapshotter
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
 EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")
@@ -70,6 +71,8 @@ def run_dpo_expert(ctx: StageContext) -> None:
 def run_expert(ctx: StageContext, stage: str) -> None:
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     settings = engine_settings(recipe, stage)
+    if cfg.select == "dev":  # refuse before any model loads
+        check_settings(ctx, stage, settings)
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)
@@ -110,10 +113,18 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         if step == 1:  # what is alive while training: the policy (+ adapter) only, no reference copy
             memory.update(live_parameters())
 
+    snapshot = snapshotter(model, ctx.folder, cfg.select_every) if cfg.select == "dev" else None
+
+    def on_step_all(step: int, metrics: dict[str, float]) -> None:
+        on_step(step, metrics)
+        if snapshot is not None:
+            snapshot(step, metrics)
+
     loss_fn = make_dpo_loss(cfg.beta, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
-                   on_step=on_step)
+                   on_step=on_step_all)
+    dev = choose_on_dev(ctx, stage, result.model, template, result.global_step) if cfg.select == "dev" else None
 
     out = ctx.folder / "adapter"
     meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, **base_reference(policy, out),
@@ -130,10 +141,12 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         "steps": result.global_step,
         "pairs_per_s": result.samples_per_s,
         "margin_zero_fraction": margin_stats.get("zero_fraction"),
+        **({"chosen_step": dev["chosen_step"]} if dev else {}),
     }
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margin_stats,
                     "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
-                    "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
+                    "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None},
+                    **({"dev_select": dev} if dev else {})}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 
