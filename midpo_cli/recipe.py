@@ -217,7 +217,10 @@ class RouterStage(TrainOverrides):
         "kind (rank's is_harmful): g_s → 1 on harmful, → 0 on benign prompts.")
     kind: Literal["learned", "probe"] = Field(
         "learned", description="learned: the trained router; probe: a switch from a linear probe on the router's "
-        "input (midpo_cli.evaluation.probe_switch), its threshold chosen on the dev prompts.")
+        "input (midpo_cli.modeling.switch); also built when stages.generate.models lists probe_switch.")
+    switch: Literal["hard", "soft"] = Field(
+        "hard", description="The probe switch's gates: hard (1, 0) / (0, 1) at a threshold chosen on the dev "
+        "prompts, or soft (p, 1 − p).")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
     input: Literal["token", "token+prompt"] = Field(
         "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."
@@ -236,7 +239,7 @@ class GenerateStage(Strict):
     prompts: list[str] = Field(
         default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
     )
-    models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo"]] = Field(
+    models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo", "probe_switch"]] = Field(
         default_factory=lambda: ["base", "safety_expert", "helpfulness_expert", "midpo"], min_length=1
     )
     max_new_tokens: int = Field(64, gt=0)
@@ -253,7 +256,9 @@ class GenerateStage(Strict):
         None, description="Prompt sets (names or specs) the gate and dial sweeps run on (null: all)."
     )
     safety_bias: float = Field(0.0, description="Safety dial of the midpo model: + safety-gate logit, − helpfulness.")
-    dial_sweep: list[float] = Field(default_factory=list, description="Safety biases to sweep (midpo@dial=B).")
+    dial_sweep: Literal["wide"] | list[float] = Field(
+        default_factory=list, description="Safety biases to sweep (midpo@dial=B); 'wide' = ±1, ±2, ±4, ±8, ±16, "
+        "from near the helpfulness corner to near the safety corner; [] = none.")
     gate_maps: int = Field(4, ge=0, description="Prompts per kind (harmful, benign, trap) with per-token gate maps.")
 
     @field_validator("gate_sweep")
@@ -270,6 +275,13 @@ class GenerateStage(Strict):
         if value != value or abs(value) == float("inf"):
             raise ValueError(f"must be a finite number, got {value!r}")
         return value
+
+    def dial_biases(self) -> list[float]:
+        """The safety-dial settings to generate: `wide` (a logit shift of 16 saturates any gate whose trained
+        logit is within ±4 of 0 to within 1e-5 of a corner), or the listed biases in their order."""
+        if self.dial_sweep == "wide":
+            return [-16.0, -8.0, -4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0, 16.0]
+        return [float(b) for b in self.dial_sweep]
 
     def gate_blends(self) -> list[tuple[float, float]]:
         """The fixed blends to generate: the 5×5 grid, or the listed pairs in their order."""

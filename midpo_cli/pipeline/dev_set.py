@@ -46,3 +46,9 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
         raise InputError(f"{why} chooses on the dev prompt set, and the recipe names none: add a set whose name "
                          "ends in dev-prompts to stages.generate.prompts, or name it in stages.score.select_on")
     return spec
+
+
+def dev_set_name(recipe: Recipe) -> str | None:
+    """The name the dev set's answers carry (`prompt_set` of generate's rows), or None."""
+    spec = dev_prompt_spec(recipe)
+    return None if spec is None else _name(spec)

@@ -62,7 +62,7 @@ def choose_on_dev(ctx: StageContext, stage: str, model: Any, template: str, fina
     """Answer the dev prompts with every snapshot (the last step included), score, load the best into `model`."""
     from midpo_cli.modeling.generation import generate_answers
     from midpo_cli.modeling.loading import load_tokenizer
-    from midpo_cli.pipeline.inputs import model_ref, policy_ref, tokenizer_ref
+    from midpo_cli.pipeline.inputs import policy_ref, score_model, tokenizer_ref
     from midpo_cli.stages.score import default_scorer, toy_outcome_for
 
     recipe, gen = ctx.recipe, ctx.recipe.stages.generate
@@ -88,7 +88,7 @@ def choose_on_dev(ctx: StageContext, stage: str, model: Any, template: str, fina
                                 trust_remote_code=recipe.trust_remote_code)
         kind = "cost" if score_stage == "cost_model" else "reward"
         for step, rows in answers.items():
-            scores[step] = scorer(model_ref(ctx, score_stage), kind, [r["prompt"] for r in rows],
+            scores[step] = scorer(score_model(ctx, score_stage), kind, [r["prompt"] for r in rows],
                                   [r["answer"] for r in rows])
     curve = [(step, objective(stage, rows, judge=judge, costs=scores.get(step), rewards=scores.get(step)))
              for step, rows in answers.items()]

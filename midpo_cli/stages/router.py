@@ -37,6 +37,7 @@ from midpo_cli.pipeline.inputs import (
     tokenizer_ref,
 )
 from midpo_cli.probe import linear_probe_auroc, words_probe_auroc
+from midpo_cli.stages.router_switch import dev_threshold, fit_switch, save_switch
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps", "is_harmful")
 
@@ -76,39 +77,67 @@ def run(ctx: StageContext) -> None:
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
                              share_prompt=settings.share_prompt)
 
-    if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
-        train_feats = with_columns(train_feats, is_harmful=pair_kinds(selection.pairs, train_feats, where="dual.jsonl"))
-    train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
-                                  batch_size=settings.reference_batch_size, reference=model.routing_disabled,
-                                  stage="router")
+    result = None
+    if cfg.kind == "learned":
+        if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
+            kinds = pair_kinds(selection.pairs, train_feats, where="dual.jsonl")
+            train_feats = with_columns(train_feats, is_harmful=kinds)
+        train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
+                                      batch_size=settings.reference_batch_size, reference=model.routing_disabled,
+                                      stage="router")
+        loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope,
+                                   supervision=cfg.supervision, dpo_weight=cfg.dpo_weight)
+        result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
+                       out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+        model = result.model
+    model.eval()
 
-    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope,
-                               supervision=cfg.supervision, dpo_weight=cfg.dpo_weight)
-    result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
-                   out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
-
-    separation = held_out_separation(result.model, ctx, tokenizer, template, collate,
-                                     train=(train_feats, selection.pairs))
+    outputs, switch_info = {}, None
+    if cfg.kind == "probe" or "probe_switch" in recipe.stages.generate.models:
+        switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs)
+        save_switch(ctx, model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
+                    help_dir=help_dir, template=template)
+        outputs["switch"] = ctx.rel(ctx.folder / "switch")
+        if cfg.kind == "probe":  # the model is the switch: its gates are what the separation measures
+            model.switch = switch
+    separation = held_out_separation(model, ctx, tokenizer, template, collate, train=(train_feats, selection.pairs))
     out = ctx.folder / "model"
-    save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
+    if cfg.kind == "probe":
+        out = ctx.folder / "switch"
+    else:
+        save_routed(model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
-    record.outputs = {"model": ctx.rel(out)}
+    record.outputs = {"model": ctx.rel(out), **outputs}
+    last = result.last_metrics if result is not None else {}
     record.metrics = {
-        "train_loss": result.last_metrics.get("loss"),
-        "gate_safety_chosen": result.last_metrics.get("gate_safety_chosen"),
-        "gate_safety_rejected": result.last_metrics.get("gate_safety_rejected"),
-        "gate_help_chosen": result.last_metrics.get("gate_help_chosen"),
+        "train_loss": last.get("loss"),
+        "gate_safety_chosen": last.get("gate_safety_chosen"),
+        "gate_safety_rejected": last.get("gate_safety_rejected"),
+        "gate_help_chosen": last.get("gate_help_chosen"),
         "gate_separation_auroc": separation.get("auroc"),
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
         "words_probe_auroc": separation.get("words_probe_auroc"),
-        "router_parameters": n_router,
+        "router_parameters": n_router if cfg.kind == "learned" else 0,
         "pairs": len(train_feats),
-        "steps": result.global_step,
+        "steps": result.global_step if result is not None else 0,
+        **({"switch_threshold": switch_info["threshold"]} if switch_info and "threshold" in switch_info else {}),
     }
-    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
-                    "router": router_settings.to_dict()}
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
+                    "data": selection.counts, "router": router_settings.to_dict(), "kind": cfg.kind,
+                    **({"probe_switch": switch_info} if switch_info else {})}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list):
+    """The probe fit on D_dual's prompts (the router's input, routing off); hard: its threshold chosen on dev."""
+    cfg = ctx.recipe.stages.router
+    kinds = pair_kinds(pairs, train_feats, where="dual.jsonl")
+    switch = fit_switch(prompt_features(model, train_feats, collate, 32), kinds, cfg.switch)
+    info: dict[str, Any] = {"mode": cfg.switch, "fit_on_prompts": len(kinds)}
+    if cfg.switch == "hard":
+        info.update(dev_threshold(ctx, model, switch, tokenizer, template))
+    return switch, info
 
 
 def held_out_pairs(recipe, limit: int = 256) -> tuple[list, list[bool]]:
@@ -207,7 +236,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def prompt_kwargs(model, batch) -> dict:
     """`prompt_mask` for routers that read the prompt (granularity prompt, input token+prompt)."""
-    if not model.state.needs_prompt:
+    if not model.state.needs_prompt and getattr(model, "switch", None) is None:
         return {}
     return {"prompt_mask": batch["attention_mask"].bool() & ~batch["response_mask"].bool()}
 

@@ -131,6 +131,8 @@ def score_answers(
     (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
     for the report's heatmaps.
     """
+    from midpo_cli.evaluation.dial_changes import add_dial_changes
+    from midpo_cli.evaluation.probe_switch import add_switch_entries
     from midpo_cli.headroom import routing_summary
     from midpo_cli.report import print_tables, write_report
     from midpo_cli.summary import gate_summary
@@ -149,6 +151,8 @@ def score_answers(
     summary["toy"] = toy_table(rows)
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
                                          bootstrap=bootstrap, seed=seed)
+    add_switch_entries(summary["routing"], scored, toy_outcome_for, bootstrap=bootstrap, seed=seed)
+    add_dial_changes(summary["routing"], scored)
     summary["gates"] = gate_summary(scored)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
@@ -187,6 +191,7 @@ def toy_outcome_for(prompt_set: str) -> Callable[[dict[str, Any]], float] | None
 def run(ctx: Any) -> None:
     """The pipeline's score stage: the generate stage's answers, the run's reward and cost models."""
     from midpo_cli.manifest import write_manifest
+    from midpo_cli.pipeline.dev_set import dev_set_name
     from midpo_cli.pipeline.inputs import model_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.score
@@ -195,7 +200,7 @@ def run(ctx: Any) -> None:
         ctx.input_path("generate", "answers"), reward_model=model_ref(ctx, "reward_model"),
         cost_model=model_ref(ctx, "cost_model"), out_dir=ctx.folder, batch_size=cfg.batch_size,
         template=recipe.data.template, refusal_patterns=cfg.refusal_patterns, bootstrap=cfg.bootstrap,
-        seed=recipe.train.seed, select_on=cfg.select_on,
+        seed=recipe.train.seed, select_on=dev_set_name(recipe),
         gate_maps=ctx.input_path("generate", "gate_maps") if maps else None)
     record = ctx.record()
     record.outputs = {"scores": ctx.rel(ctx.folder / "scores.csv"), "summary": ctx.rel(ctx.folder / "summary.json"),
