@@ -43,3 +43,16 @@ def test_ambiguous_or_missing_dev_sets_are_named():
 def test_shipped_recipes_name_their_dev_set():
     assert dev_set_name(load_recipe(ROOT / "recipes/quickstart.yaml")) == "embedded:toy-safety/dev-prompts"
     assert dev_set_name(load_recipe(ROOT / "recipes/local-model-cpu.yaml")) == "dev-prompts"
+
+
+def test_preflight_names_a_dev_choice_without_a_dev_set():
+    from midpo_cli.pipeline.preflight import check_dev_set
+
+    bare = recipe("stages.safety_expert.select=dev", "stages.safety_expert.select_every=5")
+    with pytest.raises(InputError, match="stages.safety_expert.select: dev chooses on the dev prompt set"):
+        check_dev_set(bare, "safety_expert")
+    check_dev_set(bare, "helpfulness_expert")  # select: last there
+    with pytest.raises(InputError, match="hard probe switch"):
+        check_dev_set(recipe("stages.router.kind=probe"), "router")
+    check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
+    check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
