@@ -79,16 +79,8 @@ def run(ctx: StageContext) -> None:
 
     result = None
     if cfg.kind == "learned":
-        if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
-            kinds = pair_kinds(selection.pairs, train_feats, where="dual.jsonl")
-            train_feats = with_columns(train_feats, is_harmful=kinds)
-        train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
-                                      batch_size=settings.reference_batch_size, reference=model.routing_disabled,
-                                      stage="router")
-        loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope,
-                                   supervision=cfg.supervision, dpo_weight=cfg.dpo_weight)
-        result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
-                       out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+        result, train_feats = train_router(ctx, model, settings, collate, selection, train_feats, template,
+                                           trainable)
         model = result.model
     model.eval()
 
@@ -108,8 +100,34 @@ def run(ctx: StageContext) -> None:
         save_routed(model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
     record.outputs = {"model": ctx.rel(out), **outputs}
+    record.metrics = router_metrics(result, separation, n_router if cfg.kind == "learned" else 0, len(train_feats),
+                                    switch_info)
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
+                    "data": selection.counts, "router": router_settings.to_dict(), "kind": cfg.kind,
+                    **({"probe_switch": switch_info} if switch_info else {})}
+    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def train_router(ctx: StageContext, model, settings, collate, selection, train_feats: list, template: str,
+                 trainable: list):
+    """(the engine's result, the features with their reference log-probs): DPO on D_dual (+ gate supervision)."""
+    cfg = ctx.recipe.stages.router
+    if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
+        train_feats = with_columns(train_feats, is_harmful=pair_kinds(selection.pairs, train_feats, "dual.jsonl"))
+    train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
+                                  batch_size=settings.reference_batch_size, reference=model.routing_disabled,
+                                  stage="router")
+    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope,
+                               supervision=cfg.supervision, dpo_weight=cfg.dpo_weight)
+    result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
+                   out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+    return result, train_feats
+
+
+def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_info: dict | None) -> dict:
+    """The manifest's metrics: the last training window's, the gate separation, the switch's threshold."""
     last = result.last_metrics if result is not None else {}
-    record.metrics = {
+    return {
         "train_loss": last.get("loss"),
         "gate_safety_chosen": last.get("gate_safety_chosen"),
         "gate_safety_rejected": last.get("gate_safety_rejected"),
@@ -118,15 +136,11 @@ def run(ctx: StageContext) -> None:
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
         "words_probe_auroc": separation.get("words_probe_auroc"),
-        "router_parameters": n_router if cfg.kind == "learned" else 0,
-        "pairs": len(train_feats),
+        "router_parameters": n_router,
+        "pairs": pairs,
         "steps": result.global_step if result is not None else 0,
         **({"switch_threshold": switch_info["threshold"]} if switch_info and "threshold" in switch_info else {}),
     }
-    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
-                    "data": selection.counts, "router": router_settings.to_dict(), "kind": cfg.kind,
-                    **({"probe_switch": switch_info} if switch_info else {})}
-    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
 
 def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list):
@@ -248,8 +262,8 @@ def pair_kinds(pairs: list, feats: list, where: str) -> list[bool]:
         pair = pairs[f["pair_index"]]
         kind = harmful_from_labels(pair.meta.get("is_harmful"), pair.chosen_safe, pair.rejected_safe)
         if kind is None:
-            raise InputError(f"{where}: pair {f['pair_index']} has no is_harmful (nor safety labels); "
-                             "stages.router.supervision needs every pair's prompt kind; re-run rank")
+            raise InputError(f"{where}: pair {f['pair_index']} has no is_harmful (nor safety labels); gate "
+                             "supervision and the probe switch need every pair's prompt kind; re-run rank")
         kinds.append(bool(kind))
     return kinds
 
