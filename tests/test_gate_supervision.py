@@ -219,3 +219,38 @@ def test_supervision_only_drops_the_dpo_term():
     sup = RouterSupervision(weight=1.5)
     loss, metrics = make_router_loss(0.1, 0.0, 0.0, "answer", supervision=sup, dpo_weight=0.0)(model, batch)
     assert float(loss) == pytest.approx(1.5 * float(metrics["supervision"]), rel=1e-6)  # float32 routers
+
+
+def test_supervision_alone_separates_the_gates_by_prompt_kind():
+    """The whole chain (recorded logits with grad, packed rows gathered back, the mask, the targets): a few
+    Adam steps of supervision only on the tiny routed LLaMA open g_s on harmful prompts and close it on benign
+    ones, which the zero-initialised router starts with equal (0.5)."""
+    from midpo_cli.data.tokenize import collate_pairs
+    from midpo_cli.modeling.midpo import RouterSettings
+    from midpo_cli.stages.router import make_router_loss
+
+    model, feats = _model_and_feats(RouterSettings(granularity="prompt"))
+    for f in feats:  # the kind is written in the prompt's first token: 5 harmful, 6 benign
+        f["chosen_input_ids"][0] = f["rejected_input_ids"][0] = 5 if f["is_harmful"] else 6
+    with torch.no_grad():
+        for p in model.router_parameters():
+            p.zero_()
+    batch = collate_pairs(feats, 0, extras=EXTRAS, share_prompt=True)
+    loss_fn = make_router_loss(0.1, 0.0, 0.0, "answer", supervision=RouterSupervision(weight=1.0, scope="answer"),
+                               dpo_weight=0.0)
+    opt = torch.optim.Adam(model.router_parameters(), lr=0.5)  # the features differ by ~0.04
+
+    def mean_gates() -> tuple[float, float]:
+        with torch.no_grad():
+            loss_fn(model, batch)
+            g_s = torch.stack(model.gate_tensors()[0]).mean(0)[:, 0]  # (pairs,) packed rows, first token
+        harmful = batch["is_harmful"].bool()
+        return float(g_s[harmful].mean()), float(g_s[~harmful].mean())
+
+    assert mean_gates() == pytest.approx((0.5, 0.5), abs=1e-6)
+    for _ in range(120):
+        opt.zero_grad()
+        loss_fn(model, batch)[0].backward()
+        opt.step()
+    harmful, benign = mean_gates()
+    assert harmful > 0.8 and benign < 0.2
