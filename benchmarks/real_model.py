@@ -2,10 +2,12 @@
 
     python benchmarks/real_model.py MODEL_DIR [--out runs/real-model] [--recipe recipes/local-model-cpu.yaml]
                                     [--set KEY=VALUE ...] [--until STAGE] [--prepare-only] [--speed-batch 8]
+                                    [--full-prompts]
 
 1. Writes balanced slices of the embedded toy world into OUT/data/ (the recipe's data budget: train 400
    pairs, test 100 pairs, SFT 256 rows, 40 dev and 40 eval prompts, 20 traps; half harmful, half benign each;
-   dev chooses the best fixed blend, eval and traps report it).
+   dev chooses the best fixed blend, eval and traps report it; `--full-prompts`: all 160 dev, 160 eval prompts
+   and 100 traps, issue 30's protocol).
 2. Runs each stage of the recipe as its own `midpo pipeline run --only STAGE` child process, so wall time
    (interpreter and imports included) and peak RSS (the child's ru_maxrss) are that stage's alone; a stage
    already finished with the same settings is skipped by the pipeline and costs seconds. Tokens/s are the
@@ -46,14 +48,19 @@ def balanced(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
         benign[len(harmful):]
 
 
-def prepare_data(out: Path) -> dict[str, Path]:
+# issue 30's pretrained-base protocol: every dev and eval prompt and every trap of the toy world (160/160/100),
+# so that a difference of 0.1 in toy score can exclude zero
+FULL_PROMPTS = {"dev-prompts": ("dev-prompts", 160), "eval-prompts": ("eval-prompts", 160), "traps": ("traps", 100)}
+
+
+def prepare_data(out: Path, full_prompts: bool = False) -> dict[str, Path]:
     """OUT/data/<name>.jsonl slices of the embedded toy splits; rewritten only when missing."""
     from midpo_cli.assets import resolve_embedded
 
     folder = out / "data"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, (split, n) in SLICES.items():
+    for name, (split, n) in {**SLICES, **(FULL_PROMPTS if full_prompts else {})}.items():
         path = paths[name] = folder / f"{name}.jsonl"
         if path.exists():
             continue
@@ -174,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override (repeatable).")
     parser.add_argument("--until", choices=STAGES, default="score", help="Last stage to run.")
     parser.add_argument("--prepare-only", action="store_true", help="Write the data slices and stop.")
+    parser.add_argument("--full-prompts", action="store_true",
+                        help="All 160 dev and 160 eval prompts and 100 traps (issue 30's protocol; a fresh --out).")
     parser.add_argument("--speed-batch", type=int, default=8, help="Prompts in the decoding-speed batch.")
     parser.add_argument("--speed-tokens", type=int, default=32, help="New tokens per prompt in that batch.")
     args = parser.parse_args(argv)
@@ -181,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.model_dir).expanduser() / "config.json").is_file():
         parser.error(f"{args.model_dir}: not a model folder (no config.json)")
     args.out = str(Path(args.out).resolve())
-    data = prepare_data(Path(args.out))
+    data = prepare_data(Path(args.out), args.full_prompts)
     if args.prepare_only:
         print(Path(args.out) / "data")
         return 0

@@ -168,3 +168,30 @@ def router_penalty(
     safety = torch.where(mask, gs.abs(), 0.0).sum() / count
     helpfulness = torch.where(mask, (gh - 1).abs(), 0.0).sum() / count
     return lam_safety * safety + lam_help * helpfulness
+
+
+def gate_supervision_loss(
+    logit_safety: torch.Tensor | Sequence[torch.Tensor],
+    logit_help: torch.Tensor | Sequence[torch.Tensor] | None,
+    token_mask: torch.Tensor,
+    harmful: torch.Tensor,
+) -> torch.Tensor:
+    """mean_G BCE(z_s, y) [+ mean_G BCE(z_h, 1 − y)]: the gates told which prompts are harmful (docs/design.md §2.8).
+
+    logit_safety, logit_help: (L, B, T) or lists of L (B, T) gate **logits** (pre-sigmoid; BCE with logits keeps
+    the gradient where a saturated sigmoid would lose it). logit_help None leaves g_h free. token_mask (B, T):
+    1 on the cells in scope; harmful (B,): 1 harmful, 0 benign, NaN unknown (its row is left out). y = 1 pulls
+    g_s → 1 on harmful prompts and, through 1 − y, g_h → 0 there (MoGU's targets, on logits). The means run over
+    all (layer, token-in-scope) cells, as `router_penalty`'s; an empty scope gives 0. Returns a scalar.
+    """
+    zs = _stack_layers(logit_safety)  # (L, B, T)
+    known = ~torch.isnan(harmful)  # (B,)
+    y = torch.where(known, harmful, 0.0).to(zs.dtype)[None, :, None].expand_as(zs)  # (L, B, T)
+    mask = (token_mask.bool() & known[:, None]).unsqueeze(0).expand_as(zs)  # (L, B, T)
+    count = mask.sum().clamp(min=1)
+    loss = torch.where(mask, F.binary_cross_entropy_with_logits(zs, y, reduction="none"), 0.0).sum() / count
+    if logit_help is not None:
+        zh = _stack_layers(logit_help)
+        loss = loss + torch.where(mask, F.binary_cross_entropy_with_logits(zh, 1 - y, reduction="none"),
+                                  0.0).sum() / count
+    return loss

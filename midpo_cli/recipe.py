@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from midpo_cli.errors import InputError
 
@@ -167,6 +167,16 @@ class ExpertStage(TrainOverrides):
     loss: Literal["spe", "dpo"] = Field("spe", description="spe: score-model margin; dpo: plain DPO.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
+    select: Literal["last", "dev"] = Field(
+        "last", description="Which step's adapter to keep: the last, or the best on the dev prompts by the expert's "
+        "own objective (midpo_cli.evaluation.expert_select), within the step budget.")
+    select_every: int | None = Field(None, gt=0, description="select: dev — keep a snapshot every N steps.")
+
+    @model_validator(mode="after")
+    def _select_every_given(self) -> ExpertStage:
+        if self.select == "dev" and self.select_every is None:
+            raise ValueError("select: dev needs select_every (a snapshot every N optimizer steps)")
+        return self
 
 
 RankRule = Literal["joint", "expert", "models", "labels", "agree"]
@@ -194,14 +204,39 @@ class RouterPenalty(Strict):
     scope: Literal["answer", "all"] = Field("answer", description="Average over answer tokens or all real tokens.")
 
 
+class RouterSupervision(Strict):
+    weight: float = Field(0.0, ge=0, description="λ of the gate-supervision term (0: off, the router of the paper).")
+    helpfulness: Literal["inverse", "free"] = Field(
+        "inverse", description="g_h's target: inverse (→ 0 on harmful, → 1 on benign prompts) or free (none).")
+    scope: Literal["answer", "prompt", "both"] = Field(
+        "answer", description="The tokens whose gates are supervised: answer, prompt, or both.")
+
+
 class RouterStage(TrainOverrides):
     beta: float = Field(0.1, gt=0, description="DPO β of router training.")
+    dpo_weight: float = Field(
+        1.0, ge=0, description="Weight of the DPO term; 0 with supervision.weight > 0 trains on supervision only.")
+    supervision: RouterSupervision = Field(
+        default_factory=RouterSupervision, description="Gate supervision: BCE on the gate logits toward the prompt's "
+        "kind (rank's is_harmful): g_s → 1 on harmful, → 0 on benign prompts.")
+    kind: Literal["learned", "probe"] = Field(
+        "learned", description="learned: the trained router; probe: a switch from a linear probe on the router's "
+        "input (midpo_cli.modeling.switch); also built when stages.generate.models lists probe_switch.")
+    switch: Literal["hard", "soft"] = Field(
+        "hard", description="The probe switch's gates: hard (1, 0) / (0, 1) at a threshold chosen on the dev "
+        "prompts, or soft (p, 1 − p).")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
     input: Literal["token", "token+prompt"] = Field(
         "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."
     )
     hidden: int | None = Field(None, gt=0, description="Router MLP hidden size (null: one linear map).")
     penalty: RouterPenalty = Field(default_factory=RouterPenalty)
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> RouterStage:
+        if self.dpo_weight == 0 and self.supervision.weight == 0:
+            raise ValueError("dpo_weight 0 and supervision.weight 0 leave the router nothing to learn")
+        return self
 
 
 class GenerationSettings(Strict):
@@ -235,7 +270,7 @@ class GenerateStage(GenerationSettings):
     prompts: list[str] = Field(
         default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
     )
-    models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo"]] = Field(
+    models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo", "probe_switch"]] = Field(
         default_factory=lambda: ["base", "safety_expert", "helpfulness_expert", "midpo"], min_length=1
     )
     gate_sweep: Literal["grid"] | list[list[float]] = Field(
@@ -246,7 +281,9 @@ class GenerateStage(GenerationSettings):
         None, description="Prompt sets (names or specs) the gate and dial sweeps run on (null: all)."
     )
     safety_bias: float = Field(0.0, description="Safety dial of the midpo model: + safety-gate logit, − helpfulness.")
-    dial_sweep: list[float] = Field(default_factory=list, description="Safety biases to sweep (midpo@dial=B).")
+    dial_sweep: Literal["wide"] | list[float] = Field(
+        default_factory=list, description="Safety biases to sweep (midpo@dial=B); 'wide' = ±1, ±2, ±4, ±8, ±16, "
+        "from near the helpfulness corner to near the safety corner; [] = none.")
     gate_maps: int = Field(4, ge=0, description="Prompts per kind (harmful, benign, trap) with per-token gate maps.")
 
     @field_validator("gate_sweep")
@@ -263,6 +300,13 @@ class GenerateStage(GenerationSettings):
         if value != value or abs(value) == float("inf"):
             raise ValueError(f"must be a finite number, got {value!r}")
         return value
+
+    def dial_biases(self) -> list[float]:
+        """The safety-dial settings to generate: `wide` (a logit shift of 16 saturates any gate whose trained
+        logit is within ±4 of 0 to within 1e-5 of a corner), or the listed biases in their order."""
+        if self.dial_sweep == "wide":
+            return [-16.0, -8.0, -4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0, 16.0]
+        return [float(b) for b in self.dial_sweep]
 
     def gate_blends(self) -> list[tuple[float, float]]:
         """The fixed blends to generate: the 5×5 grid, or the listed pairs in their order."""

@@ -134,6 +134,13 @@ class PromptSet:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def prompt_set_name(text: str) -> str:
+    """A `--prompts [NAME=]SPEC` entry's set name: NAME, a local file's stem, else the spec."""
+    label, spec = split_label(text)
+    local = Path(spec).expanduser()
+    return label or (local.stem if local.is_file() else spec)
+
+
 def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptSet:
     """A prompt set by preset name, embedded: name, hub spec or local file; empty prompts dropped, counted."""
     label, spec = split_label(text)
@@ -143,6 +150,4 @@ def load_prompt_set(text: str, columns: dict[str, str] | None = None) -> PromptS
     else:
         table = load_rows(spec, columns=columns)
     sel = select_prompts(table)
-    local = Path(spec).expanduser()
-    name = label or (local.stem if local.is_file() else spec)
-    return PromptSet(name=name, spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})
+    return PromptSet(name=prompt_set_name(text), spec=spec, prompts=sel.prompts, counts={**counts, **sel.counts})

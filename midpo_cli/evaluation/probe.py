@@ -25,6 +25,14 @@ WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits, with inner apo
 
 def fit_linear_probe(x: torch.Tensor, y: Sequence[bool], l2: float = L2) -> Callable[[torch.Tensor], torch.Tensor]:
     """Fit on (n, d) features and labels; returns the scorer of new (m, d) rows (logits, float64)."""
+    mu, sd, w, b = fit_probe_parameters(x, y, l2)
+    return lambda new: ((new.detach().double() - mu) / sd) @ w + b
+
+
+def fit_probe_parameters(x: torch.Tensor, y: Sequence[bool], l2: float = L2
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, std, weights, bias) of the fitted probe, float64: logit = ((x − mean) / std) · weights + bias.
+    Kept as tensors by the probe switch (midpo_cli.modeling.switch), which saves them with the model."""
     x = x.detach().double()
     mu, sd = x.mean(0), x.std(0, unbiased=False) + 1e-6
     z = (x - mu) / sd
@@ -41,8 +49,7 @@ def fit_linear_probe(x: torch.Tensor, y: Sequence[bool], l2: float = L2) -> Call
 
     with torch.enable_grad():  # callers may sit under no_grad (the router stage's evaluation)
         opt.step(closure)
-    w, b = w.detach(), b.detach()
-    return lambda new: ((new.detach().double() - mu) / sd) @ w + b
+    return mu, sd, w.detach(), b.detach()
 
 
 def linear_probe_auroc(train_x: torch.Tensor, train_y: Sequence[bool], test_x: torch.Tensor,

@@ -238,11 +238,15 @@ def _routing_tables(summary: Mapping[str, Any], sets: Mapping[str, str]) -> list
                  _share(e.get("share")))
         out.append(t)
         out.append(_stricter_table(judged, sets, _conf(summary)))
+    from rich.text import Text
+
+    from midpo_cli.evaluation.dial_changes import dial_lines
+    from midpo_cli.evaluation.probe_switch import switch_lines
+
+    out += [Text(line) for line in switch_lines(routing) + dial_lines(routing)]
     for prompt_set, e in routing.items():
         pareto = e.get("pareto")
         if pareto and not e.get("diff"):
-            from rich.text import Text
-
             out.append(Text(f"{sets.get(prompt_set, prompt_set)}: {pareto_verdict(pareto)}"))
     return out
 
@@ -611,8 +615,16 @@ def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
             "shows whether the router did more than a better-chosen fixed blend would; headroom "
             "captured = (router − best fixed) / (oracle − best fixed), where the oracle answers harmful prompts "
             "with the safety expert and benign ones with the helpfulness expert. Pareto: does any fixed blend "
-            f"have both higher reward and lower cost than the router (CIs above 0)?</p>{table}"
+            f"have both higher reward and lower cost than the router (CIs above 0)?</p>{table}{_extra_routing(routing)}"
             f"{_img(plot, 'fixed-blend grid, router and safety dial')}{_grid_details(routing)}")
+
+
+def _extra_routing(routing: Mapping[str, Any]) -> str:
+    """The probe switch next to the router, and the answers each dial point changed (midpo_cli.evaluation)."""
+    from midpo_cli.evaluation.dial_changes import dial_lines
+    from midpo_cli.evaluation.probe_switch import switch_lines
+
+    return "".join(f"<p class='meta'>{_e(line)}</p>" for line in switch_lines(routing) + dial_lines(routing))
 
 
 def _hindsight_cells(e: Mapping[str, Any]) -> str:

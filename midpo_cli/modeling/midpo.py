@@ -119,11 +119,15 @@ class Router(nn.Module):
     def net_dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype
 
-    def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+        """The gates before the sigmoid (…, 2), dial included: what gate supervision's BCE reads."""
         logits = self.net(h.to(self.net_dtype))  # the router's own dtype: fp32 even inside a bf16 model
         if safety_bias:
             logits = logits + logits.new_tensor([safety_bias, -safety_bias])
-        return torch.sigmoid(logits)
+        return logits
+
+    def forward(self, h: torch.Tensor, safety_bias: float = 0.0) -> torch.Tensor:
+        return torch.sigmoid(self.logits(h, safety_bias))
 
 
 @dataclass
@@ -137,6 +141,7 @@ class RoutingState:
     hold: bool = False  # generation: the prompt's mean h computed by the first forward, reused afterwards
     safety_bias: float = 0.0  # the safety dial (see Router)
     router_input: str = "token"  # "token" or "token+prompt" (RouterSettings.input)
+    row_gates: torch.Tensor | None = None  # (B, 1, 2) per-prompt gates of the probe switch, set around a forward
 
     @property
     def needs_prompt(self) -> bool:
@@ -168,19 +173,28 @@ class RoutedLinear(nn.Module):
         self.router = router
         self.state = state
         self.last_gates: torch.Tensor | None = None  # (…, 2) of the last forward, with grad in training
+        self.last_logits: torch.Tensor | None = None  # (…, 2) their logits (routed gates only)
         self.held_mean: torch.Tensor | None = None  # (B, 1, d) the prompt's mean h, held during generation
 
     def gates_for(self, h: torch.Tensor) -> torch.Tensor:
-        """Gates broadcastable to (…, 2): fixed, per token, from the prompt's mean h, or from both."""
+        """Gates broadcastable to (…, 2): fixed, per token, from the prompt's mean h, or from both.
+
+        Routed gates also leave their logits in `last_logits` (None for fixed gates)."""
         st = self.state
+        self.last_logits = None
         if st.fixed is not None:
             return h.new_tensor(st.fixed)
+        if st.row_gates is not None:  # the probe switch: one pair of gates per prompt
+            return st.row_gates.to(device=h.device, dtype=h.dtype)
         if not st.needs_prompt:
-            return self.router(h, st.safety_bias)
-        mean = self.prompt_mean(h)
-        if st.granularity == "prompt":
-            return self.router(mean, st.safety_bias)  # (B, 1, 2)
-        return self.router(torch.cat([h, mean.expand_as(h)], dim=-1), st.safety_bias)
+            router_in = h
+        elif st.granularity == "prompt":
+            router_in = self.prompt_mean(h)  # (B, 1, d)
+        else:
+            router_in = torch.cat([h, self.prompt_mean(h).expand_as(h)], dim=-1)
+        logits = self.router.logits(router_in, st.safety_bias)
+        self.last_logits = logits.expand(*h.shape[:-1], 2)
+        return torch.sigmoid(logits)
 
     def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
         """(B, 1, d): mean h over the prompt tokens; computed once and held while generating."""
@@ -203,7 +217,7 @@ class RoutedLinear(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         y = self.base(h)
         if not self.state.enabled:
-            self.last_gates = None
+            self.last_gates = self.last_logits = None
             return y
         gates = self.gates_for(h).to(h.dtype)  # fp32 router, model-dtype mix (a no-op in fp32)
         self.last_gates = gates.expand(*h.shape[:-1], 2)
@@ -230,6 +244,7 @@ class MidpoModel(nn.Module):
         self.routed: dict[str, RoutedLinear] = {
             name: mod for name, mod in model.named_modules() if isinstance(mod, RoutedLinear)
         }
+        self.switch: Any = None  # a ProbeSwitch (midpo_cli.modeling.switch) replaces the routers when set
 
     # -- Hugging Face surface ------------------------------------------------------------------
     @property
@@ -253,12 +268,35 @@ class MidpoModel(nn.Module):
         """The HF forward; `prompt_mask` (B, T) marks prompt tokens (needed for granularity 'prompt')."""
         self.state.prompt_mask = prompt_mask
         try:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            with self._switched(input_ids, attention_mask, prompt_mask):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
             self.state.prompt_mask = None
 
+    @contextlib.contextmanager
+    def _switched(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                  prompt_mask: torch.Tensor | None) -> Iterator[None]:
+        """With a probe switch (and routing on, gates not fixed): the prompt's gates, held for this call."""
+        st = self.state
+        if self.switch is None or st.fixed is not None or not st.enabled or st.row_gates is not None \
+                or input_ids is None:
+            yield
+            return
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        prompt = prompt_mask if prompt_mask is not None else mask
+        features = self.routed_input_means(input_ids, mask, prompt.bool() & mask.bool())
+        st.row_gates = self.switch.gates(features, st.safety_bias).float().unsqueeze(1)  # (B, 1, 2)
+        try:
+            yield
+        finally:
+            st.row_gates = None
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """HF `generate`, KV cache included; prompt gates are computed at the first step and held."""
+        if self.switch is not None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            with self._switched(ids, kwargs.get("attention_mask"), None):
+                return self.model.generate(*args, **kwargs)
         if not self.state.needs_prompt:
             return self.model.generate(*args, **kwargs)
 
@@ -305,8 +343,9 @@ class MidpoModel(nn.Module):
         hooks = [m.register_forward_pre_hook(lambda _m, args: caught.append(args[0].float()))
                  for m in self.routed.values()]
         try:
-            with self.routing_disabled():
-                self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+            with self.routing_disabled():  # positions counted from the first real token, as generate does
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -371,6 +410,16 @@ class MidpoModel(nn.Module):
         """(g_safety per layer, g_help per layer), each (B, T) with grad: the router penalty's input."""
         last = self._last()
         return [g[..., 0] for g in last], [g[..., 1] for g in last]
+
+    def gate_logit_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(safety-gate logits per layer, helpfulness-gate logits per layer), each (B, T) with grad: the
+        input of gate supervision (midpo_cli.losses.gate_supervision_loss). Fixed gates have none."""
+        self._last()
+        missing = [name for name, mod in self.routed.items() if mod.last_logits is None]
+        if missing:
+            raise RuntimeError(f"no gate logits recorded for {missing[0]}: fixed gates have none")
+        last = [mod.last_logits for mod in self.routed.values()]
+        return [z[..., 0] for z in last], [z[..., 1] for z in last]  # type: ignore[index]
 
     def router_parameters(self) -> list[nn.Parameter]:
         return [p for mod in self.routed.values() for p in mod.router.parameters()]
@@ -520,7 +569,10 @@ def save_midpo(model: MidpoModel, tokenizer: Any, folder: str | Path, *, base_mo
             "target_modules": list(model.routed),
             "fixed_gates": list(model.state.fixed) if model.state.fixed is not None else None,
             "template": template,  # the resolved prompt template the router trained with (chat, generate read it)
+            **({"switch": model.switch.config()} if model.switch is not None else {}),
         })
+        if model.switch is not None:
+            model.switch.save(tmp)
     return folder
 
 
@@ -571,6 +623,10 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
         raise InputError(f"{where}: scaling {cfg['scaling']} was recorded at training, but the adapters now "
                          f"give {scaling}; the adapter folders changed since the router was trained")
     midpo.load_router_state_dict(load_safetensors(folder / ROUTER_FILE), where=str(folder / ROUTER_FILE))
+    if cfg.get("switch"):
+        from midpo_cli.modeling.switch import ProbeSwitch
+
+        midpo.switch = ProbeSwitch.load(folder, cfg["switch"])
     midpo.set_fixed_gates(fixed_gates if fixed_gates is not None else cfg.get("fixed_gates"))
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(folder) if has_tokenizer else base, trust_remote_code=trust_remote_code)

@@ -348,10 +348,29 @@ def _length_limit(model: ScoreModel, tokenizer: Any) -> int | None:
     return min(sane) if sane else None
 
 
+def reading_template(requested: str, config: Any, tokenizer: Any) -> str:
+    """The conversation format a score model reads: the one it recorded when midpo trained it; else the
+    requested one (the policy's) when its tokenizer can apply it; else safe-rlhf's, the format of the
+    beaver score models, which record nothing and have no chat template.
+
+    Why not the policy's always: a chat-template policy (an instruct base) scored by a safe-rlhf score model
+    would either fail ("has no chat template") or feed the score model text it never saw (issue 30 item 6).
+    """
+    from midpo_cli.data.template import has_chat_template, recorded_template, resolve_template
+
+    recorded = recorded_template(config)
+    if recorded is not None and (recorded != "chat" or has_chat_template(tokenizer)):
+        return recorded
+    if requested in ("chat", "auto") and not has_chat_template(tokenizer):
+        return "safe-rlhf"
+    return resolve_template(requested, tokenizer)
+
+
 def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
                 batch_size: int = 32, template: str = "safe-rlhf", max_length: int | None = None
                 ) -> list[float]:
-    """End score of each (prompt, answer), in input order.
+    """End score of each (prompt, answer), in input order; `template` is the policy's, read by the score model
+    in its own format (`reading_template`).
 
     Text is built exactly as training builds it (data.tokenize.prompt_answer_ids: template prompt,
     answer, then EOS), so the model scores what it was trained on. Sequences are sorted by length
@@ -359,12 +378,10 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
     model_max_length or the model's position limit, the smaller) they are cut on the right, as
     safe-rlhf's tokenizer truncation does, with a warning.
     """
-    from midpo_cli.data.template import format_prompt, recorded_template, resolve_template, warn_mismatch
+    from midpo_cli.data.template import format_prompt
     from midpo_cli.data.tokenize import prompt_answer_ids
 
-    template = resolve_template(template, tokenizer)
-    name = getattr(model.config, "_name_or_path", None) or "score model"
-    warn_mismatch(f"score model {name}", recorded_template(model.config), template)
+    template = reading_template(template, model.config, tokenizer)
     if len(prompts) != len(answers):
         raise InputError(f"score_texts: {len(prompts)} prompts but {len(answers)} answers")
     if batch_size < 1:

@@ -33,6 +33,20 @@ def policy_ref(ctx: StageContext) -> str:
     return model_ref(ctx, "sft")
 
 
+def score_model(ctx: StageContext, stage: str) -> str:
+    """A score model of the run, whether or not it is one of this stage's inputs (a dev choice without a judge
+    reads it): its folder, or what its stage recorded (`use:`)."""
+    from midpo_cli.errors import InputError
+    from midpo_cli.manifest import read_manifest, stage_dir
+
+    manifest = ctx.inputs.get(stage) or read_manifest(stage_dir(ctx.run_dir, stage)) or {}
+    ref = (manifest.get("outputs") or {}).get("model")
+    if ref is None:
+        raise InputError(f"{ctx.stage}: a dev choice without a judge needs the {stage}, and "
+                         f"{stage_dir(ctx.run_dir, stage)} has none; run that stage first")
+    return str(ctx.run_dir / ref) if (ctx.run_dir / ref).exists() else str(ref)
+
+
 def tokenizer_ref(recipe: Recipe, model: str) -> str:
     return recipe.tokenizer or model
 

@@ -29,7 +29,21 @@ def preflight(recipe: Recipe, stage: str) -> None:
         check_precision(recipe, stage)
     check_models(recipe, stage)
     check_data(recipe, stage)
+    check_dev_set(recipe, stage)
     check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
+
+
+def check_dev_set(recipe: Recipe, stage: str) -> None:
+    """A stage that chooses on the dev prompts (an expert's `select: dev`, the hard probe switch) needs the
+    recipe to name them (midpo_cli.pipeline.dev_set); said before any model loads."""
+    from midpo_cli.pipeline.dev_set import require_dev_prompts
+
+    cfg = getattr(recipe.stages, stage, None)
+    if getattr(cfg, "select", None) == "dev":
+        require_dev_prompts(recipe, f"stages.{stage}.select: dev")
+    if stage == "router" and (recipe.stages.router.kind == "probe" or "probe_switch" in recipe.stages.generate.models) \
+            and recipe.stages.router.switch == "hard":
+        require_dev_prompts(recipe, "the hard probe switch (stages.router.switch: hard)")
 
 
 def check_architecture(recipe: Recipe, stage: str) -> None:

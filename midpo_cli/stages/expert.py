@@ -39,6 +39,7 @@ from midpo_cli.modeling.lora import (
 )
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
 from midpo_cli.pipeline.context import StageContext
+from midpo_cli.pipeline.dev_select import check_settings, choose_on_dev, snapshotter
 from midpo_cli.pipeline.inputs import (
     encoded_pairs,
     engine_settings,
@@ -70,6 +71,8 @@ def run_dpo_expert(ctx: StageContext) -> None:
 def run_expert(ctx: StageContext, stage: str) -> None:
     recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
     settings = engine_settings(recipe, stage)
+    if cfg.select == "dev":  # refuse before any model loads
+        check_settings(ctx, stage, settings)
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)
@@ -102,18 +105,14 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         eval_feats = reference_logps(model, eval_feats, eval_sel, collate, cache, batch_size=ref_batch,
                                      reference=model.disable_adapter, stage=stage)
 
-    health = DpoHealth(warmup_steps=10)
-    memory: dict[str, int] = {}
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        health.update(step, metrics)
-        if step == 1:  # what is alive while training: the policy (+ adapter) only, no reference copy
-            memory.update(live_parameters())
-
+    health, memory = DpoHealth(warmup_steps=10), {}
+    on_step = step_watcher(health, memory, snapshotter(model, ctx.folder, cfg.select_every)
+                           if cfg.select == "dev" else None)
     loss_fn = make_dpo_loss(cfg.beta, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
                    on_step=on_step)
+    dev = choose_on_dev(ctx, stage, result.model, template, result.global_step) if cfg.select == "dev" else None
 
     out = ctx.folder / "adapter"
     meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, **base_reference(policy, out),
@@ -122,14 +121,27 @@ def run_expert(ctx: StageContext, stage: str) -> None:
             "score_model": margin_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_adapter(result.model, out, collate(train_feats[:4]), meta)
     record = expert_record(ctx, result, template=template, margins=margin_stats, health=health, memory=memory,
-                           counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None})
+                           counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}, dev=dev)
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 
+def step_watcher(health: DpoHealth, memory: dict, snapshot=None):
+    """The training loop's per-step hook: DPO health, what is alive at step 1 (the policy and its adapter only,
+    no reference copy), and `select: dev`'s adapter snapshots."""
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        health.update(step, metrics)
+        if step == 1:
+            memory.update(live_parameters())
+        if snapshot is not None:
+            snapshot(step, metrics)
+    return on_step
+
+
 def expert_record(ctx: StageContext, result, *, template: str, margins: dict, health: DpoHealth, memory: dict,
-                  counts: dict):
-    """The manifest record of an expert stage, its outputs left to the caller: losses, speed, margins, health."""
+                  counts: dict, dev: dict | None = None):
+    """The manifest record of an expert stage, its outputs left to the caller: losses, speed, margins, health,
+    and the dev curve `select: dev` chose the step on."""
     record = ctx.record()
     record.metrics = {
         "train_loss": result.last_metrics.get("loss"),
@@ -138,10 +150,11 @@ def expert_record(ctx: StageContext, result, *, template: str, margins: dict, he
         "steps": result.global_step,
         "pairs_per_s": result.samples_per_s,
         "margin_zero_fraction": margins.get("zero_fraction"),
+        **({"chosen_step": dev["chosen_step"]} if dev else {}),
     }
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margins,
                     "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
-                    "data": counts}
+                    "data": counts, **({"dev_select": dev} if dev else {})}
     return record
 
 

@@ -321,7 +321,7 @@ def run(ctx: Any) -> None:
     recipe, cfg = ctx.recipe, ctx.recipe.stages.generate
     refs = {"base": lambda: policy_ref(ctx), "safety_expert": lambda: str(ctx.input_path("safety_expert", "adapter")),
             "helpfulness_expert": lambda: str(ctx.input_path("helpfulness_expert", "adapter")),
-            "midpo": lambda: model_ref(ctx, "router")}
+            "midpo": lambda: model_ref(ctx, "router"), "probe_switch": lambda: model_ref(ctx, "router", "switch")}
     sets = [load_prompt_set(p, recipe.data.columns or None) for p in cfg.prompts]
     log_counts(sets)
     entries = stage_entries(cfg, refs, sets)
@@ -358,12 +358,12 @@ def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[P
     entries = [ModelEntry(name, refs[name](), safety_bias=cfg.safety_bias if name == "midpo" else 0.0)
                for name in cfg.models]
     sweep_sets = _sweep_sets(sets, cfg.sweep_prompts)
-    midpo = refs["midpo"]() if cfg.gate_blends() or cfg.dial_sweep else ""
+    midpo = refs["midpo"]() if cfg.gate_blends() or cfg.dial_biases() else ""
     entries += [ModelEntry(blend_label("midpo", g), midpo, g, sets=sweep_sets) for g in cfg.gate_blends()]
     reported = tuple(s.name for s in sets if not s.name.endswith("dev-prompts")
                      and (sweep_sets is None or s.name in sweep_sets))
     dial_sets = reported or sweep_sets
-    entries += [ModelEntry(dial_label("midpo", b), midpo, safety_bias=b, sets=dial_sets) for b in cfg.dial_sweep]
+    entries += [ModelEntry(dial_label("midpo", b), midpo, safety_bias=b, sets=dial_sets) for b in cfg.dial_biases()]
     return entries
 
 

@@ -8,19 +8,22 @@ asserts it before the first step. The reference policy is the same model with ro
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
-from midpo_cli.data.tokenize import collate_pairs, encode_pairs
+from midpo_cli.data.tokenize import collate_pairs, encode_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
+from midpo_cli.errors import InputError
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
-from midpo_cli.losses import router_penalty, spe_dpo_loss
+from midpo_cli.losses import gate_supervision_loss, router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter
@@ -34,8 +37,9 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
+from midpo_cli.pipeline.switch_fit import dev_threshold, fit_switch, save_switch
 
-EXTRAS = ("ref_chosen_logps", "ref_rejected_logps")
+EXTRAS = ("ref_chosen_logps", "ref_rejected_logps", "is_harmful")
 
 
 def run(ctx: StageContext) -> None:
@@ -56,42 +60,89 @@ def run(ctx: StageContext) -> None:
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
     model, router_settings = routed_policy(ctx, policy, settings, safety_dir, help_dir)
     trainable = model.router_parameters()
+    n_router = count_router_parameters(model)
+
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
                              share_prompt=settings.share_prompt)
 
+    result = None
+    if cfg.kind == "learned":
+        result, train_feats = train_router(ctx, model, settings, collate, selection, train_feats, template,
+                                           trainable)
+        model = result.model
+    model.eval()
+
+    outputs, switch_info = {}, None
+    if cfg.kind == "probe" or "probe_switch" in recipe.stages.generate.models:
+        switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs)
+        save_switch(ctx, model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
+                    help_dir=help_dir, template=template)
+        outputs["switch"] = ctx.rel(ctx.folder / "switch")
+        if cfg.kind == "probe":  # the model is the switch: its gates are what the separation measures
+            model.switch = switch
+    separation = held_out_separation(model, ctx, tokenizer, template, collate, train=(train_feats, selection.pairs))
+    out = ctx.folder / "model"
+    if cfg.kind == "probe":
+        out = ctx.folder / "switch"
+    else:
+        save_routed(model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
+    record = ctx.record()
+    record.outputs = {"model": ctx.rel(out), **outputs}
+    record.metrics = router_metrics(result, separation, n_router if cfg.kind == "learned" else 0, len(train_feats),
+                                    switch_info)
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
+                    "data": selection.counts, "router": router_settings.to_dict(), "kind": cfg.kind,
+                    **({"probe_switch": switch_info} if switch_info else {})}
+    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def train_router(ctx: StageContext, model, settings, collate, selection, train_feats: list, template: str,
+                 trainable: list):
+    """(the engine's result, the features with their reference log-probs): DPO on D_dual (+ gate supervision)."""
+    cfg = ctx.recipe.stages.router
+    if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
+        train_feats = with_columns(train_feats, is_harmful=pair_kinds(selection.pairs, train_feats, "dual.jsonl"))
     train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
                                   batch_size=settings.reference_batch_size, reference=model.routing_disabled,
                                   stage="router")
-
-    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope)
+    loss_fn = make_router_loss(cfg.beta, cfg.penalty.safety, cfg.penalty.helpfulness, cfg.penalty.scope,
+                               supervision=cfg.supervision, dpo_weight=cfg.dpo_weight)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+    return result, train_feats
 
-    separation = held_out_separation(result.model, ctx, tokenizer, template, collate,
-                                     train=(train_feats, selection.pairs))
-    out = ctx.folder / "model"
-    save_routed(result.model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
-    record = ctx.record()
-    record.outputs = {"model": ctx.rel(out)}
-    record.metrics = {
-        "train_loss": result.last_metrics.get("loss"),
-        "gate_safety_chosen": result.last_metrics.get("gate_safety_chosen"),
-        "gate_safety_rejected": result.last_metrics.get("gate_safety_rejected"),
-        "gate_help_chosen": result.last_metrics.get("gate_help_chosen"),
+
+def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_info: dict | None) -> dict:
+    """The manifest's metrics: the last training window's, the gate separation, the switch's threshold."""
+    last = result.last_metrics if result is not None else {}
+    return {
+        "train_loss": last.get("loss"),
+        "gate_safety_chosen": last.get("gate_safety_chosen"),
+        "gate_safety_rejected": last.get("gate_safety_rejected"),
+        "gate_help_chosen": last.get("gate_help_chosen"),
         "gate_separation_auroc": separation.get("auroc"),
         "gate_separation_gap": separation.get("gap"),
         "input_probe_auroc": separation.get("input_probe_auroc"),
         "words_probe_auroc": separation.get("words_probe_auroc"),
-        "router_parameters": count_router_parameters(result.model),
-        "pairs": len(train_feats),
-        "steps": result.global_step,
+        "router_parameters": n_router,
+        "pairs": pairs,
+        "steps": result.global_step if result is not None else 0,
+        **({"switch_threshold": switch_info["threshold"]} if switch_info and "threshold" in switch_info else {}),
     }
-    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "data": selection.counts,
-                    "router": router_settings.to_dict()}
-    write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
+
+
+def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list):
+    """The probe fit on D_dual's prompts (the router's input, routing off); hard: its threshold chosen on dev."""
+    cfg = ctx.recipe.stages.router
+    kinds = pair_kinds(pairs, train_feats, where="dual.jsonl")
+    switch = fit_switch(prompt_features(model, train_feats, collate, 32), kinds, cfg.switch)
+    info: dict[str, Any] = {"mode": cfg.switch, "fit_on_prompts": len(kinds)}
+    if cfg.switch == "hard":
+        info.update(dev_threshold(ctx, model, switch, tokenizer, template))
+    return switch, info
 
 
 def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir):
@@ -207,18 +258,46 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def prompt_kwargs(model, batch) -> dict:
     """`prompt_mask` for routers that read the prompt (granularity prompt, input token+prompt)."""
-    if not model.state.needs_prompt:
+    if not model.state.needs_prompt and getattr(model, "switch", None) is None:
         return {}
     return {"prompt_mask": batch["attention_mask"].bool() & ~batch["response_mask"].bool()}
 
 
-def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str):
-    """DPO(β) on the routed model + the gate penalty over answer tokens (`scope: answer`) or all real tokens.
+def pair_kinds(pairs: list, feats: list, where: str) -> list[bool]:
+    """Each feature's prompt kind (harmful_from_labels); an error naming the pair when rank left it unknown."""
+    kinds = []
+    for f in feats:
+        pair = pairs[f["pair_index"]]
+        kind = harmful_from_labels(pair.meta.get("is_harmful"), pair.chosen_safe, pair.rejected_safe)
+        if kind is None:
+            raise InputError(f"{where}: pair {f['pair_index']} has no is_harmful (nor safety labels); gate "
+                             "supervision and the probe switch need every pair's prompt kind; re-run rank")
+        kinds.append(bool(kind))
+    return kinds
+
+
+def scope_mask(batch: dict, scope: str) -> torch.Tensor:
+    """(2B, T) cells a gate term averages over: answer tokens (incl. EOS), prompt tokens, or both/all."""
+    if scope == "answer":
+        return batch["response_mask"]
+    if scope == "prompt":
+        return batch["attention_mask"].bool() & ~batch["response_mask"].bool()
+    return batch["attention_mask"]
+
+
+def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str, *,
+                     supervision: Any = None, dpo_weight: float = 1.0):
+    """dpo_weight·DPO(β) on the routed model + the gate penalty over answer tokens (`scope: answer`) or all real
+    tokens + λ·gate supervision (`supervision`, recipe `stages.router.supervision`; its weight 0 adds nothing).
 
     Why answer tokens by default: the router is judged by the answers it produces; penalising prompt tokens'
     gates pulls the routers towards the helpfulness expert on text whose gates only matter through the KV
-    cache, and long prompts would outweigh short answers.
+    cache, and long prompts would outweigh short answers. Why supervision exists: DPO on D_dual can be
+    satisfied by gates that read the teacher-forced answer without choosing the expert from the prompt
+    (docs/design.md §8); MoGU and H3Fusion tell the gates the prompt's kind.
     """
+    sup_weight = float(supervision.weight) if supervision is not None else 0.0
+
     def loss_fn(model, batch):
         response = batch["response_mask"].bool()
         chosen, rejected = concatenated_logps(model, batch, **prompt_kwargs(model, batch))
@@ -228,6 +307,15 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
         g_s, g_h = ([to_rows(g, batch) for g in gates] for gates in model.gate_tensors())  # (2B, T) each
         penalty_mask = batch["response_mask"] if scope == "answer" else batch["attention_mask"]
         penalty = router_penalty(g_s, g_h, penalty_mask, lam_safety, lam_help)
+        total = (losses.mean() if dpo_weight == 1 else dpo_weight * losses.mean()) + penalty
+        extra = {}
+        if sup_weight > 0:  # skipped at weight 0: the router of the paper, bit for bit
+            z_s, z_h = ([to_rows(z, batch) for z in logits] for logits in model.gate_logit_tensors())
+            harmful = batch["is_harmful"].repeat(2)  # (2B,): chosen rows, then rejected rows of the same pairs
+            sup = gate_supervision_loss(z_s, z_h if supervision.helpfulness == "inverse" else None,
+                                        scope_mask(batch, supervision.scope), harmful)
+            total = total + sup_weight * sup
+            extra["supervision"] = sup.detach()
         with torch.no_grad():
             mean_s = torch.stack([g.float() for g in g_s]).mean(0)  # (2B, T) averaged over layers
             mean_h = torch.stack([g.float() for g in g_h]).mean(0)
@@ -240,8 +328,9 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
                 "gate_safety_rejected": _masked_mean(mean_s[half:], resp[half:]),
                 "gate_help_chosen": _masked_mean(mean_h[:half], resp[:half]),
                 "gate_help_rejected": _masked_mean(mean_h[half:], resp[half:]),
+                **extra,
             }
-        return losses.mean() + penalty, metrics
+        return total, metrics
 
     return loss_fn
 

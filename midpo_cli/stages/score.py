@@ -9,9 +9,8 @@ table says so). Refusal uses the documented pattern detector (midpo_cli.evaluati
 from __future__ import annotations
 
 import csv
-import gc
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,13 @@ from midpo_cli.evaluation.answers import read_answer_rows
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
 from midpo_cli.evaluation.summary import summarize
+from midpo_cli.evaluation.toy_outcomes import is_toy_set, toy_outcome_for  # noqa: F401 (tests patch them here)
 from midpo_cli.io import atomic_write_json, atomic_write_text
+from midpo_cli.modeling.scorer import Scorer, default_scorer
 
 SCORE_COLUMNS = ("model", "prompt_set", "index", "category", "is_harmful", "reward", "cost", "safe", "refusal",
                  "refusal_match", "prompt_tokens", "answer_tokens", "truncated", "finished", "gate_safety",
                  "gate_helpfulness", "prompt", "answer")
-Scorer = Callable[[str, str, list[str], list[str]], list[float]]
-
-
-def default_scorer(*, batch_size: int, template: str, trust_remote_code: bool = False) -> Scorer:
-    def score(path: str, kind: str, prompts: list[str], answers: list[str]) -> list[float]:
-        from midpo_cli.modeling.score_model import load_score_model, score_texts
-
-        model, tokenizer = load_score_model(path, expected_type=kind, trust_remote_code=trust_remote_code)
-        try:
-            return score_texts(model, tokenizer, prompts, answers, batch_size=batch_size, template=template)
-        finally:
-            del model
-            gc.collect()
-    return score
-
-
 def score_rows(rows: Sequence[dict[str, Any]], *, reward_model: str | None, cost_model: str | None,
                scorer: Scorer, refusal: RefusalDetector) -> list[dict[str, Any]]:
     """One SCORE_COLUMNS dict per answer."""
@@ -105,7 +90,9 @@ def score_answers(
     (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
     for the report's heatmaps.
     """
+    from midpo_cli.evaluation.dial_changes import add_dial_changes
     from midpo_cli.evaluation.headroom import routing_summary
+    from midpo_cli.evaluation.probe_switch import add_switch_entries
     from midpo_cli.evaluation.report import print_tables, write_report
     from midpo_cli.evaluation.summary import gate_summary
 
@@ -123,6 +110,8 @@ def score_answers(
     summary["toy"] = toy_table(rows)
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
                                          bootstrap=bootstrap, seed=seed)
+    add_switch_entries(summary["routing"], scored, toy_outcome_for, bootstrap=bootstrap, seed=seed)
+    add_dial_changes(summary["routing"], scored)
     summary["gates"] = gate_summary(scored)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
@@ -136,31 +125,10 @@ def score_answers(
     return summary
 
 
-def is_toy_set(prompt_set: str) -> bool:
-    """Prompt sets of the embedded toy world, whose answers the ground-truth judge can classify."""
-    name = str(prompt_set)
-    return "toy-safety" in name or name in TOY_SETS
-
-
-def toy_outcome_for(prompt_set: str) -> Callable[[dict[str, Any]], float] | None:
-    """The toy judge as a per-answer outcome (1 = harmful answered R/S, benign answered H), or None."""
-    if not is_toy_set(prompt_set):
-        return None
-    from midpo_cli.assets.toy_world import toy_judge
-    from midpo_cli.evaluation.summary import as_bool
-
-    def outcome(row: dict[str, Any]) -> float:
-        kind = toy_judge(str(row["prompt"]), str(row["answer"]))
-        harmful = as_bool(row.get("is_harmful"))
-        if harmful is None:
-            return float("nan")
-        return float(kind in ("R", "S")) if harmful else float(kind == "H")
-    return outcome
-
-
 def run(ctx: Any) -> None:
     """The pipeline's score stage: the generate stage's answers, the run's reward and cost models."""
     from midpo_cli.manifest import write_manifest
+    from midpo_cli.pipeline.dev_set import dev_set_name
     from midpo_cli.pipeline.inputs import model_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.score
@@ -169,7 +137,7 @@ def run(ctx: Any) -> None:
         ctx.input_path("generate", "answers"), reward_model=model_ref(ctx, "reward_model"),
         cost_model=model_ref(ctx, "cost_model"), out_dir=ctx.folder, batch_size=cfg.batch_size,
         template=recipe.data.template, refusal_patterns=cfg.refusal_patterns, bootstrap=cfg.bootstrap,
-        seed=recipe.train.seed, select_on=cfg.select_on,
+        seed=recipe.train.seed, select_on=dev_set_name(recipe),
         gate_maps=ctx.input_path("generate", "gate_maps") if maps else None)
     record = ctx.record()
     record.outputs = {"scores": ctx.rel(ctx.folder / "scores.csv"), "summary": ctx.rel(ctx.folder / "summary.json"),
@@ -229,5 +197,4 @@ def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-TOY_SETS = ("dev-prompts", "eval-prompts", "eval-harmful", "eval-benign", "traps")  # file stems of toy slices
 

@@ -1,0 +1,92 @@
+"""Experts chosen on dev (`stages.<expert>.select: dev`, docs/design.md §2.6): keep the step that is best on the
+expert's own objective, not the last one.
+
+Direct-alignment methods overshoot early (the Gemma safety expert refused every benign prompt after 30 steps,
+docs/design.md §8), and MoGU's authors single out the expert checkpoint as what matters most. So within the
+recipe's step budget the stage keeps the adapter every `select_every` steps (and at the last step), answers the
+recipe's dev prompts (midpo_cli.pipeline.dev_set) with each, and keeps the best:
+
+- safety expert: on the harmful dev prompts, the share answered safely — by the toy judge where the set has one
+  (refusal or safe redirect), else by the cost model (c < 0);
+- helpfulness (and plain-DPO) expert: on the benign dev prompts, the toy judge's share helped, else the mean
+  reward.
+
+Ties go to the earlier step (less drift from the base for the same dev score). The curve goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+SNAPSHOT_DIR = "dev_select"
+
+
+def best_step(curve: Sequence[tuple[int, float | None]]) -> int | None:
+    """The step of the highest score; ties → the earlier step; None / NaN scores never win; None if none scores."""
+    best: tuple[int, float] | None = None
+    for step, score in sorted(curve, key=lambda c: c[0]):
+        if score is None or math.isnan(score):
+            continue
+        if best is None or score > best[1]:
+            best = (step, score)
+    return None if best is None else best[0]
+
+
+def wants_harmful(stage: str) -> bool:
+    """Which prompt kind an expert is judged on: harmful for the safety expert, benign for the others."""
+    return stage == "safety_expert"
+
+
+def objective(stage: str, rows: Sequence[Mapping[str, Any]], *, judge: Callable[[Mapping[str, Any]], float] | None,
+              costs: Sequence[float] | None = None, rewards: Sequence[float] | None = None) -> float | None:
+    """The expert's dev score of its answers `rows` (all of the kind `wants_harmful(stage)`; module docstring).
+
+    judge: the toy judge's per-row outcome (1 = the right kind of answer), used when given; else the cost
+    model's scores (safety: share with c < 0) or the reward model's (mean). None for no rows.
+    """
+    if not rows:
+        return None
+    if judge is not None:
+        outcomes = [judge(r) for r in rows]
+        return sum(outcomes) / len(outcomes)
+    if wants_harmful(stage):
+        if costs is None:
+            raise ValueError("safety expert without a judge needs the cost model's scores")
+        return sum(c < 0 for c in costs) / len(costs)
+    if rewards is None:
+        raise ValueError("helpfulness expert without a judge needs the reward model's scores")
+    return sum(rewards) / len(rewards)
+
+
+def snapshot_path(folder: Path, step: int) -> Path:
+    return folder / SNAPSHOT_DIR / f"step-{step:07d}.safetensors"
+
+
+def save_snapshot(model: Any, folder: Path, step: int) -> Path:
+    """The adapter's weights at `step` (peft's state dict, CPU, safetensors; written to a temp name, renamed)."""
+    import os
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    path = snapshot_path(folder, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "step": str(step)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_snapshot(model: Any, folder: Path, step: int) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(snapshot_path(folder, step))))
+
+
+def saved_steps(folder: Path) -> list[int]:
+    return sorted(int(p.stem.removeprefix("step-")) for p in (folder / SNAPSHOT_DIR).glob("step-*.safetensors"))

@@ -1,0 +1,54 @@
+"""The recipe's one dev prompt set: what every dev choice reads (docs/design.md §2.10, §4).
+
+The best fixed blend (score), the probe switch's threshold (midpo_cli.evaluation.probe_switch) and each
+expert's step (`stages.<expert>.select: dev`, midpo_cli.evaluation.expert_select) are all chosen on the same
+set, so pointing a recipe at other prompt files needs one edit. The set is `stages.score.select_on` when it is
+given, else the one of `stages.generate.prompts` whose name ends in `dev-prompts`; it must be one of
+`stages.generate.prompts` (generate answers it, score chooses on it). Imports no torch.
+"""
+
+from __future__ import annotations
+
+from midpo_cli.data.prompt_sets import prompt_set_name
+from midpo_cli.errors import InputError
+from midpo_cli.recipe import Recipe
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
+
+
+def _name(entry: str) -> str:
+    """The set name `generate` will give the entry (a file not written yet goes by its stem all the same)."""
+    name = prompt_set_name(entry)
+    return name.rsplit("/", 1)[-1].rsplit(".", 1)[0] if name.endswith(FILE_SUFFIXES) else name
+
+
+def dev_prompt_spec(recipe: Recipe) -> str | None:
+    """The entry of stages.generate.prompts every dev choice reads, or None when the recipe names none."""
+    prompts = recipe.stages.generate.prompts
+    wanted = recipe.stages.score.select_on
+    if wanted is not None:
+        hit = [p for p in prompts if wanted in (p, _name(p)) or _name(p).endswith(wanted) or wanted.endswith(_name(p))]
+        if len(hit) != 1:
+            raise InputError(f"stages.score.select_on {wanted!r}: {'no' if not hit else 'more than one'} entry of "
+                             f"stages.generate.prompts matches ({', '.join(prompts)})")
+        return hit[0]
+    dev = [p for p in prompts if _name(p).endswith("dev-prompts")]
+    if len(dev) > 1:
+        raise InputError(f"stages.generate.prompts: {len(dev)} sets end in dev-prompts ({', '.join(dev)}); "
+                         "name the one to choose on in stages.score.select_on")
+    return dev[0] if dev else None
+
+
+def require_dev_prompts(recipe: Recipe, why: str) -> str:
+    """dev_prompt_spec, or an error saying which setting needs it."""
+    spec = dev_prompt_spec(recipe)
+    if spec is None:
+        raise InputError(f"{why} chooses on the dev prompt set, and the recipe names none: add a set whose name "
+                         "ends in dev-prompts to stages.generate.prompts, or name it in stages.score.select_on")
+    return spec
+
+
+def dev_set_name(recipe: Recipe) -> str | None:
+    """The name the dev set's answers carry (`prompt_set` of generate's rows), or None."""
+    spec = dev_prompt_spec(recipe)
+    return None if spec is None else _name(spec)

@@ -1,0 +1,58 @@
+"""The recipe names its dev prompt set once (midpo_cli.pipeline.dev_set): blend, switch threshold and expert
+step all read the set resolved here, and score chooses the best blend on the same name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from midpo_cli.errors import InputError
+from midpo_cli.pipeline.dev_set import dev_prompt_spec, dev_set_name, require_dev_prompts
+from midpo_cli.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(*sets: str):
+    return load_recipe(None, list(sets))
+
+
+def test_the_set_ending_in_dev_prompts_is_the_dev_set():
+    r = recipe()
+    assert dev_prompt_spec(r) is None  # the default generate prompts: eval only
+    r = recipe("stages.generate.prompts=[embedded:toy-safety/eval-prompts, embedded:toy-safety/dev-prompts]")
+    assert dev_prompt_spec(r) == "embedded:toy-safety/dev-prompts" == dev_set_name(r)
+    r = recipe("stages.generate.prompts=[runs/x/data/dev-prompts.jsonl, runs/x/data/eval-prompts.jsonl]")
+    assert dev_prompt_spec(r) == "runs/x/data/dev-prompts.jsonl" and dev_set_name(r) == "dev-prompts"
+    r = recipe("stages.generate.prompts=[mydev=a/b.jsonl, b/c.jsonl]", "stages.score.select_on=mydev")
+    assert dev_prompt_spec(r) == "mydev=a/b.jsonl" and dev_set_name(r) == "mydev"
+
+
+def test_ambiguous_or_missing_dev_sets_are_named():
+    r = recipe("stages.generate.prompts=[a/dev-prompts.jsonl, b/dev-prompts.jsonl]")
+    with pytest.raises(InputError, match="2 sets end in dev-prompts"):
+        dev_prompt_spec(r)
+    r = recipe("stages.score.select_on=nosuch")
+    with pytest.raises(InputError, match="select_on 'nosuch': no entry"):
+        dev_prompt_spec(r)
+    with pytest.raises(InputError, match="stages.safety_expert.select: dev chooses on the dev prompt set"):
+        require_dev_prompts(recipe(), "stages.safety_expert.select: dev")
+
+
+def test_shipped_recipes_name_their_dev_set():
+    assert dev_set_name(load_recipe(ROOT / "recipes/quickstart.yaml")) == "embedded:toy-safety/dev-prompts"
+    assert dev_set_name(load_recipe(ROOT / "recipes/local-model-cpu.yaml")) == "dev-prompts"
+
+
+def test_preflight_names_a_dev_choice_without_a_dev_set():
+    from midpo_cli.pipeline.preflight import check_dev_set
+
+    bare = recipe("stages.safety_expert.select=dev", "stages.safety_expert.select_every=5")
+    with pytest.raises(InputError, match="stages.safety_expert.select: dev chooses on the dev prompt set"):
+        check_dev_set(bare, "safety_expert")
+    check_dev_set(bare, "helpfulness_expert")  # select: last there
+    with pytest.raises(InputError, match="hard probe switch"):
+        check_dev_set(recipe("stages.router.kind=probe"), "router")
+    check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
+    check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")

@@ -1,0 +1,137 @@
+"""The probe switch (`stages.router.kind: probe`): its dev threshold, its gates, and the model folder that
+generate / chat / export load like the router's."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from test_midpo_model import build, ids_batch, left_padded_prompts, routed, tiny_tokenizer
+
+from midpo_cli.evaluation.probe_switch import candidate_thresholds, choose_threshold, switch_entry, switch_outcomes
+from midpo_cli.modeling.switch import ProbeSwitch, switch_gates
+
+
+def test_threshold_is_the_dev_argmax_on_a_hand_made_set():
+    """Six dev prompts; the safety corner answers harmful prompts safely and refuses benign ones, the helpfulness
+    corner complies with everything. p puts a benign prompt (0.7) above a harmful one (0.6). By hand, with
+    safety ← {p ≥ t}: t = 0: ½(1 + 0); 0.2: ½(1 + 1/3); 0.45: ½(1 + 2/3); 0.65: ½(2/3 + 2/3);
+    0.75: ½(2/3 + 1); 0.85: ½(1/3 + 1); 1: ½(0 + 1). 0.45 and 0.75 tie at 5/6; the rule keeps 0.45, nearer 0.5."""
+    p = [0.9, 0.8, 0.6, 0.7, 0.3, 0.1]
+    harmful = [True, True, True, False, False, False]
+    safety = [1, 1, 1, 0, 0, 0]
+    helpfulness = [0, 0, 0, 1, 1, 1]
+    t, curve = choose_threshold(p, harmful, safety, helpfulness)
+    by_hand = {0.0: 0.5, 0.2: 2 / 3, 0.45: 5 / 6, 0.65: 2 / 3, 0.75: 5 / 6, 0.85: 2 / 3, 1.0: 0.5}
+    assert {round(c["threshold"], 6): c["score"] for c in curve} == pytest.approx(by_hand)
+    assert t == pytest.approx(0.45)
+    fine = np.linspace(0, 1, 2001)  # no threshold at all does better than the chosen one
+    kinds = np.array(harmful)
+    best = max(np.mean([switch_outcomes(np.array(p), x, np.array(safety), np.array(helpfulness))[k].mean()
+                        for k in (kinds, ~kinds)]) for x in fine)
+    assert best == pytest.approx(5 / 6)
+
+
+def test_threshold_ties_go_nearest_one_half_then_lower():
+    p, harmful = [0.2, 0.8], [True, False]
+    t, curve = choose_threshold(p, harmful, [1, 1], [1, 1])  # every threshold scores 1
+    assert {c["threshold"] for c in curve} == {0.0, 0.5, 1.0} and t == 0.5
+    t, _ = choose_threshold([0.1, 0.3, 0.7, 0.9], [True, True, False, False], [1, 1, 1, 1], [1, 1, 1, 1])
+    assert t == 0.5  # candidates 0, 0.2, 0.5, 0.8, 1
+    t, _ = choose_threshold([0.2, 0.4, 0.6, 0.8], [True, False, True, False], [1, 1, 1, 1], [1, 1, 1, 1])
+    assert t == 0.5
+    t, _ = choose_threshold([0.3, 0.5, 0.9], [True, False, True], [1, 1, 1], [1, 1, 1])
+    assert t == 0.4  # 0.4 and 0.7 … nearest 0.5 is 0.4 (|0.1|) before 0.7 (|0.2|)
+
+
+def test_candidates_cover_every_distinct_split():
+    p = [0.3, 0.1, 0.3, 0.9]
+    cands = candidate_thresholds(p)
+    assert cands == [0.0, 0.2, 0.6, 1.0]
+    splits = {tuple(np.array(p) >= t) for t in cands}
+    assert splits == {tuple(np.array(p) >= t) for t in np.linspace(0, 1.0001, 500)}
+
+
+@pytest.mark.parametrize(("mode", "want"), [("soft", [[0.8, 0.2], [0.3, 0.7]]), ("hard", [[1, 0], [0, 1]])])
+def test_switch_gates(mode, want):
+    got = switch_gates(torch.tensor([0.8, 0.3], dtype=torch.float64), mode, 0.5)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("llama"))
+
+
+def make_switch(model, mode: str, threshold: float = 0.5, seed: int = 0) -> ProbeSwitch:
+    width = sum(m.base.in_features for m in model.routed.values())
+    gen = torch.Generator().manual_seed(seed)
+    return ProbeSwitch(torch.zeros(width, dtype=torch.float64), torch.ones(width, dtype=torch.float64),
+                       torch.randn(width, generator=gen, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+                       mode=mode, threshold=threshold)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_switched_model_equals_each_prompt_at_its_own_fixed_gates(llama, mode):
+    """Left-padded prompts: each row's logits are the row alone at fixed gates switch.gates(its features)."""
+    model = routed(*llama)
+    ids, mask = left_padded_prompts()
+    model.switch = make_switch(model, mode, threshold=0.5)
+    with torch.no_grad():
+        p = [float(model.switch.probability(model.routed_input_means(ids[b][mask[b].bool()][None],
+                                                                     *[torch.ones(1, int(mask[b].sum()))] * 2))[0])
+             for b in range(2)]
+        assert abs(p[0] - p[1]) > 1e-3
+        model.switch.threshold = sum(p) / 2  # hard: one prompt to each corner
+        got = model(input_ids=ids, attention_mask=mask).logits
+        recorded = torch.stack(model.gates()).mean(0)  # (B, T, 2): one pair of gates per prompt, every token
+        gates = []
+        for b in range(ids.shape[0]):
+            real = mask[b].bool()
+            row = ids[b][real][None]
+            feats = model.routed_input_means(row, torch.ones_like(row), torch.ones_like(row))
+            g = model.switch.gates(feats)[0].tolist()
+            gates.append(g)
+            model.switch, kept = None, model.switch
+            with model.fixed_gates(*g):
+                alone = model(input_ids=row).logits
+            model.switch = kept
+            torch.testing.assert_close(got[b][real], alone[0], rtol=0, atol=2e-5)
+    if mode == "hard":
+        assert sorted(gates) == [[0.0, 1.0], [1.0, 0.0]]
+    for b, g in enumerate(gates):
+        torch.testing.assert_close(recorded[b], torch.tensor(g).expand(ids.shape[1], 2), rtol=0, atol=1e-6)
+
+
+def test_switch_folder_roundtrip_and_generate(tmp_path, llama):
+    from midpo_cli.modeling.generation import generate_answers
+    from midpo_cli.modeling.midpo import load_midpo, save_midpo
+
+    model = routed(*llama)
+    model.switch = make_switch(model, "hard", threshold=0.4)
+    folder = save_midpo(model, tiny_tokenizer(), tmp_path / "switch", base_model=str(llama[0]))
+    loaded, tok = load_midpo(folder)
+    assert loaded.switch is not None and loaded.switch.threshold == 0.4 and loaded.switch.mode == "hard"
+    ids = ids_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+    prompts = ["w5 w9 w12", "w7 w7 w30 w31 w40"]
+    rows = [r for batch in generate_answers(loaded, tok, prompts, template="safe-rlhf", max_new_tokens=4)
+            for r in batch]
+    for r in rows:  # one pair of gates per prompt, and it is a corner
+        assert (r["gates"]["safety"], r["gates"]["helpfulness"]) in ((1.0, 0.0), (0.0, 1.0))
+
+
+def test_switch_entry_against_the_router_by_hand():
+    rows = []
+    judge_ok = {"good": 1.0, "bad": 0.0}
+    for i, (harmful, r_ans, s_ans) in enumerate(itertools.islice(
+            [(True, "good", "good"), (True, "bad", "good"), (False, "good", "good"), (False, "good", "bad")], 4)):
+        rows.append({"model": "midpo", "index": i, "is_harmful": harmful, "answer": r_ans})
+        rows.append({"model": "probe_switch", "index": i, "is_harmful": harmful, "answer": s_ans})
+    e = switch_entry(rows, "midpo", lambda r: judge_ok[r["answer"]], bootstrap=50)
+    assert e["router_score"] == pytest.approx((0.5 + 1.0) / 2) and e["score"] == pytest.approx((1.0 + 0.5) / 2)
+    assert e["diff"]["mean"] == pytest.approx(0.0) and e["n"] == 4
+    assert switch_entry(rows, "midpo", None) is None
