@@ -6,6 +6,7 @@ Standalone commands and the pipeline build the same context, so `midpo train-rm`
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import time
@@ -21,6 +22,13 @@ from midpo_cli.recipe import Recipe
 
 FINGERPRINT_FILE = ".fingerprint"
 PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
+# Every name a stage writes into its folder (stages/, engine/, report.py), and the temp names of io.py: the only
+# names midpo ever deletes there. Anything else is a user's file: refused, never removed (issue 27).
+OWN_NAMES = (
+    "manifest.json", "config.yaml", FINGERPRINT_FILE, PREVIOUS, "model", "adapter", "checkpoints", "metrics.jsonl",
+    "tensorboard", "margins.json", "ref-logps-*.json", "scored.jsonl", "dual.jsonl", "audit.json", "answers.jsonl",
+    "gate_maps.json", "scores.csv", "summary.json", "report.html", "*.png", ".*.tmp", ".*.old",
+)
 
 
 @dataclass
@@ -96,9 +104,32 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
                         resume=resume, started=started)
 
 
+def is_own(name: str) -> bool:
+    """A name midpo writes into a stage folder (OWN_NAMES)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_NAMES)
+
+
+def check_stage_folder(folder: Path) -> None:
+    """Refuse a stage folder midpo may not clear: a symlink (it would clear the folder it points to, outside the
+    run dir) or one holding files midpo did not write. Raised before anything in it changes."""
+    if folder.is_symlink():
+        raise InputError(f"{folder} is a symbolic link (to {os.readlink(folder)}); midpo writes a stage only into a "
+                         "real folder inside the run dir: remove the link (its target is left alone)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a stage folder; move it out of the run dir")
+    if not folder.is_dir():
+        return
+    stray = sorted(child.name for child in folder.iterdir() if not is_own(child.name))
+    if stray:
+        shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+        raise InputError(f"{folder} holds files midpo did not write ({shown}); a re-run would have to clear the "
+                         "folder: move them out of the run dir first")
+
+
 def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS,)) -> None:
+    """Delete what midpo wrote there (OWN_NAMES), never a user's file, never through a symlink."""
     for child in folder.iterdir():
-        if child.name in keep:
+        if child.name in keep or not is_own(child.name):
             continue
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
@@ -115,12 +146,16 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
 
     - a finished result (manifest present) moves into `.previous/` until the new one is written;
     - a `.previous/` whose fingerprint is the one wanted (settings changed back) is restored as done.
+    A symlinked folder is refused always; stray user files when the folder is to be cleared or moved.
     """
+    if folder.is_symlink():
+        check_stage_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / FINGERPRINT_FILE
-    current = marker.read_text().strip() if marker.exists() else None
+    current = marker.read_text().strip() if marker.is_file() else None
     if current == fingerprint and resume:
         return
+    check_stage_folder(folder)
     backup = folder / PREVIOUS
     kept = read_manifest(backup)
     if resume and kept and kept.get("fingerprint") == fingerprint:
