@@ -38,9 +38,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSON errors and undecodable bytes
         return None
+    return data if isinstance(data, dict) else None  # a JSON list crashed status and plan
 
 
 def stage_fingerprint(stage: str, config: dict[str, Any], inputs: dict[str, dict[str, Any] | None]) -> str:

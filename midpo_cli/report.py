@@ -99,9 +99,11 @@ def short_names(names: Sequence[str], limit: int) -> tuple[dict[str, str], list[
 def _table(title: str, caption: str = "") -> Any:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    return Table(title=title, caption=caption or None, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left",
-                 caption_justify="left", collapse_padding=True)
+    # Text, not markup: titles carry prompt-set names (`[/]` in one crashed the report after scoring)
+    return Table(title=Text(title), caption=Text(caption) if caption else None, box=box.SIMPLE_HEAD,
+                 padding=(0, 1), title_justify="left", caption_justify="left", collapse_padding=True)
 
 
 def _col(table: Any, name: str, right: bool = True) -> None:

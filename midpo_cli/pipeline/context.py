@@ -6,6 +6,7 @@ Standalone commands and the pipeline build the same context, so `midpo train-rm`
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
@@ -18,6 +19,7 @@ from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
 from midpo_cli.pipeline.graph import dependencies, stage_plans
+from midpo_cli.pipeline.status import FAILED
 from midpo_cli.recipe import Recipe
 
 FINGERPRINT_FILE = ".fingerprint"
@@ -27,7 +29,7 @@ PREVIOUS = ".previous"  # the last finished result, kept while a changed stage r
 OWN_NAMES = (
     "manifest.json", "config.yaml", FINGERPRINT_FILE, PREVIOUS, "model", "adapter", "checkpoints", "metrics.jsonl",
     "tensorboard", "margins.json", "ref-logps-*.json", "scored.jsonl", "dual.jsonl", "audit.json", "answers.jsonl",
-    "gate_maps.json", "scores.csv", "summary.json", "report.html", "*.png", ".*.tmp", ".*.old",
+    "gate_maps.json", "scores.csv", "summary.json", "report.html", "*.png", ".*.tmp", ".*.old", FAILED,
 )
 
 
@@ -175,8 +177,21 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
 
 
 def finish_folder(folder: Path) -> None:
-    """The new result is written: the previous one is no longer needed."""
+    """The new result is written: the previous one (and the note of an earlier failure) is no longer needed."""
     shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
+    (folder / FAILED).unlink(missing_ok=True)
+
+
+def note_failure(folder: Path, exc: BaseException) -> None:
+    """Keep the failure's one line where `pipeline status` shows it (best effort: never masks the error)."""
+    from midpo_cli.errors import Interrupted
+    from midpo_cli.io import atomic_write_text
+
+    if not isinstance(exc, Exception) or isinstance(exc, Interrupted):
+        return  # interrupted, not failed: status shows the checkpoint to resume from
+    line = " ".join(str(exc).split()) or type(exc).__name__
+    with contextlib.suppress(OSError):
+        atomic_write_text(folder / FAILED, f"{type(exc).__name__}: {line}\n")
 
 
 def abandon_folder(folder: Path) -> None:
