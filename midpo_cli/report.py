@@ -769,6 +769,11 @@ def load_scores(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any],
         if not p.is_file():
             raise InputError(f"{p} not found; give a `midpo score` output folder or a run dir with score/")
     summary = read_json(summary_path)
-    with open(scores_path, encoding="utf-8", newline="") as fh:
-        rows = [dict(r) for r in csv.DictReader(fh)]
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), list):
+        raise InputError(f"{summary_path}: no 'models' list; not a summary written by `midpo score`")
+    try:
+        with open(scores_path, encoding="utf-8", newline="") as fh:
+            rows = [dict(r) for r in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{scores_path}: not a readable scores CSV ({type(exc).__name__})") from None
     return rows, summary, folder

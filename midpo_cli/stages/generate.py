@@ -23,13 +23,14 @@ JSONL/CSV/TXT file; empty prompts are skipped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,18 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
 
 def split_label(text: str) -> tuple[str | None, str]:
-    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label."""
+    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label.
+
+    A left side that is no path and no label (`my set=x.jsonl`) is an error about the label: it used to
+    be taken as part of the spec and reported as "file not found: my set=x.jsonl".
+    """
     head, sep, tail = text.partition("=")
     if sep and head and tail and _LABEL.match(head):
         return head, tail
+    if sep and head and tail and not any(c in head for c in "/\\:~") and not Path(text).expanduser().exists():
+        bad = sorted({c for c in head if not _LABEL.match(c)})
+        raise InputError(f"label {head!r} in {text!r}: a label may hold only letters, digits and _ . @ + - "
+                         f"(not {' '.join(repr(c) for c in bad)})")
     return None, text
 
 
@@ -290,7 +299,42 @@ def generate_to_file(
     dial sweep) share one loaded model, switched by `set_fixed_gates` / `set_safety_bias`.
     """
     output = Path(output)
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
     output.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        return _generate_locked(models, prompt_sets, output, template=template, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
+                                max_prompt_length=max_prompt_length, loader=loader)
+
+
+@contextlib.contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the answers file for the whole run: two `generate`s on one file both appended
+    the same rows (392 of 812 duplicated). A file this call created and left empty is removed again."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    existed = path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{path} is being written by another `midpo generate` right now; wait for it to "
+                             "finish (then rerun to resume) or give another --output") from None
+        yield
+    finally:
+        if not existed and os.fstat(fd).st_size == 0:
+            path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet], output: Path, *, template: str,
+                     max_new_tokens: int, temperature: float, top_p: float, batch_size: int, seed: int,
+                     max_prompt_length: int | None, loader: Callable[[ModelEntry], Any] | None) -> dict[str, Any]:
     settings = {"template": template, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "max_prompt_length": max_prompt_length}
     existing = read_answers(output)

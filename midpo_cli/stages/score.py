@@ -35,6 +35,14 @@ def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"answers file not found: {path}")
+    try:
+        return _answer_rows(path)
+    except UnicodeDecodeError as exc:  # a binary file: one line naming it, not a traceback (exit 1)
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); not an answers file from `midpo generate`?"
+                         ) from None
+
+
+def _answer_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
@@ -46,6 +54,8 @@ def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
                 if not line.endswith("\n"):  # an interrupted `generate`: rerun it to complete the file
                     raise InputError(f"{path}: line {number} is cut off; rerun `midpo generate` to repair it") from None
                 raise InputError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in REQUIRED if k not in row]
             if missing:
                 raise InputError(f"{path}: line {number}: missing field(s) {', '.join(missing)}")
@@ -139,6 +149,10 @@ def score_answers(
     if not reward_model and not cost_model:
         console.warn("no --reward-model and no --cost-model: only refusal rates and lengths are computed")
     rows = read_answer_rows(answers_path)
+    if select_on is not None:  # a typo was ignored when the answers hold no blends: check it before scoring
+        from midpo_cli.headroom import resolve_selection
+
+        resolve_selection(list(dict.fromkeys(str(r["prompt_set"]) for r in rows)), select_on)
     scorer = scorer or default_scorer(batch_size=batch_size, template=template)
     scored = score_rows(rows, reward_model=reward_model, cost_model=cost_model, scorer=scorer, refusal=detector)
     summary = summarize(scored, bootstrap=bootstrap, seed=seed)
