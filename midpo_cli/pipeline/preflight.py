@@ -144,9 +144,10 @@ def check_model_ref(key: str, ref: str, *, score_model: bool = False, tokenizer:
         raise InputError(f"{key}: {ref} is a score model (safe-rlhf format), not a causal language model")
     if score_model and not is_score:
         raise InputError(f"{key}: {ref} is not a score model (config.json has no score_type / *ForScore)")
-    from midpo_cli.modeling.files import refuse_weightless
+    from midpo_cli.modeling.files import check_weight_files, refuse_weightless
 
     refuse_weightless(path, f"{key}: {ref}")
+    check_weight_files(path)
 
 
 def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
