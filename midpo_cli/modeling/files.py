@@ -84,3 +84,15 @@ def _check_pickle(file: Path) -> None:
                                  "only plain tensors); convert it to safetensors")
     except (ValueError, EOFError):
         raise InputError(f"{file}: not a readable pickle; it may be truncated") from None
+
+
+def check_model_folder(spec: str) -> None:
+    """Before a command starts work: a local model folder given on the command line (a base model, a PEFT adapter
+    or a MidPO folder) has readable weight files; a base model's config.json comes with weights."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return
+    if not any((folder / name).is_file() for name in ("adapter_config.json", "midpo_config.json")) and (
+            folder / "config.json").is_file():
+        refuse_weightless(folder, spec)
+    check_weight_files(folder)
