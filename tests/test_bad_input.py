@@ -133,10 +133,10 @@ def _models(models: Path) -> None:
     import struct
     import zipfile
 
-    config = (resolve_embedded("embedded:tiny-llama") / "config.json").read_text()
+    tiny = resolve_embedded("embedded:tiny-llama")  # config and tokenizer, no weights
+    config = (tiny / "config.json").read_text()
     for name in ("weightless", "truncated", "pickled", "pickled_rm"):
-        (models / name).mkdir(parents=True)
-        (models / name / "config.json").write_text(config)
+        shutil.copytree(tiny, models / name)
     header = json.dumps({"w": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
     (models / "truncated" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
     payload = pickle.dumps(_Evil(), protocol=2)  # never loaded by the tests: midpo must refuse it unread

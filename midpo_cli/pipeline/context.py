@@ -187,8 +187,8 @@ def note_failure(folder: Path, exc: BaseException) -> None:
     from midpo_cli.errors import Interrupted
     from midpo_cli.io import atomic_write_text
 
-    if not isinstance(exc, Exception) or isinstance(exc, Interrupted):
-        return  # interrupted, not failed: status shows the checkpoint to resume from
+    if not isinstance(exc, Exception) or isinstance(exc, Interrupted) or read_manifest(folder) is not None:
+        return  # interrupted (status shows the checkpoint), or the previous result is back: nothing to explain
     line = " ".join(str(exc).split()) or type(exc).__name__
     with contextlib.suppress(OSError):
         atomic_write_text(folder / FAILED, f"{type(exc).__name__}: {line}\n")
