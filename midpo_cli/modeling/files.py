@@ -16,7 +16,7 @@ def has_weights(folder: str | Path) -> bool:
     return any((folder / f).exists() for f in WEIGHT_FILES) or any(folder.glob("*.safetensors"))
 
 
-def refuse_weightless(folder: str | Path, name: str) -> None:
+def refuse_weightless(folder: str | Path, label: str) -> None:
     """A config.json without weight files is built with random weights only for midpo's embedded assets (the
     tiny LLaMA ships no weights by design); a user's folder like that was silently used untrained (issue 27)."""
     from midpo_cli.assets import ASSETS
@@ -24,7 +24,7 @@ def refuse_weightless(folder: str | Path, name: str) -> None:
     folder = Path(folder)
     if has_weights(folder) or folder.resolve().is_relative_to(ASSETS):
         return
-    raise InputError(f"model {name!r}: {folder} has config.json but no weight files ({', '.join(WEIGHT_FILES[::2])}"
+    raise InputError(f"{label}: {folder} has config.json but no weight files ({', '.join(WEIGHT_FILES[::2])}"
                      " or *.safetensors); it would run with random weights")
 
 
@@ -94,5 +94,5 @@ def check_model_folder(spec: str) -> None:
         return
     if not any((folder / name).is_file() for name in ("adapter_config.json", "midpo_config.json")) and (
             folder / "config.json").is_file():
-        refuse_weightless(folder, spec)
+        refuse_weightless(folder, "--model")
     check_weight_files(folder)

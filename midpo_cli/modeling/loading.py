@@ -202,7 +202,7 @@ def load_causal_lm(name: str, *, dtype: str = "fp32", seed: int = 0, trust_remot
         if local.is_dir() and not has_weights(local):
             if not (local / "config.json").exists():
                 raise InputError(f"model {name!r}: folder {local} has neither config.json nor weight files")
-            refuse_weightless(local, name)
+            refuse_weightless(local, f"model {name!r}")
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             with torch.random.fork_rng(devices=[]), quiet_transformers():
                 torch.manual_seed(seed)

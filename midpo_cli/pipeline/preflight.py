@@ -146,7 +146,7 @@ def check_model_ref(key: str, ref: str, *, score_model: bool = False, tokenizer:
         raise InputError(f"{key}: {ref} is not a score model (config.json has no score_type / *ForScore)")
     from midpo_cli.modeling.files import check_weight_files, refuse_weightless
 
-    refuse_weightless(path, f"{key}: {ref}")
+    refuse_weightless(path, key)
     check_weight_files(path)
 
 
