@@ -315,8 +315,8 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
 def check_same_router(source: Path, run: Path) -> None:
     """--run-dir must be the run `source` came from (its router stage's model, by path or by identical router
     weights): the card copies that run's settings, and another run's would describe a different model."""
+    from midpo_cli.manifest import read_checked
     from midpo_cli.modeling.midpo import ROUTER_FILE
-    from midpo_cli.pipeline.status import read_checked
 
     manifest, problem = read_checked(run / "router" / "manifest.json")
     model = (manifest or {}).get("outputs", {}).get("model") if isinstance((manifest or {}).get("outputs"), dict) \

@@ -6,11 +6,10 @@ folder was deleted `done`, and a manifest holding a JSON list crashed status and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from midpo_cli.manifest import MANIFEST
+from midpo_cli.manifest import MANIFEST, read_checked
 
 FAILED = ".failed"  # the one error line of a stage's last failed run (pipeline.run.run_stage writes it)
 
@@ -42,23 +41,6 @@ def stage_state(run_dir: Path, stage: str) -> dict[str, Any]:
 
 def _row(state: str, why: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"state": state, "why": why, "manifest": manifest}
-
-
-def read_checked(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None), (None, None) when absent, or (None, why it cannot be used)."""
-    if not path.is_file():
-        return None, ("manifest.json is not a file" if path.exists() else None)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        return None, f"{path}: not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        return None, f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})"
-    except OSError as exc:
-        return None, f"{path}: unreadable ({exc.strerror})"
-    if not isinstance(data, dict):
-        return None, f"{path}: holds a JSON {type(data).__name__}, not an object"
-    return data, None
 
 
 def missing_outputs(run_dir: Path, stage: str, manifest: dict[str, Any]) -> str | None:
