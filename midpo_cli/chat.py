@@ -240,11 +240,16 @@ class ChatSession:
                       token_gates=gates if self.routed else None, eos_gates=eos_gate, finished=finished,
                       interrupted=interrupted, prompt_tokens=len(prompt_ids))
 
-    def save(self, path: str | Path) -> Path:
-        """The transcript so far as JSONL (one answer a line, with its gates), written atomically."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The transcript so far as JSONL (one answer a line, with its gates), written atomically.
+
+        An existing file is kept unless `overwrite` (`/save! FILE`): `/save` used to replace it silently.
+        """
         path = Path(path).expanduser()
         if path.is_dir():
             raise InputError(f"/save {path}: is a folder; give a file name")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise InputError(f"/save {path}: the file exists; /save! {path} replaces it")
         return write_jsonl(path, self.transcript)
 
 
@@ -274,7 +279,7 @@ HELP_TEXT = """commands:
   /dial B          safety dial: add B to every safety-gate logit, subtract it from the helpfulness one
   /gates G_S,G_H   fixed gates in [0, 1] at every token and layer; /gates off: the routers again
   /reset           forget the conversation, restore the starting dial and gates
-  /save FILE       write the transcript (JSONL, with gates)
+  /save FILE       write the transcript (JSONL, with gates); /save! FILE replaces an existing file
   /help, /quit     this text; leave (also Ctrl-D; Ctrl-C stops an answer, twice at the prompt leaves)"""
 
 
@@ -330,10 +335,10 @@ def handle_command(session: ChatSession, line: str, out: Any) -> bool:
         elif name == "/reset":
             session.reset()
             out.print(f"[dim]conversation cleared; {escape(settings_line(session))}[/dim]")
-        elif name == "/save":
+        elif name in ("/save", "/save!"):
             if not arg:
-                raise InputError("/save needs a file name, e.g. /save chat.jsonl")
-            path = session.save(arg)
+                raise InputError(f"{name} needs a file name, e.g. {name} chat.jsonl")
+            path = session.save(arg, overwrite=name == "/save!")
             out.print(f"[dim]saved {len(session.transcript)} answer(s) → {escape(str(path))}[/dim]")
         else:
             raise InputError(f"unknown command {name!r}; /help lists them")

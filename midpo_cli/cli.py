@@ -6,6 +6,7 @@ level: `midpo --help` and `midpo recipe check` must answer in well under a secon
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -97,6 +98,17 @@ def _click_classes(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(exc: OSError) -> str:
+    """Disk full is the user's to fix, not a crash: one line, exit 2. Nothing finished is lost: artifacts are
+    written to a temp name and renamed (io.atomic_write_text), answers appended whole and cut back on resume."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"no space left on the device{where} ({exc.strerror or 'disk full'}); free some space and rerun the "
+            "same command: finished files were not touched")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: map midpo's errors to one line and a stable exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            console.error(disk_full_message(exc))
+            return 2
         console.error(f"{type(exc).__name__}: {exc}", hint=DEBUG_HINT)
         return 1
     # standalone_mode=False: click returns a `typer.Exit(code)` raised inside a command as its value

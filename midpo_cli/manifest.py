@@ -38,9 +38,27 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSON errors and undecodable bytes
         return None
+    return data if isinstance(data, dict) else None  # a JSON list crashed status and plan
+
+
+def read_checked(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None), (None, None) when absent, or (None, why it cannot be used)."""
+    if not path.is_file():
+        return None, ("manifest.json is not a file" if path.exists() else None)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return None, f"{path}: not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})"
+    except OSError as exc:
+        return None, f"{path}: unreadable ({exc.strerror})"
+    if not isinstance(data, dict):
+        return None, f"{path}: holds a JSON {type(data).__name__}, not an object"
+    return data, None
 
 
 def stage_fingerprint(stage: str, config: dict[str, Any], inputs: dict[str, dict[str, Any] | None]) -> str:

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from midpo_cli.errors import InputError
 
@@ -29,12 +39,28 @@ STAGE_ORDER = (
 OPTIONAL_STAGES = ("dpo_expert",)
 ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
 TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeders take 0 … 2³²−1; −1 or 1e23 failed later with a ValueError
+
+
+def _expand_user(value: str | None) -> str | None:
+    """`~/x` (or `NAME=~/x`) → the home folder's x, once, where the recipe is read: the writer used to create a
+    literal `./~` folder (only the checks expanded it), a folder a user may then `rm -rf ~` to remove."""
+    if not isinstance(value, str):
+        return value
+    label, sep, rest = value.partition("=")
+    if sep and rest.startswith("~") and not label.startswith("~"):
+        return f"{label}={os.path.expanduser(rest)}"
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
+PathStr = Annotated[str, AfterValidator(_expand_user)]
 
 
 class Strict(BaseModel):
     """Unknown keys are errors, types are not coerced (a quoted "0.1" is not a number)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: `.inf`/`.nan` passed `recipe check` and failed later as "loss nan … lower the lr"
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class CheckpointSettings(Strict):
@@ -54,12 +80,13 @@ class TrainSettings(Strict):
     batch_size: int = Field(8, gt=0, description="Micro-batch size per process (pairs or rows).")
     eval_batch_size: int | None = Field(None, gt=0, description="Evaluation batch size (default: batch_size).")
     grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    lr: float = Field(1e-4, gt=0, le=1, description="Peak learning rate (at most 1: AdamW diverges above it).")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
-    seed: int = Field(42, description="Seed for weights init, data order and dropout.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights init, data order and dropout "
+                      "(0 … 2³²−1, what numpy's and torch's seeders take).")
     precision: Precision = Field(
         "auto", description="Weights' dtype: auto (bf16 on a CUDA GPU that has it, else fp32), fp32, bf16 or fp16."
     )
@@ -91,11 +118,11 @@ TrainOverrides = _unset_by_default(
 
 
 class DataSettings(Strict):
-    train: str = Field(
+    train: PathStr = Field(
         "embedded:toy-safety/train", description="Pair dataset: embedded:, hub org/name[:split], or a path."
     )
-    eval: str | None = Field("embedded:toy-safety/test", description="Held-out pairs for evaluation and audits.")
-    sft: str | None = Field("embedded:toy-safety/sft", description="Prompt/answer rows for train-sft.")
+    eval: PathStr | None = Field("embedded:toy-safety/test", description="Held-out pairs for evaluation and audits.")
+    sft: PathStr | None = Field("embedded:toy-safety/sft", description="Prompt/answer rows for train-sft.")
     columns: dict[str, str] = Field(default_factory=dict, description="Canonical column → source column.")
     max_length: int = Field(256, gt=8, description="Max tokens of prompt + answer.")
     max_prompt_length: int | None = Field(None, gt=0, description="Max prompt tokens (left-truncated).")
@@ -107,7 +134,7 @@ class DataSettings(Strict):
 
 class DeepSpeedSettings(Strict):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage.")
-    config: str | None = Field(None, description="A DeepSpeed JSON merged under the recipe's batch sizes.")
+    config: PathStr | None = Field(None, description="A DeepSpeed JSON merged under the recipe's batch sizes.")
     offload: bool = Field(False, description="Offload optimizer state to CPU (DeepSpeed CPU Adam).")
 
 
@@ -115,7 +142,7 @@ class LauncherSettings(Strict):
     kind: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Multi-process launcher.")
     num_gpus: int | None = Field(None, gt=0, description="Processes (GPUs) per node.")
     num_nodes: int = Field(1, gt=0, description="Nodes.")
-    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
+    hostfile: PathStr | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
     master_port: int | None = Field(None, gt=0, lt=65536, description="Rendezvous port.")
 
 
@@ -135,26 +162,29 @@ class LoggingSettings(Strict):
 
 class SFTStage(TrainOverrides):
     enabled: bool = Field(True, description="Run SFT; false uses base_model as the policy.")
-    use: str | None = Field(None, description="Skip training and use this model as the base policy.")
-    data: str | None = Field(None, description="Prompt/answer data (default: data.sft).")
+    use: PathStr | None = Field(None, description="Skip training and use this model as the base policy.")
+    data: PathStr | None = Field(None, description="Prompt/answer data (default: data.sft).")
     answers: Literal["column", "better", "safer"] = Field(
         "column", description="'column' reads `answer`; better/safer pick from a pair dataset."
     )
-    corpus: str | None = Field(
+    corpus: PathStr | None = Field(
         None, description="Plain text (a `text` column) mixed into SFT, loss on every token: the domain's language."
     )
 
 
 class ScoreModelStage(TrainOverrides):
-    use: str | None = Field(None, description="Use this score model instead of training one.")
-    base_model: str | None = Field(None, description="Backbone to start from (default: the SFT policy).")
-    score_regularization: float = Field(0.001, ge=0, description="λ of the score² regulariser.")
+    use: PathStr | None = Field(None, description="Use this score model instead of training one.")
+    base_model: PathStr | None = Field(None, description="Backbone to start from (default: the SFT policy).")
+    score_regularization: float = Field(0.001, ge=0, le=100, description="λ of the score² regulariser (at most "
+                                        "100: beyond it the regulariser alone decides the loss).")
     min_accuracy: float = Field(0.6, ge=0, le=1, description="Refuse to use the model below this accuracy.")
 
 
 class LoraSettings(Strict):
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    r: int = Field(16, gt=0, le=8192, description="LoRA rank (at most 8192, the width of the largest common "
+                   "models: a rank above the layer's width adds no capacity; 1e9 tried to allocate 2 TB).")
+    alpha: float = Field(32.0, gt=0, le=1e4, description="LoRA alpha (scaling = alpha / r; at most 1e4, "
+                         "far above any published setting, where the update's scale alone overflows).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | None = Field(
         None, min_length=1, description="Linear layers to adapt (null: the architecture's MLP output, e.g. down_proj)."
@@ -162,8 +192,10 @@ class LoraSettings(Strict):
 
 
 class ExpertStage(TrainOverrides):
-    beta: float = Field(0.1, gt=0, description="DPO β.")
-    margin_scale: float = Field(1.0, ge=0, description="γ multiplying the SPE-DPO margin.")
+    beta: float = Field(0.1, gt=0, le=100, description="DPO β (at most 100: published values are 0.01 … 1, and "
+                        "β·log-ratio overflows float32 long before 1e308).")
+    margin_scale: float = Field(1.0, ge=0, le=100, description="γ multiplying the SPE-DPO margin (at most 100: "
+                                "the margin is a score difference of order 1; 1e308 made the loss inf).")
     loss: Literal["spe", "dpo"] = Field("spe", description="spe: score-model margin; dpo: plain DPO.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     precompute_ref: bool = Field(True, description="Compute reference log-probs once before training.")
@@ -213,7 +245,7 @@ class RouterSupervision(Strict):
 
 
 class RouterStage(TrainOverrides):
-    beta: float = Field(0.1, gt=0, description="DPO β of router training.")
+    beta: float = Field(0.1, gt=0, le=100, description="DPO β of router training (at most 100, as the experts').")
     dpo_weight: float = Field(
         1.0, ge=0, description="Weight of the DPO term; 0 with supervision.weight > 0 trains on supervision only.")
     supervision: RouterSupervision = Field(
@@ -249,7 +281,7 @@ class GenerationSettings(Strict):
     temperature: float = Field(0.0, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     batch_size: int = Field(16, gt=0, description="Prompts per batch.")
-    seed: int = Field(0, description="Sampling seed.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Sampling seed (0 … 2³²−1).")
     max_prompt_length: int | None = Field(None, gt=0, description="Prompt tokens kept, from the end (null: the "
                                           "model's context minus max_new_tokens).")
 
@@ -267,7 +299,7 @@ class GenerationSettings(Strict):
 
 class GenerateStage(GenerationSettings):
     batch_size: int = Field(32, gt=0, description="Prompts per batch (`midpo generate` answers 16).")
-    prompts: list[str] = Field(
+    prompts: list[PathStr] = Field(
         default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
     )
     models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo", "probe_switch"]] = Field(
@@ -277,7 +309,7 @@ class GenerateStage(GenerationSettings):
         "grid", description="Fixed [g_s, g_h] blends of the MidPO model to compare with its router; 'grid' = "
         "g_s, g_h in {0, .25, .5, .75, 1} (25 blends); [] = none."
     )
-    sweep_prompts: list[str] | None = Field(
+    sweep_prompts: list[PathStr] | None = Field(
         None, description="Prompt sets (names or specs) the gate and dial sweeps run on (null: all)."
     )
     safety_bias: float = Field(0.0, description="Safety dial of the midpo model: + safety-gate logit, − helpfulness.")
@@ -343,9 +375,9 @@ class Stages(Strict):
 
 
 class Recipe(Strict):
-    run_dir: str = Field("runs/midpo", description="Where every stage writes <run_dir>/<stage>/.")
-    base_model: str = Field("embedded:tiny-llama", description="Base LM: embedded:, hub name or path.")
-    tokenizer: str | None = Field(None, description="Tokenizer (default: the base model's).")
+    run_dir: PathStr = Field("runs/midpo", description="Where every stage writes <run_dir>/<stage>/.")
+    base_model: PathStr = Field("embedded:tiny-llama", description="Base LM: embedded:, hub name or path.")
+    tokenizer: PathStr | None = Field(None, description="Tokenizer (default: the base model's).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -399,41 +431,80 @@ for _ch in list("-+0123456789."):
     _Loader.yaml_implicit_resolvers[_ch].append(("tag:yaml.org,2002:float", _FLOAT_RE))
 
 
+MAX_YAML_NODES = 20_000  # a full recipe has ~300; a 9-level alias bomb expands to 9⁹ and ran until killed
+MAX_YAML_DEPTH = 32  # a recipe nests 4 deep; 2000 `[` ended in a RecursionError (exit 1)
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
-    """Parse YAML and map each key path ("stages.router.granularity") to its 1-based line."""
+    """Parse YAML and map each key path ("stages.router.granularity") to its 1-based line.
+
+    Bounded and strict, all before a Python object is built: aliases may not expand past MAX_YAML_NODES
+    nodes, nesting past MAX_YAML_DEPTH, a key may not appear twice in a mapping (the last one silently won),
+    and a tag outside the safe set (`!!python/object`) is refused with its line.
+    """
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise InputError(f"{source}: the YAML nests too deeply (more than {MAX_YAML_DEPTH} levels)") from None
+        if node is None:
+            return None, {}
+        lines: dict[str, int] = {}
+        _walk(node, "", lines, source, [0], 0)
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InputError(f"{where}: invalid YAML: {problem}") from None
-    if node is None:
-        return {}, {}
-    lines: dict[str, int] = {}
+        raise InputError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
+    finally:
+        loader.dispose()
+    return data, lines
 
-    def walk(n: yaml.Node, path: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                child = f"{path}.{key.value}" if path else str(key.value)
-                lines[child] = key.start_mark.line + 1
-                walk(value, child)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                child = f"{path}.{i}"
-                lines[child] = item.start_mark.line + 1
-                walk(item, child)
 
-    walk(node, "")
-    return yaml.load(text, Loader=_Loader), lines  # noqa: S506 - _Loader is a SafeLoader
+def _walk(n: yaml.Node, path: str, lines: dict[str, int], source: str, count: list[int], depth: int) -> None:
+    """Record each key path's line; refuse duplicate keys, deep nesting and alias expansion past the bounds."""
+    count[0] += 1
+    if count[0] > MAX_YAML_NODES:
+        raise InputError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values (aliases `*name` "
+                         "repeated inside each other?); a recipe needs a few hundred")
+    if depth > MAX_YAML_DEPTH:
+        raise InputError(f"{source}:{n.start_mark.line + 1}: the YAML nests more than {MAX_YAML_DEPTH} levels deep")
+    if n.tag.startswith("tag:yaml.org,2002:python/") or (n.tag.startswith("!") and n.tag != "!"):
+        raise InputError(f"{source}:{n.start_mark.line + 1}: tag {n.tag} is not allowed in a recipe (plain YAML "
+                         "values only: nothing in a recipe builds Python objects)")
+    if isinstance(n, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in n.value:
+            line = key.start_mark.line + 1
+            name = str(key.value)
+            if name in seen and name != "<<":
+                raise InputError(f"{source}:{line}: duplicate key {path + '.' if path else ''}{name} (first at line "
+                                 f"{seen[name]}); the last one would silently win")
+            seen[name] = line
+            child = f"{path}.{name}" if path else name
+            lines[child] = line
+            _walk(value, child, lines, source, count, depth + 1)
+    elif isinstance(n, yaml.SequenceNode):
+        for i, item in enumerate(n.value):
+            child = f"{path}.{i}"
+            lines[child] = item.start_mark.line + 1
+            _walk(item, child, lines, source, count, depth + 1)
 
 
 def parse_value(text: str) -> Any:
-    """Type a `--set` value the way YAML would: 3e-5 → float, true → bool, [0,1] → list, x → str."""
+    """Type a `--set` value the way YAML would: 3e-5 → float, true → bool, [0,1] → list, x → str.
+
+    Bounded like a recipe file (aliases, depth, duplicate keys, tags); text YAML cannot read stays a string.
+    """
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError:
-        return text
+        return parse_yaml(text, "--set")[0]
+    except InputError as exc:
+        if "invalid YAML" in str(exc):
+            return text
+        raise
 
 
 Override = str | tuple[str, str]  # "a.b=c", or ("a.b=c", "--rule") when a command flag set it
@@ -514,7 +585,7 @@ def _describe(err: dict[str, Any]) -> str:
     names = {
         "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
         "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
-        "model_type": "a mapping", "int_from_float": "an integer",
+        "model_type": "a mapping", "int_from_float": "an integer", "finite_number": "a finite number",
     }
     if kind in names:
         return f"must be {names[kind]}, got {value!r}"
@@ -557,11 +628,11 @@ def load_recipe(
     lines: dict[str, int] = {}
     if path is not None:
         file = Path(path)
-        if not file.is_file():
+        if not file.exists():
             raise InputError(f"recipe file not found: {file}")
         text = _read_text(file)
         data, lines = parse_yaml(text, source)
-        if not lines and yaml.compose(text, Loader=_Loader) is None:  # blank or only comments; `{}` is not
+        if data is None:  # blank, only comments, or `null`; `{}` is not
             raise InputError(f"{source}: the recipe is empty, so every key would take its default (run_dir "
                              f"{Recipe.model_fields['run_dir'].default}, base_model "
                              f"{Recipe.model_fields['base_model'].default}, data embedded:toy-safety); "
@@ -578,6 +649,11 @@ def load_recipe(
 
 
 def _read_text(file: Path) -> str:
+    """A regular file (a FIFO blocked forever), at most MAX_RECIPE_BYTES, UTF-8."""
+    if not file.is_file():
+        raise InputError(f"{file}: not a regular file; a recipe is a YAML file")
+    if file.stat().st_size > MAX_RECIPE_BYTES:
+        raise InputError(f"{file}: {file.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

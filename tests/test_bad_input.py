@@ -73,6 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         manifests[stage] = json.loads((folder / "manifest.json").read_text())
     _stand_ins(run)
     _bad_files(root, lines)
+    _outside_files(root, run)
     return {"root": root, "run": run, "recipe": recipe_file, "pairs": pairs}
 
 
@@ -95,12 +96,93 @@ def _bad_files(root: Path, lines: list[str]) -> None:
         {"model": "m", "prompt_set": "p", "index": "abc", "prompt": "q", "answer": "a"}) + "\n")
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every path under `folder` → sha256 of its content ('dir' for folders)."""
+def _outside_files(root: Path, run: Path) -> None:
+    """Issue 27's inputs. `keep/` holds what is not midpo's (a user's folders, other runs, models): the tests
+    hash it with the run dir, so a command that follows a symlink out of the run or clears a user's file fails."""
+    from midpo_cli.modeling.files import WEIGHT_FILES  # noqa: F401 - torch-free
+
+    keep = root / "keep"
+    (keep / "outside").mkdir(parents=True)
+    (keep / "outside" / "thesis.tex").write_text("years of work\n")
+    (keep / "outside" / "notes.md").write_text("mine\n")
+    (run / "dpo_expert").symlink_to(keep / "outside", target_is_directory=True)  # a stage folder that is a link
+    (keep / "run2" / "sft").mkdir(parents=True)  # an unfinished stage folder holding a user's file
+    (keep / "run2" / "sft" / "notes.txt").write_text("mine\n")
+    (keep / "scores").mkdir()
+    (keep / "nomodels").mkdir()
+    (keep / "nomodels" / "summary.json").write_text('{"n_rows": 1}\n')
+    (keep / "nomodels" / "scores.csv").write_text("model,prompt_set,index\nm,p,0\n")
+    os.mkfifo(root / "fifo.jsonl")
+    (root / "dup.yaml").write_text("run_dir: a\ntrain:\n  lr: 1e-4\nrun_dir: b\n")
+    (root / "pyobj.yaml").write_text("run_dir: x\ntrain: !!python/object/apply:os.system ['true']\n")
+    (root / "deep.yaml").write_text("train: " + "[" * 3000 + "]" * 3000 + "\n")
+    bomb = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (root / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (root / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (root / "prompts.txt").write_text("How do I bake bread?\n")
+    (root / "answers_ok.jsonl").write_text(json.dumps(
+        {"model": "m", "prompt_set": "dev", "index": 0, "prompt": "q", "answer": "a"}) + "\n")
+    _models(keep / "models")
+    _midpo_stand_ins(run, keep)
+
+
+def _models(models: Path) -> None:
+    """Model folders that are broken in one way each (config.json from the embedded tiny LLaMA)."""
+    import pickle
+    import struct
+    import zipfile
+
+    tiny = resolve_embedded("embedded:tiny-llama")  # config and tokenizer, no weights
+    config = (tiny / "config.json").read_text()
+    for name in ("weightless", "truncated", "pickled", "pickled_rm"):
+        shutil.copytree(tiny, models / name)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
+    (models / "truncated" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
+    payload = pickle.dumps(_Evil(), protocol=2)  # never loaded by the tests: midpo must refuse it unread
+    for name in ("pickled", "pickled_rm"):
+        with zipfile.ZipFile(models / name / "pytorch_model.bin", "w") as archive:
+            archive.writestr("archive/data.pkl", payload)
+    rm = json.loads(config) | {"architectures": ["LlamaForScore"], "score_type": "reward"}
+    (models / "pickled_rm" / "config.json").write_text(json.dumps(rm))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _midpo_stand_ins(run: Path, keep: Path) -> None:
+    """The run's router model as a MidPO folder, and another run whose router weights differ."""
+    cfg = {"format": "midpo", "format_version": 1, "base_model": "embedded:tiny-llama", "adapters": {},
+           "router": {}, "scaling": 1.0, "target_modules": ["down_proj"]}
+    from midpo_cli.modeling.midpo import CONFIG_FILE, FORMAT, FORMAT_VERSION, ROUTER_FILE
+
+    cfg.update(format=FORMAT, format_version=FORMAT_VERSION)
+    atomic_write_text(run / "router" / "model" / CONFIG_FILE, json.dumps(cfg))
+    (run / "router" / "model" / ROUTER_FILE).write_bytes(b"router weights of this run")
+    other = keep / "run-b" / "router"
+    atomic_write_text(other / "model" / ROUTER_FILE, "router weights of another run")
+    atomic_write_text(other / "manifest.json", json.dumps({"stage": "router", "outputs": {"model": "router/model"}}))
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """Every path under each folder → sha256 of its content ('dir' for folders, 'link → target' for links,
+    which are not followed)."""
     out = {}
-    for path in sorted(folder.rglob("*")):
-        rel = str(path.relative_to(folder))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    for folder in folders:
+        for top, dirs, files in os.walk(folder):
+            for name in sorted(dirs + files):
+                path = Path(top) / name
+                rel = f"{folder.name}/{path.relative_to(folder)}"
+                if path.is_symlink():
+                    out[rel] = f"link → {os.readlink(path)}"
+                elif path.is_dir():
+                    out[rel] = "dir"
+                elif path.is_file():
+                    out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    out[rel] = "special"
     return out
 
 
@@ -171,6 +253,65 @@ def cases(w: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("csv-bracket-header", ["data", "show", str(root / "header.csv"), "--stage", "sft", "--tokenizer", "none"],
          "[/b]q"),
         ("status-not-a-dir", ["pipeline", "status", str(root / "a_file")], "a_file"),
+        *issue_27_cases(w),
+    ]
+
+
+def issue_27_cases(w: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """Issue 27 §2–4: files outside midpo's own, silent wrong results, hangs and exit codes."""
+    root, keep, R = w["root"], w["root"] / "keep", ["-r", str(w["recipe"])]
+    models, safety = keep / "models", ["train-expert", "--kind", "safety", *R]
+    generate = ["generate", "-p", str(root / "prompts.txt"), "-o", str(keep / "scores" / "answers.jsonl")]
+    check = ["recipe", "check", str(w["recipe"]), "--set"]
+    return [
+        ("stage-folder-is-symlink", ["train-expert", "--kind", "dpo", *R], "dpo_expert is a symbolic link"),
+        ("stage-folder-stray-file", ["train-sft", *R, "--set", f"run_dir={keep / 'run2'}"],
+         "holds files midpo did not write (notes.txt)"),
+        ("weightless-model-sft", ["train-sft", *R, "--set", f"stages.sft.use={models / 'weightless'}"],
+         "weightless has config.json but no weight files"),
+        ("weightless-model-generate", [*generate, "-m", str(models / "weightless")],
+         "weightless has config.json but no weight files"),
+        ("duplicate-yaml-key", ["recipe", "check", str(root / "dup.yaml")],
+         "dup.yaml:4: duplicate key run_dir (first at line 1)"),
+        ("from-after-until", ["pipeline", "run", str(w["recipe"]), "--from", "score", "--until", "sft"],
+         "score comes after sft"),
+        ("export-other-run-dir", ["export", str(w["run"] / "router" / "model"), "--midpo", "--to",
+                                  str(root / "exported"), "--run-dir", str(keep / "run-b")], "--run-dir"),
+        ("chat-bias-and-gates", ["chat", "embedded:tiny-llama", "--safety-bias", "1", "--gates", "0.5,0.5"],
+         "--safety-bias with --gates"),
+        ("select-on-typo", ["score", str(root / "answers_ok.jsonl"), "-o", str(keep / "scores"),
+                            "--select-on", "dve"], "select_on 'dve'"),
+        ("yaml-alias-bomb", ["recipe", "check", str(root / "bomb.yaml")], "expands to more than"),
+        ("data-is-fifo", [*safety, "--set", f"data.train={root / 'fifo.jsonl'}"], "fifo.jsonl: not a regular file"),
+        ("recipe-is-fifo", ["recipe", "check", str(root / "fifo.jsonl")], "fifo.jsonl: not a regular file"),
+        ("beta-inf", [*safety, "--set", "stages.safety_expert.beta=.inf"], "beta: must be a finite number"),
+        ("lora-alpha-inf", [*check, "stages.safety_expert.lora.alpha=.inf"], "lora.alpha: must be a finite"),
+        ("score-reg-inf", [*check, "stages.reward_model.score_regularization=.inf"],
+         "score_regularization: must be a finite"),
+        ("lr-inf", ["train-sft", *R, "--set", "train.lr=.inf"], "train.lr: must be a finite number"),
+        ("margin-scale-huge", [*check, "stages.safety_expert.margin_scale=1e308"], "margin_scale: must be <= 100"),
+        ("seed-negative", [*check, "train.seed=-1"], "train.seed: must be >= 0"),
+        ("seed-huge", [*check, "train.seed=100000000000000000000000"], "train.seed: must be <= 4294967295"),
+        ("lora-rank-huge", [*safety, "--set", "stages.safety_expert.lora.r=1000000000"], "lora.r: must be <= 8192"),
+        ("python-object-tag", ["recipe", "check", str(root / "pyobj.yaml")],
+         "pyobj.yaml:2: tag tag:yaml.org,2002:python/object/apply:os.system is not allowed"),
+        ("deeply-nested-yaml", ["recipe", "check", str(root / "deep.yaml")], "nests too deeply"),
+        ("truncated-safetensors", ["train-sft", *R, "--set", f"stages.sft.use={models / 'truncated'}"],
+         "truncated/model.safetensors: not a readable safetensors file"),
+        ("truncated-safetensors-generate", [*generate, "-m", str(models / "truncated")],
+         "truncated/model.safetensors: not a readable safetensors file"),
+        ("pickle-bin-base", ["train-sft", *R, "--set", f"base_model={models / 'pickled'}"],
+         "pickled/pytorch_model.bin: refused: a pickle that would call posix.system"),
+        ("pickle-bin-score-model", ["score", str(root / "answers_ok.jsonl"), "-o", str(keep / "scores"),
+                                    "--reward-model", str(models / "pickled_rm")],
+         "pickled_rm/pytorch_model.bin: refused"),
+        ("output-is-folder", [*generate[:-1], str(keep / "scores"), "-m", "embedded:tiny-llama"], "is a folder"),
+        ("binary-answers-file", ["score", str(root / "binary.jsonl"), "-o", str(keep / "scores")],
+         "binary.jsonl: not UTF-8 text"),
+        ("summary-without-models", ["report", str(keep / "nomodels")], "no 'models' list"),
+        ("label-with-space", [*generate, "-m", "my model=embedded:tiny-llama"], "label 'my model'"),
+        ("prompt-label-with-space", ["generate", "-m", "embedded:tiny-llama", "-p", f"my set={root / 'prompts.txt'}",
+                                     "-o", str(keep / "scores" / "answers.jsonl")], "label 'my set'"),
     ]
 
 
@@ -189,14 +330,15 @@ def test_there_are_at_least_40_kinds() -> None:
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(world: dict[str, Path], case: str) -> None:
     _, argv, culprit = next(c for c in cases(world) if c[0] == case)
-    before = snapshot(world["run"])
+    before = snapshot(world["run"], world["root"] / "keep")
     result = midpo(*argv)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert culprit in lines[0], lines[0]
-    assert snapshot(world["run"]) == before
+    assert snapshot(world["run"], world["root"] / "keep") == before
+    assert not (world["root"] / "exported").exists() and not Path("PWNED").exists()
 
 
 def test_a_held_lock_refuses_standalone_stage_commands(world: dict[str, Path]) -> None:

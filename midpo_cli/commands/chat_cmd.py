@@ -42,9 +42,12 @@ def chat(
     from midpo_cli.evaluation.labels import parse_gates
 
     fixed = parse_gates(gates) if gates is not None else None
+    if fixed is not None and safety_bias is not None:
+        raise InputError("--safety-bias with --gates: fixed gates replace the routers whose logits the dial shifts, "
+                         "so the dial would be ignored; give one of them")
     prompt = None
     if as_json:
-        prompt = sys.stdin.read().strip()
+        prompt = read_stdin_prompt()
         if not prompt:
             raise InputError("--json: stdin is empty; pipe the prompt in: echo \"Hello\" | midpo chat MODEL --json")
     session = open_session(model, template=template, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -61,6 +64,20 @@ def chat(
     code = run_chat(session, read=lambda text: out.input(text), out=out)
     if code:
         raise typer.Exit(code)
+
+
+def read_stdin_prompt() -> str:
+    """stdin as UTF-8 text; binary input is one InputError (it was a UnicodeDecodeError, exit 1)."""
+    from midpo_cli.errors import InputError
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--json: stdin is not UTF-8 text (byte {exc.start}); pipe a text prompt in") from None
+    if "\x00" in text:
+        raise InputError(f"--json: stdin holds binary data (a NUL byte at {text.index(chr(0))}); pipe a text prompt in")
+    return text.strip()
 
 
 def open_session(spec: str, *, template: str | None, safety_bias: float | None, gates, dtype: str,

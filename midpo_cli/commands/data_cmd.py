@@ -240,7 +240,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             err.print(f"  {name}: {reason}: {escape('; '.join(where))}", highlight=False)
     tokens = summary.get("tokens")
     if tokens and "error" not in tokens:
-        t = RichTable(title=f"token lengths ({summary.get('tokenizer')})")
+        t = RichTable(title=f"token lengths ({escape(str(summary.get('tokenizer')))})")
         t.add_column("")
         for c in ("min", "mean", "p50", "p95", "max"):
             t.add_column(c, justify="right")

@@ -46,16 +46,22 @@ def generate(
     from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
+    from midpo_cli.errors import InputError
     from midpo_cli.evaluation.labels import parse_gates
+    from midpo_cli.modeling.files import check_model_folder
     from midpo_cli.modeling.loading import resolve_precision
     from midpo_cli.stages import generate as stage
 
     check_template(template)
     dtype = resolve_precision(dtype)  # `auto` → bf16 on a CUDA GPU that has it, else fp32
     fixed = parse_gates(gates) if gates is not None else None
+    entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
+    for entry in entries:  # before any work: weightless or broken model folders
+        check_model_folder(entry.spec)
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
     sets = [load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
-    entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
 
     def loader(e):
         return stage.load_policy(e.spec, gates=e.gates, safety_bias=e.safety_bias, dtype=dtype, seed=seed,

@@ -64,13 +64,14 @@ def run(
 
 def _print_summary(cfg, summary: list[dict]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"pipeline {cfg.run_dir}")
+    table = Table(title=Text(f"pipeline {cfg.run_dir}"))  # Text: user paths are never read as markup
     for col in ("stage", "action", "wall s", "key metrics"):
         table.add_column(col)
     for row in summary:
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:4])
-        table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", metrics)
+        table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", Text(metrics))
     if not console.quiet():
         console.err.print(table)
     report = report_path(Path(cfg.run_dir))
@@ -106,6 +107,7 @@ def plan(
 ) -> None:
     """Show each stage's status (done / will run / will resume / blocked) and why; loads no model."""
     from rich.table import Table
+    from rich.text import Text
 
     from midpo_cli.commands.options import recipe_from
     from midpo_cli.pipeline.graph import plan as make_plan
@@ -115,12 +117,12 @@ def plan(
     if as_json:
         console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
         return
-    table = Table(title=f"plan for {cfg.run_dir}")
+    table = Table(title=Text(f"plan for {cfg.run_dir}"))
     for col in ("stage", "status", "why", "depends on"):
         table.add_column(col)
     colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "blocked": "red"}
     for row in rows:
-        table.add_row(row["stage"], f"[{colours[row['status']]}]{row['status']}[/]", row["why"],
+        table.add_row(row["stage"], Text(row["status"], style=colours[row["status"]]), Text(row["why"]),
                       ", ".join(row["depends_on"]))
     console.err.print(table)
 
@@ -131,9 +133,10 @@ def status(
 ) -> None:
     """What ran, when, how long, and its key metrics."""
     from rich.table import Table
+    from rich.text import Text
 
     from midpo_cli.errors import InputError
-    from midpo_cli.manifest import read_manifest
+    from midpo_cli.pipeline.status import stage_state
 
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")
@@ -141,17 +144,20 @@ def status(
     for stage in ALL_STAGES:
         if stage in OPTIONAL_STAGES and not (run_dir / stage).exists():
             continue
-        m = read_manifest(run_dir / stage)
-        state = "done" if m else ("started" if (run_dir / stage).exists() else "not run")
-        rows.append({"stage": stage, "state": state, "finished_at": (m or {}).get("finished_at"),
-                     "wall_s": (m or {}).get("wall_s"), "metrics": (m or {}).get("metrics", {})})
+        found = stage_state(run_dir, stage)
+        m = found["manifest"] or {}
+        metrics = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
+        rows.append({"stage": stage, "state": found["state"], "why": found["why"], "finished_at": m.get("finished_at"),
+                     "wall_s": m.get("wall_s"), "metrics": metrics})
     if as_json:
         console.emit_json({"run_dir": str(run_dir), "stages": rows})
         return
-    table = Table(title=f"status of {run_dir}")
-    for col in ("stage", "state", "finished", "wall s", "key metrics"):
+    table = Table(title=Text(f"status of {run_dir}"))
+    for col in ("stage", "state", "why", "finished", "wall s", "key metrics"):
         table.add_column(col)
     for r in rows:
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:5])
-        table.add_row(r["stage"], r["state"], r["finished_at"] or "", f"{r['wall_s'] or 0:.0f}", metrics)
+        wall = r["wall_s"] if isinstance(r["wall_s"], int | float) else 0
+        table.add_row(r["stage"], r["state"], Text(r["why"]), Text(str(r["finished_at"] or "")), f"{wall:.0f}",
+                      Text(metrics))
     console.err.print(table)

@@ -37,7 +37,7 @@ def score(
     from midpo_cli.stages.score import score_answers
 
     check_template(template)
-    check_score_inputs(answers, output, reward_model, cost_model)
+    check_score_inputs(answers, output, reward_model, cost_model, select_on)
     summary = score_answers(answers, reward_model=reward_model, cost_model=cost_model, out_dir=output,
                             batch_size=batch_size, template=template, refusal_patterns=refusal_pattern or None,
                             bootstrap=bootstrap, seed=seed, report=not no_report, select_on=select_on,
@@ -47,7 +47,8 @@ def score(
         console.emit_json(summary)
 
 
-def check_score_inputs(answers: Path, output: Path, reward_model: str | None, cost_model: str | None) -> None:
+def check_score_inputs(answers: Path, output: Path, reward_model: str | None, cost_model: str | None,
+                       select_on: str | None = None) -> None:
     """Everything `score` can refuse before a score model loads: the output, the models, each row's index."""
     from midpo_cli.errors import InputError
     from midpo_cli.evaluation.answers import read_answer_rows
@@ -59,7 +60,12 @@ def check_score_inputs(answers: Path, output: Path, reward_model: str | None, co
     for flag, ref in (("--reward-model", reward_model), ("--cost-model", cost_model)):
         if ref:
             check_model_ref(flag, ref, score_model=True)
-    for number, row in enumerate(read_answer_rows(answers), start=1):
+    rows = read_answer_rows(answers)
+    if select_on is not None:  # a typo was ignored silently when the answers hold no gate blends
+        from midpo_cli.evaluation.headroom import resolve_selection
+
+        resolve_selection(list(dict.fromkeys(str(r["prompt_set"]) for r in rows)), f"{select_on}")
+    for number, row in enumerate(rows, start=1):
         index = row.get("index")
         ok = isinstance(index, int) and not isinstance(index, bool)
         ok = ok or isinstance(index, str) and index.strip().lstrip("-").isdigit()

@@ -133,6 +133,8 @@ def _read_parquet(path: Path) -> Table:
 def _read_local_file(path: Path, spec: str, split: str | None) -> Table:
     if path.is_dir():
         return _read_saved(path, spec, split)
+    if not path.is_file():  # a FIFO or a device: reading it blocked forever
+        raise InputError(f"{path}: not a regular file; give a dataset file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows, source, skipped = _read_jsonl(path, str(path))

@@ -79,10 +79,10 @@ def seed_everything(seed: int) -> None:
 def latest_tag(ckpt_dir: Path) -> str | None:
     """The tag the pointer names, if that folder exists (a dangling pointer counts as none)."""
     pointer = ckpt_dir / POINTER
-    if not pointer.is_file():
+    if not pointer.is_file() or pointer.is_symlink():
         return None
-    tag = pointer.read_text(encoding="utf-8").strip()
-    return tag if TAG_RE.match(tag) and (ckpt_dir / tag).is_dir() else None
+    tag = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    return tag if TAG_RE.match(tag) and (ckpt_dir / tag).is_dir() and not (ckpt_dir / tag).is_symlink() else None
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> Path:
@@ -200,7 +200,7 @@ def step_tags(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return []
     steps = sorted(((int(m.group(1)), p.name) for p in ckpt_dir.iterdir()
-                    if p.is_dir() and (m := TAG_RE.match(p.name))), reverse=True)
+                    if p.is_dir() and not p.is_symlink() and (m := TAG_RE.match(p.name))), reverse=True)
     return [name for _, name in steps]
 
 
@@ -210,9 +210,15 @@ def load_latest(engine, ckpt_dir: Path, warn) -> tuple[str, dict[str, Any]] | No
     None when there is nothing to resume; InputError when step folders exist but none is readable.
     """
     first = latest_tag(ckpt_dir)
-    if first is None:
-        return None
-    tags = [first] + [t for t in step_tags(ckpt_dir) if t != first and int(t[5:]) < int(first[5:])]
+    if first is None:  # no pointer, or one that dangles or points out of the folder: the step folders decide
+        tags = step_tags(ckpt_dir)
+        if not tags:
+            return None
+        if (ckpt_dir / POINTER).exists() or (ckpt_dir / POINTER).is_symlink():
+            warn(f"{ckpt_dir / POINTER} names no step folder of {ckpt_dir}; resuming from the newest readable "
+                 f"one ({tags[0]} or older)")
+    else:
+        tags = [first] + [t for t in step_tags(ckpt_dir) if t != first and int(t[5:]) < int(first[5:])]
     problem = ""
     for tag in tags:
         try:

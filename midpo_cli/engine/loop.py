@@ -326,7 +326,9 @@ def _initialize(model: nn.Module, params: list[nn.Parameter], settings: EngineSe
 def _resume(trainer: Trainer, resume: bool) -> tuple[str | None, int]:
     """(checkpoint tag, its step) of the run to continue, or (None, 0); a fresh run clears old checkpoints."""
     ckpt_dir = trainer.ckpt_dir
-    tag = dist.broadcast_object(checkpoint.latest_tag(ckpt_dir) if resume else None)
+    # a dangling or escaping `latest` still resumes from the step folders (it used to restart at step 1)
+    found = (checkpoint.latest_tag(ckpt_dir) or next(iter(checkpoint.step_tags(ckpt_dir)), None)) if resume else None
+    tag = dist.broadcast_object(found)
     start_step = 0
     if tag is not None:
         tag, state = checkpoint.load_latest(trainer.engine, ckpt_dir, console.warn)

@@ -29,14 +29,18 @@ def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"answers file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, row in jsonl_rows(fh, str(path), cut_off="rerun `midpo generate` to repair it"):
-            if row is None:
-                continue
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise InputError(f"{path}: line {number}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, row in jsonl_rows(fh, str(path), cut_off="rerun `midpo generate` to repair it"):
+                if row is None:
+                    continue
+                missing = [k for k in REQUIRED if k not in row]
+                if missing:
+                    raise InputError(f"{path}: line {number}: missing field(s) {', '.join(missing)}")
+                rows.append(row)
+    except UnicodeDecodeError as exc:  # a binary file: one line naming it, not a traceback (exit 1)
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); not an answers file from `midpo generate`?"
+                         ) from None
     if not rows:
         raise InputError(f"{path}: no answers")
     return rows

@@ -99,9 +99,11 @@ def short_names(names: Sequence[str], limit: int) -> tuple[dict[str, str], list[
 def _table(title: str, caption: str = "") -> Any:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    return Table(title=title, caption=caption or None, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left",
-                 caption_justify="left", collapse_padding=True)
+    # Text, not markup: titles carry prompt-set names (`[/]` in one crashed the report after scoring)
+    return Table(title=Text(title), caption=Text(caption) if caption else None, box=box.SIMPLE_HEAD,
+                 padding=(0, 1), title_justify="left", caption_justify="left", collapse_padding=True)
 
 
 def _col(table: Any, name: str, right: bool = True) -> None:
@@ -779,6 +781,11 @@ def load_scores(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any],
         if not p.is_file():
             raise InputError(f"{p} not found; give a `midpo score` output folder or a run dir with score/")
     summary = read_json(summary_path)
-    with open(scores_path, encoding="utf-8", newline="") as fh:
-        rows = [dict(r) for r in csv.DictReader(fh)]
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), list):
+        raise InputError(f"{summary_path}: no 'models' list; not a summary written by `midpo score`")
+    try:
+        with open(scores_path, encoding="utf-8", newline="") as fh:
+            rows = [dict(r) for r in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{scores_path}: not a readable scores CSV ({type(exc).__name__})") from None
     return rows, summary, folder

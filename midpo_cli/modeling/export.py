@@ -267,6 +267,7 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
     """A self-contained MidPO folder (base, adapters, routers, tokenizer, config) with a model card."""
     source, to = Path(source).expanduser(), check_destination(to)
     cfg = midpo_config(source, "--midpo")
+    run = find_run_dir(source, run_dir)  # before any model loads: a wrong --run-dir is bad input
     base, kind = base_location(source, cfg)
     model, tokenizer = load_midpo(source, trust_remote_code=trust_remote_code)
     template = trained_template(cfg, model)
@@ -274,7 +275,6 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
     reference = midpo_logits(model, ids)
     router_params = sum(p.numel() for p in model.router_parameters())
     del model
-    run = find_run_dir(source, run_dir)
     inside = kind == "local" and Path(base).is_relative_to(source.resolve())
 
     def save(tmp: Path) -> None:
@@ -305,12 +305,34 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
             "base_copied": kind != "hub", "template": template, "run_dir": str(run) if run else None}
 
 
+def check_same_router(source: Path, run: Path) -> None:
+    """--run-dir must be the run `source` came from (its router stage's model, by path or by identical router
+    weights): the card copies that run's settings, and another run's would describe a different model."""
+    from midpo_cli.manifest import read_checked
+    from midpo_cli.modeling.midpo import ROUTER_FILE
+
+    manifest, problem = read_checked(run / "router" / "manifest.json")
+    model = (manifest or {}).get("outputs", {}).get("model") if isinstance((manifest or {}).get("outputs"), dict) \
+        else None
+    if not isinstance(model, str):
+        raise InputError(f"--run-dir {run}: {problem or 'no finished router stage (router/manifest.json)'}; the card "
+                         "could not say which run made the model")
+    trained = Path(model) if Path(model).is_absolute() else run / model
+    same = trained.resolve() == source.resolve()
+    if not same and (trained / ROUTER_FILE).is_file() and (source / ROUTER_FILE).is_file():
+        same = (trained / ROUTER_FILE).read_bytes() == (source / ROUTER_FILE).read_bytes()
+    if not same:
+        raise InputError(f"--run-dir {run}: its router model is {trained}, not {source} (their {ROUTER_FILE} "
+                         "differ); give the run the model came from, or leave --run-dir out")
+
+
 def find_run_dir(source: Path, run_dir: str | Path | None) -> Path | None:
     """The run the model came from: given, or `<run_dir>/router/model` recognised by its manifest."""
     if run_dir is not None:
         run = Path(run_dir).expanduser()
         if not run.is_dir():
             raise InputError(f"--run-dir {run}: no such folder")
+        check_same_router(source, run)
         return run
     stage = source.resolve().parent
     manifest = stage / "manifest.json"

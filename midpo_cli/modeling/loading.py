@@ -18,14 +18,13 @@ import torch
 
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
+from midpo_cli.modeling.files import WEIGHT_FILES, has_weights, refuse_weightless  # noqa: F401 - re-exported
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16,
 }
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -43,6 +42,36 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise InputError(f"{path}: holds no tensors")
     return tensors
+
+
+def weights_error(path: Path, exc: BaseException) -> InputError | None:
+    """One InputError naming the weight file for a truncated safetensors file or a pickle with code in it
+    (refused by torch.load(weights_only=True)); None for other errors. They used to exit 1 or 3, unnamed."""
+    import pickle
+
+    path = Path(path)
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+        file = path if path.is_file() else next(iter(sorted(path.glob("*.bin"))), path)
+        return InputError(f"{file}: refused: a pickle that would run code when loaded (midpo loads only plain "
+                          "tensors: safetensors, or torch.load(weights_only=True)); convert it to safetensors")
+    if type(exc).__name__ == "SafetensorError" or "safetensors" in type(exc).__module__:
+        files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+        bad = next((f for f in files if not _safetensors_readable(f)), files[0] if files else path)
+        return InputError(f"{bad}: not a readable safetensors file ({reason}); it may be truncated")
+    return None
+
+
+def _safetensors_readable(file: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                fh.get_slice(key)
+        return file.stat().st_size > 8
+    except Exception:  # noqa: BLE001 - any failure means "not readable"
+        return False
 
 
 def resolve_precision(name: str) -> str:
@@ -92,12 +121,6 @@ def resolve_model_path(name: str, *, what: str = "model") -> str:
     if _looks_local(name):
         raise InputError(f"{what} {name!r}: no such file or folder")
     return name
-
-
-def has_weights(folder: str | Path) -> bool:
-    """Whether a local model folder holds weight files (the embedded tiny LLaMA holds none)."""
-    folder = Path(folder)
-    return any((folder / f).exists() for f in WEIGHT_FILES) or any(folder.glob("*.safetensors"))
 
 
 def load_error(name: str, what: str, exc: BaseException) -> InputError:
@@ -179,6 +202,7 @@ def load_causal_lm(name: str, *, dtype: str = "fp32", seed: int = 0, trust_remot
         if local.is_dir() and not has_weights(local):
             if not (local / "config.json").exists():
                 raise InputError(f"model {name!r}: folder {local} has neither config.json nor weight files")
+            refuse_weightless(local, f"model {name!r}")
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             with torch.random.fork_rng(devices=[]), quiet_transformers():
                 torch.manual_seed(seed)
@@ -190,7 +214,12 @@ def load_causal_lm(name: str, *, dtype: str = "fp32", seed: int = 0, trust_remot
     except (OSError, ValueError) as exc:
         raise load_error(name, "model", exc) from exc
     except RuntimeError as exc:  # e.g. a checkpoint whose shapes do not match its config
-        raise load_error(name, "model", exc) from None
+        raise weights_error(local, exc) or load_error(name, "model", exc) from None
+    except Exception as exc:  # a truncated safetensors file, a pickle refused by weights_only
+        problem = weights_error(local, exc)
+        if problem is None:
+            raise
+        raise problem from None
     if device is not None:
         model = model.to(device)
     return model

@@ -46,6 +46,7 @@ from midpo_cli.modeling.loading import (
     quiet_transformers,
     resolve_model_path,
     torch_dtype,
+    weights_error,
 )
 
 SCORE_TYPES = ("reward", "cost", "critic")
@@ -229,6 +230,16 @@ def _local_folder(name: str, trust_remote_code: bool) -> Path:
 
 def _read_tensors(file: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
     """Those of `keys` present in one safetensors or .bin file (.bin: torch.load, weights_only=True)."""
+    try:
+        return _read_file_tensors(file, keys)
+    except Exception as exc:  # truncated safetensors, a refused pickle: one line naming the file
+        problem = weights_error(file, exc)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _read_file_tensors(file: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -288,6 +299,11 @@ def _load_backbone(folder: Path, name: str, dtype: torch.dtype, trust_remote_cod
                 folder, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise load_error(name, "score model", exc) from exc
+    except Exception as exc:  # a truncated safetensors file, a pickle refused by weights_only
+        problem = weights_error(folder, exc)
+        if problem is None:
+            raise
+        raise problem from None
     problems = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
     if problems:
         shown = ", ".join(str(p) for p in problems[:4]) + (" …" if len(problems) > 4 else "")

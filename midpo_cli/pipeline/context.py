@@ -6,6 +6,7 @@ Standalone commands and the pipeline build the same context, so `midpo train-rm`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -16,11 +17,10 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
+from midpo_cli.pipeline.folders import FINGERPRINT_FILE, PREVIOUS, check_stage_folder, is_own
 from midpo_cli.pipeline.graph import dependencies, stage_plans
+from midpo_cli.pipeline.status import FAILED
 from midpo_cli.recipe import Recipe
-
-FINGERPRINT_FILE = ".fingerprint"
-PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
 
 
 @dataclass
@@ -97,8 +97,9 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
 
 
 def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS,)) -> None:
+    """Delete what midpo wrote there (OWN_NAMES), never a user's file, never through a symlink."""
     for child in folder.iterdir():
-        if child.name in keep:
+        if child.name in keep or not is_own(child.name):
             continue
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
@@ -115,12 +116,16 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
 
     - a finished result (manifest present) moves into `.previous/` until the new one is written;
     - a `.previous/` whose fingerprint is the one wanted (settings changed back) is restored as done.
+    A symlinked folder is refused always; stray user files when the folder is to be cleared or moved.
     """
+    if folder.is_symlink():
+        check_stage_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / FINGERPRINT_FILE
-    current = marker.read_text().strip() if marker.exists() else None
+    current = marker.read_text().strip() if marker.is_file() else None
     if current == fingerprint and resume:
         return
+    check_stage_folder(folder)
     backup = folder / PREVIOUS
     kept = read_manifest(backup)
     if resume and kept and kept.get("fingerprint") == fingerprint:
@@ -140,8 +145,21 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
 
 
 def finish_folder(folder: Path) -> None:
-    """The new result is written: the previous one is no longer needed."""
+    """The new result is written: the previous one (and the note of an earlier failure) is no longer needed."""
     shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
+    (folder / FAILED).unlink(missing_ok=True)
+
+
+def note_failure(folder: Path, exc: BaseException) -> None:
+    """Keep the failure's one line where `pipeline status` shows it (best effort: never masks the error)."""
+    from midpo_cli.errors import Interrupted
+    from midpo_cli.io import atomic_write_text
+
+    if not isinstance(exc, Exception) or isinstance(exc, Interrupted) or read_manifest(folder) is not None:
+        return  # interrupted (status shows the checkpoint), or the previous result is back: nothing to explain
+    line = " ".join(str(exc).split()) or type(exc).__name__
+    with contextlib.suppress(OSError):
+        atomic_write_text(folder / FAILED, f"{type(exc).__name__}: {line}\n")
 
 
 def abandon_folder(folder: Path) -> None:

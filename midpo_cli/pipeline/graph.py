@@ -73,11 +73,20 @@ def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:
 def select_stages(
     *, start: str | None = None, until: str | None = None, only: list[str] | None = None
 ) -> list[str]:
+    """The stages a `--from/--until/--only` selection names, in pipeline order; an empty range is an error
+    (`--from score --until sft` ran nothing and exited 0), an optional stage is reached by --only."""
+    from midpo_cli.errors import InputError
+
     order = list(STAGE_ORDER)
     if only:
         return [s for s in ALL_STAGES if s in only]
+    for flag, name in (("--from", start), ("--until", until)):
+        if name is not None and name not in order:
+            raise InputError(f"{flag} {name}: not in the pipeline's order ({', '.join(order)}); use --only {name}")
     lo = order.index(start) if start else 0
     hi = order.index(until) + 1 if until else len(order)
+    if lo >= hi:
+        raise InputError(f"--from {start} --until {until}: {start} comes after {until}, so nothing would run")
     return order[lo:hi]
 
 

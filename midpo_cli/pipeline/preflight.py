@@ -25,6 +25,10 @@ SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval 
 def preflight(recipe: Recipe, stage: str) -> None:
     """Raise InputError on anything that would make `stage` fail after it had started."""
     check_run_dir(recipe.run_dir)
+    if Path(recipe.run_dir, stage).is_symlink():  # never clear a folder outside the run dir (issue 27)
+        from midpo_cli.pipeline.folders import check_stage_folder
+
+        check_stage_folder(Path(recipe.run_dir, stage))
     if stage in TRAINING_STAGES:
         check_precision(recipe, stage)
     check_models(recipe, stage)
@@ -154,6 +158,10 @@ def check_model_ref(key: str, ref: str, *, score_model: bool = False, tokenizer:
         raise InputError(f"{key}: {ref} is a score model (safe-rlhf format), not a causal language model")
     if score_model and not is_score:
         raise InputError(f"{key}: {ref} is not a score model (config.json has no score_type / *ForScore)")
+    from midpo_cli.modeling.files import check_weight_files, refuse_weightless
+
+    refuse_weightless(path, key)
+    check_weight_files(path)
 
 
 def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:

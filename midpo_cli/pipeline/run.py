@@ -20,7 +20,7 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import read_manifest
-from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context
+from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context, note_failure
 from midpo_cli.pipeline.graph import is_done, stage_plans
 from midpo_cli.recipe import Recipe
 
@@ -116,8 +116,9 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | No
         return restored  # settings changed back: prepare_folder restored the finished result from .previous
     try:
         runner(stage)(ctx)
-    except BaseException:
+    except BaseException as exc:
         abandon_folder(ctx.folder)
+        note_failure(ctx.folder, exc)
         raise
     manifest = read_manifest(ctx.folder)
     if not manifest:

@@ -19,10 +19,12 @@ name, an embedded: set, a hub dataset with a column mapping, or a local JSONL/CS
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,8 +160,41 @@ def generate_to_file(
     dial sweep) share one loaded model, switched by `set_fixed_gates` / `set_safety_bias`.
     """
     output = Path(output)
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
     output.parent.mkdir(parents=True, exist_ok=True)
     generation = (settings or GenerationSettings()).but(**changes)
+    with output_lock(output):
+        return _generate_locked(models, prompt_sets, output, generation, template=template, loader=loader)
+
+
+@contextlib.contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the answers file for the whole run: two `generate`s on one file both appended
+    the same rows (392 of 812 duplicated). A file this call created and left empty is removed again."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    existed = path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{path} is being written by another `midpo generate` right now; wait for it to "
+                             "finish (then rerun to resume) or give another --output") from None
+        yield
+    finally:
+        if not existed and os.fstat(fd).st_size == 0:
+            path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet], output: Path,
+                     generation: GenerationSettings, *, template: str,
+                     loader: Callable[[ModelEntry], Any] | None) -> dict[str, Any]:
     recorded = {"template": template, **generation.model_dump(exclude={"batch_size"})}
     existing = read_answers(output)
     run = _Run(output, recorded, _gen_id(recorded), generation, {})
@@ -291,7 +326,7 @@ class _progress:
     def __init__(self, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                                  console=console.err, disable=console.quiet(), transient=False)
         self.total = total

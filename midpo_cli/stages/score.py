@@ -90,16 +90,16 @@ def score_answers(
     (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
     for the report's heatmaps.
     """
-    from midpo_cli.evaluation.dial_changes import add_dial_changes
-    from midpo_cli.evaluation.headroom import routing_summary
-    from midpo_cli.evaluation.probe_switch import add_switch_entries
     from midpo_cli.evaluation.report import print_tables, write_report
-    from midpo_cli.evaluation.summary import gate_summary
 
     detector = RefusalDetector(refusal_patterns or RefusalDetector.patterns, refusal_window)  # checks patterns early
     if not reward_model and not cost_model:
         console.warn("no --reward-model and no --cost-model: only refusal rates and lengths are computed")
     rows = read_answer_rows(answers_path)
+    if select_on is not None:  # a typo was ignored when the answers hold no blends: check it before scoring
+        from midpo_cli.evaluation.headroom import resolve_selection
+
+        resolve_selection(list(dict.fromkeys(str(r["prompt_set"]) for r in rows)), select_on)
     scorer = scorer or default_scorer(batch_size=batch_size, template=template)
     scored = score_rows(rows, reward_model=reward_model, cost_model=cost_model, scorer=scorer, refusal=detector)
     summary = summarize(scored, bootstrap=bootstrap, seed=seed)
@@ -108,11 +108,7 @@ def score_answers(
     summary["refusal"] = {"patterns": "built-in" if not refusal_patterns else list(refusal_patterns),
                           "window": refusal_window}
     summary["toy"] = toy_table(rows)
-    summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
-                                         bootstrap=bootstrap, seed=seed)
-    add_switch_entries(summary["routing"], scored, toy_outcome_for, bootstrap=bootstrap, seed=seed)
-    add_dial_changes(summary["routing"], scored)
-    summary["gates"] = gate_summary(scored)
+    add_routing(summary, scored, select_on=select_on, bootstrap=bootstrap, seed=seed)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
     if gate_maps is not None and Path(gate_maps).is_file():
@@ -123,6 +119,22 @@ def score_answers(
         path = write_report(scored, summary, out_dir)
         console.log(f"report: {path}")
     return summary
+
+
+def add_routing(summary: dict[str, Any], scored: list[dict[str, Any]], *, select_on: str | None, bootstrap: int,
+                seed: int) -> None:
+    """The summary's routing sections: the router against the fixed blends (best chosen on `select_on`), the
+    probe switch's row, the answers each dial point changed, and the safety gate's separation."""
+    from midpo_cli.evaluation.dial_changes import add_dial_changes
+    from midpo_cli.evaluation.headroom import routing_summary
+    from midpo_cli.evaluation.probe_switch import add_switch_entries
+    from midpo_cli.evaluation.summary import gate_summary
+
+    summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
+                                         bootstrap=bootstrap, seed=seed)
+    add_switch_entries(summary["routing"], scored, toy_outcome_for, bootstrap=bootstrap, seed=seed)
+    add_dial_changes(summary["routing"], scored)
+    summary["gates"] = gate_summary(scored)
 
 
 def run(ctx: Any) -> None:
