@@ -58,8 +58,19 @@ def run(
     stages = _selection(start, until, only)
     summary = run_pipeline(cfg, stages=stages, force=set(force or []))
     _print_summary(cfg, summary)
+    verdict = _print_verdict(Path(cfg.run_dir)) if any(row["stage"] == "score" for row in summary) else None
     if as_json:
-        console.emit_json({"run_dir": cfg.run_dir, "stages": summary})
+        console.emit_json({"run_dir": cfg.run_dir, "stages": summary, "verdict": verdict})
+
+
+def _print_verdict(run_dir: Path) -> list[dict] | None:
+    """The score stage's verdict (midpo_cli.evaluation.verdict), last on stderr, where a finished run ends."""
+    from midpo_cli.evaluation.verdict import lines, run_verdicts
+
+    verdict = run_verdicts(run_dir)
+    for line in lines(verdict or []):
+        console.log(f"verdict · {line}")
+    return verdict
 
 
 def _print_summary(cfg, summary: list[dict]) -> None:

@@ -127,10 +127,13 @@ def score_answers(
     """Score every answer, write scores.csv + summary.json + the report into out_dir; return the summary.
 
     Beyond the per-model summary: `toy` (ground-truth rates on toy-world prompt sets), `routing` (the
-    router against fixed blends, midpo_cli.headroom; the best blend chosen on `select_on`) and `gates`
-    (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
-    for the report's heatmaps.
+    router against fixed blends, midpo_cli.headroom; the best blend chosen on `select_on`), `gates`
+    (separation of the safety gate), `router_probe` (the router stage's input-probe ceiling, found through
+    generate's manifest beside the answers) and `verdict` (midpo_cli.evaluation.verdict, also on stderr).
+    `gate_maps` (generate's per-token gate JSON) is copied into out_dir for the report's heatmaps.
     """
+    from midpo_cli.evaluation.verdict import lines as verdict_lines
+    from midpo_cli.evaluation.verdict import router_probe, verdicts
     from midpo_cli.headroom import routing_summary
     from midpo_cli.report import print_tables, write_report
     from midpo_cli.summary import gate_summary
@@ -150,12 +153,17 @@ def score_answers(
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
                                          bootstrap=bootstrap, seed=seed)
     summary["gates"] = gate_summary(scored)
+    summary["router_probe"] = router_probe(answers_path, next(iter(summary["routing"].values()), {}).get(
+        "router", {}).get("model"))
+    summary["verdict"] = verdicts(summary)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
     if gate_maps is not None and Path(gate_maps).is_file():
         atomic_write_text(out_dir / "gate_maps.json", Path(gate_maps).read_text(encoding="utf-8"))
     atomic_write_json(out_dir / "summary.json", summary)
     print_tables(summary)
+    for line in verdict_lines(summary["verdict"]):
+        console.log(f"verdict · {line}")
     if report:
         path = write_report(scored, summary, out_dir)
         console.log(f"report: {path}")
