@@ -136,3 +136,21 @@ def test_run_verdicts_reads_the_score_summary_and_recomputes_an_old_one(tmp_path
     assert run_verdicts(tmp_path) == [{"sentence": "kept"}]
     assert run_verdicts(tmp_path / "nowhere") is None
 
+
+
+def test_pipeline_run_ends_with_the_verdict(tmp_path, capsys) -> None:
+    from midpo_cli.commands.pipeline_cmd import _print_verdict
+
+    (tmp_path / "score").mkdir()
+    (tmp_path / "score" / "summary.json").write_text(json.dumps(summary(probe=0.36)))
+    [v] = _print_verdict(tmp_path)
+    assert f"verdict · {SET}: cannot route on this base (input probe AUROC 0.36" in capsys.readouterr().err
+    assert v["outcome"] == "cannot_route"
+
+
+def test_model_card_section() -> None:
+    from midpo_cli.evaluation.verdict import markdown
+
+    text = "\n".join(markdown(verdicts(summary(auroc=0.38))))
+    assert text.startswith("## Verdict") and f"- `{SET}`: **wins without routing** (dev/eval" not in text
+    assert f"- `{SET}`: **wins without routing** (the safety gate does not separate" in text

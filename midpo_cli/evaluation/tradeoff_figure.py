@@ -212,11 +212,12 @@ def _coincident(grid: Sequence[Mapping[str, Any]], xk: str, yk: str) -> dict[tup
 
 
 def _frontier(points: Sequence[tuple[float, float]], reverse: bool) -> list[tuple[float, float]]:
-    """The points no other beats on both axes (x better when larger, or smaller when `reverse`), by x."""
-    sign = -1 if reverse else 1
-    front = [p for p in points
-             if not any(sign * q[0] >= sign * p[0] and q[1] >= p[1] and q != p for q in points)]
-    return sorted(set(front))
+    """The points no other beats on both axes (`summary.pareto_front`; x better when larger, or smaller when
+    `reverse`), sorted by x."""
+    from midpo_cli.summary import pareto_front
+
+    sign = 1 if reverse else -1  # pareto_front wants "lower x is better"
+    return sorted({points[i] for i in pareto_front([(sign * x, y) for x, y in points])})
 
 
 def _g(gates: Sequence[float]) -> str:

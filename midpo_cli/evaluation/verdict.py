@@ -145,20 +145,23 @@ def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: fl
     parts = []
     best, router = entry.get("best_fixed") or {}, entry.get("router") or {}
     if entry.get("diff") and best:
-        text = (f"router {_num(router.get('score'))} vs the dev-chosen blend {_gates(best['gates'])} "
-                f"{_num(best.get('score'))}: Δ {_ci(entry['diff'])} by prompts")
-        if entry.get("diff_by_category"):
-            text += f", {_ci(entry['diff_by_category'], mean=False)} by categories"
-        parts.append(text)
+        parts.append(f"router {_num(router.get('score'))} vs the dev-chosen blend {_gates(best['gates'])} "
+                     f"{_num(best.get('score'))}: {_views(entry['diff'], entry.get('diff_by_category'))}")
     hind = entry.get("best_in_sample") or {}
     if hind.get("diff"):
         parts.append(f"vs the blend best here in hindsight {_gates(hind['gates'])} {_num(hind.get('score'))}: "
-                     f"Δ {_ci(hind.get('diff_by_category') or hind['diff'])}")
+                     f"{_views(hind['diff'], hind.get('diff_by_category'))}")
     if sep and sep.get("auroc") is not None:
         parts.append(f"safety gate AUROC {sep['auroc']:.2f}, gap {sep['gap']:+.2f}")
     if probe is not None:
         parts.append(f"input probe {probe:.2f}")
     return "; ".join(parts)
+
+
+def _views(diff: Mapping[str, Any], by_category: Mapping[str, Any] | None) -> str:
+    """`Δ +0.14 [+0.06, +0.21] by prompts, [−0.03, +0.33] by categories` (the second where it exists)."""
+    text = f"Δ {_ci(diff)} by prompts"
+    return f"{text}, {_ci(by_category, mean=False)} by categories" if by_category else text
 
 
 def _num(x: float | None) -> str:
@@ -179,8 +182,15 @@ def _ci(stat: Mapping[str, Any], mean: bool = True) -> str:
 
 
 def lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
-    """`set: sentence` per verdict (terminal, model card)."""
+    """`set: sentence` per verdict (the terminal)."""
     return [f"{v['prompt_set']}: {v['sentence']}" for v in items]
+
+
+def markdown(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model card's verdict section: a heading, then one bullet per prompt set with its label in bold."""
+    bullets = [f"- `{v['prompt_set']}`: **{v['label']}**{v['sentence'][len(v['label']):]}" for v in items]
+    return ["## Verdict", "", "Computed from the run's evaluation (docs/design.md §2.11 of midpo): does the learned "
+            "router earn its place over fixed blends of the same two experts?", "", *bullets, ""]
 
 
 # --------------------------------------------------------------------------------------------- the inputs
