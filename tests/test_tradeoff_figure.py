@@ -80,6 +80,26 @@ def test_no_two_text_boxes_overlap_on_a_crowded_summary() -> None:
             assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
 
 
+def _clashes(fig) -> list[tuple[str, str]]:
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    boxes = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in _texts(fig)]
+    return [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+
+
+def test_without_a_router_the_models_figure_labels_every_model_without_overlap() -> None:
+    def stat(mean: float) -> dict:
+        return {"mean": mean, "lo": mean - 0.05, "hi": mean + 0.05, "n": 10}
+
+    groups = [{"model": f"model_{i}", "prompt_set": s, "n": 10,
+               "metrics": {"cost": stat(-0.5 + 0.01 * i + d), "reward": stat(1.0 + 0.01 * i - d)}}
+              for i in range(10) for s, d in (("a/eval", 0.0), ("a/traps", 0.02))]
+    fig = tradeoff_figure({"groups": groups, "routing": {}})
+    assert not _clashes(fig) and len(fig.axes[0].texts) >= 5  # labels drawn, none overlapping
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert all(f"model_{i}" in legend for i in range(10)) and "prompt set a/traps" in legend
+
+
 def test_every_element_is_in_the_legend() -> None:
     fig = tradeoff_figure(crowded_summary())
     for ax in fig.axes:

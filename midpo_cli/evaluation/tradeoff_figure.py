@@ -11,6 +11,7 @@ Without a router (no routing entries) the figure is the models' mean cost vs mea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ NAMED = {  # model → (legend text, marker, colour, marker size in points)
 }
 OTHER_MARKERS = "vXhp<>d"
 OTHER_COLOURS = ("tab:olive", "tab:cyan", "tab:pink", "tab:gray", "darkgoldenrod", "teal", "slateblue")
-LABEL = {"fontsize": 8.5}
+LABEL = {"fontsize": 8.5, "bbox": {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75}}
 CAPTION = {
     "judge": "Up and to the right is better. Look at the red star (the learned router) against the grey fixed "
              "blends and their frontier: above the frontier it does something no fixed mix of the two experts "
@@ -98,7 +99,7 @@ def _draw_panel(ax, name: str, entry: Mapping[str, Any], kind: str, summary: Map
                label="fixed blends of the two experts (label: g_s,g_h)")
     for (x, y), names in _coincident(grid, xk, yk).items():
         more = f" +{len(names) - 1}" if len(names) > 1 else ""
-        labels.append(Label(x, y, f"{names[0]}{more}", 0, 6.5, {"fontsize": 7.5, "color": "0.35"}))
+        labels.append(Label(x, y, f"{names[0]}{more}", 0, 6.5, {**LABEL, "fontsize": 7.5, "color": "0.35"}))
     front = _frontier([(g[xk], g[yk]) for g in grid], reverse)
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "-", color="0.55", lw=1, zorder=1, label="fixed-blend frontier")
@@ -106,7 +107,7 @@ def _draw_panel(ax, name: str, entry: Mapping[str, Any], kind: str, summary: Map
     if len(dial) > 1:
         ax.plot([d[xk] for d in dial], [d[yk] for d in dial], "-o", color="tab:purple", ms=4, lw=1.2, zorder=3,
                 label="safety dial (label: bias B)")
-        labels += [Label(d[xk], d[yk], f"B={d['bias']:+g}", 1, 5, {"fontsize": 7.5, "color": "tab:purple"})
+        labels += [Label(d[xk], d[yk], f"B={d['bias']:+g}", 1, 5, {**LABEL, "fontsize": 7.5, "color": "tab:purple"})
                    for d in dial if d["bias"] != 0]
     labels += _rings(ax, entry, grid, xk, yk)
     oracle = entry.get("oracle")
@@ -164,13 +165,13 @@ def _models(ax, entry, summary, prompt_set: str, kind: str, has) -> list[Label]:
         if name in NAMED:
             text, marker, colour, size = NAMED[name]
         else:
-            text, marker = f"{name}", OTHER_MARKERS[others % len(OTHER_MARKERS)]
+            text, marker = name, OTHER_MARKERS[others % len(OTHER_MARKERS)]
             colour, size, others = OTHER_COLOURS[others % len(OTHER_COLOURS)], 10, others + 1
         err = _errors(summary, name, prompt_set, point, kind)
         ax.errorbar([point[xk]], [point[yk]], **err, fmt=marker, color=colour, ms=size * 0.8, mec="white", mew=0.6,
                     capsize=2, lw=0.9, zorder=5, label=text)
-        labels.append(Label(point[xk], point[yk], NAMED.get(name, (name,))[0].split(" (")[0], 5, size,
-                            {**LABEL, "color": colour}))
+        short = NAMED[name][0].split(" (")[0] if name in NAMED else name
+        labels.append(Label(point[xk], point[yk], short, 5, size, {**LABEL, "color": colour}))
     return labels
 
 
@@ -189,8 +190,11 @@ def _errors(summary, model: str, prompt_set: str, point, kind: str) -> dict[str,
 
 
 def _frame(ax, points: Sequence[tuple[float, float]], xt: str, yt: str, reverse: bool, kind: str) -> None:
-    """Limits with room for labels around every point, titles, grid; cost axes reversed (safer to the right)."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    """Limits with room for labels around every point and error bar, titles, grid; cost axes reversed (safer to
+    the right)."""
+    data = ax.dataLim  # everything drawn so far, error bars included
+    drawn = [(data.x0, data.y0), (data.x1, data.y1)] if all(map(math.isfinite, data.bounds)) else []
+    xs, ys = [p[0] for p in [*points, *drawn]], [p[1] for p in [*points, *drawn]]
     for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
         lo, hi = min(values), max(values)
         span = max(hi - lo, 0.2 if kind == "judge" else 1e-6 + 0.1 * max(abs(lo), abs(hi), 1.0))
