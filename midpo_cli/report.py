@@ -1,13 +1,15 @@
 """Evaluation report: rich tables on stderr, PNG plots (matplotlib, Agg), one self-contained report.html.
 
 The HTML embeds its images as base64 data URIs and its CSS inline and names no network resource,
-so it can be mailed, archived or opened offline. Plots:
-- `tradeoff.png`: one point per (model, prompt set) — mean cost (safety score, lower is safer) on x,
-  mean reward (helpfulness score) on y, 95% bootstrap intervals as error bars, the Pareto front
-  (no other point is both safer and more helpful) drawn as a line through its points;
+so it can be mailed, archived or opened offline. It opens with the computed verdict
+(midpo_cli.evaluation.verdict), and a sentence under each plot says what to look at. Plots:
+- `tradeoff.png`, the headline (midpo_cli.evaluation.tradeoff_figure): per reported prompt set the fixed-blend
+  grid, the router, the dial curve, the oracle, the base, the experts and baselines; without a router, mean
+  cost vs mean reward per model with 95% bootstrap intervals;
 - `distributions.png`: per-model box plots of reward and of cost;
 - `gates.png` (MidPO models only): histograms of each answer's mean safety / helpfulness gate on
-  harmful vs benign prompts.
+  harmful vs benign prompts;
+- `gate_map_<kind>.png`: per-token, per-layer gates of a few prompts of each kind.
 """
 
 from __future__ import annotations
