@@ -125,3 +125,15 @@ def render(path: str) -> None:
     """For a look by eye: `python -c 'import tests.test_tradeoff_figure as t; t.render("/tmp/x.png")'`."""
     fig = tradeoff_figure(crowded_summary())
     fig.savefig(path)
+
+
+def test_a_flat_dial_gets_one_label_naming_every_setting_on_that_point() -> None:
+    """Issue 28's run: every dial setting from −4 to +2 answered alike; the figure must say so, not hide it."""
+    s = crowded_summary()
+    e = s["routing"]["toy/eval-prompts"]
+    for d in e["dial"]:
+        if d["bias"] <= 2:
+            d["harmful_safe"], d["benign_helpful"] = e["router"]["harmful_safe"], e["router"]["benign_helpful"]
+    fig = tradeoff_figure(s)
+    dial = sorted(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("B="))
+    assert dial == ["B=+4", "B=-4/-2/-1/+0/+1/+2"] and not _clashes(fig)

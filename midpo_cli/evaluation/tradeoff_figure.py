@@ -107,8 +107,12 @@ def _draw_panel(ax, name: str, entry: Mapping[str, Any], kind: str, summary: Map
     if len(dial) > 1:
         ax.plot([d[xk] for d in dial], [d[yk] for d in dial], "-o", color="tab:purple", ms=4, lw=1.2, zorder=3,
                 label="safety dial (label: bias B)")
-        labels += [Label(d[xk], d[yk], f"B={d['bias']:+g}", 1, 5, {**LABEL, "fontsize": 7.5, "color": "tab:purple"})
-                   for d in dial if d["bias"] != 0]
+        spots: dict[tuple[float, float], list[str]] = {}  # a flat dial puts many settings on one point
+        for d in dial:
+            spots.setdefault((round(d[xk], 9), round(d[yk], 9)), []).append(f"{d['bias']:+g}")
+        style = {**LABEL, "fontsize": 7.5, "color": "tab:purple"}
+        labels += [Label(x, y, "B=" + "/".join(b), 5 if len(b) > 1 else 1, 5, style)  # a flat dial is news
+                   for (x, y), b in spots.items() if b != ["+0"]]
     labels += _rings(ax, entry, grid, xk, yk)
     oracle = entry.get("oracle")
     if has(oracle):
