@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,7 +54,6 @@ from midpo_cli.pipeline.inputs import (
 )
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
-EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")
 
 
 def run_safety_expert(ctx: StageContext) -> None:
@@ -67,20 +69,64 @@ def run_dpo_expert(ctx: StageContext) -> None:
     run_expert(ctx, "dpo_expert")
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What sets one preference-trained adapter apart from another: its pairs, per-pair columns and loss.
+
+    Everything else — base policy, tokenizer, template, encoding, reference cache, LoRA, engine, saving — is
+    `run_preference`'s, shared by the experts and the baselines (docs/design.md §2.11), so a comparison of
+    them measures the objective alone.
+    - data_stage: the pair filter (data/filters.py) that selects and orients the pairs;
+    - columns(ctx, stage, splits, template, tokenizer) → ({name: one list per split}, statistics): per-pair
+      floats the loss reads from the batch (a margin, score values, labels);
+    - loss(policy_c, policy_r, ref_c, ref_r, batch) → (losses (B,), chosen_rewards, rejected_rewards).
+    """
+
+    data_stage: str
+    beta: float
+    lora: Any
+    precompute_ref: bool
+    columns: Callable[..., tuple[dict[str, list[list[float]]], dict]]
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    meta: dict = field(default_factory=dict)
+
+
+def expert_objective(ctx: StageContext, stage: str) -> Objective:
+    """SPE-DPO: m = γ·max(0, S(y_w) − S(y_l)) from the stage's score model (m = 0 for loss: dpo and dpo_expert)."""
+    cfg = getattr(ctx.recipe.stages, stage)
+
+    def columns(ctx, stage, splits, template, tokenizer):
+        margins, stats = spe_margins(ctx, stage, splits, template, tokenizer)
+        return {"margin": margins}, stats
+
+    def loss(policy_c, policy_r, ref_c, ref_r, batch):
+        return spe_dpo_loss(policy_c, policy_r, ref_c, ref_r, batch["margin"], cfg.beta)
+
+    return Objective(data_stage=pair_filter(stage, cfg.loss), beta=cfg.beta, lora=cfg.lora,
+                     precompute_ref=cfg.precompute_ref, columns=columns, loss=loss,
+                     meta={"kind": stage.removesuffix("_expert"), "loss": cfg.loss, "margin_scale": cfg.margin_scale})
+
+
 def run_expert(ctx: StageContext, stage: str) -> None:
-    recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
+    run_preference(ctx, stage, expert_objective(ctx, stage))
+
+
+def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
+    """Train one LoRA adapter on preference pairs with `objective` (module docstring's order of operations)."""
+    recipe = ctx.recipe
     settings = engine_settings(recipe, stage)
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)
-    train_sel, train_feats = encode_split(recipe, stage, recipe.data.train, tokenizer, template)
-    eval_sel, eval_feats = (encode_split(recipe, stage, recipe.data.eval, tokenizer, template) if recipe.data.eval
-                            else (None, []))
+    train_sel, train_feats = encode_split(recipe, objective.data_stage, stage, recipe.data.train, tokenizer, template)
+    eval_sel, eval_feats = (encode_split(recipe, objective.data_stage, stage, recipe.data.eval, tokenizer, template)
+                            if recipe.data.eval else (None, []))
 
-    (train_margins, eval_margins), margin_stats = spe_margins(
-        ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)], template, tokenizer)
-    train_feats = with_columns(train_feats, margin=train_margins)
-    eval_feats = with_columns(eval_feats, margin=eval_margins)
+    columns, column_stats = objective.columns(ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)],
+                                              template, tokenizer)
+    train_feats = with_columns(train_feats, **{k: v[0] for k, v in columns.items()})
+    eval_feats = with_columns(eval_feats, **{k: v[1] for k, v in columns.items()})
+    extras = (*columns, "ref_chosen_logps", "ref_rejected_logps")
 
     pad_id = tokenizer.pad_token_id
     # the data is encoded and nothing below needs the tokenizer, which for a large vocabulary is no small
@@ -88,13 +134,13 @@ def run_expert(ctx: StageContext, stage: str) -> None:
     del tokenizer
     gc.collect()
     release_freed_memory()
-    model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
+    model, base_fingerprint = lora_policy(policy, objective.lora, settings, trust_remote_code=recipe.trust_remote_code)
 
     def collate(features):
-        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
+        return collate_pairs(features, pad_id, extras=tuple(k for k in extras if k in features[0]),
                              share_prompt=settings.share_prompt)
 
-    if cfg.precompute_ref:
+    if objective.precompute_ref:
         cache = ref_cache(ctx, template)
         ref_batch = settings.reference_batch_size
         train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
@@ -110,16 +156,16 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         if step == 1:  # what is alive while training: the policy (+ adapter) only, no reference copy
             memory.update(live_parameters())
 
-    loss_fn = make_dpo_loss(cfg.beta, reference=model.disable_adapter)
+    loss_fn = make_pair_loss(objective.loss, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
                    on_step=on_step)
 
     out = ctx.folder / "adapter"
-    meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, **base_reference(policy, out),
-            "base_fingerprint": base_fingerprint, "base_model_at_training": policy, "beta": cfg.beta,
-            "margin_scale": cfg.margin_scale, "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
-            "score_model": margin_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
+    meta = {**objective.meta, **base_reference(policy, out), "base_fingerprint": base_fingerprint,
+            "base_model_at_training": policy, "beta": objective.beta,
+            "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
+            "score_model": column_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_adapter(result.model, out, collate(train_feats[:4]), meta)
     record = ctx.record()
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
@@ -129,9 +175,9 @@ def run_expert(ctx: StageContext, stage: str) -> None:
         "eval_reward_accuracy": (result.last_eval or {}).get("reward_accuracy"),
         "steps": result.global_step,
         "pairs_per_s": result.samples_per_s,
-        "margin_zero_fraction": margin_stats.get("zero_fraction"),
+        "margin_zero_fraction": column_stats.get("zero_fraction"),
     }
-    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": margin_stats,
+    record.extra = {"template": template, "resumed_from_step": result.resumed_from_step, "margins": column_stats,
                     "health_warnings": sorted(health.warned), "live_parameters_during_training": memory,
                     "data": {"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
@@ -148,9 +194,8 @@ def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
     return model, base_fingerprint
 
 
-def encode_split(recipe, stage: str, spec: str, tokenizer, template: str):
-    data = pair_filter(stage, getattr(recipe.stages, stage).loss)
-    return encoded_pairs(spec, data, tokenizer, template, recipe.data.max_length, columns=recipe.data.columns,
+def encode_split(recipe, data_stage: str, stage: str, spec: str, tokenizer, template: str):
+    return encoded_pairs(spec, data_stage, tokenizer, template, recipe.data.max_length, columns=recipe.data.columns,
                          stage=stage)
 
 
@@ -228,7 +273,7 @@ def seen_answer(tokenizer, feature: dict, side: str, text: str) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def make_dpo_loss(beta: float, reference):
+def make_pair_loss(objective_loss, reference):
     """loss_fn for the engine; reference log-probs come from the batch, or a no-grad adapter-off pass."""
 
     def loss_fn(model, batch):
@@ -238,14 +283,14 @@ def make_dpo_loss(beta: float, reference):
         else:
             with torch.no_grad(), reference():
                 ref_c, ref_r = concatenated_logps(model, batch)
-        losses, chosen_rewards, rejected_rewards = spe_dpo_loss(policy_c, policy_r, ref_c, ref_r,
-                                                                batch["margin"], beta)
+        losses, chosen_rewards, rejected_rewards = objective_loss(policy_c, policy_r, ref_c, ref_r, batch)
+        margin = batch["margin"].float() if "margin" in batch else torch.zeros_like(chosen_rewards)
         metrics = {
             "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
             "chosen_rewards": chosen_rewards.mean(),
             "rejected_rewards": rejected_rewards.mean(),
-            "margin_mean": batch["margin"].float().mean(),
-            "margin_zero_fraction": (batch["margin"] == 0).float().mean(),
+            "margin_mean": margin.mean(),
+            "margin_zero_fraction": (margin == 0).float().mean(),
             "policy_chosen_logps": policy_c.detach().mean(),
             "policy_rejected_logps": policy_r.detach().mean(),
         }

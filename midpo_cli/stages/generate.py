@@ -458,6 +458,9 @@ def run(ctx: Any) -> None:
     sets = [load_prompt_set(p, recipe.data.columns or None) for p in cfg.prompts]
     log_counts(sets)
     entries = stage_entries(cfg, refs, sets)
+    from midpo_cli.stages.baseline import baseline_entries
+
+    entries += baseline_entries(ctx, _sweep_sets(sets, cfg.sweep_prompts))  # stages.baselines, beside MidPO
 
     def loader(e: ModelEntry) -> Policy:
         tok = tokenizer_ref(recipe, e.spec) if e.spec == policy_ref(ctx) else None
