@@ -683,6 +683,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     main_rows = [r for r in rows if not is_sweep_label(str(r["model"]))]
     main = {**summary, "groups": [g for g in summary["groups"] if not is_sweep_label(g["model"])],
             "models": [m for m in summary["models"] if not is_sweep_label(m)]}
+    from midpo_cli.evaluation.methods import methods_html
     from midpo_cli.evaluation.tradeoff_figure import caption as tradeoff_caption
 
     tradeoff = plot_tradeoff(main, out_dir / "tradeoff.png")
@@ -706,6 +707,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
 {_img(tradeoff, "safety vs helpfulness", tradeoff_caption(main)) if tradeoff else ''}
 <h2>Summary</h2>{_summary_table(main)}
 <p class="meta">Bold: the best value within each prompt set.</p>
+{methods_html(summary)}
 {_routing_html(summary, out_dir)}
 <h2>Win rates</h2>{_wins_table(summary)}
 {'<h2>Score distributions</h2>' + _img(dist, 'distributions', DIST_CAPTION) if dist else ''}

@@ -132,6 +132,7 @@ def score_answers(
     generate's manifest beside the answers) and `verdict` (midpo_cli.evaluation.verdict, also on stderr).
     `gate_maps` (generate's per-token gate JSON) is copied into out_dir for the report's heatmaps.
     """
+    from midpo_cli.evaluation.methods import add_merge_points, method_tables
     from midpo_cli.evaluation.verdict import lines as verdict_lines
     from midpo_cli.evaluation.verdict import router_probe, verdicts
     from midpo_cli.headroom import routing_summary
@@ -153,6 +154,9 @@ def score_answers(
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
                                          bootstrap=bootstrap, seed=seed)
     summary["gates"] = gate_summary(scored)
+    summary["methods"] = method_tables(scored, outcome_for=toy_outcome_for, select_on=select_on, bootstrap=bootstrap,
+                                       seed=seed)
+    add_merge_points(summary)
     summary["router_probe"] = router_probe(answers_path, next(iter(summary["routing"].values()), {}).get(
         "router", {}).get("model"))
     summary["verdict"] = verdicts(summary)
