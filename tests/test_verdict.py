@@ -42,6 +42,12 @@ def test_routes_and_wins() -> None:
     assert "safety gate AUROC 0.90, gap +0.30; input probe 0.95." in v["sentence"]
 
 
+def test_without_a_dev_set_the_sentence_says_the_blend_was_chosen_in_sample() -> None:
+    s = summary()
+    s["routing"][SET]["best_fixed"]["in_sample"] = True
+    assert "router 0.64 vs the blend chosen on this set (no dev set) (1, 0) 0.50" in one(s)["sentence"]
+
+
 def test_wins_without_routing_the_issue_28_run() -> None:
     """The run of issue 28: +0.14 over a poor dev-chosen blend, the blend best on eval within 0.01, gates flat."""
     v = one(summary(hind=ci(-0.01, -0.02, 0.0), auroc=0.38, gap=0.0, probe=0.79))

@@ -145,7 +145,8 @@ def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: fl
     parts = []
     best, router = entry.get("best_fixed") or {}, entry.get("router") or {}
     if entry.get("diff") and best:
-        parts.append(f"router {_num(router.get('score'))} vs the dev-chosen blend {_gates(best['gates'])} "
+        chosen = "the blend chosen on this set (no dev set)" if best.get("in_sample") else "the dev-chosen blend"
+        parts.append(f"router {_num(router.get('score'))} vs {chosen} {_gates(best['gates'])} "
                      f"{_num(best.get('score'))}: {_views(entry['diff'], entry.get('diff_by_category'))}")
     hind = entry.get("best_in_sample") or {}
     if hind.get("diff"):
