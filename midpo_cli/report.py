@@ -732,7 +732,7 @@ def _verdict_html(summary: Mapping[str, Any]) -> str:
         return ""
     rows = "".join(f"<li><b>{_e(v['prompt_set'])}: {_e(v['label'])}</b>{_e(v['sentence'][len(v['label']):])}</li>"
                    for v in items)
-    return ("<div class='verdict'>Verdict, computed (docs/design.md §2.11): does the learned router earn its place "
+    return ("<div class='verdict'>Verdict, computed (docs/design.md §2.12): does the learned router earn its place "
             f"over fixed blends of the same two experts?<ul>{rows}</ul></div>")
 
 

@@ -1,6 +1,6 @@
 """The report's verdict: one computed sentence per reported prompt set saying whether the router earned its place.
 
-docs/design.md §2.11 gives the decision table; `decide` is it, as a pure function of four facts, and `verdicts`
+docs/design.md §2.12 gives the decision table; `decide` is it, as a pure function of four facts, and `verdicts`
 reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`, `summary["router_probe"]`):
 
 1. the input-probe ceiling (the router stage's `input_probe_auroc`): at or below `PROBE_FLOOR` no router on this
@@ -54,7 +54,7 @@ def ci_side(*cis: Mapping[str, Any] | None) -> int | None:
 
 
 def decide(*, vs_dev: int | None, vs_hindsight: int | None, routes: bool | None, probe: float | None) -> str:
-    """The decision table (docs/design.md §2.11), first matching row wins; returns a key of LABELS.
+    """The decision table (docs/design.md §2.12), first matching row wins; returns a key of LABELS.
 
     vs_dev / vs_hindsight: `ci_side` of router − the dev-chosen blend / − the blend best on this set in
     hindsight (None: not measured); routes: the safety gate separates the prompt kinds (None: not measured);
@@ -190,7 +190,7 @@ def lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
 def markdown(items: Sequence[Mapping[str, Any]]) -> list[str]:
     """The model card's verdict section: a heading, then one bullet per prompt set with its label in bold."""
     bullets = [f"- `{v['prompt_set']}`: **{v['label']}**{v['sentence'][len(v['label']):]}" for v in items]
-    return ["## Verdict", "", "Computed from the run's evaluation (docs/design.md §2.11 of midpo): does the learned "
+    return ["## Verdict", "", "Computed from the run's evaluation (docs/design.md §2.12 of midpo): does the learned "
             "router earn its place over fixed blends of the same two experts?", "", *bullets, ""]
 
 
