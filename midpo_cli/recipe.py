@@ -20,11 +20,14 @@ from midpo_cli.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Template = Literal["auto", "safe-rlhf", "chat"]
-# The baselines MidPO is compared with (docs/design.md §2.11): `stages.baselines` lists which run; each is a
+# The baselines MidPO is compared with (docs/design.md §2.12): `stages.baselines` lists which run; each is a
 # stage `baseline_<kind>` with its own folder, section and command (`midpo train-baseline --kind K`).
 BASELINE_KINDS = ("dpo_helpful", "dpo_safe", "modpo", "safedpo", "ties")
 BASELINE_STAGES = tuple(f"baseline_{kind}" for kind in BASELINE_KINDS)
 TRAINED_BASELINES = BASELINE_STAGES[:-1]  # ties merges the experts: it trains nothing
+# The expert whose settings a trained baseline inherits: dpo_safe is the safety expert's plain-DPO counterpart,
+# the others train on the helpfulness expert's `better` pairs.
+BASELINE_PARENT = {"baseline_dpo_safe": "safety_expert"}
 TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router", "dpo_expert",
                    *TRAINED_BASELINES)
 STAGE_ORDER = (
@@ -176,10 +179,10 @@ class ExpertStage(TrainOverrides):
 
 
 class BaselineStage(TrainOverrides):
-    """A trained baseline: every unset key is the helpfulness expert's, so only the objective differs."""
+    """A trained baseline: every unset key is its expert's (BASELINE_PARENT), so only the objective differs."""
 
-    beta: float | None = Field(None, gt=0, description="DPO β (null: the helpfulness expert's).")
-    lora: LoraSettings | None = Field(None, description="LoRA settings (null: the helpfulness expert's).")
+    beta: float | None = Field(None, gt=0, description="DPO β (null: its expert's).")
+    lora: LoraSettings | None = Field(None, description="LoRA settings (null: its expert's).")
     precompute_ref: bool | None = Field(None, description="Reference log-probs cached once (null: the expert's).")
 
 
@@ -330,7 +333,7 @@ class Stages(Strict):
     )
     baselines: list[Literal[BASELINE_KINDS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Baselines trained beside MidPO and compared in the report: "
-        f"{', '.join(BASELINE_KINDS)} (docs/design.md §2.11)."
+        f"{', '.join(BASELINE_KINDS)} (docs/design.md §2.12)."
     )
     baseline_dpo_helpful: BaselineStage = Field(default_factory=BaselineStage, description="DPO on `better` pairs.")
     baseline_dpo_safe: BaselineStage = Field(default_factory=BaselineStage, description="DPO on the safety pairs.")
@@ -359,9 +362,9 @@ class Recipe(Strict):
         """The stage's effective training settings: `train:` overlaid with the stage's own keys."""
         if stage not in TRAINING_STAGES:
             raise KeyError(stage)
-        # a baseline trains as the helpfulness expert does, unless its own section says otherwise
-        layers = [self.stages.helpfulness_expert, getattr(self.stages, stage)] if stage in BASELINE_STAGES else \
-            [getattr(self.stages, stage)]
+        # a baseline trains as its expert does (BASELINE_PARENT), unless its own section says otherwise
+        layers = [getattr(self.stages, self.baseline_parent(stage)), getattr(self.stages, stage)] \
+            if stage in BASELINE_STAGES else [getattr(self.stages, stage)]
         merged = self.train.model_dump()
         for overrides in layers:
             for name in TrainOverrides.model_fields:
@@ -370,9 +373,13 @@ class Recipe(Strict):
                     merged[name] = value.model_dump() if isinstance(value, BaseModel) else value
         return TrainSettings.model_validate(merged)
 
+    @staticmethod
+    def baseline_parent(stage: str) -> str:
+        return BASELINE_PARENT.get(stage, "helpfulness_expert")
+
     def baseline_policy(self, stage: str) -> dict[str, Any]:
-        """A trained baseline's beta, lora and precompute_ref: its own where set, else the helpfulness expert's."""
-        own, expert = getattr(self.stages, stage), self.stages.helpfulness_expert
+        """A trained baseline's beta, lora and precompute_ref: its own where set, else its expert's."""
+        own, expert = getattr(self.stages, stage), getattr(self.stages, self.baseline_parent(stage))
         return {key: getattr(own, key) if getattr(own, key) is not None else getattr(expert, key)
                 for key in ("beta", "lora", "precompute_ref")}
 

@@ -202,3 +202,25 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_stage_folder(tmp_path, args
     lines = [x for x in result.output.splitlines() if x.strip()]
     assert any(message in x for x in lines), result.output
     assert sorted(p.name for p in run.iterdir()) == ["sft"]
+
+
+def test_export_and_chat_take_a_baseline_as_they_take_an_expert(trained, tmp_path) -> None:
+    from peft import PeftModel
+
+    from midpo_cli.cli import app
+    from midpo_cli.modeling.loading import load_causal_lm
+
+    adapter = trained["run"] / "baseline_safedpo" / "adapter"
+    to = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", str(adapter), "--to", str(to), "--adapters", "--json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((to / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((to / "base").resolve())
+    peft = PeftModel.from_pretrained(load_causal_lm(str(to / "base")), str(to / "adapter")).eval()
+    direct = PeftModel.from_pretrained(load_causal_lm(str(trained["run"].parent / "base")), str(adapter)).eval()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        assert torch.allclose(peft(ids).logits, direct(ids).logits, atol=1e-5)
+    answer = CliRunner().invoke(app, ["chat", str(adapter), "--json", "--max-new-tokens", "4"], input="Hello?\n")
+    assert answer.exit_code == 0, answer.output
+    assert "answer" in json.loads(answer.stdout.strip().splitlines()[-1])
