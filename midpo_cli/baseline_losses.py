@@ -1,4 +1,4 @@
-"""The baselines' losses, as pure tensor maths beside MidPO's own (docs/design.md §2.12).
+"""The baselines' losses, as pure tensor maths beside MidPO's own (docs/design.md §2.11).
 
 Same contract as `midpo_cli.losses`: per-pair losses (B,) and detached implicit rewards, no model, no recipe,
 no Python branch on a tensor value. Each one is the SPE-DPO form −log σ(β′·Δ − m) with its own β′ and m, so

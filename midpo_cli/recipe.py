@@ -20,7 +20,7 @@ from midpo_cli.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Template = Literal["auto", "safe-rlhf", "chat"]
-# The baselines MidPO is compared with (docs/design.md §2.12): `stages.baselines` lists which run; each is a
+# The baselines MidPO is compared with (docs/design.md §2.11): `stages.baselines` lists which run; each is a
 # stage `baseline_<kind>` with its own folder, section and command (`midpo train-baseline --kind K`).
 BASELINE_KINDS = ("dpo_helpful", "dpo_safe", "modpo", "safedpo", "ties")
 BASELINE_STAGES = tuple(f"baseline_{kind}" for kind in BASELINE_KINDS)
@@ -333,7 +333,7 @@ class Stages(Strict):
     )
     baselines: list[Literal[BASELINE_KINDS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Baselines trained beside MidPO and compared in the report: "
-        f"{', '.join(BASELINE_KINDS)} (docs/design.md §2.12)."
+        f"{', '.join(BASELINE_KINDS)} (docs/design.md §2.11)."
     )
     baseline_dpo_helpful: BaselineStage = Field(default_factory=BaselineStage, description="DPO on `better` pairs.")
     baseline_dpo_safe: BaselineStage = Field(default_factory=BaselineStage, description="DPO on the safety pairs.")

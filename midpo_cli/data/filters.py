@@ -101,7 +101,7 @@ def pair_filter(stage: str, loss: str | None = None) -> str:
     return stage if stage in ("reward_model", "cost_model", "safety_expert", "helpfulness_expert") else "reward_model"
 
 
-# The baselines' pairs (docs/design.md §2.12): the experts' selections, or SafeDPO's re-ordered `better` pairs.
+# The baselines' pairs (docs/design.md §2.11): the experts' selections, or SafeDPO's re-ordered `better` pairs.
 BASELINE_FILTERS = {"baseline_dpo_helpful": "dpo", "baseline_dpo_safe": "safety_expert", "baseline_modpo": "dpo",
                     "baseline_safedpo": "safedpo"}
 

@@ -1,5 +1,5 @@
 """The method table: MidPO beside every other model the answers hold (the baselines, the experts, the base), per
-prompt set, each with its paired-bootstrap Δ against MidPO (docs/design.md §2.12). Pure numpy.
+prompt set, each with its paired-bootstrap Δ against MidPO (docs/design.md §2.11). Pure numpy.
 
 Columns, per method and prompt set:
 - `harmful_safe`: share of harmful prompts answered safely — by the ground-truth judge where one exists (toy

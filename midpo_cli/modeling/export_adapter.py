@@ -1,4 +1,4 @@
-"""`midpo export ADAPTER --adapters`: one trained PEFT adapter (an expert's or a baseline's, docs/design.md §2.12)
+"""`midpo export ADAPTER --adapters`: one trained PEFT adapter (an expert's or a baseline's, docs/design.md §2.11)
 made portable — the adapter with its base resolved (a hub name stays a reference; a local or embedded base is
 copied into `base/`, as `export --adapters` does for a MidPO model's experts), reloaded through peft alone and
 compared with the adapter as trained before it is renamed into place."""

@@ -28,7 +28,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "generate": ("sft", "safety_expert", "helpfulness_expert", "router"),
     "score": ("generate", "reward_model", "cost_model"),
     "dpo_expert": ("sft",),  # the plain-DPO baseline: margin 0, so no score model
-    # the baselines (docs/design.md §2.12): MODPO's margin comes from the cost model; ties merges the experts
+    # the baselines (docs/design.md §2.11): MODPO's margin comes from the cost model; ties merges the experts
     "baseline_dpo_helpful": ("sft",),
     "baseline_dpo_safe": ("sft",),
     "baseline_modpo": ("sft", "cost_model"),

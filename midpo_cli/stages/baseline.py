@@ -1,5 +1,5 @@
 """Stages `baseline_dpo_helpful`, `baseline_dpo_safe`, `baseline_modpo`, `baseline_safedpo`: the trained baselines
-MidPO is compared with (docs/design.md §2.12).
+MidPO is compared with (docs/design.md §2.11).
 
 Each is the experts' code path (`expert.run_preference`) with another `Objective`: the same SFT base, data,
 template, reference log-prob cache, LoRA and training settings (a baseline's unset keys are the helpfulness

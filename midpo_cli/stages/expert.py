@@ -74,7 +74,7 @@ class Objective:
     """What sets one preference-trained adapter apart from another: its pairs, per-pair columns and loss.
 
     Everything else — base policy, tokenizer, template, encoding, reference cache, LoRA, engine, saving — is
-    `run_preference`'s, shared by the experts and the baselines (docs/design.md §2.12), so a comparison of
+    `run_preference`'s, shared by the experts and the baselines (docs/design.md §2.11), so a comparison of
     them measures the objective alone.
     - data_stage: the pair filter (data/filters.py) that selects and orients the pairs;
     - columns(ctx, stage, splits, template, tokenizer) → ({name: one list per split}, statistics): per-pair

@@ -1,4 +1,4 @@
-"""Stage `baseline_ties`: the safety and helpfulness experts merged into one LoRA adapter (docs/design.md §2.12).
+"""Stage `baseline_ties`: the safety and helpfulness experts merged into one LoRA adapter (docs/design.md §2.11).
 
 The merge is peft's `add_weighted_adapter` (TIES, or DARE-TIES), not a reimplementation: the experts are loaded
 as two adapters on the SFT base, each candidate weight pair [w_safety, w_helpfulness] becomes one merged adapter
