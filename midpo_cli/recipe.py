@@ -32,11 +32,12 @@ TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfu
                    *TRAINED_BASELINES)
 STAGE_ORDER = (
     "sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
-    *BASELINE_STAGES, "generate", "score",
+    "generate", "score",
 )
 # Stages outside the pipeline's default order: run on request (`midpo train-expert --kind dpo`, `--only`).
 OPTIONAL_STAGES = ("dpo_expert",)
-ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
+# Every stage in dependency order; the baselines run when `stages.baselines` lists them, before generate.
+ALL_STAGES = (*STAGE_ORDER[:-2], *BASELINE_STAGES, *STAGE_ORDER[-2:], *OPTIONAL_STAGES)
 TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 
 

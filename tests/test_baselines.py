@@ -27,8 +27,9 @@ TRAINED = ("dpo_helpful", "dpo_safe", "modpo", "safedpo")
 
 
 def _sets(root: Path, base: Path, pairs: Path) -> list[str]:
-    return [f"run_dir={root}", f"stages.sft.use={base}", f"data.train={pairs}", f"data.eval={pairs}",
-            "data.max_length=64", "data.template=safe-rlhf", "train.max_steps=2", "train.batch_size=2",
+    return [f"run_dir={root}", f"stages.sft.use={base}", f"data.train={pairs}",
+            f"data.eval={pairs.with_name('eval.jsonl')}", "data.max_length=48", "data.template=safe-rlhf",
+            "train.max_steps=2", "train.batch_size=2",
             "train.precision=fp32", "train.eval_each_epoch=false", "stages.cost_model.min_accuracy=0",
             "stages.helpfulness_expert.loss=dpo", "stages.helpfulness_expert.lora.r=4",
             "stages.helpfulness_expert.lora.target_modules=[down_proj]",
@@ -46,7 +47,9 @@ def upstream(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("baselines")
     pairs = root / "pairs.jsonl"
-    pairs.write_text("\n".join(resolve_embedded("embedded:toy-safety/train").read_text().splitlines()[:40]) + "\n")
+    lines = resolve_embedded("embedded:toy-safety/train").read_text().splitlines()
+    pairs.write_text("\n".join(lines[:20]) + "\n")
+    (root / "eval.jsonl").write_text("\n".join(lines[20:30]) + "\n")
     base = root / "base"
     load_causal_lm("embedded:tiny-llama", seed=3).save_pretrained(base)
     load_tokenizer("embedded:tiny-llama").save_pretrained(base)
@@ -185,22 +188,22 @@ def test_a_baseline_resumes_bit_for_bit(upstream, tmp_path, monkeypatch) -> None
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--kind", "orpo"], "'orpo' is not one of"),
+    (["--kind", "modpo", "--set", "stages.baselines=[orpo]"], "stages.baselines.0: must be one of dpo_helpful"),
     (["--kind", "modpo", "--set", "stages.baseline_modpo.weights=[0, 0]"], "must sum to a positive number"),
     (["--kind", "modpo", "--set", "stages.baseline_modpo.weights=[-1, 2]"], "two finite numbers >= 0"),
     (["--kind", "modpo"], "needs cost_model"),
     (["--kind", "ties"], "needs safety_expert, helpfulness_expert"),
 ])
-def test_bad_input_is_one_line_exit_2_and_touches_no_stage_folder(tmp_path, args, message) -> None:
-    from midpo_cli.cli import app
+def test_bad_input_is_one_line_exit_2_and_touches_no_stage_folder(tmp_path, capfd, args, message) -> None:
+    from midpo_cli.cli import main
     from midpo_cli.manifest import StageRecord, write_manifest
 
     run = tmp_path / "run"
     (run / "sft").mkdir(parents=True)
     write_manifest(run / "sft", StageRecord(stage="sft", fingerprint="x", inputs={}, started=0.0), {})
-    result = CliRunner().invoke(app, ["train-baseline", *args, "--set", f"run_dir={run}"])
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert any(message in x for x in lines), result.output
+    assert main(["train-baseline", *args, "--set", f"run_dir={run}"]) == 2
+    err = " ".join(capfd.readouterr().err.split())  # one message, however the terminal wraps it
+    assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in run.iterdir()) == ["sft"]
 
 
@@ -224,3 +227,28 @@ def test_export_and_chat_take_a_baseline_as_they_take_an_expert(trained, tmp_pat
     answer = CliRunner().invoke(app, ["chat", str(adapter), "--json", "--max-new-tokens", "4"], input="Hello?\n")
     assert answer.exit_code == 0, answer.output
     assert "answer" in json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def test_the_pipeline_runs_listed_baselines_only_and_generate_answers_them(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from midpo_cli.pipeline.graph import dependencies, select_stages
+    from midpo_cli.pipeline.inputs import baseline_models
+
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", "stages.baselines=[modpo,ties]"])
+    stages = select_stages(recipe=recipe)
+    assert [s for s in stages if s.startswith("baseline_")] == ["baseline_modpo", "baseline_ties"]
+    assert stages.index("baseline_ties") < stages.index("generate")
+    assert not any(s.startswith("baseline_") for s in select_stages(recipe=load_recipe(None, [])))
+    assert select_stages(only=["baseline_safedpo"], recipe=recipe) == ["baseline_safedpo"]  # on request
+    assert dependencies(recipe, "generate")[-2:] == ("baseline_modpo", "baseline_ties")
+    candidates = {"ties@gates=0.5,0.5": "baseline_ties/adapters/0.5-0.5",
+                  "ties@gates=1,1": "baseline_ties/adapters/1-1"}
+    inputs = {"baseline_modpo": {"outputs": {"adapter": "baseline_modpo/adapter"}},
+              "baseline_ties": {"outputs": {"adapter": "baseline_ties/adapters/0.5-0.5", "candidates": candidates}}}
+    ctx = SimpleNamespace(recipe=recipe, inputs=inputs, run_dir=tmp_path,
+                          input_path=lambda stage, key: tmp_path / inputs[stage]["outputs"][key])
+    assert baseline_models(ctx, ("dev-prompts",)) == [
+        ("modpo", str(tmp_path / "baseline_modpo/adapter"), None),
+        ("ties@gates=0.5,0.5", str(tmp_path / "baseline_ties/adapters/0.5-0.5"), ("dev-prompts",)),
+        ("ties@gates=1,1", str(tmp_path / "baseline_ties/adapters/1-1"), ("dev-prompts",))]

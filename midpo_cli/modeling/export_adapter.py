@@ -25,20 +25,26 @@ def is_adapter_folder(folder: str | Path) -> bool:
 def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
                    trust_remote_code: bool = False) -> dict[str, Any]:
     """The adapter folder `source` as `to/adapter/` (+ `to/base/` when its base is not on the hub)."""
+    from peft import PeftModel
+
     from midpo_cli.assets import is_embedded
-    from midpo_cli.stages.generate import load_policy
+    from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
+    from midpo_cli.modeling.lora import check_adapter_base
 
     source, to = Path(source).expanduser(), check_destination(to)
     base = adapter_base(source)
     if not base:
         raise InputError(f"{source / 'adapter_config.json'}: base_model_name_or_path is empty")
     kind = "embedded" if is_embedded(base) else "local" if Path(base).expanduser().exists() else "hub"
-    policy = load_policy(str(source), dtype=dtype, trust_remote_code=trust_remote_code)  # checks the base
-    ids = probe_batch(policy.tokenizer, policy.model.device)
+    base_model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_adapter_base(source, base_model, base_name=base)  # the base it was trained on, not a look-alike
+    model = PeftModel.from_pretrained(base_model, str(source)).eval()
+    has_tok = (source / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(source) if has_tok else base, trust_remote_code=trust_remote_code)
+    ids = probe_batch(tokenizer, model.device)
     with torch.no_grad():
-        reference = policy.model(ids).logits.float().cpu()
-    tokenizer = policy.tokenizer
-    del policy
+        reference = model(ids).logits.float().cpu()
+    del model, base_model
     base_ref = base if kind == "hub" else str(to.resolve() / "base")
 
     def save(tmp: Path) -> None:
@@ -55,10 +61,6 @@ def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
             write_base(tmp / "base", base, kind, tokenizer, trust_remote_code=trust_remote_code)
 
     def load(tmp: Path):
-        from peft import PeftModel
-
-        from midpo_cli.modeling.loading import load_causal_lm
-
         plain = load_causal_lm(base if kind == "hub" else str(tmp / "base"), dtype=dtype,
                                trust_remote_code=trust_remote_code)
         return PeftModel.from_pretrained(plain, str(tmp / "adapter")).eval()

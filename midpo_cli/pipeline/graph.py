@@ -87,15 +87,13 @@ def select_stages(
     *, start: str | None = None, until: str | None = None, only: list[str] | None = None,
     recipe: Recipe | None = None,
 ) -> list[str]:
-    """The stages to run in pipeline order; a baseline the recipe does not list runs only when named by --only."""
-    order = list(STAGE_ORDER)
+    """The stages to run in pipeline order: STAGE_ORDER plus the recipe's `stages.baselines`; any stage by --only."""
     if only:
         return [s for s in ALL_STAGES if s in only]
-    if recipe is not None:
-        order = [s for s in order if s not in BASELINE_STAGES or s in listed_baselines(recipe)]
-    lo = order.index(start) if start else 0
-    hi = order.index(until) + 1 if until else len(order)
-    return order[lo:hi]
+    listed = listed_baselines(recipe) if recipe is not None else ()
+    lo = ALL_STAGES.index(start) if start else 0
+    hi = ALL_STAGES.index(until) + 1 if until else len(ALL_STAGES)
+    return [s for s in ALL_STAGES[lo:hi] if s in STAGE_ORDER or s in listed]
 
 
 def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[str, Any] | None]) -> str:

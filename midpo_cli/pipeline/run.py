@@ -43,7 +43,7 @@ def runner(stage: str) -> Callable[[StageContext], None]:
         case "dpo_expert":
             from midpo_cli.stages.expert import run_dpo_expert as run
         case "baseline_dpo_helpful" | "baseline_dpo_safe" | "baseline_modpo" | "baseline_safedpo":
-            from midpo_cli.stages.baseline import run_baseline as run
+            from midpo_cli.stages.expert import run_baseline as run
         case "baseline_ties":
             from midpo_cli.stages.merge import run
         case "rank":
