@@ -48,20 +48,22 @@ def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("baselines")
     pairs = root / "pairs.jsonl"
     lines = resolve_embedded("embedded:toy-safety/train").read_text().splitlines()
-    pairs.write_text("\n".join(lines[:20]) + "\n")
-    (root / "eval.jsonl").write_text("\n".join(lines[20:30]) + "\n")
+    pairs.write_text("\n".join(lines[:16]) + "\n")
+    (root / "eval.jsonl").write_text("\n".join(lines[16:24]) + "\n")
     base = root / "base"
     load_causal_lm("embedded:tiny-llama", seed=3).save_pretrained(base)
     load_tokenizer("embedded:tiny-llama").save_pretrained(base)
     run = root / "run"
-    recipe = load_recipe(None, _sets(run, base, pairs))
+    upstream_steps = [f"stages.{s}.max_steps=1" for s in ("cost_model", "safety_expert", "helpfulness_expert")]
+    recipe = load_recipe(None, [*_sets(run, base, pairs), *upstream_steps])
     for stage in ("sft", "cost_model", "safety_expert", "helpfulness_expert"):
         execute(stage, recipe, resume=True)
     return {"root": root, "base": base, "pairs": pairs, "run": run}
 
 
 def _recipe(upstream, run: Path, *extra: str):
-    return load_recipe(None, [*_sets(run, upstream["base"], upstream["pairs"]), *extra])
+    steps = [f"stages.{s}.max_steps=1" for s in ("cost_model", "safety_expert", "helpfulness_expert")]
+    return load_recipe(None, [*_sets(run, upstream["base"], upstream["pairs"]), *steps, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,8 @@ def test_each_baseline_trains_with_the_cached_reference_only(trained) -> None:
     run = trained["run"]
     for kind in TRAINED:
         manifest = read_manifest(run / f"baseline_{kind}")
-        assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["train_loss"] > 0
+        # max_steps 1 is inherited from the expert (train: says 2)
+        assert manifest["metrics"]["steps"] == 1 and manifest["metrics"]["train_loss"] > 0
         live = manifest["live_parameters_during_training"]
         assert live["top_level_models"] == 1  # the policy alone: no reference copy, no score model
     # dpo_helpful, modpo and safedpo train on the helpfulness expert's sequences, dpo_safe on the safety
@@ -150,8 +153,8 @@ def test_ties_merge_equals_peft_on_the_experts(trained, upstream) -> None:
     peft_model.load_adapter(str(run / "helpfulness_expert" / "adapter"), adapter_name="helpfulness")
     manifest = read_manifest(run / "baseline_ties")
     assert sorted(manifest["outputs"]["candidates"]) == ["ties@gates=0.5,0.5", "ties@gates=1,1"]
-    for weights in ([0.5, 0.5], [1.0, 1.0]):
-        name = f"m{weights[1]:g}"
+    for i, weights in enumerate(([0.5, 0.5], [1.0, 1.0])):
+        name = f"merged{i}"
         torch.manual_seed(0)
         peft_model.add_weighted_adapter(["safety", "helpfulness"], weights, name, combination_type="ties_svd",
                                         density=0.5)
@@ -168,7 +171,7 @@ def test_a_baseline_resumes_bit_for_bit(upstream, tmp_path, monkeypatch) -> None
     from midpo_cli.commands.stage_cmds import execute
     from midpo_cli.engine import loop
 
-    steps = ("train.max_steps=4", "stages.baseline_modpo.checkpoint={every_steps: 2}")
+    steps = ("stages.baseline_modpo.max_steps=4", "stages.baseline_modpo.checkpoint={every_steps: 2}")
     runs = {}
     for name in ("full", "interrupted"):
         runs[name] = tmp_path / name
@@ -226,7 +229,7 @@ def test_export_and_chat_take_a_baseline_as_they_take_an_expert(trained, tmp_pat
         assert torch.allclose(peft(ids).logits, direct(ids).logits, atol=1e-5)
     answer = CliRunner().invoke(app, ["chat", str(adapter), "--json", "--max-new-tokens", "4"], input="Hello?\n")
     assert answer.exit_code == 0, answer.output
-    assert "answer" in json.loads(answer.stdout.strip().splitlines()[-1])
+    assert isinstance(json.loads(answer.stdout)["answer"], str)
 
 
 def test_the_pipeline_runs_listed_baselines_only_and_generate_answers_them(tmp_path) -> None:
