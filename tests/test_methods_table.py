@@ -115,3 +115,11 @@ def test_report_section_and_figure_point() -> None:
     page = methods_html(summary)
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page  # names from data are escaped
     assert "ties (ties@gates=1,1)" in page and page.count("<h3>") == 2
+
+
+def test_a_single_merge_candidate_is_one_method_named_ties() -> None:
+    data = rows("midpo", "s", ok=[1, 1, 1, 1], reward=[0] * 4, cost=[0] * 4, refusal=[0] * 4, tokens=[1] * 4)
+    data += rows("ties", "s", ok=[1, 1, 0, 0], reward=[0] * 4, cost=[0] * 4, refusal=[0] * 4, tokens=[1] * 4)
+    table = method_tables(data, outcome_for=judge, bootstrap=0)["s"]
+    assert [(m["method"], m["model"]) for m in table["methods"]] == [("midpo", "midpo"), ("ties", "ties")]
+    assert table["methods"][1]["delta"]["score"]["prompts"]["mean"] == pytest.approx(-0.5)

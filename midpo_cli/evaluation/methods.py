@@ -64,7 +64,7 @@ def method_tables(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[[s
         outcome = outcome_for(name) if outcome_for else None
         table = MethodTable(answers, reference, outcome)
         methods = [m for m in answers if not is_sweep_label(m)]
-        if merge["label"] in answers:
+        if merge["label"] in answers and merge["label"] not in methods:  # a candidate: a sweep label
             methods.append(merge["label"])
         ordered = [reference, *sorted(m for m in methods if m != reference)]
         idx = bootstrap_indices(len(table.universe), bootstrap, seed, key=f"methods:{name}")
