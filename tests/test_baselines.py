@@ -255,3 +255,22 @@ def test_the_pipeline_runs_listed_baselines_only_and_generate_answers_them(tmp_p
         ("modpo", str(tmp_path / "baseline_modpo/adapter"), None),
         ("ties@gates=0.5,0.5", str(tmp_path / "baseline_ties/adapters/0.5-0.5"), ("dev-prompts",)),
         ("ties@gates=1,1", str(tmp_path / "baseline_ties/adapters/1-1"), ("dev-prompts",))]
+
+
+def test_dare_ties_is_seeded(trained, upstream) -> None:
+    """DARE drops delta entries at random: the stage seeds it, so the same seed gives the same adapter."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from midpo_cli.stages.merge import merge_experts
+
+    run = trained["run"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(upstream["base"]),
+                                      str(run / "safety_expert" / "adapter"), adapter_name="safety")
+    model.load_adapter(str(run / "helpfulness_expert" / "adapter"), adapter_name="helpfulness")
+    got = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        merge_experts(model, (1.0, 1.0), method="dare_ties", density=0.5, name=name, seed=seed)
+        got[name] = get_peft_model_state_dict(model, adapter_name=name)
+    assert all(torch.equal(got["a"][k], got["b"][k]) for k in got["a"])
+    assert not all(torch.equal(got["a"][k], got["c"][k]) for k in got["a"])
