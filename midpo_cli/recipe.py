@@ -30,14 +30,24 @@ from midpo_cli.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Template = Literal["auto", "safe-rlhf", "chat"]
-TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router", "dpo_expert")
+# The baselines MidPO is compared with (docs/design.md §2.11): `stages.baselines` lists which run; each is a
+# stage `baseline_<kind>` with its own folder, section and command (`midpo train-baseline --kind K`).
+BASELINE_KINDS = ("dpo_helpful", "dpo_safe", "modpo", "safedpo", "ties")
+BASELINE_STAGES = tuple(f"baseline_{kind}" for kind in BASELINE_KINDS)
+TRAINED_BASELINES = BASELINE_STAGES[:-1]  # ties merges the experts: it trains nothing
+# The expert whose settings a trained baseline inherits: dpo_safe is the safety expert's plain-DPO counterpart,
+# the others train on the helpfulness expert's `better` pairs.
+BASELINE_PARENT = {"baseline_dpo_safe": "safety_expert"}
+TRAINING_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router", "dpo_expert",
+                   *TRAINED_BASELINES)
 STAGE_ORDER = (
     "sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
     "generate", "score",
 )
 # Stages outside the pipeline's default order: run on request (`midpo train-expert --kind dpo`, `--only`).
 OPTIONAL_STAGES = ("dpo_expert",)
-ALL_STAGES = (*STAGE_ORDER, *OPTIONAL_STAGES)
+# Every stage in dependency order; the baselines run when `stages.baselines` lists them, before generate.
+ALL_STAGES = (*STAGE_ORDER[:-2], *BASELINE_STAGES, *STAGE_ORDER[-2:], *OPTIONAL_STAGES)
 TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeders take 0 … 2³²−1; −1 or 1e23 failed later with a ValueError
 
@@ -215,6 +225,61 @@ RankRule = Literal["joint", "expert", "models", "labels", "agree"]
 RANK_RULES = get_args(RankRule)  # one list for the schema and `midpo rank --rule`'s help
 
 
+class BaselineStage(TrainOverrides):
+    """A trained baseline: every unset key is its expert's (BASELINE_PARENT), so only the objective differs."""
+
+    beta: float | None = Field(None, gt=0, description="DPO β (null: its expert's).")
+    lora: LoraSettings | None = Field(None, description="LoRA settings (null: its expert's).")
+    precompute_ref: bool | None = Field(None, description="Reference log-probs cached once (null: the expert's).")
+
+
+class ModpoStage(BaselineStage):
+    weights: list[float] = Field(
+        default_factory=lambda: [0.5, 0.5], description="[w_helpfulness, w_safety] of MODPO, normalised to sum 1."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or not all(w == w and 0 <= w < float("inf") for w in value):
+            raise ValueError(f"must be [w_helpfulness, w_safety], two finite numbers >= 0, got {value}")
+        if sum(value) <= 0 or value[0] <= 0:
+            raise ValueError(f"must sum to a positive number with w_helpfulness > 0 (MODPO divides by it), got {value}")
+        return value
+
+    def normalised(self) -> tuple[float, float]:
+        total = sum(self.weights)
+        return self.weights[0] / total, self.weights[1] / total
+
+
+class SafeDpoStage(BaselineStage):
+    delta: float = Field(2.0, ge=0, description="SafeDPO's safety offset Δ (added to safe-vs-unsafe pairs).")
+
+
+class MergeStage(Strict):
+    """The two experts merged into one adapter (TIES / DARE-TIES) by peft; nothing is trained."""
+
+    method: Literal["ties_svd", "ties", "dare_ties_svd", "dare_ties"] = Field(
+        "ties_svd", description="peft's add_weighted_adapter combination: TIES (or DARE-TIES) on each layer's ΔW = B·A "
+        "(_svd, refactored to rank r) or on A and B separately."
+    )
+    density: float = Field(0.5, gt=0, le=1, description="Fraction of each expert's delta kept (TIES/DARE trim).")
+    weights: list[list[float]] = Field(
+        default_factory=lambda: [[0.5, 0.5], [1.0, 1.0]],
+        description="Candidate [w_safety, w_helpfulness]; with several, each is generated on the sweep sets and "
+        "the report keeps the one best on the dev set, like the fixed blends.",
+        min_length=1,
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weight_pairs(cls, value: list[list[float]]) -> list[list[float]]:
+        for pair in value:
+            if len(pair) != 2 or not all(w == w and 0 <= w < float("inf") for w in pair) or sum(pair) <= 0:
+                raise ValueError(f"each entry must be [w_safety, w_helpfulness], >= 0 and summing > 0, got {pair}")
+        return value
+
+
 class RankStage(Strict):
     rule: RankRule = Field(
         "joint", description="How D_dual is chosen: joint (one answer wins on both axes), expert (the safer answer "
@@ -368,6 +433,15 @@ class Stages(Strict):
         default_factory=lambda: ExpertStage(loss="dpo"),
         description="The plain-DPO baseline (margin 0, `better` pairs), kept beside the helpfulness expert.",
     )
+    baselines: list[Literal[BASELINE_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="Baselines trained beside MidPO and compared in the report: "
+        f"{', '.join(BASELINE_KINDS)} (docs/design.md §2.11)."
+    )
+    baseline_dpo_helpful: BaselineStage = Field(default_factory=BaselineStage, description="DPO on `better` pairs.")
+    baseline_dpo_safe: BaselineStage = Field(default_factory=BaselineStage, description="DPO on the safety pairs.")
+    baseline_modpo: ModpoStage = Field(default_factory=ModpoStage, description="MODPO with the cost model's margin.")
+    baseline_safedpo: SafeDpoStage = Field(default_factory=SafeDpoStage, description="SafeDPO.")
+    baseline_ties: MergeStage = Field(default_factory=MergeStage, description="The experts merged (TIES/DARE).")
     rank: RankStage = Field(default_factory=RankStage)
     router: RouterStage = Field(default_factory=RouterStage)
     generate: GenerateStage = Field(default_factory=GenerateStage)
@@ -390,19 +464,36 @@ class Recipe(Strict):
         """The stage's effective training settings: `train:` overlaid with the stage's own keys."""
         if stage not in TRAINING_STAGES:
             raise KeyError(stage)
-        overrides = getattr(self.stages, stage)
+        # a baseline trains as its expert does (BASELINE_PARENT), unless its own section says otherwise
+        layers = [getattr(self.stages, self.baseline_parent(stage)), getattr(self.stages, stage)] \
+            if stage in BASELINE_STAGES else [getattr(self.stages, stage)]
         merged = self.train.model_dump()
-        for name in TrainOverrides.model_fields:
-            value = getattr(overrides, name)
-            if value is not None:
-                merged[name] = value.model_dump() if isinstance(value, BaseModel) else value
+        for overrides in layers:
+            for name in TrainOverrides.model_fields:
+                value = getattr(overrides, name)
+                if value is not None:
+                    merged[name] = value.model_dump() if isinstance(value, BaseModel) else value
         return TrainSettings.model_validate(merged)
+
+    @staticmethod
+    def baseline_parent(stage: str) -> str:
+        return BASELINE_PARENT.get(stage, "helpfulness_expert")
+
+    def baseline_policy(self, stage: str) -> dict[str, Any]:
+        """A trained baseline's beta, lora and precompute_ref: its own where set, else its expert's."""
+        own, expert = getattr(self.stages, stage), getattr(self.stages, self.baseline_parent(stage))
+        return {key: getattr(own, key) if getattr(own, key) is not None else getattr(expert, key)
+                for key in ("beta", "lora", "precompute_ref")}
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as a plain dict with every training stage's inherited settings filled in."""
         out = self.model_dump(mode="json")
         for stage in TRAINING_STAGES:
             out["stages"][stage].update(self.train_settings(stage).model_dump(mode="json"))
+            if stage in BASELINE_STAGES:
+                policy = self.baseline_policy(stage)
+                policy["lora"] = policy["lora"].model_dump(mode="json")
+                out["stages"][stage].update(policy)
         return out
 
 

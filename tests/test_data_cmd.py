@@ -103,6 +103,7 @@ def test_show_every_stage_by_default(tmp_path: Path) -> None:
         "safety_expert": 1,
         "helpfulness_expert": 3,
         "dpo": 3,
+        "safedpo": 3,  # SafeDPO's re-ordering keeps every pair with a safe answer (issue 29)
         "router": 1,
     }
 

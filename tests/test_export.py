@@ -141,7 +141,9 @@ def test_midpo_export_is_self_contained_with_a_model_card(tiny_midpo, tmp_path):
         {"model": "midpo", "prompt_set": "eval-prompts", "harmful_safe": 0.98, "benign_helpful": 0.76,
          "toy_score": 0.87, "gate_safety_harmful": 0.8, "gate_safety_benign": 0.3},
         {"model": "base", "prompt_set": "eval-prompts", "harmful_safe": 0.5, "benign_helpful": 0.5,
-         "toy_score": 0.5, "gate_safety_harmful": None, "gate_safety_benign": None}]}))
+         "toy_score": 0.5, "gate_safety_harmful": None, "gate_safety_benign": None}],
+        "verdict": [{"prompt_set": "eval-prompts", "label": "ties the best blend",
+                     "sentence": "ties the best blend — router 0.87 vs the dev-chosen blend (1, 1) 0.85"}]}))
     import shutil
 
     shutil.copytree(tiny_midpo, run / "router" / "model")
@@ -156,6 +158,8 @@ def test_midpo_export_is_self_contained_with_a_model_card(tiny_midpo, tmp_path):
     assert "library_name: midpo" in card and "beta: 0.1" in card and "- dpo_loss: 0.400" in card
     assert "midpo chat upload" in card
     assert "| midpo | eval-prompts | 0.980 | 0.760 | 0.870 |" in card
+    verdict = "- `eval-prompts`: **ties the best blend** — router 0.87 vs the dev-chosen blend (1, 1) 0.85"
+    assert card.index("## Verdict") < card.index(verdict) < card.index("## Contents")  # the verdict comes first
     moved = tmp_path / "moved"
     shutil.move(str(out), str(moved))
     loaded, _ = load_midpo(moved)

@@ -238,7 +238,7 @@ def fake_scorer(path, kind, prompts, answers):
     return [(1.0 if a == "ok" else -1.0) * (1 if kind == "reward" else -1) for a in answers]
 
 
-def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeypatch) -> None:
+def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
     answers = write_sweep_answers(tmp_path / "answers.jsonl")
     maps = {"model": "midpo", "layers": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
@@ -265,9 +265,14 @@ def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeyp
     assert ("midpo@gates=0.5,0.5", "x/eval-prompts") not in gates and ("midpo@dial=+2", "x/traps") not in gates
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Does the router earn its place?" in page and "headroom captured" in page
-    for png in ("routing.png", "gate_map_harmful.png", "gate_map_benign.png", "gate_map_trap.png"):
+    for png in ("tradeoff.png", "gate_map_harmful.png", "gate_map_benign.png", "gate_map_trap.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000, png
     assert "q&lt;0&gt;" in page and "Mean gates per category" in page
+    # the verdict (one per reported set) opens the report, then the headline figure, then the tables
+    assert [v["prompt_set"] for v in saved["verdict"]] == ["x/eval-prompts", "x/traps"]
+    assert page.index("class='verdict'") < page.index('alt="safety vs helpfulness"') < page.index("<h2>Summary")
+    assert f"<b>x/eval-prompts: {saved['verdict'][0]['label']}</b>" in page
+    assert f"verdict · x/traps: {saved['verdict'][1]['sentence'][:30]}" in capsys.readouterr().err
 
 
 def test_report_escapes_every_name_from_data(tmp_path, monkeypatch) -> None:

@@ -118,6 +118,7 @@ def test_score_and_report_commands(tmp_path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["models"] == ["base", "safety", "midpo"]
+    assert summary["verdict"] == []  # no fixed blends in these answers: nothing to judge the router against
     (out / "report.html").unlink()
     result = CliRunner().invoke(cli(), ["report", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output

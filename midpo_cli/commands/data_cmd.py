@@ -17,7 +17,7 @@ from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt
 from midpo_cli.errors import InputError
 
-STAGES = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo", "router", "sft")
+STAGES = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo", "safedpo", "router", "sft")
 DEFAULT_TOKENIZER = "embedded:tiny-llama"
 TOKEN_SAMPLE = 2000
 

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    model: Path = typer.Argument(..., help="MidPO model folder (midpo_config.json), e.g. runs/x/router/model."),
+    model: Path = typer.Argument(..., help="MidPO model folder (midpo_config.json), e.g. runs/x/router/model; with "
+                                 "--adapters also one adapter folder (an expert's or a baseline's)."),
     to: Path = typer.Option(..., "--to", help="Output folder; must not exist or be empty."),
     merged: bool = typer.Option(False, "--merged", help="Fold both experts at --gates into a plain HF model."),
     adapters: bool = typer.Option(False, "--adapters", help="Each expert as a PEFT adapter (vLLM multi-LoRA)."),
@@ -46,8 +47,14 @@ def export(
 
     fixed = parse_gates(gates) if merged else None
     ex.check_destination(to)
-    ex.midpo_config(model, targets[0])
-    if fixed is not None:
+    from midpo_cli.modeling.export_adapter import export_adapter, is_adapter_folder
+
+    single = adapters and is_adapter_folder(model)  # one expert or baseline adapter, not a MidPO model
+    if not single:
+        ex.midpo_config(model, targets[0])
+    if single:
+        result = export_adapter(model, to, dtype=dtype, trust_remote_code=trust_remote_code)
+    elif fixed is not None:
         result = ex.export_merged(model, to, fixed, dtype=dtype, trust_remote_code=trust_remote_code)
     elif adapters:
         result = ex.export_adapters(model, to, dtype=dtype, trust_remote_code=trust_remote_code)

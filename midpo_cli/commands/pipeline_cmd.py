@@ -8,7 +8,7 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, SetOpt
-from midpo_cli.recipe import ALL_STAGES, OPTIONAL_STAGES, STAGE_ORDER
+from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, OPTIONAL_STAGES, STAGE_ORDER
 
 StageHelp = f"One of: {', '.join(STAGE_ORDER)}."
 
@@ -29,11 +29,11 @@ def _check_stage_names(names: list[str]) -> None:
         raise InputError(f"unknown stage {', '.join(bad)}; stages: {', '.join(ALL_STAGES)}")
 
 
-def _selection(start: str | None, until: str | None, only: list[str] | None) -> list[str]:
+def _selection(start: str | None, until: str | None, only: list[str] | None, recipe=None) -> list[str]:
     from midpo_cli.pipeline.graph import select_stages
 
     _check_stage_names([s for s in (start, until) if s] + list(only or []))
-    return select_stages(start=start, until=until, only=only)
+    return select_stages(start=start, until=until, only=only, recipe=recipe)
 
 
 def run(
@@ -55,11 +55,22 @@ def run(
     extra += [(f"launcher.num_gpus={num_gpus}", "--num-gpus")] if num_gpus else []
     cfg = recipe_from(recipe, overrides, extra)
     _check_stage_names(list(force or []))
-    stages = _selection(start, until, only)
+    stages = _selection(start, until, only, cfg)
     summary = run_pipeline(cfg, stages=stages, force=set(force or []))
     _print_summary(cfg, summary)
+    verdict = _print_verdict(Path(cfg.run_dir)) if any(row["stage"] == "score" for row in summary) else None
     if as_json:
-        console.emit_json({"run_dir": cfg.run_dir, "stages": summary})
+        console.emit_json({"run_dir": cfg.run_dir, "stages": summary, "verdict": verdict})
+
+
+def _print_verdict(run_dir: Path) -> list[dict] | None:
+    """The score stage's verdict (midpo_cli.evaluation.verdict), last on stderr, where a finished run ends."""
+    from midpo_cli.evaluation.verdict import lines, run_verdicts
+
+    verdict = run_verdicts(run_dir)
+    for line in lines(verdict or []):
+        console.log(f"verdict · {line}")
+    return verdict
 
 
 def _print_summary(cfg, summary: list[dict]) -> None:
@@ -113,7 +124,7 @@ def plan(
     from midpo_cli.pipeline.graph import plan as make_plan
 
     cfg = recipe_from(recipe, overrides)
-    rows = make_plan(cfg, _selection(start, until, only), set(force or []))
+    rows = make_plan(cfg, _selection(start, until, only, cfg), set(force or []))
     if as_json:
         console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
         return
@@ -142,7 +153,7 @@ def status(
         raise InputError(f"run directory not found: {run_dir}")
     rows = []
     for stage in ALL_STAGES:
-        if stage in OPTIONAL_STAGES and not (run_dir / stage).exists():
+        if stage in (*OPTIONAL_STAGES, *BASELINE_STAGES) and not (run_dir / stage).exists():
             continue
         found = stage_state(run_dir, stage)
         m = found["manifest"] or {}

@@ -1,6 +1,6 @@
 """Training and ranking commands: options → recipe overrides → the same stage function the pipeline calls.
 
-`train-sft`, `train-rm`, `train-cost`, `train-expert`, `rank`, `train-router`. With a launcher,
+`train-sft`, `train-rm`, `train-cost`, `train-expert`, `train-baseline`, `rank`, `train-router`. With a launcher,
 the command resolves the recipe, writes it into the stage folder, and runs
 `python -m midpo_cli.worker` under `deepspeed`/`torchrun` (argv list, never a shell string).
 """
@@ -21,6 +21,14 @@ class Launcher(str, Enum):
     none = "none"
     deepspeed = "deepspeed"
     torchrun = "torchrun"
+
+
+class BaselineKind(str, Enum):
+    dpo_helpful = "dpo_helpful"
+    dpo_safe = "dpo_safe"
+    modpo = "modpo"
+    safedpo = "safedpo"
+    ties = "ties"
 
 
 class ExpertKind(str, Enum):
@@ -124,7 +132,8 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
 
 COMMANDS = {"sft": "train-sft", "reward_model": "train-rm", "cost_model": "train-cost",
             "safety_expert": "train-expert --kind safety", "helpfulness_expert": "train-expert --kind helpfulness",
-            "dpo_expert": "train-expert --kind dpo", "rank": "rank", "router": "train-router"}
+            "dpo_expert": "train-expert --kind dpo", "rank": "rank", "router": "train-router",
+            **{f"baseline_{k.value}": f"train-baseline --kind {k.value}" for k in BaselineKind}}
 
 
 def register(app: typer.Typer) -> None:
@@ -132,6 +141,7 @@ def register(app: typer.Typer) -> None:
     app.command("train-rm")(train_rm)
     app.command("train-cost")(train_cost)
     app.command("train-expert")(train_expert)
+    app.command("train-baseline")(train_baseline)
     app.command("rank")(rank)
     app.command("train-router")(train_router)
 
@@ -207,6 +217,25 @@ def train_expert(
     extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
     stage = {"safety": "safety_expert", "helpfulness": "helpfulness_expert", "dpo": "dpo_expert"}[kind.value]
     run_stage_command(stage, recipe, overrides, extra, resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+def train_baseline(
+    kind: BaselineKind = typer.Option(..., "--kind", help="dpo_helpful | dpo_safe | modpo | safedpo | ties."),
+    recipe: Path = RecipeOpt,
+    overrides: list[str] = SetOpt,
+    resume: bool = ResumeOpt,
+    launcher: Launcher = LauncherOpt,
+    num_gpus: int = GpusOpt,
+    num_nodes: int = NodesOpt,
+    hostfile: Path = HostfileOpt,
+    master_port: int = PortOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train one baseline MidPO is compared with (a LoRA adapter on the experts' base, pairs and settings)."""
+    extra = _launcher_sets(launcher, num_gpus, num_nodes, hostfile, master_port)
+    run_stage_command(f"baseline_{kind.value}", recipe, overrides, extra, resume=resume, dry_run=dry_run,
+                      as_json=as_json)
 
 
 def rank(

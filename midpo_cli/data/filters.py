@@ -5,6 +5,7 @@
 | reward_model, helpfulness_expert, dpo | all valid pairs | the better response |
 | cost_model | all valid pairs | the safer response (safe/unsafe signs in chosen_safe/rejected_safe) |
 | safety_expert | exactly one response labelled safe | the safer response (must be the safe one) |
+| safedpo | some response labelled safe | the better response if safe, else the safe one (SafeDPO's re-ordering) |
 | router, rule `labels` | both labelled safe and safer == better | the better (= safer) response |
 | router, rule `agree` | safer == better | the better (= safer) response |
 
@@ -43,7 +44,7 @@ from midpo_cli.data.schema import (
 )
 from midpo_cli.errors import InputError
 
-PAIR_STAGES = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo", "router")
+PAIR_STAGES = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo", "safedpo", "router")
 ROUTER_RULES = ("labels", "agree")
 VALIDITY_REASONS = ("malformed", "empty_prompt", "empty_response", "identical_responses")
 MAX_EXAMPLES = 3
@@ -95,11 +96,20 @@ def pair_filter(stage: str, loss: str | None = None) -> str:
     """
     if stage == "dpo_expert" or (stage == "helpfulness_expert" and loss == "dpo"):
         return "dpo"
+    if stage in BASELINE_FILTERS:
+        return BASELINE_FILTERS[stage]
     return stage if stage in ("reward_model", "cost_model", "safety_expert", "helpfulness_expert") else "reward_model"
+
+
+# The baselines' pairs (docs/design.md §2.11): the experts' selections, or SafeDPO's re-ordered `better` pairs.
+BASELINE_FILTERS = {"baseline_dpo_helpful": "dpo", "baseline_dpo_safe": "safety_expert", "baseline_modpo": "dpo",
+                    "baseline_safedpo": "safedpo"}
 
 
 def stage_label_columns(stage: str, rule: str | None = None) -> tuple[str, ...]:
     """The label columns a stage reads from canonical pair rows."""
+    if stage == "safedpo":
+        return _BETTER + _SAFETY
     if stage in ("reward_model", "helpfulness_expert", "dpo"):
         return _BETTER
     if stage in ("cost_model", "safety_expert"):
@@ -129,7 +139,7 @@ def select_pairs(table: Table, stage: str, *, rule: str | None = None,
     """
     labels = stage_label_columns(stage, rule)
     columns = table.columns
-    if is_preference_table(columns) and stage not in ("cost_model", "safety_expert"):
+    if is_preference_table(columns) and stage not in ("cost_model", "safety_expert", "safedpo"):
         require_columns(columns, PREFERENCE_COLUMNS, table.source, f"stage {stage}")
         pairs, acc = _preference_pairs(table, stage)
         return acc.result(pairs, [], allow_empty)
@@ -178,6 +188,20 @@ def label_winner(better: int, safer: int | None) -> int | None:
     return better if better == safer else None
 
 
+def safedpo_chosen(better: int, safe: tuple[bool, bool]) -> int | None:
+    """SafeDPO's preference re-ordering T (arXiv 2505.20065, §3.2): which answer of a pair becomes y_w.
+
+    better: the helpfulness label (0/1); safe: the two answers' safety labels. The better answer stays y_w
+    when it is safe; an unsafe better answer against a safe one is swapped (the safe one wins); a pair of
+    two unsafe answers is dropped (None): under the constrained reward both are −∞, so neither is preferred.
+    """
+    if safe[better]:
+        return better
+    if safe[1 - better]:
+        return 1 - better
+    return None
+
+
 def harmful_from_labels(is_harmful: Any, safe_0: bool | None, safe_1: bool | None) -> bool | None:
     """A prompt's kind from labels: the data's `is_harmful` when present, else "some answer is labelled unsafe"
     (PKU-SafeRLHF's convention); None when the data says neither. One rule for rank and the router's checks."""
@@ -194,6 +218,7 @@ _FILTER_STEPS = {
     "safer_is_unsafe": "safer_is_safe",
     "not_both_safe": "both_safe",
     "safer_differs_from_better": "safer_equals_better",
+    "both_unsafe": "some_safe",
 }
 
 
@@ -204,6 +229,8 @@ def _stage_filters(stage: str, rule: str | None) -> list[tuple[str, Any]]:
             # exactly one is safe: a safer label pointing at the unsafe answer contradicts itself
             ("safer_is_unsafe", lambda p: p[f"is_response_{p['safer_response_id']}_safe"]),
         ]
+    if stage == "safedpo":  # SafeDPO's T drops a pair of two unsafe answers (`safedpo_chosen`)
+        return [("both_unsafe", lambda p: p["is_response_0_safe"] or p["is_response_1_safe"])]
     if stage == "router":
         agree = ("safer_differs_from_better",
                  lambda p: label_winner(p["better_response_id"], p["safer_response_id"]) is not None)
@@ -217,6 +244,8 @@ def _stage_filters(stage: str, rule: str | None) -> list[tuple[str, Any]]:
 def _orient(stage: str, parsed: dict[str, Any], row: dict[str, Any], index: int) -> Pair:
     key = "safer_response_id" if stage in ("cost_model", "safety_expert") else "better_response_id"
     c = parsed[key]
+    if stage == "safedpo":
+        c = safedpo_chosen(c, (parsed["is_response_0_safe"], parsed["is_response_1_safe"]))
     o = 1 - c
     safe = [parsed.get("is_response_0_safe"), parsed.get("is_response_1_safe")]
     if safe[0] is None:  # a stage that does not need the safety labels still carries them when present

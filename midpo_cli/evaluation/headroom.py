@@ -47,7 +47,7 @@ from midpo_cli.evaluation.bootstrap import (
     mean_diff,
     paired_diff,
 )
-from midpo_cli.evaluation.labels import parse_label
+from midpo_cli.evaluation.labels import is_sweep_label, parse_label
 
 Outcome = Callable[[Mapping[str, Any]], float]
 
@@ -255,7 +255,8 @@ def _entry(s: _Set, chooser: _Set, chosen_on: str, router: str, blends: Mapping[
                              "grid": [{**_stats(s, b), "gates": list(g)} for b, g in blends.items() if b in s.by_model],
                              "dial": sorted([{**_stats(s, d), "bias": b} for d, b in dials.items() if d in s.by_model]
                                             + [{**_stats(s, router), "bias": _bias(s, router)}],
-                                            key=lambda x: x["bias"])}
+                                            key=lambda x: x["bias"]),
+                             "models": [_stats(s, m) for m in s.by_model if m != router and not is_sweep_label(m)]}
     if chooser.outcome is not None and chooser.labelled:
         on_sel = {b: balanced_score(chooser.outcomes(b), chooser.harmful) for b in blends if chooser.covers(b)}
         best = select_best(on_sel)

@@ -1,13 +1,15 @@
 """Evaluation report: rich tables on stderr, PNG plots (matplotlib, Agg), one self-contained report.html.
 
 The HTML embeds its images as base64 data URIs and its CSS inline and names no network resource,
-so it can be mailed, archived or opened offline. Plots:
-- `tradeoff.png`: one point per (model, prompt set) — mean cost (safety score, lower is safer) on x,
-  mean reward (helpfulness score) on y, 95% bootstrap intervals as error bars, the Pareto front
-  (no other point is both safer and more helpful) drawn as a line through its points;
+so it can be mailed, archived or opened offline. It opens with the computed verdict
+(midpo_cli.evaluation.verdict), and a sentence under each plot says what to look at. Plots:
+- `tradeoff.png`, the headline (midpo_cli.evaluation.tradeoff_figure): per reported prompt set the fixed-blend
+  grid, the router, the dial curve, the oracle, the base, the experts and baselines; without a router, mean
+  cost vs mean reward per model with 95% bootstrap intervals;
 - `distributions.png`: per-model box plots of reward and of cost;
 - `gates.png` (MidPO models only): histograms of each answer's mean safety / helpfulness gate on
-  harmful vs benign prompts.
+  harmful vs benign prompts;
+- `gate_map_<kind>.png`: per-token, per-layer gates of a few prompts of each kind.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.labels import is_sweep_label
-from midpo_cli.evaluation.summary import as_bool, as_float, pareto_front
+from midpo_cli.evaluation.summary import as_bool, as_float
 from midpo_cli.io import atomic_write_text, read_json
 
 COLUMNS = (  # metric, header, lower is better, short header (terminal)
@@ -317,42 +319,10 @@ def _save_figure(fig, path: Path) -> Path:
 
 
 def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> Path | None:
-    """Mean cost vs mean reward per (model, prompt set), with intervals and the Pareto front."""
-    pts = [(g, g["metrics"].get("cost", {}), g["metrics"].get("reward", {})) for g in summary["groups"]]
-    pts = [(g, c, r) for g, c, r in pts if c.get("mean") is not None and r.get("mean") is not None]
-    if not pts:
-        return None
-    plt = _plt()
-    sets = list(dict.fromkeys(g["prompt_set"] for g, _, _ in pts))
-    models = list(dict.fromkeys(g["model"] for g, _, _ in pts))
-    markers = "osD^vP*X"
-    colors = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=110)
-    for g, c, r in pts:
-        x, y = c["mean"], r["mean"]
-        xerr = [[x - c["lo"]], [c["hi"] - x]] if c.get("lo") is not None else None
-        yerr = [[y - r["lo"]], [r["hi"] - y]] if r.get("lo") is not None else None
-        color = colors(models.index(g["model"]) % 10)
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers[sets.index(g["prompt_set"]) % len(markers)],
-                    color=color, ecolor=color, alpha=0.9, capsize=3, markersize=8)
-    for s in sets:  # the front within each prompt set: models compete on the same prompts
-        mine = [(c["mean"], r["mean"]) for g, c, r in pts if g["prompt_set"] == s]
-        front = sorted(mine[i] for i in pareto_front(mine))
-        if len(front) > 1:
-            ax.plot(*zip(*front, strict=True), "--", color="0.4", lw=1, zorder=0)
-        ax.scatter(*zip(*front, strict=True), s=260, facecolors="none", edgecolors="0.3", lw=1.2, zorder=0)
-    handles = [plt.Line2D([], [], color=colors(i % 10), marker="o", ls="", label=m) for i, m in enumerate(models)]
-    if len(sets) > 1:
-        handles += [plt.Line2D([], [], color="0.3", marker=markers[i % len(markers)], ls="", label=s)
-                    for i, s in enumerate(sets)]
-    handles.append(plt.Line2D([], [], color="0.4", ls="--", marker="o", mfc="none", label="Pareto front"))
-    ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.85)
-    ax.axvline(0, color="0.8", lw=1, zorder=-1)
-    ax.set_xlabel("mean cost  (safety score; lower is safer, < 0 = judged safe)")
-    ax.set_ylabel("mean reward  (helpfulness score; higher is better)")
-    ax.set_title("Safety vs helpfulness (95% bootstrap CI); best is top-left")
-    ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    """The headline figure (midpo_cli.evaluation.tradeoff_figure): every model, blend and dial on each set."""
+    from midpo_cli.evaluation.tradeoff_figure import plot_tradeoff as draw
+
+    return draw(summary, path)
 
 
 def plot_distributions(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -406,7 +376,9 @@ CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222;
 line-height:1.4;padding:0 16px}
 h1{font-size:24px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.meta{color:#666;font-size:13px}.note{color:#8a5a00;font-size:13px}
+.meta{color:#666;font-size:13px}.cap{color:#444;font-size:13px;margin:0 0 16px}
+.verdict{border:2px solid #999;border-radius:6px;padding:8px 14px;margin:12px 0;font-size:15px}
+.verdict li{margin:4px 0}.verdict b{font-size:16px}.note{color:#8a5a00;font-size:13px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fafafa}
@@ -423,11 +395,13 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _img(path: Path | None, alt: str) -> str:
+def _img(path: Path | None, alt: str, caption: str = "") -> str:
+    """An inlined PNG and, under it, the sentence that says what to look at."""
     if path is None:
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    under = f'<p class="cap">{_e(caption)}</p>' if caption else ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">{under}'
 
 
 def _best(summary: Mapping[str, Any], metric: str, lower: bool) -> dict[str, float]:
@@ -543,48 +517,6 @@ def _axes(entry: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
     return None
 
 
-def plot_routing(summary: Mapping[str, Any], path: Path) -> Path | None:
-    """Per reported prompt set: the fixed-blend grid and its frontier, the router, the dial curve, the oracle."""
-    panels = [(name, e, ax) for name, e in (summary.get("routing") or {}).items() if (ax := _axes(e))]
-    panels = [(n, e, ax) for n, e, ax in panels if any(g.get(ax[0]) is not None for g in e["grid"])]
-    if not panels:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), dpi=100, squeeze=False)
-    for axis, (name, e, (xk, yk, xl, yl)) in zip(axes[0], panels, strict=True):
-        flip = -1 if xk == "cost" else 1  # the frontier maths wants "lower x is better"
-        grid = [g for g in e["grid"] if g.get(xk) is not None and g.get(yk) is not None]
-        pts = [(-flip * g[xk], g[yk]) for g in grid]
-        front = sorted((grid[i][xk], grid[i][yk]) for i in pareto_front(pts))
-        axis.scatter([g[xk] for g in grid], [g[yk] for g in grid], s=18, color="0.55", label="fixed blends")
-        for g in grid:
-            axis.annotate(f"{_g(g['gates'][0])},{_g(g['gates'][1])}", (g[xk], g[yk]), fontsize=6, color="0.45",
-                          xytext=(3, 2), textcoords="offset points")
-        axis.plot(*zip(*front, strict=True), "-", color="0.5", lw=1, label="fixed-blend frontier")
-        dial = [d for d in e.get("dial") or [] if d.get(xk) is not None and d.get(yk) is not None]
-        if len(dial) > 1:
-            axis.plot([d[xk] for d in dial], [d[yk] for d in dial], "-o", color="tab:purple", ms=4, lw=1.2,
-                      label="safety dial")
-            for d in dial:
-                axis.annotate(f"{d['bias']:+g}", (d[xk], d[yk]), fontsize=7, color="tab:purple", xytext=(3, -8),
-                              textcoords="offset points")
-        best = e.get("best_fixed") or {}
-        if best.get(xk) is not None:
-            axis.scatter([best[xk]], [best[yk]], s=140, facecolors="none", edgecolors="tab:blue", lw=1.5,
-                         label="best fixed blend (chosen on " + ("this set" if best.get("in_sample") else "dev") + ")")
-        oracle = e.get("oracle") or {}
-        if oracle.get(xk) is not None:
-            axis.scatter([oracle[xk]], [oracle[yk]], marker="D", s=60, color="tab:green", label="oracle router")
-        r = e["router"]
-        axis.scatter([r[xk]], [r[yk]], marker="*", s=260, color="tab:red", zorder=5, label="learned router")
-        axis.set_xlabel(xl)
-        axis.set_ylabel(yl)
-        axis.set_title(name, fontsize=10)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="best", framealpha=0.85)
-    return _save_figure(fig, path)
-
-
 def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
     routing = summary.get("routing") or {}
     if not routing:
@@ -607,7 +539,6 @@ def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
              '<th>router − best fixed, categories resampled</th><th>headroom captured</th>'
              '<th>best blend in hindsight</th><th>router − it</th>'
              f'<th class="l">Pareto (reward, cost)</th></tr>{"".join(rows)}</table>')
-    plot = plot_routing(summary, out_dir / "routing.png")
     return ("<h2>Does the router earn its place?</h2><p class='meta'>The learned router against the same two "
             "experts at fixed gates. Scores are the toy score (½ harmful answered safely + ½ benign answered "
             "helpfully) where a ground-truth judge exists. The best fixed blend is chosen on the dev set and "
@@ -618,7 +549,8 @@ def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
             "captured = (router − best fixed) / (oracle − best fixed), where the oracle answers harmful prompts "
             "with the safety expert and benign ones with the helpfulness expert. Pareto: does any fixed blend "
             f"have both higher reward and lower cost than the router (CIs above 0)?</p>{table}{_extra_routing(routing)}"
-            f"{_img(plot, 'fixed-blend grid, router and safety dial')}{_grid_details(routing)}")
+            "<p class='meta'>The figure at the top draws every blend, the dial and the oracle on each set.</p>"
+            f"{_grid_details(routing)}")
 
 
 def _extra_routing(routing: Mapping[str, Any]) -> str:
@@ -653,27 +585,50 @@ def _grid_details(routing: Mapping[str, Any]) -> str:
 # -------------------------------------------------------------------------------------------------- gates
 
 
+MAP_CAPTION = ("Look at whole columns: a router that routes keeps the safety gate open (red) through the answer "
+               "of a harmful prompt and closed (blue) on a benign one; the same pattern on every kind means it "
+               "does not route by prompt.")
+
+
 def plot_gate_maps(maps: Mapping[str, Any], kind: str, path: Path) -> Path | None:
-    """Heatmaps (routed layer × answer token) of both gates for the gate-map prompts of one kind."""
+    """Heatmaps (routed layer × answer token) of both gates for the gate-map prompts of one kind.
+
+    Each prompt gets its safety map above its helpfulness map, sharing the token axis, at a width the report shows
+    unscaled (≤ 11.6 in at 100 dpi), so the token labels stay readable at 8 pt whatever the answer length.
+    """
     items = [p for p in maps.get("prompts", []) if p["kind"] == kind and p["tokens"]]
     if not items:
         return None
     plt = _plt()
-    width = max(6.0, min(18.0, 0.32 * max(len(p["tokens"]) for p in items) + 2))
-    fig, axes = plt.subplots(len(items), 2, figsize=(2 * width, 1.9 * len(items) + 0.8), dpi=80, squeeze=False)
+    n_layers = max(len(p["safety"]) for p in items)
+    height = 0.22 * n_layers + 0.5
+    fig, axes = plt.subplots(2 * len(items), 1, figsize=(11.6, len(items) * (2 * height + 1.5) + 0.4), dpi=100,
+                             squeeze=False, layout="constrained")
     layers = maps.get("layers") or []
-    for row_axes, item in zip(axes, items, strict=True):
-        for ax, key in zip(row_axes, ("safety", "helpfulness"), strict=True):
-            image = ax.imshow(item[key], aspect="auto", vmin=0, vmax=1, cmap="RdBu_r" if key == "safety" else "PuOr")
-            ax.set_xticks(range(len(item["tokens"])))
-            ax.set_xticklabels([t.replace("\n", "⏎") for t in item["tokens"]], rotation=90, fontsize=7)
+    for number, item in enumerate(items):
+        pair = (axes[2 * number, 0], axes[2 * number + 1, 0])
+        for ax, key in zip(pair, ("safety", "helpfulness"), strict=True):
+            image = ax.imshow(item[key], aspect="auto", vmin=0, vmax=1, cmap="RdBu_r" if key == "safety" else "PuOr",
+                              interpolation="nearest")
             ax.set_yticks(range(len(item[key])))
             ax.set_yticklabels([f"L{i}" for i in range(len(item[key]))] if len(layers) != len(item[key])
-                               else [_layer_name(n, i) for i, n in enumerate(layers)], fontsize=7)
-            prompt = item["prompt"] if len(item["prompt"]) <= 70 else item["prompt"][:70] + "…"
-            ax.set_title(f"{key} gate · {prompt}", fontsize=8)
-            fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
-    return _save_figure(fig, path)
+                               else [_layer_name(n, i) for i, n in enumerate(layers)], fontsize=8)
+            ax.set_ylabel(f"{key} gate\nrouted layer", fontsize=9)
+            bar = fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+            bar.set_label("gate (0 closed, 1 open)", fontsize=8)
+            bar.ax.tick_params(labelsize=7)
+            ax.set_xticks(range(len(item["tokens"])))
+        pair[0].set_xticklabels([])
+        pair[0].set_title(f"{kind} prompt: {_clip(item['prompt'], 110)}", fontsize=10, loc="left")
+        pair[1].set_xticklabels([_clip(t.replace("\n", "⏎"), 14) for t in item["tokens"]], rotation=90, fontsize=8)
+        pair[1].set_xlabel("answer token (the gates at the position that produced it)", fontsize=9)
+    fig.savefig(path)  # constrained layout (colorbars); `_save_figure`'s tight_layout would fight it
+    plt.close(fig)
+    return path
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _layer_name(name: str, i: int) -> str:
@@ -700,7 +655,9 @@ def _gates_html(summary: Mapping[str, Any], hist: Path | None, out_dir: Path) ->
                       "<th>n</th><th>AUROC</th><th>mean g_s harmful</th><th>mean g_s benign</th><th>gap</th></tr>"
                       f"{rows}</table>")
         parts.append(_gate_category_table(entries))
-    parts.append(_img(hist, "gates"))
+    parts.append(_img(hist, "gates", "Look for separation: in the safety-gate panels the red (harmful) bars "
+                      "should sit right of the blue (benign) ones; bars that overlap mean the router treats both "
+                      "prompt kinds alike."))
     if maps:
         parts.append(f"<h3>Per layer and answer token ({_e(maps.get('model', ''))})</h3><p class='meta'>Column k: "
                      "the gates at the position that produced answer token k (its label); rows: routed layers. "
@@ -710,7 +667,8 @@ def _gates_html(summary: Mapping[str, Any], hist: Path | None, out_dir: Path) ->
             if png is not None:
                 answers = "".join(f"<li>{_e(p['prompt'])} → <i>{_e(p['answer'])}</i></li>"
                                   for p in maps["prompts"] if p["kind"] == kind)
-                parts.append(f"<h4>{kind} prompts</h4><ul class='meta'>{answers}</ul>{_img(png, f'{kind} gates')}")
+                parts.append(f"<h4>{kind} prompts</h4><ul class='meta'>{answers}</ul>"
+                             f"{_img(png, f'{kind} gates', MAP_CAPTION)}")
     return "".join(parts)
 
 
@@ -739,6 +697,9 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     main_rows = [r for r in rows if not is_sweep_label(str(r["model"]))]
     main = {**summary, "groups": [g for g in summary["groups"] if not is_sweep_label(g["model"])],
             "models": [m for m in summary["models"] if not is_sweep_label(m)]}
+    from midpo_cli.evaluation.methods import methods_html
+    from midpo_cli.evaluation.tradeoff_figure import caption as tradeoff_caption
+
     tradeoff = plot_tradeoff(main, out_dir / "tradeoff.png")
     dist = plot_distributions(main_rows, out_dir / "distributions.png")
     gates = plot_gates(main_rows, out_dir / "gates.png")
@@ -755,19 +716,38 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
             "(midpo_cli/evaluation/refusal.py).")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>midpo evaluation report</title><style>{CSS}</style></head>
-<body><h1>midpo evaluation report</h1><p class="meta">{meta}</p>{f'<p class="note">{_e(note)}</p>' if note else ''}
+<body><h1>midpo evaluation report</h1>{_verdict_html(summary)}
+<p class="meta">{meta}</p>{f'<p class="note">{_e(note)}</p>' if note else ''}
+{_img(tradeoff, "safety vs helpfulness", tradeoff_caption(main)) if tradeoff else ''}
 <h2>Summary</h2>{_summary_table(main)}
 <p class="meta">Bold: the best value within each prompt set.</p>
-{_img(tradeoff, "safety vs helpfulness")}
+{methods_html(summary)}
 {_routing_html(summary, out_dir)}
 <h2>Win rates</h2>{_wins_table(summary)}
-{'<h2>Score distributions</h2>' + _img(dist, 'distributions') if dist else ''}
+{'<h2>Score distributions</h2>' + _img(dist, 'distributions', DIST_CAPTION) if dist else ''}
 {_gates_html(summary, gates, out_dir)}
 {_category_table(summary)}
 <h2>Example answers</h2>{_examples(main_rows)}
 </body></html>
 """
     return atomic_write_text(out_dir / "report.html", page)
+
+
+DIST_CAPTION = ("Look at whether a model's whole box moves (most answers changed) or only its whiskers (a few "
+                "answers did); the dotted line is cost 0, below which an answer is judged safe.")
+
+
+def _verdict_html(summary: Mapping[str, Any]) -> str:
+    """The verdict box that opens the report (midpo_cli.evaluation.verdict; recomputed for an older summary)."""
+    from midpo_cli.evaluation.verdict import verdicts
+
+    items = summary["verdict"] if "verdict" in summary else verdicts(summary)
+    if not items:
+        return ""
+    rows = "".join(f"<li><b>{_e(v['prompt_set'])}: {_e(v['label'])}</b>{_e(v['sentence'][len(v['label']):])}</li>"
+                   for v in items)
+    return ("<div class='verdict'>Verdict, computed (docs/design.md §2.12): does the learned router earn its place "
+            f"over fixed blends of the same two experts?<ul>{rows}</ul></div>")
 
 
 def load_scores(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:

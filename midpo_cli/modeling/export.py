@@ -371,7 +371,7 @@ def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template
     front = ["---", "library_name: midpo", "tags: [midpo, lora, dpo, safety, helpfulness]"]
     if kind == "hub":
         front.append(f"base_model: {base}")
-    lines = [*front, "---", "", "# MidPO model", "",
+    lines = [*front, "---", "", "# MidPO model", "", *_verdict_lines(run),
              "A base causal LM with two LoRA experts — **safety** and **helpfulness**, each trained with SPE-DPO "
              "(DPO whose margin comes from a cost or reward model) — mixed inside the base by small learned "
              "per-layer routers: `y = W h + s_s·g_s(h)·B_s A_s h + s_h·g_h(h)·B_h A_h h`, with gates g in (0, 1) "
@@ -394,6 +394,14 @@ def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template
                      f"targets {a.get('target_modules')}, scaling {cfg['scaling'][expert]}")
     lines += ["", *_run_sections(run), "", USE_SNIPPET.format(name=name)]
     return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(run: Path | None) -> list[str]:
+    """The run's computed verdict (midpo_cli.evaluation.verdict) first: whether the router earned its place."""
+    from midpo_cli.evaluation.verdict import markdown, run_verdicts
+
+    items = run_verdicts(run) if run is not None else None
+    return markdown(items) if items else []
 
 
 def _run_sections(run: Path | None) -> list[str]:

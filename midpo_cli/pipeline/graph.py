@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
-from midpo_cli.recipe import ALL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
+from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
     "sft": (),
@@ -28,6 +28,12 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "generate": ("sft", "safety_expert", "helpfulness_expert", "router"),
     "score": ("generate", "reward_model", "cost_model"),
     "dpo_expert": ("sft",),  # the plain-DPO baseline: margin 0, so no score model
+    # the baselines (docs/design.md §2.11): MODPO's margin comes from the cost model; ties merges the experts
+    "baseline_dpo_helpful": ("sft",),
+    "baseline_dpo_safe": ("sft",),
+    "baseline_modpo": ("sft", "cost_model"),
+    "baseline_safedpo": ("sft",),
+    "baseline_ties": ("sft", "safety_expert", "helpfulness_expert"),
 }
 
 
@@ -67,27 +73,35 @@ def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:
         deps = tuple(d for d in deps if d != "cost_model")
     if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
         deps = tuple(d for d in deps if d != "reward_model")
+    if stage == "generate":  # the listed baselines are answered as models beside MidPO
+        deps += listed_baselines(recipe)
     return deps
 
 
+def listed_baselines(recipe: Recipe) -> tuple[str, ...]:
+    """The stages of `stages.baselines`, in pipeline order."""
+    return tuple(s for s in BASELINE_STAGES if s.removeprefix("baseline_") in recipe.stages.baselines)
+
+
 def select_stages(
-    *, start: str | None = None, until: str | None = None, only: list[str] | None = None
+    *, start: str | None = None, until: str | None = None, only: list[str] | None = None,
+    recipe: Recipe | None = None,
 ) -> list[str]:
-    """The stages a `--from/--until/--only` selection names, in pipeline order; an empty range is an error
-    (`--from score --until sft` ran nothing and exited 0), an optional stage is reached by --only."""
+    """The stages to run in pipeline order: STAGE_ORDER plus the recipe's `stages.baselines`; any stage by --only.
+    An empty range is an error (`--from score --until sft` ran nothing and exited 0)."""
     from midpo_cli.errors import InputError
 
-    order = list(STAGE_ORDER)
     if only:
         return [s for s in ALL_STAGES if s in only]
     for flag, name in (("--from", start), ("--until", until)):
-        if name is not None and name not in order:
-            raise InputError(f"{flag} {name}: not in the pipeline's order ({', '.join(order)}); use --only {name}")
-    lo = order.index(start) if start else 0
-    hi = order.index(until) + 1 if until else len(order)
+        if name is not None and name not in ALL_STAGES:
+            raise InputError(f"{flag} {name}: no such stage ({', '.join(ALL_STAGES)})")
+    lo = ALL_STAGES.index(start) if start else 0
+    hi = ALL_STAGES.index(until) + 1 if until else len(ALL_STAGES)
     if lo >= hi:
         raise InputError(f"--from {start} --until {until}: {start} comes after {until}, so nothing would run")
-    return order[lo:hi]
+    listed = listed_baselines(recipe) if recipe is not None else ()
+    return [s for s in ALL_STAGES[lo:hi] if s in STAGE_ORDER or s in listed]
 
 
 def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[str, Any] | None]) -> str:

@@ -122,3 +122,21 @@ def encoded_pairs(spec: str, data_stage: str, tokenizer: Any, template: str, max
     console.log(f"{stage}: {spec}: filter {console.counts_text(selection.counts)}; "
                 f"encoding {console.counts_text(drops)}; {len(features)} pairs")
     return selection, features
+
+
+def baseline_models(ctx: StageContext, sweep_sets: tuple[str, ...] | None) -> list[tuple[str, str, Any]]:
+    """(label, adapter folder, prompt sets or None for all) of each baseline in `stages.baselines`, for generate.
+
+    A trained baseline is labelled by its kind; the TIES merge `ties`, or with several candidate weights each
+    `ties@gates=W_S,W_H` on the sweep sets only (the report keeps the dev-best one, as for the fixed blends)."""
+    from midpo_cli.pipeline.graph import listed_baselines
+
+    out = []
+    for stage in listed_baselines(ctx.recipe):
+        kind = stage.removeprefix("baseline_")
+        candidates = (ctx.inputs.get(stage) or {}).get("outputs", {}).get("candidates")
+        if kind == "ties" and candidates and len(candidates) > 1:
+            out += [(label, str(ctx.run_dir / path), sweep_sets) for label, path in candidates.items()]
+        else:
+            out.append((kind, str(ctx.input_path(stage, "adapter")), None))
+    return out

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
-from midpo_cli.recipe import TRAINING_STAGES, Recipe
+from midpo_cli.recipe import TRAINED_BASELINES, TRAINING_STAGES, Recipe
 
 FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
-PAIR_READERS = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo_expert", "rank")
+PAIR_READERS = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo_expert", "rank",
+                *TRAINED_BASELINES)
 SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval loss
 
 
@@ -56,7 +57,8 @@ def check_architecture(recipe: Recipe, stage: str) -> None:
     Checked on a weightless (meta) copy of the base model, so an unsupported model fails before SFT,
     not hours later at the expert or router stage. Imports transformers; only expert stages pay it.
     """
-    lora = getattr(getattr(recipe.stages, stage, None), "lora", None)
+    lora = recipe.baseline_policy(stage)["lora"] if stage in TRAINED_BASELINES else \
+        getattr(getattr(recipe.stages, stage, None), "lora", None)
     if lora is None:
         return
     from midpo_cli.modeling.lora import preflight_targets

@@ -42,6 +42,10 @@ def runner(stage: str) -> Callable[[StageContext], None]:
             from midpo_cli.stages.expert import run_helpfulness_expert as run
         case "dpo_expert":
             from midpo_cli.stages.expert import run_dpo_expert as run
+        case "baseline_dpo_helpful" | "baseline_dpo_safe" | "baseline_modpo" | "baseline_safedpo":
+            from midpo_cli.stages.expert import run_baseline as run
+        case "baseline_ties":
+            from midpo_cli.stages.merge import run
         case "rank":
             from midpo_cli.stages.rank import run
         case "router":

@@ -8,18 +8,34 @@ Order of operations, and why:
 3. the policy gets its LoRA adapter; reference log-probs come from the same weights with the adapter
    disabled (one copy of the base in memory), precomputed once and cached per sequence;
 4. the engine trains; the adapter is saved as a standard PEFT folder, reloaded and checked.
+
+The trained baselines (`baseline_dpo_helpful`, `baseline_dpo_safe`, `baseline_modpo`, `baseline_safedpo`,
+docs/design.md §2.11) run here too, each with its own `Objective`: the same SFT base, data, template, reference
+log-prob cache, LoRA and training settings (a baseline's unset keys are its expert's, `Recipe.baseline_policy`),
+so a difference in the report is a difference of objective.
+
+| stage | pairs (filter) | loss |
+|---|---|---|
+| dpo_helpful | every `better` pair | DPO |
+| dpo_safe | the safety expert's pairs (one answer safe, chosen = it) | DPO |
+| modpo | every `better` pair, the cost model's scores | MODPO, r_s = −cost |
+| safedpo | `better` pairs re-ordered by the safety labels | SafeDPO (offset Δ) |
 """
 
 from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.filters import pair_filter
+from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_loss
+from midpo_cli.data.filters import BASELINE_FILTERS, pair_filter
 from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
@@ -52,7 +68,6 @@ from midpo_cli.pipeline.inputs import (
 )
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
-EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")
 
 
 def run_safety_expert(ctx: StageContext) -> None:
@@ -68,36 +83,75 @@ def run_dpo_expert(ctx: StageContext) -> None:
     run_expert(ctx, "dpo_expert")
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What sets one preference-trained adapter apart from another: its pairs, per-pair columns and loss.
+
+    Everything else — base policy, tokenizer, template, encoding, reference cache, LoRA, engine, saving — is
+    `run_preference`'s, shared by the experts and the baselines (docs/design.md §2.11), so a comparison of
+    them measures the objective alone.
+    - data_stage: the pair filter (data/filters.py) that selects and orients the pairs;
+    - columns(ctx, stage, splits, template, tokenizer) → ({name: one list per split}, statistics): per-pair
+      floats the loss reads from the batch (a margin, score values, labels);
+    - loss(policy_c, policy_r, ref_c, ref_r, batch) → (losses (B,), chosen_rewards, rejected_rewards).
+    """
+
+    data_stage: str
+    beta: float
+    lora: Any
+    precompute_ref: bool
+    columns: Callable[..., tuple[dict[str, list[list[float]]], dict]]
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    meta: dict = field(default_factory=dict)
+    select: str = "last"  # `dev`: keep the step best on the dev prompts (the experts' `select`, §2.6)
+    select_every: int | None = None
+
+
+def expert_objective(ctx: StageContext, stage: str) -> Objective:
+    """SPE-DPO: m = γ·max(0, S(y_w) − S(y_l)) from the stage's score model (m = 0 for loss: dpo and dpo_expert)."""
+    cfg = getattr(ctx.recipe.stages, stage)
+
+    def columns(ctx, stage, splits, template, tokenizer):
+        margins, stats = spe_margins(ctx, stage, splits, template, tokenizer)
+        return {"margin": margins}, stats
+
+    def loss(policy_c, policy_r, ref_c, ref_r, batch):
+        return spe_dpo_loss(policy_c, policy_r, ref_c, ref_r, batch["margin"], cfg.beta)
+
+    return Objective(data_stage=pair_filter(stage, cfg.loss), beta=cfg.beta, lora=cfg.lora,
+                     precompute_ref=cfg.precompute_ref, columns=columns, loss=loss,
+                     meta={"kind": stage.removesuffix("_expert"), "loss": cfg.loss, "margin_scale": cfg.margin_scale},
+                     select=cfg.select, select_every=cfg.select_every)
+
+
 def run_expert(ctx: StageContext, stage: str) -> None:
-    recipe, cfg = ctx.recipe, getattr(ctx.recipe.stages, stage)
+    run_preference(ctx, stage, expert_objective(ctx, stage))
+
+
+def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
+    """Train one LoRA adapter on preference pairs with `objective` (module docstring's order of operations)."""
+    recipe = ctx.recipe
     settings = engine_settings(recipe, stage)
-    if cfg.select == "dev":  # refuse before any model loads
+    if objective.select == "dev":  # refuse before any model loads
         check_settings(ctx, stage, settings)
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)
-    train_sel, train_feats = encode_split(recipe, stage, recipe.data.train, tokenizer, template)
-    eval_sel, eval_feats = (encode_split(recipe, stage, recipe.data.eval, tokenizer, template) if recipe.data.eval
-                            else (None, []))
-
-    (train_margins, eval_margins), margin_stats = spe_margins(
-        ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)], template, tokenizer)
-    train_feats = with_columns(train_feats, margin=train_margins)
-    eval_feats = with_columns(eval_feats, margin=eval_margins)
-
+    (train_sel, train_feats), (eval_sel, eval_feats), extras, column_stats = encode_with_columns(
+        ctx, stage, objective, tokenizer, template)
     pad_id = tokenizer.pad_token_id
     # the data is encoded and nothing below needs the tokenizer, which for a large vocabulary is no small
     # thing (Gemma 3's: ~270 MiB resident); it leaves before the policy arrives, as the score model did
     del tokenizer
     gc.collect()
     release_freed_memory()
-    model, base_fingerprint = lora_policy(policy, cfg.lora, settings, trust_remote_code=recipe.trust_remote_code)
+    model, base_fingerprint = lora_policy(policy, objective.lora, settings, trust_remote_code=recipe.trust_remote_code)
 
     def collate(features):
-        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
+        return collate_pairs(features, pad_id, extras=tuple(k for k in extras if k in features[0]),
                              share_prompt=settings.share_prompt)
 
-    if cfg.precompute_ref:
+    if objective.precompute_ref:
         cache = ref_cache(ctx, template)
         ref_batch = settings.reference_batch_size
         train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
@@ -106,24 +160,40 @@ def run_expert(ctx: StageContext, stage: str) -> None:
                                      reference=model.disable_adapter, stage=stage)
 
     health, memory = DpoHealth(warmup_steps=10), {}
-    on_step = step_watcher(health, memory, snapshotter(model, ctx.folder, cfg.select_every)
-                           if cfg.select == "dev" else None)
-    loss_fn = make_dpo_loss(cfg.beta, reference=model.disable_adapter)
+    on_step = step_watcher(health, memory, snapshotter(model, ctx.folder, objective.select_every)
+                           if objective.select == "dev" else None)
+    loss_fn = make_pair_loss(objective.loss, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
                    on_step=on_step)
-    dev = choose_on_dev(ctx, stage, result.model, template, result.global_step) if cfg.select == "dev" else None
+    dev = (choose_on_dev(ctx, stage, result.model, template, result.global_step) if objective.select == "dev"
+           else None)
 
     out = ctx.folder / "adapter"
-    meta = {"kind": stage.removesuffix("_expert"), "loss": cfg.loss, **base_reference(policy, out),
-            "base_fingerprint": base_fingerprint, "base_model_at_training": policy, "beta": cfg.beta,
-            "margin_scale": cfg.margin_scale, "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
-            "score_model": margin_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
+    meta = {**objective.meta, **base_reference(policy, out), "base_fingerprint": base_fingerprint,
+            "base_model_at_training": policy, "beta": objective.beta,
+            "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
+            "score_model": column_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_adapter(result.model, out, collate(train_feats[:4]), meta)
-    record = expert_record(ctx, result, template=template, margins=margin_stats, health=health, memory=memory,
+    record = expert_record(ctx, result, template=template, margins=column_stats, health=health, memory=memory,
                            counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}, dev=dev)
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
+
+
+def encode_with_columns(ctx: StageContext, stage: str, objective: Objective, tokenizer, template: str):
+    """((train selection, features), (eval selection, features), the batch's extra keys, the columns' statistics):
+    the objective's pairs encoded, each feature carrying the objective's per-pair columns."""
+    recipe = ctx.recipe
+    train_sel, train_feats = encode_split(recipe, objective.data_stage, stage, recipe.data.train, tokenizer, template)
+    eval_sel, eval_feats = (encode_split(recipe, objective.data_stage, stage, recipe.data.eval, tokenizer, template)
+                            if recipe.data.eval else (None, []))
+    columns, column_stats = objective.columns(ctx, stage, [(train_sel, train_feats), (eval_sel, eval_feats)],
+                                              template, tokenizer)
+    train_feats = with_columns(train_feats, **{k: v[0] for k, v in columns.items()})
+    eval_feats = with_columns(eval_feats, **{k: v[1] for k, v in columns.items()})
+    extras = (*columns, "ref_chosen_logps", "ref_rejected_logps")
+    return (train_sel, train_feats), (eval_sel, eval_feats), extras, column_stats
 
 
 def step_watcher(health: DpoHealth, memory: dict, snapshot=None):
@@ -158,6 +228,82 @@ def expert_record(ctx: StageContext, result, *, template: str, margins: dict, he
     return record
 
 
+# ------------------------------------------------------------------------------------------ baselines
+
+
+def run_baseline(ctx: StageContext) -> None:
+    run_preference(ctx, ctx.stage, baseline_objective(ctx, ctx.stage))
+
+
+def baseline_objective(ctx: StageContext, stage: str) -> Objective:
+    recipe = ctx.recipe
+    kind = stage.removeprefix("baseline_")
+    policy = recipe.baseline_policy(stage)
+    beta = policy["beta"]
+    meta = {"kind": kind, "loss": kind, "baseline": True}
+    if kind == "modpo":
+        w_help, w_safety = getattr(recipe.stages, stage).normalised()
+        meta["weights"] = {"helpfulness": w_help, "safety": w_safety}
+
+        def loss(pc, pr, rc, rr, batch):
+            return modpo_loss(pc, pr, rc, rr, batch["safety_chosen"], batch["safety_rejected"], beta=beta,
+                              w_help=w_help, w_safety=w_safety)
+
+        columns = safety_scores
+    elif kind == "safedpo":
+        delta = getattr(recipe.stages, stage).delta
+        meta["delta"] = delta
+
+        def loss(pc, pr, rc, rr, batch):
+            return safedpo_loss(pc, pr, rc, rr, batch["chosen_unsafe"], batch["rejected_unsafe"], beta=beta,
+                                delta=delta)
+
+        columns = safety_labels
+    else:
+        def loss(pc, pr, rc, rr, batch):
+            return dpo_loss(pc, pr, rc, rr, beta)
+
+        columns = no_columns
+    return Objective(data_stage=BASELINE_FILTERS[stage], beta=beta, lora=policy["lora"],
+                     precompute_ref=policy["precompute_ref"], columns=columns, loss=loss, meta=meta)
+
+
+def no_columns(ctx, stage, splits, template, tokenizer):
+    return {}, {"mode": "dpo", "zero_fraction": 1.0}
+
+
+def safety_scores(ctx, stage, splits, template, tokenizer):
+    """MODPO's r_s = −cost of each answer, from the cost model (audited like the safety expert's), cached in the
+    stage folder by the cost model's fingerprint."""
+    require_audit(ctx, "cost_model")
+    scorer = model_ref(ctx, "cost_model")
+    cached = margin_scores(ctx, "cost_model", scorer, splits, template, tokenizer)
+    chosen, rejected = [], []
+    for name, (_, feats) in zip(("train", "eval"), splits, strict=True):
+        values = cached["values"].get(name) if feats else None
+        chosen.append([-v for v in values[0]] if values else [])
+        rejected.append([-v for v in values[1]] if values else [])
+    gaps = [c - r for c, r in zip(chosen[0], rejected[0], strict=True)]
+    stats = {"mode": "modpo", "score_model": scorer, "zero_fraction": None,
+             "mean_safety_gap": sum(gaps) / len(gaps) if gaps else None,
+             "winner_safer_fraction": sum(g > 0 for g in gaps) / len(gaps) if gaps else None}
+    console.log(f"{stage}: r_s = −cost from {scorer}: the helpfulness winner is the safer answer in "
+                f"{stats['winner_safer_fraction'] or 0:.1%} of the training pairs")
+    return {"safety_chosen": chosen, "safety_rejected": rejected}, stats
+
+
+def safety_labels(ctx, stage, splits, template, tokenizer):
+    """SafeDPO's h = 1 for an answer labelled unsafe (after the re-ordering the winner is always safe)."""
+    out: dict[str, list[list[float]]] = {"chosen_unsafe": [], "rejected_unsafe": []}
+    for sel, feats in splits:
+        pairs = [sel.pairs[f["pair_index"]] for f in feats] if feats else []
+        out["chosen_unsafe"].append([0.0 if p.chosen_safe else 1.0 for p in pairs])
+        out["rejected_unsafe"].append([0.0 if p.rejected_safe else 1.0 for p in pairs])
+    train = out["rejected_unsafe"][0]
+    stats = {"mode": "safedpo", "zero_fraction": 1 - sum(train) / len(train) if train else None}
+    return out, stats
+
+
 def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
     """(the policy with a fresh LoRA adapter on the recipe's targets, the fingerprint of its base weights)."""
     model = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed, trust_remote_code=trust_remote_code)
@@ -169,9 +315,8 @@ def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
     return model, base_fingerprint
 
 
-def encode_split(recipe, stage: str, spec: str, tokenizer, template: str):
-    data = pair_filter(stage, getattr(recipe.stages, stage).loss)
-    return encoded_pairs(spec, data, tokenizer, template, recipe.data.max_length, columns=recipe.data.columns,
+def encode_split(recipe, data_stage: str, stage: str, spec: str, tokenizer, template: str):
+    return encoded_pairs(spec, data_stage, tokenizer, template, recipe.data.max_length, columns=recipe.data.columns,
                          stage=stage)
 
 
@@ -249,7 +394,7 @@ def seen_answer(tokenizer, feature: dict, side: str, text: str) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def make_dpo_loss(beta: float, reference):
+def make_pair_loss(objective_loss, reference):
     """loss_fn for the engine; reference log-probs come from the batch, or a no-grad adapter-off pass."""
 
     def loss_fn(model, batch):
@@ -259,14 +404,14 @@ def make_dpo_loss(beta: float, reference):
         else:
             with torch.no_grad(), reference():
                 ref_c, ref_r = concatenated_logps(model, batch)
-        losses, chosen_rewards, rejected_rewards = spe_dpo_loss(policy_c, policy_r, ref_c, ref_r,
-                                                                batch["margin"], beta)
+        losses, chosen_rewards, rejected_rewards = objective_loss(policy_c, policy_r, ref_c, ref_r, batch)
+        margin = batch["margin"].float() if "margin" in batch else torch.zeros_like(chosen_rewards)
         metrics = {
             "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
             "chosen_rewards": chosen_rewards.mean(),
             "rejected_rewards": rejected_rewards.mean(),
-            "margin_mean": batch["margin"].float().mean(),
-            "margin_zero_fraction": (batch["margin"] == 0).float().mean(),
+            "margin_mean": margin.mean(),
+            "margin_zero_fraction": (margin == 0).float().mean(),
             "policy_chosen_logps": policy_c.detach().mean(),
             "policy_rejected_logps": policy_r.detach().mean(),
         }

@@ -351,7 +351,7 @@ def run(ctx: Any) -> None:
     """The pipeline's generate stage: stages.generate.models, the gate and dial sweeps, the gate maps."""
     from midpo_cli.io import atomic_write_json
     from midpo_cli.manifest import write_manifest
-    from midpo_cli.pipeline.inputs import model_ref, policy_ref, tokenizer_ref
+    from midpo_cli.pipeline.inputs import baseline_models, model_ref, policy_ref, tokenizer_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.generate
     refs = {"base": lambda: policy_ref(ctx), "safety_expert": lambda: str(ctx.input_path("safety_expert", "adapter")),
@@ -360,6 +360,8 @@ def run(ctx: Any) -> None:
     sets = [load_prompt_set(p, recipe.data.columns or None) for p in cfg.prompts]
     log_counts(sets)
     entries = stage_entries(cfg, refs, sets)
+    entries += [ModelEntry(label, spec, sets=only)  # stages.baselines, beside MidPO
+                for label, spec, only in baseline_models(ctx, _sweep_sets(sets, cfg.sweep_prompts))]
 
     def loader(e: ModelEntry) -> Policy:
         tok = tokenizer_ref(recipe, e.spec) if e.spec == policy_ref(ctx) else None

@@ -86,11 +86,14 @@ def score_answers(
     """Score every answer, write scores.csv + summary.json + the report into out_dir; return the summary.
 
     Beyond the per-model summary: `toy` (ground-truth rates on toy-world prompt sets), `routing` (the
-    router against fixed blends, midpo_cli.evaluation.headroom; the best blend chosen on `select_on`) and `gates`
-    (separation of the safety gate). `gate_maps` (generate's per-token gate JSON) is copied into out_dir
-    for the report's heatmaps.
+    router against fixed blends, midpo_cli.evaluation.headroom; the best blend chosen on `select_on`), `gates`
+    (separation of the safety gate), `methods` (every model beside MidPO, midpo_cli.evaluation.methods),
+    `router_probe` (the router stage's input-probe ceiling, found through generate's manifest beside the answers)
+    and `verdict` (midpo_cli.evaluation.verdict, also on stderr). `gate_maps` (generate's per-token gate JSON) is
+    copied into out_dir for the report's heatmaps.
     """
     from midpo_cli.evaluation.report import print_tables, write_report
+    from midpo_cli.evaluation.verdict import lines as verdict_lines
 
     detector = RefusalDetector(refusal_patterns or RefusalDetector.patterns, refusal_window)  # checks patterns early
     if not reward_model and not cost_model:
@@ -108,33 +111,44 @@ def score_answers(
     summary["refusal"] = {"patterns": "built-in" if not refusal_patterns else list(refusal_patterns),
                           "window": refusal_window}
     summary["toy"] = toy_table(rows)
-    add_routing(summary, scored, select_on=select_on, bootstrap=bootstrap, seed=seed)
+    add_routing(summary, scored, answers_path, select_on=select_on, bootstrap=bootstrap, seed=seed)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
     if gate_maps is not None and Path(gate_maps).is_file():
         atomic_write_text(out_dir / "gate_maps.json", Path(gate_maps).read_text(encoding="utf-8"))
     atomic_write_json(out_dir / "summary.json", summary)
     print_tables(summary)
+    for line in verdict_lines(summary["verdict"]):
+        console.log(f"verdict · {line}")
     if report:
         path = write_report(scored, summary, out_dir)
         console.log(f"report: {path}")
     return summary
 
 
-def add_routing(summary: dict[str, Any], scored: list[dict[str, Any]], *, select_on: str | None, bootstrap: int,
-                seed: int) -> None:
+def add_routing(summary: dict[str, Any], scored: list[dict[str, Any]], answers_path: str | Path, *,
+                select_on: str | None, bootstrap: int, seed: int) -> None:
     """The summary's routing sections: the router against the fixed blends (best chosen on `select_on`), the
-    probe switch's row, the answers each dial point changed, and the safety gate's separation."""
+    probe switch's row, the answers each dial point changed, the safety gate's separation, the method table
+    (baselines beside MidPO), the router's probe ceiling and the verdict computed from all of them."""
     from midpo_cli.evaluation.dial_changes import add_dial_changes
     from midpo_cli.evaluation.headroom import routing_summary
+    from midpo_cli.evaluation.methods import add_merge_points, method_tables
     from midpo_cli.evaluation.probe_switch import add_switch_entries
     from midpo_cli.evaluation.summary import gate_summary
+    from midpo_cli.evaluation.verdict import router_probe, verdicts
 
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,
                                          bootstrap=bootstrap, seed=seed)
     add_switch_entries(summary["routing"], scored, toy_outcome_for, bootstrap=bootstrap, seed=seed)
     add_dial_changes(summary["routing"], scored)
     summary["gates"] = gate_summary(scored)
+    summary["methods"] = method_tables(scored, outcome_for=toy_outcome_for, select_on=select_on, bootstrap=bootstrap,
+                                       seed=seed)
+    add_merge_points(summary)
+    router = next(iter(summary["routing"].values()), {}).get("router", {}).get("model")
+    summary["router_probe"] = router_probe(answers_path, router)
+    summary["verdict"] = verdicts(summary)
 
 
 def run(ctx: Any) -> None:
