@@ -58,7 +58,8 @@ def run(ctx: StageContext) -> None:
                           trust_remote_code=recipe.trust_remote_code)
     router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
     for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
-        check_adapter_base(adapter_dir, base, base_name=policy)
+        check_adapter_base(adapter_dir, base, base_name=policy, source=policy, seed=settings.seed,
+                           trust_remote_code=recipe.trust_remote_code)
     model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
     trainable = model.router_parameters()
     frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
