@@ -14,7 +14,7 @@ from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs
-from midpo_cli.engine.artifacts import logits_on, save_checked
+from midpo_cli.engine.artifacts import logits_on, precision_of, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
@@ -248,4 +248,4 @@ def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_
     save_checked(model, out,
                  save_fn=lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
                                                  safety_adapter=str(safety_dir), helpfulness_adapter=str(help_dir)),
-                 load_fn=lambda path: load_midpo(path)[0], forward=logits_on(probe))
+                 load_fn=lambda path: load_midpo(path, dtype=precision_of(model))[0], forward=logits_on(probe))
