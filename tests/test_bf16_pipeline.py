@@ -149,3 +149,25 @@ def test_a_run_trained_in_fp32_generates_chats_and_exports_in_bf16(fp32_run, tmp
     code, _ = midpo("generate", "-m", str(adapter), "-p", str(fp32_run.parent / "prompts.jsonl"),
                     "-o", str(tmp_path / "refused.jsonl"), "--dtype", "bf16")
     assert code == 2 and not (tmp_path / "refused.jsonl").exists()
+
+
+def test_a_failed_post_save_check_leaves_the_finished_stage_usable(fp32_run, monkeypatch):
+    """A re-run of `train-sft` (changed lr) whose post-save check fails (injected): exit 3, and the finished
+    sft stays in place and usable, the attempt set aside in sft/.attempt/ (issue 27: it was left in .previous/,
+    status `started`, the model gone)."""
+    from midpo_cli.engine import artifacts
+    from midpo_cli.manifest import read_manifest
+
+    folder = fp32_run / "sft"
+    before = read_manifest(folder)
+    weights = (folder / "model" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(artifacts, "probe_tolerance", lambda *a, **k: -1.0)  # every reload "differs"
+    sets = _sets(fp32_run.parent, fp32_run, "fp32")
+    code, _ = midpo("train-sft", "-r", str(fp32_run.parent / "recipe.yaml"), *sets, "--set", "stages.sft.lr=3e-4")
+    assert code == 3
+    assert read_manifest(folder) == before and (folder / "model" / "model.safetensors").read_bytes() == weights
+    assert not (folder / ".previous").exists()
+    assert "ArtifactCheckError" in (folder / ".attempt" / "error.txt").read_text()
+    assert (folder / ".attempt" / "checkpoints").is_dir()  # resumable: `--resume` with lr 3e-4 retries the save
+    code, text = midpo("pipeline", "status", str(fp32_run), "--json")
+    assert code == 0 and {r["stage"]: r["state"] for r in json.loads(text)["stages"]}["sft"] == "done"
