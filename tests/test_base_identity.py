@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from peft import get_peft_model
 
 from midpo_cli.errors import InputError
-from midpo_cli.modeling.base_identity import base_fingerprint
+from midpo_cli.modeling.base_identity import base_fingerprint, base_parameters, stored_entries
 from midpo_cli.modeling.loading import load_causal_lm
 from midpo_cli.modeling.lora import MIDPO_META, check_adapter_base, lora_config
 
@@ -40,7 +41,7 @@ def legacy_fingerprint(model) -> str:
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Path]:
-    """Two tiny bases of one shape (seeds 3 and 4) saved in fp32, and the first one saved again in bf16."""
+    """Two tiny bases of one shape (seeds 3 and 4) saved in fp32, the first one saved again in bf16 and as .bin."""
     root = tmp_path_factory.mktemp("bases")
     out = {}
     for name, seed in (("a", 3), ("b", 4)):
@@ -48,13 +49,19 @@ def bases(tmp_path_factory) -> dict[str, Path]:
         load_causal_lm(EMBEDDED, seed=seed).save_pretrained(out[name])
     out["a-bf16"] = root / "a-bf16"
     load_causal_lm(str(out["a"]), dtype="bf16").save_pretrained(out["a-bf16"])
+    out["a-bin"] = root / "a-bin"  # the same weights as a torch file (pytorch_model.bin), read memory-mapped
+    out["a-bin"].mkdir()
+    shutil.copy(out["a"] / "config.json", out["a-bin"] / "config.json")
+    torch.save(load_causal_lm(str(out["a"])).state_dict(), out["a-bin"] / "pytorch_model.bin")
     return out
 
 
-@pytest.mark.parametrize("stored", ["a", "a-bf16"])
+@pytest.mark.parametrize("stored", ["a", "a-bf16", "a-bin"])
 def test_the_fingerprint_is_the_stored_weights_whatever_the_load_dtype(bases, stored):
     source = str(bases[stored])
     recorded = legacy_fingerprint(load_causal_lm(source))  # fp32 load: exactly the stored values
+    names = [(n, tuple(p.shape)) for n, p in base_parameters(load_causal_lm(source))]
+    assert stored_entries(source, names) is not None  # read from the files, not by loading the model again
     for dtype in ("fp32", "bf16", "fp16"):
         model = load_causal_lm(source, dtype=dtype)
         assert base_fingerprint(model, source) == recorded, dtype

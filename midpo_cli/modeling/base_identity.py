@@ -120,13 +120,16 @@ def stored_entries(source: str, wanted: list[tuple[str, tuple[int, ...]]]) -> li
     folder = source_folder(source)
     if folder is None:
         return None
-    tensors = _stored_tensors(folder)
-    entries = []
-    for name, shape in wanted:
-        read = tensors.get(name)
-        if read is None or tuple(read[1]) != shape:
-            return None
-        entries.append((name, shape, read[0](shape)))
+    try:
+        tensors = _stored_tensors(folder)
+        entries = []
+        for name, shape in wanted:
+            read = tensors.get(name)
+            if read is None or tuple(read[1]) != shape:
+                return None
+            entries.append((name, shape, read[0](shape)))
+    except Exception:  # a legacy (non-zip) .bin, an unreadable file: the loader names the problem, if any
+        return None
     return entries
 
 
