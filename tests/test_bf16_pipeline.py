@@ -167,7 +167,7 @@ def test_a_failed_post_save_check_leaves_the_finished_stage_usable(fp32_run, mon
     assert code == 3
     assert read_manifest(folder) == before and (folder / "model" / "model.safetensors").read_bytes() == weights
     assert not (folder / ".previous").exists()
-    assert "ArtifactCheckError" in (folder / ".attempt" / "error.txt").read_text()
+    assert (folder / ".attempt" / ".failed").read_text().startswith("ArtifactCheckError: ")
     assert (folder / ".attempt" / "checkpoints").is_dir()  # resumable: `--resume` with lr 3e-4 retries the save
     code, text = midpo("pipeline", "status", str(fp32_run), "--json")
     assert code == 0 and {r["stage"]: r["state"] for r in json.loads(text)["stages"]}["sft"] == "done"

@@ -164,7 +164,7 @@ def test_a_failed_post_save_check_keeps_the_finished_stage_and_sets_the_attempt_
     assert not (folder / PREVIOUS).exists()
     attempt = folder / ATTEMPT
     assert (attempt / FINGERPRINT_FILE).read_text().strip() == plan(new, ["sft"])[0]["fingerprint"]
-    assert (attempt / "checkpoints" / "latest").is_file() and "injected" in (attempt / "error.txt").read_text()
+    assert (attempt / "checkpoints" / "latest").is_file() and "injected" in (attempt / ".failed").read_text()
 
     with pytest.raises(ArtifactCheckError):  # failing again: still the finished result in place
         pipeline.run_pipeline(new, stages=["sft"])
@@ -174,4 +174,4 @@ def test_a_failed_post_save_check_keeps_the_finished_stage_and_sets_the_attempt_
     pipeline.run_pipeline(new, stages=["sft"])
     assert seen == [False, False, True, True]  # each retry resumed the attempt's checkpoint
     assert read_manifest(folder)["fingerprint"] == plan(new, ["sft"])[0]["fingerprint"]
-    assert not attempt.exists() and not (folder / PREVIOUS).exists()
+    assert not attempt.exists() and not (folder / PREVIOUS).exists() and not (folder / ".failed").exists()

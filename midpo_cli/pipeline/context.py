@@ -22,6 +22,7 @@ from midpo_cli.recipe import Recipe
 FINGERPRINT_FILE = ".fingerprint"
 PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
 ATTEMPT = ".attempt"  # a run whose artifact failed its post-save check, set aside for --resume (keep_finished)
+FAILED_NOTE = ".failed"  # in an attempt: the failure's one line (the name main's pipeline/status.py reads)
 
 
 @dataclass
@@ -160,6 +161,7 @@ def finish_folder(folder: Path) -> None:
     """The new result is written: the previous one (and any failed attempt) is no longer needed."""
     shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
     shutil.rmtree(folder / ATTEMPT, ignore_errors=True)
+    (folder / FAILED_NOTE).unlink(missing_ok=True)
 
 
 def abandon_folder(folder: Path, *, error: BaseException | None = None) -> None:
@@ -185,7 +187,8 @@ def abandon_folder(folder: Path, *, error: BaseException | None = None) -> None:
 def keep_finished(folder: Path, error: BaseException) -> None:
     """The new run trained to the end but its artifact failed the post-save check: the finished result goes
     back in place (status `done` for its settings, its artifact usable), and the attempt (fingerprint marker,
-    checkpoints, the error in `error.txt`) moves into `.attempt/`, which `--resume` with its settings picks up.
+    checkpoints, the error's one line in `.failed`) moves into `.attempt/`, which `--resume` with its settings
+    picks up.
 
     Why not keep the attempt in place, as after an interrupt: a check that fails says the attempt's artifact
     cannot be trusted, and it would hide a good one behind it (issue 27: status `started`, `generate` could not
@@ -194,7 +197,8 @@ def keep_finished(folder: Path, error: BaseException) -> None:
     attempt, backup = folder / ATTEMPT, folder / PREVIOUS
     shutil.rmtree(attempt, ignore_errors=True)
     _move_children(folder, attempt, skip=(PREVIOUS, ATTEMPT))
-    (attempt / "error.txt").write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
+    line = " ".join(str(error).split()) or type(error).__name__
+    (attempt / FAILED_NOTE).write_text(f"{type(error).__name__}: {line}\n", encoding="utf-8")
     _move_children(backup, folder)
     backup.rmdir()
     console.warn(f"{folder.name}: the new artifact failed its check, so the previous finished result stays in "
