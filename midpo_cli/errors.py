@@ -25,6 +25,11 @@ class TrainingError(MidpoError):
     exit_code = 3
 
 
+class ArtifactCheckError(TrainingError):
+    """A saved artifact failed its post-save check (engine/artifacts.py): nothing was put in its place, and a
+    stage keeps its previous finished result (pipeline/context.py `keep_finished`)."""
+
+
 class GateError(MidpoError):
     """A score model failed its sanity audit and the pipeline refuses to use it."""
 

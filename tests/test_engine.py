@@ -261,10 +261,61 @@ def test_save_verified_round_trip_and_atomic_failure(tmp_path):
     out = artifacts.save_verified(_save_state(model), tmp_path / "ok", load_fn=_load_into_fresh,
                                   probe_fn=lambda m: m(probe), reference=ref)
     assert (out / "w.safetensors").is_file()
-    with pytest.raises(TrainingError, match=r"differ .* by 1 \(tolerance: max abs diff ≤ 0.0001\)"):
+    with pytest.raises(TrainingError, match=r"differ from the in-memory model by 1, more than the [\d.e-]+ that "
+                                            r"rounding in float32 allows \(8 × eps 1.19e-07 × output scale [\d.]+\)"):
         artifacts.save_verified(_save_state(model), tmp_path / "bad", load_fn=_load_into_fresh,
                                 probe_fn=lambda m: m(probe), reference=ref + 1.0)
     assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == [tmp_path / "ok"]
+
+
+def test_probe_tolerance_follows_the_dtype_the_model_computes_in(tmp_path, monkeypatch):
+    """Issue 27: the post-save check allows 8 eps of the compute dtype at the outputs' scale, not a fixed 1e-4
+    (which refused every bf16 artifact); a difference bf16 rounding explains passes in bf16 and fails in fp32."""
+    ref = torch.tensor([[4.0, -1.0, 0.25]])
+    assert artifacts.compute_eps(torch.bfloat16) == 2.0**-7 and artifacts.compute_eps(torch.float16) == 2.0**-10
+    assert artifacts.compute_eps(torch.float32) == 2.0**-23
+    assert artifacts.probe_tolerance(torch.bfloat16, ref) == 8 * 2.0**-7 * 4.0
+    assert artifacts.probe_tolerance(torch.float32, ref * 0.1) == 8 * 2.0**-23  # the scale is at least 1
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")  # TF32 matmuls round like fp16
+    assert artifacts.compute_eps(torch.float32) == 2.0**-10
+    monkeypatch.undo()
+
+    model = no_dropout_model().eval()
+    off = ref + 3 * 2.0**-7 * 4.0  # three bf16 ulps at the scale: what rounding does, not a missing weight
+
+    def check(dtype, where):
+        return artifacts.save_verified(_save_state(model), tmp_path / where, load_fn=_load_into_fresh,
+                                       probe_fn=lambda m: off, reference=ref, dtype=dtype)
+
+    assert check(torch.bfloat16, "bf16").is_dir()
+    with pytest.raises(TrainingError, match=r"by 0.0938, more than the 3.81e-06 that rounding in float32 allows"):
+        check(torch.float32, "fp32")
+    assert not (tmp_path / "fp32").exists()
+    assert artifacts.model_dtype(model.to(torch.bfloat16)) == torch.bfloat16
+    assert artifacts.precision_of(model) == "bf16"
+
+
+def test_bf16_probe_still_catches_a_changed_layer(tmp_path):
+    """With bf16's wider tolerance, one changed middle-layer weight or a head that did not load still fails."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    probe = {"input_ids": torch.randint(0, 97, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    save = _save_state(model)
+    artifacts.save_checked(model, tmp_path / "same", save_fn=save, load_fn=lambda _p: copy.deepcopy(model),
+                           forward=artifacts.logits_on(probe))
+    for where in ("model.layers.0.mlp.down_proj.weight", "lm_head.weight"):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            dict(other.named_parameters())[where].normal_(std=0.5)  # e.g. a freshly initialised, unloaded layer
+        with pytest.raises(TrainingError, match="rounding in bfloat16 allows"):
+            artifacts.save_checked(model, tmp_path / "bad", save_fn=save, load_fn=lambda _p, o=other: o,
+                                   forward=artifacts.logits_on(probe))
 
 
 def test_lm_probe_is_small_and_still_catches_a_changed_layer_or_head(tmp_path):

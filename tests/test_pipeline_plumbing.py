@@ -124,3 +124,54 @@ def test_every_stage_has_a_runner_and_only_running_it_imports_its_module() -> No
     assert all(callable(pipeline.runner(stage)) for stage in ALL_STAGES)
     with pytest.raises(KeyError):
         pipeline.runner("no_such_stage")
+
+
+def test_a_failed_post_save_check_keeps_the_finished_stage_and_sets_the_attempt_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: a re-run (changed settings) that trains to the end, writes a checkpoint and then fails its
+    post-save check leaves the finished result in place, done for its settings; the attempt waits in
+    `.attempt/` and `--resume` with its settings picks it up (checkpoint included)."""
+    from midpo_cli.errors import ArtifactCheckError
+    from midpo_cli.manifest import read_manifest
+    from midpo_cli.pipeline.context import ATTEMPT, FINGERPRINT_FILE, PREVIOUS
+
+    seen: list[bool] = []
+
+    def runner(fail: bool):
+        def run(ctx) -> None:
+            seen.append((ctx.folder / "checkpoints" / "latest").is_file())
+            (ctx.folder / "checkpoints").mkdir(exist_ok=True)
+            (ctx.folder / "checkpoints" / "latest").write_text("step-2\n")
+            if fail:
+                raise ArtifactCheckError(f"{ctx.folder / 'model'}: probe outputs differ (injected)")
+            (ctx.folder / "model").write_text(ctx.fingerprint)
+            record = ctx.record()
+            record.outputs = {"model": ctx.rel(ctx.folder / "model")}
+            write_manifest(ctx.folder, record, {"stage": "sft"})
+        return lambda stage: run
+
+    old, new = _recipe(tmp_path, "stages.sft.lr=1e-3"), _recipe(tmp_path, "stages.sft.lr=2e-3")
+    folder = tmp_path / "run" / "sft"
+    monkeypatch.setattr(pipeline, "runner", runner(fail=False))
+    pipeline.run_pipeline(old, stages=["sft"])
+    finished = read_manifest(folder)
+
+    monkeypatch.setattr(pipeline, "runner", runner(fail=True))
+    with pytest.raises(ArtifactCheckError, match="injected"):
+        pipeline.run_pipeline(new, stages=["sft"])
+    assert read_manifest(folder) == finished and (folder / "model").read_text() == finished["fingerprint"]
+    assert plan(old, ["sft"])[0]["status"] == "done" and plan(new, ["sft"])[0]["status"] != "done"
+    assert not (folder / PREVIOUS).exists()
+    attempt = folder / ATTEMPT
+    assert (attempt / FINGERPRINT_FILE).read_text().strip() == plan(new, ["sft"])[0]["fingerprint"]
+    assert (attempt / "checkpoints" / "latest").is_file() and "injected" in (attempt / ".failed").read_text()
+
+    with pytest.raises(ArtifactCheckError):  # failing again: still the finished result in place
+        pipeline.run_pipeline(new, stages=["sft"])
+    assert read_manifest(folder) == finished and (attempt / "checkpoints" / "latest").is_file()
+
+    monkeypatch.setattr(pipeline, "runner", runner(fail=False))
+    pipeline.run_pipeline(new, stages=["sft"])
+    assert seen == [False, False, True, True]  # each retry resumed the attempt's checkpoint
+    assert read_manifest(folder)["fingerprint"] == plan(new, ["sft"])[0]["fingerprint"]
+    assert not attempt.exists() and not (folder / PREVIOUS).exists() and not (folder / ".failed").exists()

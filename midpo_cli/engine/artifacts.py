@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from midpo_cli import console
 from midpo_cli.engine import dist
 from midpo_cli.engine.answer_logps import causal_lm, takes_logits_to_keep
-from midpo_cli.errors import TrainingError
+from midpo_cli.errors import ArtifactCheckError
 from midpo_cli.io import atomic_dir
 
 TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -40,23 +41,69 @@ def read_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def check_tensors(folder: Path, *, where: Path | None = None) -> int:
-    """Raise TrainingError on an artifact that cannot be what training produced; returns the tensor count."""
+    """Raise ArtifactCheckError on an artifact that cannot be what training produced; returns the tensor count."""
     where = where or folder
     files = read_tensors(folder)
     tensors = {f"{name}:{key}": t for name, content in files.items() for key, t in content.items()}
     if not tensors:
-        raise TrainingError(f"{where}: the saved artifact holds no weights")
+        raise ArtifactCheckError(f"{where}: the saved artifact holds no weights")
     empty = [k for k, t in tensors.items() if t.numel() == 0]
     if empty:
-        raise TrainingError(f"{where}: {len(empty)} saved tensor(s) are empty (e.g. {empty[0]}); "
+        raise ArtifactCheckError(f"{where}: {len(empty)} saved tensor(s) are empty (e.g. {empty[0]}); "
                             "under ZeRO-3 the weights must be gathered before saving")
     if all(not bool(t.any()) for t in tensors.values()):
-        raise TrainingError(f"{where}: every saved tensor is all zeros")
+        raise ArtifactCheckError(f"{where}: every saved tensor is all zeros")
     lora_b = [t for k, t in tensors.items() if "lora_B" in k]
     if lora_b and all(not bool(t.any()) for t in lora_b):
-        raise TrainingError(f"{where}: every lora_B weight of the adapter is zero, so the adapter does nothing "
+        raise ArtifactCheckError(f"{where}: every lora_B weight of the adapter is zero, so the adapter does nothing "
                             "(not trained, or saved from ZeRO-3 shards without gathering)")
     return len(tensors)
+
+
+# Max |diff| between a reloaded artifact's probe output and the in-memory model's, in units of the compute
+# dtype's eps at the outputs' scale (`probe_tolerance`). ROUND_TRIP: the same function from the same stored
+# values; FOLD: `export --merged`, whose weights W + s·g·B A are rounded once more in the dtype (measured: 4.3 eps
+# on the tiny model and 9.0 on a Gemma-3-270M-shaped one in fp32, at most 2.1 in bf16; benchmarks/RESULTS.md).
+ROUND_TRIP_ULPS = 8.0
+FOLD_ULPS = 64.0
+
+
+def compute_eps(dtype: torch.dtype) -> float:
+    """The relative spacing of the numbers a model in `dtype` computes with: torch.finfo(dtype).eps (bf16 keeps
+    8 significant bits: 2^-7; fp16 11: 2^-10; fp32 24: 2^-23), except that fp32 matmuls allowed to run in TF32
+    (`torch.set_float32_matmul_precision("high")`) or bf16 ("medium") round like those."""
+    if dtype == torch.float32:
+        return {"high": 2.0**-10, "medium": 2.0**-7}.get(torch.get_float32_matmul_precision(),
+                                                           torch.finfo(dtype).eps)
+    return torch.finfo(dtype).eps
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The coarsest floating dtype among a model's parameters: the precision its outputs are computed in."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} or {torch.float32}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
+def precision_of(model: nn.Module) -> str:
+    """`model_dtype` as midpo's loaders name it (fp32, bf16, fp16): reload an artifact in the dtype it ran in."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model_dtype(model), "fp32")
+
+
+def probe_tolerance(dtype: torch.dtype, reference: torch.Tensor, *, ulps: float = ROUND_TRIP_ULPS) -> float:
+    """How far a correct reload's probe output may be from the in-memory model's: ulps × eps(dtype) × scale.
+
+    Why this shape: a reloaded artifact computes the same function from the same stored values, and only the
+    order of rounding can differ (another kernel or memory layout, a part run in float32 as peft runs a loaded
+    adapter). Each output ends a chain of operations rounded to `dtype`, so the unit of disagreement is the
+    dtype's spacing at the outputs' size, eps × max(1, max|reference|): 0.0078 × scale in bf16, 1.2e-7 × scale
+    in fp32. Measured on the embedded tiny model, even computing the whole forward in bf16 or fp16 instead of
+    fp32 (every weight rounded as well) moved the probe by 1.1 eps of its scale; 8 eps leaves room for the
+    rounding deeper models accumulate. What the check is for (a weight that was not saved, saved from ZeRO-3
+    shards or under another name, an adapter that did not load) moves the outputs by a sizeable fraction of
+    their scale. A fixed 1e-4 refused every bf16 artifact (issue 27: 0.031 after bf16 training).
+    """
+    scale = max(1.0, float(reference.detach().float().abs().max())) if reference.numel() else 1.0
+    return ulps * compute_eps(dtype) * scale
 
 
 def save_verified(
@@ -66,10 +113,14 @@ def save_verified(
     load_fn: Callable[[Path], nn.Module],
     probe_fn: Callable[[nn.Module], torch.Tensor],
     reference: torch.Tensor,
-    atol: float = 1e-4,
+    dtype: torch.dtype = torch.float32,
+    ulps: float = ROUND_TRIP_ULPS,
 ) -> Path:
     """Save via `save_fn(tmp)`, check the tensors, reload via `load_fn(tmp)`, compare `probe_fn(loaded)` with
-    `reference` (max |diff| ≤ atol), then rename into `path`. Rank 0 only; other ranks return at once."""
+    `reference` (max |diff| ≤ probe_tolerance(dtype, reference, ulps)), then rename into `path`. `dtype` is the
+    one the model computes in. Rank 0 only; other ranks return at once.
+
+    A failed check raises ArtifactCheckError and leaves `path` as it was (the temp folder is removed)."""
     path = Path(path)
     if not dist.is_rank0():
         return path
@@ -81,12 +132,19 @@ def save_verified(
             got = probe_fn(loaded).detach().float().cpu()
         want = reference.detach().float().cpu()
         if got.shape != want.shape:
-            raise TrainingError(f"{path}: reloaded artifact gives probe output of shape {tuple(got.shape)}, "
-                                f"the in-memory model {tuple(want.shape)}")
+            raise ArtifactCheckError(f"{path}: reloaded artifact gives probe output of shape {tuple(got.shape)}, "
+                                     f"the in-memory model {tuple(want.shape)}")
         diff = (got - want).abs().max().item() if got.numel() else 0.0
+        atol = probe_tolerance(dtype, want, ulps=ulps)
         if not diff <= atol:  # also catches NaN
-            raise TrainingError(f"{path}: reloaded artifact's probe logits differ from the in-memory model by "
-                                f"{diff:.3g} (tolerance: max abs diff ≤ {atol:g})")
+            scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+            name = str(dtype).removeprefix("torch.")
+            raise ArtifactCheckError(
+                f"{path}: reloaded artifact's probe outputs differ from the in-memory model by {diff:.3g}, more "
+                f"than the {atol:.3g} that rounding in {name} allows ({ulps:g} × eps {compute_eps(dtype):.3g} × "
+                f"output scale {scale:.3g}): the saved weights are not the trained ones")
+        console.log(f"{path.name}: saved and checked, the reloaded probe outputs are within {diff:.3g} of the "
+                    f"in-memory model's (allowed {atol:.3g} in {str(dtype).removeprefix('torch.')})")
         del loaded
     return path
 
@@ -103,12 +161,13 @@ def save_checked(
     """`save_verified` against `model` itself: `forward(m)` gives a model's probe output (e.g. `logits_on(probe)`).
 
     It runs now on the in-memory model (eval mode, no grad) for the reference, and on the reloaded artifact
-    (`probe_fn`, default `forward`) for the comparison.
+    (`probe_fn`, default `forward`) for the comparison, within the rounding of the dtype `model` computes in.
     """
     model.eval()
     with torch.no_grad():
         reference = forward(model)
-    return save_verified(save_fn, path, load_fn=load_fn, probe_fn=probe_fn or forward, reference=reference)
+    return save_verified(save_fn, path, load_fn=load_fn, probe_fn=probe_fn or forward, reference=reference,
+                         dtype=model_dtype(model))
 
 
 def logits_on(probe: dict[str, torch.Tensor]) -> Callable[[nn.Module], torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, read_json
-from midpo_cli.modeling.export import TOLERANCE, check_destination, probe_batch, write_base
+from midpo_cli.modeling.export import _dtype, check_destination, probe_batch, write_base
 from midpo_cli.modeling.lora import MIDPO_META, adapter_base
 
 
@@ -37,7 +37,8 @@ def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
         raise InputError(f"{source / 'adapter_config.json'}: base_model_name_or_path is empty")
     kind = "embedded" if is_embedded(base) else "local" if Path(base).expanduser().exists() else "hub"
     base_model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    check_adapter_base(source, base_model, base_name=base)  # the base it was trained on, not a look-alike
+    # the base it was trained on, not a look-alike; identified by its stored weights, so in any --dtype
+    check_adapter_base(source, base_model, base_name=base, source=base, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base_model, str(source)).eval()
     has_tok = (source / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(source) if has_tok else base, trust_remote_code=trust_remote_code)
@@ -66,6 +67,6 @@ def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
         return PeftModel.from_pretrained(plain, str(tmp / "adapter")).eval()
 
     save_verified(save, to, load_fn=load, probe_fn=lambda peft: peft(ids.to(peft.device)).logits.float().cpu(),
-                  reference=reference, atol=TOLERANCE[dtype])
+                  reference=reference, dtype=_dtype(dtype))
     return {"target": "adapter", "source": str(source), "to": str(to), "base": base_ref, "base_copied": kind != "hub",
             "adapters": {"adapter": str(to / "adapter")}}

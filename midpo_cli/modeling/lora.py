@@ -26,6 +26,7 @@ from torch import nn
 
 from midpo_cli.errors import InputError
 from midpo_cli.io import read_json
+from midpo_cli.modeling.base_identity import base_fingerprint
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -187,29 +188,6 @@ def add_lora(model: nn.Module, cfg: LoraConfig, *, seed: int | None = None) -> P
 
 
 MIDPO_META = "midpo.json"
-FINGERPRINT_SAMPLES = 64
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A cheap identity of a base model's weights: names, shapes, dtypes and a strided sample of values.
-
-    Hashing every byte of a 7B base would take minutes; two different bases of the same shape (another
-    seed, another fine-tune) differ in the sampled values. LoRA parameters and peft's wrapping are
-    ignored, so the base gives the same fingerprint before and after `add_lora`.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        if "lora_" in name:
-            continue
-        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
-        sample = flat[::step][:FINGERPRINT_SAMPLES].to("cpu", torch.float64)
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:".encode())
-        digest.update(sample.numpy().round(6).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def base_reference(base: str, adapter_folder: str | Path) -> dict[str, Any]:
@@ -233,9 +211,14 @@ def adapter_base(folder: str | Path) -> str:
     return base_model_of_adapter(folder)
 
 
-def check_adapter_base(folder: str | Path, base_model: nn.Module, *, base_name: str = "the base model") -> None:
+def check_adapter_base(folder: str | Path, base_model: nn.Module, *, base_name: str = "the base model",
+                       source: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> None:
     """Refuse an adapter on a base it was not trained on: another shape, or the same shape with other weights
-    (midpo.json's `base_fingerprint`). Without this a copied run silently mixed runs' models."""
+    (midpo.json's `base_fingerprint`). Without this a copied run silently mixed runs' models.
+
+    `source` is the spec `base_model` was loaded from (with `seed`): a base loaded in bf16/fp16 is identified
+    by its stored weights (modeling/base_identity.py), so any --dtype accepts an adapter trained in another.
+    """
     folder = Path(folder)
     adapter = read_adapter(folder)
     modules = dict(base_model.named_modules())
@@ -250,9 +233,12 @@ def check_adapter_base(folder: str | Path, base_model: nn.Module, *, base_name: 
                              f"{(branch.B.shape[0], branch.A.shape[1])}; it was trained on {adapter_base(folder)}")
     meta_path = folder / MIDPO_META
     recorded = (read_json(meta_path) or {}).get("base_fingerprint") if meta_path.is_file() else None
-    if recorded and recorded != weights_fingerprint(base_model):
+    if not recorded:
+        return
+    found = base_fingerprint(base_model, source, seed=seed, trust_remote_code=trust_remote_code)
+    if recorded != found:
         raise InputError(f"{folder}: {base_name} is not the base this adapter was trained on (weights fingerprint "
-                         f"{weights_fingerprint(base_model)}, recorded {recorded}); use {adapter_base(folder)}")
+                         f"{found}, recorded {recorded}); use {adapter_base(folder)}")
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:

@@ -613,7 +613,8 @@ def load_midpo(folder: str | Path, *, dtype: str = "fp32", device: str | torch.d
     model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
     for name in EXPERTS:  # the same base the experts were trained on (shape and weights fingerprint)
         ref = cfg["adapters"][name]
-        check_adapter_base(folder / ref if not Path(ref).is_absolute() else Path(ref), model, base_name=base)
+        check_adapter_base(folder / ref if not Path(ref).is_absolute() else Path(ref), model, base_name=base,
+                           source=base, trust_remote_code=trust_remote_code)
     midpo = wrap(model, adapters["safety"], adapters["helpfulness"], settings, target_modules=None)
     if list(midpo.routed) != list(cfg["target_modules"]):
         raise InputError(f"{where}: target_modules {cfg['target_modules'][:2]}… differ from the routed modules "

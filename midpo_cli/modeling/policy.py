@@ -49,7 +49,9 @@ def load_policy(spec: str, *, gates: Sequence[float] | None = None, safety_bias:
         if not base:
             raise InputError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is empty")
         base_model = load_causal_lm(base, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
-        check_adapter_base(folder, base_model, base_name=base)  # the base it was trained on, not a look-alike
+        # the base it was trained on, not a look-alike; identified by its stored weights, so in any --dtype
+        check_adapter_base(folder, base_model, base_name=base, source=base, seed=seed,
+                           trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base_model, str(folder)).eval()
         has_tok = (folder / "tokenizer_config.json").is_file()
         tok = load_tokenizer(tokenizer or (str(folder) if has_tok else base), trust_remote_code=trust_remote_code)

@@ -17,7 +17,7 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
-from midpo_cli.pipeline.folders import FINGERPRINT_FILE, PREVIOUS, check_stage_folder, is_own
+from midpo_cli.pipeline.folders import ATTEMPT, FINGERPRINT_FILE, PREVIOUS, check_stage_folder, is_own
 from midpo_cli.pipeline.graph import dependencies, stage_plans
 from midpo_cli.pipeline.status import FAILED
 from midpo_cli.recipe import Recipe
@@ -96,7 +96,7 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
                         resume=resume, started=started)
 
 
-def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS,)) -> None:
+def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS, ATTEMPT)) -> None:
     """Delete what midpo wrote there (OWN_NAMES), never a user's file, never through a symlink."""
     for child in folder.iterdir():
         if child.name in keep or not is_own(child.name):
@@ -115,7 +115,9 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
     """Same fingerprint and resume: keep everything (checkpoints, caches). Otherwise start afresh, but:
 
     - a finished result (manifest present) moves into `.previous/` until the new one is written;
-    - a `.previous/` whose fingerprint is the one wanted (settings changed back) is restored as done.
+    - a `.previous/` whose fingerprint is the one wanted (settings changed back) is restored as done;
+    - an `.attempt/` of the settings wanted (its artifact failed the post-save check) comes back in place to be
+      resumed, the finished result moving into `.previous/` as for any re-run; of other settings it is dropped.
     A symlinked folder is refused always; stray user files when the folder is to be cleared or moved.
     """
     if folder.is_symlink():
@@ -134,6 +136,15 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
         backup.rmdir()
         console.log(f"{folder.name}: restored the finished result of these settings from {backup}")
         return
+    attempt = folder / ATTEMPT
+    if resume and _marker(attempt) == fingerprint and read_manifest(folder) is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+        _move_children(folder, backup, skip=(PREVIOUS, ATTEMPT))
+        _move_children(attempt, folder)
+        attempt.rmdir()
+        console.log(f"{folder.name}: resuming the attempt kept in {attempt}; the finished result waits in {backup}")
+        return
+    shutil.rmtree(attempt, ignore_errors=True)  # an attempt of other settings
     if read_manifest(folder) is not None:
         shutil.rmtree(backup, ignore_errors=True)
         _move_children(folder, backup, skip=(PREVIOUS,))
@@ -144,9 +155,16 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
     os.replace(tmp, marker)
 
 
+def _marker(folder: Path) -> str | None:
+    marker = folder / FINGERPRINT_FILE
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def finish_folder(folder: Path) -> None:
-    """The new result is written: the previous one (and the note of an earlier failure) is no longer needed."""
+    """The new result is written: the previous one, any failed attempt and the note of an earlier failure are no
+    longer needed."""
     shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
+    shutil.rmtree(folder / ATTEMPT, ignore_errors=True)
     (folder / FAILED).unlink(missing_ok=True)
 
 
@@ -162,10 +180,16 @@ def note_failure(folder: Path, exc: BaseException) -> None:
         atomic_write_text(folder / FAILED, f"{type(exc).__name__}: {line}\n")
 
 
-def abandon_folder(folder: Path) -> None:
-    """A failed run with nothing to resume from gives the stage its previous finished result back."""
+def abandon_folder(folder: Path, *, error: BaseException | None = None) -> None:
+    """A failed run with nothing to resume from gives the stage its previous finished result back; so does a
+    run whose artifact failed its post-save check (`keep_finished`), which may hold a checkpoint."""
+    from midpo_cli.errors import ArtifactCheckError
+
     backup = folder / PREVIOUS
     if read_manifest(folder) is not None or read_manifest(backup) is None:
+        return
+    if isinstance(error, ArtifactCheckError):
+        keep_finished(folder, error)
         return
     if (folder / "checkpoints" / "latest").exists():
         console.warn(f"{folder.name}: the previous finished result is kept in {backup} while the new run "
@@ -174,3 +198,24 @@ def abandon_folder(folder: Path) -> None:
     _clear(folder)
     _move_children(backup, folder)
     backup.rmdir()
+
+
+def keep_finished(folder: Path, error: BaseException) -> None:
+    """The new run trained to the end but its artifact failed the post-save check: the finished result goes
+    back in place (status `done` for its settings, its artifact usable), and the attempt (fingerprint marker,
+    checkpoints, the error's one line in `.failed`) moves into `.attempt/`, which `--resume` with its settings
+    picks up.
+
+    Why not keep the attempt in place, as after an interrupt: a check that fails says the attempt's artifact
+    cannot be trusted, and it would hide a good one behind it (issue 27: status `started`, `generate` could not
+    find the adapter, `--resume` failed the same way).
+    """
+    attempt, backup = folder / ATTEMPT, folder / PREVIOUS
+    shutil.rmtree(attempt, ignore_errors=True)
+    _move_children(folder, attempt, skip=(PREVIOUS, ATTEMPT))
+    line = " ".join(str(error).split()) or type(error).__name__
+    (attempt / FAILED).write_text(f"{type(error).__name__}: {line}\n", encoding="utf-8")
+    _move_children(backup, folder)
+    backup.rmdir()
+    console.warn(f"{folder.name}: the new artifact failed its check, so the previous finished result stays in "
+                 f"{folder}; the attempt is kept in {attempt} (--resume with its settings retries the save)")

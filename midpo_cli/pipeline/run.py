@@ -111,8 +111,8 @@ def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Pat
 def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | None = None) -> dict[str, Any]:
     """Check, prepare and run one stage (the caller holds the lock); returns its manifest.
 
-    A failure with nothing to resume from gives the stage folder its previous finished result back;
-    success drops that backup.
+    A failure with nothing to resume from, or a failed post-save check, gives the stage folder its previous
+    finished result back (pipeline/context.py); success drops that backup.
     """
     ctx = make_context(recipe, stage, resume=resume, fingerprint=fingerprint)
     restored = read_manifest(ctx.folder)
@@ -121,7 +121,7 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | No
     try:
         runner(stage)(ctx)
     except BaseException as exc:
-        abandon_folder(ctx.folder)
+        abandon_folder(ctx.folder, error=exc)
         note_failure(ctx.folder, exc)
         raise
     manifest = read_manifest(ctx.folder)

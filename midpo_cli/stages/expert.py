@@ -44,6 +44,7 @@ from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
+from midpo_cli.modeling.base_identity import base_fingerprint
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import (
     add_lora,
@@ -51,7 +52,6 @@ from midpo_cli.modeling.lora import (
     check_targets,
     lora_config,
     resolve_targets,
-    weights_fingerprint,
 )
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
 from midpo_cli.pipeline.context import StageContext
@@ -309,10 +309,11 @@ def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
     model = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed, trust_remote_code=trust_remote_code)
     targets = resolve_targets(getattr(model.config, "model_type", None), lora.target_modules)
     check_targets(model, targets)  # routable layers only: refuse before training, not at the router stage
-    base_fingerprint = weights_fingerprint(model)  # recorded in midpo.json: loaders refuse another base
+    # recorded in midpo.json: loaders refuse another base; of the stored weights, so any --dtype accepts it
+    base_id = base_fingerprint(model, policy, seed=settings.seed, trust_remote_code=trust_remote_code)
     model = add_lora(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                                         target_modules=tuple(targets)), seed=settings.seed)
-    return model, base_fingerprint
+    return model, base_id
 
 
 def encode_split(recipe, data_stage: str, stage: str, spec: str, tokenizer, template: str):

@@ -16,7 +16,7 @@ from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs, with_columns
-from midpo_cli.engine.artifacts import logits_on, save_checked
+from midpo_cli.engine.artifacts import logits_on, precision_of, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
@@ -153,7 +153,8 @@ def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir
                           trust_remote_code=recipe.trust_remote_code)
     router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
     for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
-        check_adapter_base(adapter_dir, base, base_name=policy)
+        check_adapter_base(adapter_dir, base, base_name=policy, source=policy, seed=settings.seed,
+                           trust_remote_code=recipe.trust_remote_code)
     model = wrap(base, read_adapter(safety_dir), read_adapter(help_dir), router_settings)
     frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "router" not in n]
     assert not frozen_trainable, f"non-router parameters are trainable: {frozen_trainable[:3]}"
@@ -342,4 +343,4 @@ def save_routed(model, tokenizer, out, policy: str, safety_dir, help_dir, probe_
     save_checked(model, out,
                  save_fn=lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
                                                  safety_adapter=str(safety_dir), helpfulness_adapter=str(help_dir)),
-                 load_fn=lambda path: load_midpo(path)[0], forward=logits_on(probe))
+                 load_fn=lambda path: load_midpo(path, dtype=precision_of(model))[0], forward=logits_on(probe))

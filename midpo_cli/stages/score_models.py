@@ -16,7 +16,7 @@ from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_pairs, with_columns
-from midpo_cli.engine.artifacts import save_checked
+from midpo_cli.engine.artifacts import precision_of, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.losses import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
@@ -110,7 +110,7 @@ def _pair_features(recipe, stage: str, tokenizer, template: str) -> tuple[list[d
 def _save(model, tokenizer, out, score_type: str) -> None:
     probe = tokenizer(["BEGINNING OF CONVERSATION: USER: hi ASSISTANT: hello"], return_tensors="pt")
     save_checked(model, out, save_fn=lambda path: save_score_model(model, tokenizer, path, score_type=score_type),
-                 load_fn=lambda path: load_score_model(path)[0],
+                 load_fn=lambda path: load_score_model(path, dtype=precision_of(model))[0],
                  forward=lambda m: m(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])[1].float())
 
 

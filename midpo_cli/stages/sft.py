@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from midpo_cli import console
 from midpo_cli.data.filters import select_pairs
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_sft, encode_sft, encode_text
 from midpo_cli.engine.answer_logps import answer_logps
-from midpo_cli.engine.artifacts import logits_on, save_checked
+from midpo_cli.engine.artifacts import logits_on, model_dtype, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
 from midpo_cli.losses import answer_nll
@@ -136,5 +134,5 @@ def save_causal_lm(model, tokenizer, out, probe_batch: dict) -> None:
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
 
-    save_checked(model, out, save_fn=save_fn, forward=logits_on(probe),
-                 load_fn=lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+    save_checked(model, out, save_fn=save_fn, forward=logits_on(probe),  # reloaded in the dtype it trained in
+                 load_fn=lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(model)))
