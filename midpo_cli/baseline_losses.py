@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from midpo_cli.data.filters import safedpo_chosen
 from midpo_cli.losses import spe_dpo_loss
 
-__all__ = ["dpo_loss", "modpo_loss", "safedpo_chosen", "safedpo_loss"]  # the re-ordering lives with the filters
+__all__ = ["dpo_loss", "modpo_loss", "safedpo_loss"]  # SafeDPO's re-ordering lives with the pair filters
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -51,7 +50,8 @@ def safedpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch
                  ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
                  chosen_unsafe: torch.Tensor, rejected_unsafe: torch.Tensor, *, beta: float, delta: float
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SafeDPO (arXiv 2505.20065, Eq. 12): −log σ(β·Δ − (h_l − h_w)·Δ_s) on re-ordered pairs (`safedpo_chosen`).
+    """SafeDPO (arXiv 2505.20065, Eq. 12): −log σ(β·Δ − (h_l − h_w)·Δ_s) on pairs re-ordered by
+    `data.filters.safedpo_chosen`.
 
     h_w, h_l (B,): 1 where the answer is labelled unsafe, else 0; Δ_s ≥ 0 (`delta`) is the safety offset: a
     safe winner over an unsafe loser must beat it by Δ_s more. After the re-ordering h_w = 0 always, so the

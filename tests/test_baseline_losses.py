@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_chosen, safedpo_loss
+from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_loss
+from midpo_cli.data.filters import safedpo_chosen
 
 TOL = 1e-9
 

@@ -106,8 +106,10 @@ LAYERS = (
     ("chat", "pipeline"),  # the folder whose context, inputs, graph and preflight the stages use
     ("modeling",),
     ("engine",),
-    ("data", "evaluation", "manifest"),
+    ("data", "evaluation"),
+    ("manifest",),  # the evaluation layer reads stage manifests (the verdict's probe ceiling)
     ("assets", "io", "recipe"),
+    ("baseline_losses",),  # DPO, MODPO and SafeDPO written over losses.spe_dpo_loss
     ("console", "errors", "host_memory", "logprobs", "losses"),
 )
 # The imports allowed to run back up: (importer, imported folder) → why.
