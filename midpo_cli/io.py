@@ -12,11 +12,24 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux allows (os.umask sets it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` beside `path`, then rename; the file gets the mode `open()` would give (0666 less the umask):
+    mkstemp's private 0600 would leave run artifacts unreadable to a colleague or a serving container."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -35,11 +48,14 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
+
+    The folder gets mkdir's mode (0777 less the umask), not mkdtemp's private 0700."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~umask())
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")

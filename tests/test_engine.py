@@ -231,7 +231,7 @@ def test_external_sigint_leaves_a_resumable_checkpoint(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert "rerun the same command with --resume" in err
+    assert "checkpoint written to" in err  # how to continue is the command's to say (test_user_trips.py)
     tag = (out / "checkpoints" / "latest").read_text().strip()
     step = int(tag.split("-")[1])
     assert 0 < step < 200

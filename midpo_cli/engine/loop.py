@@ -491,7 +491,7 @@ class Bookkeeper:
         """Checkpoint this step (once) and say how to continue."""
         path = self.trainer.ckpt_dir / f"step-{self.step}" if self.last_saved == self.step else self.save()
         return Interrupted(f"{self.trainer.stage_name}: interrupted at step {self.step}; checkpoint written to "
-                           f"{path}; rerun the same command with --resume to continue")
+                           f"{path}", resumable=True)
 
     def finish(self) -> None:
         """The last step is checkpointed and evaluated, unless that already happened at it."""

@@ -151,7 +151,7 @@ def abandon_folder(folder: Path) -> None:
         return
     if (folder / "checkpoints" / "latest").exists():
         console.warn(f"{folder.name}: the previous finished result is kept in {backup} while the new run "
-                     "can be resumed (--resume)")
+                     "can be resumed (pipeline run resumes on its own, a stage command with --resume)")
         return
     _clear(folder)
     _move_children(backup, folder)

@@ -1,0 +1,140 @@
+"""Issue 28 "Small things a user hits": one test (or more) per item, each failing on the code before the fix.
+
+Most tests load no model; the file-mode test runs the whole pipeline on the embedded tiny model with a
+few optimizer steps per stage (≈ 60 s on 2 cores) and exports its result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from midpo_cli.errors import Interrupted
+from midpo_cli.pipeline import run as pipeline
+from midpo_cli.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path: Path, *sets: str):
+    return load_recipe(None, [f"run_dir={tmp_path / 'run'}", *sets])
+
+
+# ------------------------------------------------------------------ interrupted: no --resume that does not exist
+
+def _interrupt(ctx) -> None:
+    raise Interrupted(f"{ctx.stage}: interrupted at step 3; checkpoint written to {ctx.folder}/checkpoints/step-3",
+                      resumable=True)
+
+
+def test_pipeline_run_interrupted_says_rerun_the_same_command_without_resume(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "runner", lambda stage: _interrupt)
+    with pytest.raises(Interrupted) as caught:
+        pipeline.run_pipeline(_recipe(tmp_path), stages=["sft"])
+    message = str(caught.value)
+    assert "checkpoint written to" in message and "rerun the same command" in message
+    assert "--resume" not in message  # `pipeline run` has no --resume: it resumes on its own
+
+
+def test_stage_command_interrupted_names_its_resume_flag(tmp_path, monkeypatch) -> None:
+    from midpo_cli.commands.stage_cmds import execute
+
+    monkeypatch.setattr(pipeline, "runner", lambda stage: _interrupt)
+    with pytest.raises(Interrupted, match="rerun the same command with --resume"):
+        execute("sft", _recipe(tmp_path), resume=False)
+
+
+def test_readme_exit_code_table_does_not_promise_a_pipeline_resume_flag() -> None:
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| 130 |"))
+    assert "pipeline run" in row and "resumes on its own" in row, row
+
+
+# ------------------------------------------------------------------ help at 80 columns
+
+def _commands(command, path=()):
+    """Every leaf command of the click tree with its argv path."""
+    subs = getattr(command, "commands", None)
+    if not subs:
+        yield path, command
+        return
+    for name, sub in subs.items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_at_80_columns_keeps_types_whole_and_shows_flags_bare(monkeypatch, capsys) -> None:
+    import typer
+
+    from midpo_cli.cli import app, main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        assert main([*path, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "<bool>" not in text, path
+        assert max(len(line) for line in text.splitlines()) <= 80, path
+        ctx = command.make_context("midpo", ["--help"], resilient_parsing=True)
+        for param in command.params:
+            shown = param.display_type_rich(ctx) if hasattr(param, "display_type_rich") else None
+            if getattr(param, "is_flag", False):
+                assert not shown, (path, param.name)
+            for word in (shown or "").split():
+                assert word in text, (path, param.name, word)  # whole: wrapped between words, not inside one
+                checked += 1
+    assert checked > 30
+
+
+# ------------------------------------------------------------------ result tables: stdout, 80 columns, names whole
+
+LONG_SET = "embedded:toy-safety/eval-prompts-of-a-very-long-prompt-set-name"
+
+
+def _midpo_80(*args: str):
+    """`midpo ARGS` in a subprocess at 80 columns with stdout and stderr apart."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(REPO)}
+    env.pop("TERMINAL_WIDTH", None)
+    return subprocess.run([sys.executable, "-m", "midpo_cli.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+def _fits(text: str) -> None:
+    assert text.strip(), "nothing on stdout"
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text, text  # wrapped, never cut
+
+
+def test_status_plan_and_list_print_their_tables_on_stdout_within_80_columns(tmp_path) -> None:
+    import json
+
+    from midpo_cli.recipe import ALL_STAGES
+
+    run = tmp_path / "run"
+    for stage in ALL_STAGES:
+        (run / stage).mkdir(parents=True)
+        metrics = {f"{LONG_SET}/midpo/reward_minus_cost": 0.123456, "source": LONG_SET, "steps": 80,
+                   "pair_accuracy": 0.9375, "eval_loss": 0.5}
+        (run / stage / "manifest.json").write_text(json.dumps(
+            {"stage": stage, "finished_at": "2026-12-05T08:20:11", "wall_s": 1234.5, "metrics": metrics}))
+    status = _midpo_80("pipeline", "status", str(run))
+    assert status.returncode == 0, status.stderr
+    _fits(status.stdout)
+    lines = status.stdout.splitlines()
+    for stage in ALL_STAGES:
+        assert any(line.split("│")[1].strip() == stage for line in lines if line.count("│") > 2), stage
+    assert LONG_SET.replace(":", "") not in status.stderr
+
+    plan = _midpo_80("pipeline", "plan", str(REPO / "recipes" / "quickstart.yaml"), "--set", f"run_dir={run}")
+    assert plan.returncode == 0, plan.stderr
+    _fits(plan.stdout)
+    assert "helpfulness_expert" in plan.stdout and "depends on" in plan.stdout
+
+    listed = _midpo_80("data", "list")
+    assert listed.returncode == 0, listed.stderr
+    _fits(listed.stdout)
+    assert "embedded:toy-safety/eval-prompts" in listed.stdout.splitlines()
