@@ -138,3 +138,45 @@ def test_status_plan_and_list_print_their_tables_on_stdout_within_80_columns(tmp
     assert listed.returncode == 0, listed.stderr
     _fits(listed.stdout)
     assert "embedded:toy-safety/eval-prompts" in listed.stdout.splitlines()
+
+
+# ------------------------------------------------------------------ shipped recipes: one source of the quickstart
+
+def test_recipe_default_is_the_shipped_quickstart() -> None:
+    from midpo_cli.commands.options import recipe_from
+
+    shipped = load_recipe(REPO / "recipes" / "quickstart.yaml").resolved()
+    assert recipe_from(None, []).resolved() == shipped
+    assert recipe_from(None, ["train.lr=5e-5"]).resolved()["train"]["lr"] == 5e-5
+
+
+def test_recipe_show_prints_and_copies_a_shipped_recipe(tmp_path, capsys) -> None:
+    from midpo_cli.cli import main
+
+    assert main(["recipe", "show", "quickstart"]) == 0
+    assert capsys.readouterr().out == (REPO / "recipes" / "quickstart.yaml").read_text()
+    target = tmp_path / "mine.yaml"
+    assert main(["recipe", "show", "local-model-cpu", "--to", str(target)]) == 0
+    assert target.read_text() == (REPO / "recipes" / "local-model-cpu.yaml").read_text()
+    assert main(["recipe", "show", "local-model-cpu", "--to", str(target)]) == 2  # never overwrites
+    assert main(["recipe", "show", "nope"]) == 2
+    assert "quickstart" in capsys.readouterr().err
+
+
+def test_the_wheel_ships_the_recipes(tmp_path) -> None:
+    """`pip install midpo-cli` users get the quickstart: the built wheel holds every recipes/*.yaml, byte for byte."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(".git", "runs", "*.egg-info", "build",
+                                                                             "__pycache__", "tests", "benchmarks"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))) as wheel:
+        for recipe in (REPO / "recipes").glob("*.yaml"):
+            assert wheel.read(f"midpo_cli/recipes/{recipe.name}") == recipe.read_bytes(), recipe.name
