@@ -180,3 +180,46 @@ def test_the_wheel_ships_the_recipes(tmp_path) -> None:
     with zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))) as wheel:
         for recipe in (REPO / "recipes").glob("*.yaml"):
             assert wheel.read(f"midpo_cli/recipes/{recipe.name}") == recipe.read_bytes(), recipe.name
+
+
+# ------------------------------------------------------------------ a run dir reused by other settings says what
+
+def _fake_runner(calls: list[str]):
+    from midpo_cli.manifest import write_manifest
+
+    def make(stage: str):
+        def run(ctx) -> None:
+            calls.append(stage)
+            write_manifest(ctx.folder, ctx.record(), {"stage": stage})
+        return run
+    return make
+
+
+def test_reused_run_dir_names_the_changed_keys_and_the_stages_that_rerun_before_running(
+        tmp_path, monkeypatch, capsys) -> None:
+    from midpo_cli.pipeline.graph import plan
+
+    stages = ["sft", "reward_model", "cost_model", "rank"]
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline, "runner", _fake_runner(calls))
+    pipeline.run_pipeline(_recipe(tmp_path), stages=stages)
+    capsys.readouterr()
+    other = _recipe(tmp_path, "stages.cost_model.lr=0.005", "data.max_length=200")
+    rows = {r["stage"]: r for r in plan(other, stages)}
+    assert "stages.cost_model.lr 0.0001 → 0.005" in rows["cost_model"]["why"], rows["cost_model"]["why"]
+    assert "data.max_length 256 → 200" in rows["cost_model"]["why"]
+    assert rows["rank"]["why"].endswith("inputs: reward_model, cost_model re-run"), rows["rank"]["why"]
+
+    calls.clear()
+
+    def first_stage_sees_the_warning(stage):
+        if calls:
+            return _fake_runner(calls)(stage)
+        said = capsys.readouterr().err
+        assert "cost_model: re-runs over its finished result" in said and "stages.cost_model.lr" in said
+        assert "re-running 4 finished stages" in said.replace("\n", " ")
+        return _fake_runner(calls)(stage)
+
+    monkeypatch.setattr(pipeline, "runner", first_stage_sees_the_warning)
+    pipeline.run_pipeline(other, stages=stages)
+    assert calls == stages

@@ -20,7 +20,7 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.manifest import read_manifest
-from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context
+from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context, warn_reruns
 from midpo_cli.pipeline.graph import is_done, stage_plans
 from midpo_cli.recipe import Recipe
 
@@ -139,6 +139,7 @@ def run_pipeline(
         for step in plans:  # bad data or settings fail now, not after hours of earlier stages
             if step.status != "done":
                 preflight(recipe, step.stage)
+        warn_reruns(plans)
         for step in plans:
             stage = step.stage
             if step.status == "done":
