@@ -223,3 +223,34 @@ def test_reused_run_dir_names_the_changed_keys_and_the_stages_that_rerun_before_
     monkeypatch.setattr(pipeline, "runner", first_stage_sees_the_warning)
     pipeline.run_pipeline(other, stages=stages)
     assert calls == stages
+
+
+# ------------------------------------------------------------------ metric names: TRL's for what TRL logs
+
+def test_expert_logs_trls_metric_names_with_trls_meanings(monkeypatch) -> None:
+    """Same names as TRL's DPOTrainer and the same quantities, checked against a per-pair float64 loop."""
+    import torch
+
+    from midpo_cli.stages import expert
+
+    beta = 0.1
+    pol_c, pol_r = torch.tensor([-10.0, -20.0, -5.0]), torch.tensor([-12.0, -18.0, -9.0])
+    ref_c, ref_r = torch.tensor([-11.0, -19.0, -6.0]), torch.tensor([-11.5, -18.5, -8.0])
+    margin = torch.tensor([0.5, 0.0, 1.0])
+    monkeypatch.setattr(expert, "concatenated_logps", lambda model, batch: (pol_c, pol_r))
+    batch = {"ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r, "margin": margin}
+    _, metrics = expert.make_dpo_loss(beta, reference=None)(None, batch)
+
+    chosen = [beta * (float(p) - float(r)) for p, r in zip(pol_c.double(), ref_c.double(), strict=True)]
+    rejected = [beta * (float(p) - float(r)) for p, r in zip(pol_r.double(), ref_r.double(), strict=True)]
+    expected = {
+        "rewards/chosen": sum(chosen) / 3, "rewards/rejected": sum(rejected) / 3,
+        "rewards/margins": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / 3,
+        "rewards/accuracies": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / 3,
+        "logps/chosen": float(pol_c.double().mean()), "logps/rejected": float(pol_r.double().mean()),
+        "spe_margin_mean": 0.5, "spe_margin_zero_fraction": 1 / 3,
+    }
+    assert set(expected) <= set(metrics)
+    for name, value in expected.items():
+        assert float(metrics[name]) == pytest.approx(value, abs=1e-5), name
+    assert not {"chosen_rewards", "reward_accuracy", "margin_mean", "policy_chosen_logps"} & set(metrics)
