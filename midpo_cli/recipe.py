@@ -121,6 +121,20 @@ class LauncherSettings(Strict):
 
 class LoggingSettings(Strict):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers, as in TRL: tensorboard, wandb, mlflow.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        """A tracker without its package would fail after models load: refuse now, naming the extra."""
+        from midpo_cli.engine.trackers import install_hint, missing_package
+
+        missing = [name for name in dict.fromkeys(value) if missing_package(name)]
+        if missing:
+            raise ValueError("; ".join(f"the {n} package is not installed ({install_hint(n)})" for n in missing)
+                             + ", or remove it from report_to")
+        return value
 
     @field_validator("tensorboard")
     @classmethod

@@ -254,3 +254,86 @@ def test_expert_logs_trls_metric_names_with_trls_meanings(monkeypatch) -> None:
     for name, value in expected.items():
         assert float(metrics[name]) == pytest.approx(value, abs=1e-5), name
     assert not {"chosen_rewards", "reward_accuracy", "margin_mean", "policy_chosen_logps"} & set(metrics)
+
+
+# ------------------------------------------------------------------ experiment tracking: report_to wandb / mlflow
+
+class _Calls(list):
+    def __call__(self, name):
+        return lambda *args, **kwargs: self.append((name, args, kwargs)) or _RUN
+
+
+class _Run:
+    def __init__(self) -> None:
+        self.calls = _Calls()
+
+    def log(self, values, step):
+        self.calls.append(("log", values, step))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+_RUN = _Run()
+
+
+def _stub_trackers(monkeypatch):
+    """Stand-ins for wandb and mlflow in sys.modules (the real packages are not installed here)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    global _RUN
+    _RUN = _Run()
+    calls = _Calls()
+    wandb = types.ModuleType("wandb")
+    wandb.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    wandb.init = calls("wandb.init")
+    mlflow = types.ModuleType("mlflow")
+    mlflow.__spec__ = importlib.machinery.ModuleSpec("mlflow", None)
+    for name in ("set_experiment", "start_run", "log_metrics", "end_run"):
+        setattr(mlflow, name, calls(f"mlflow.{name}"))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    return calls
+
+
+def test_report_to_wandb_and_mlflow_get_the_numbers_of_metrics_jsonl(tmp_path, monkeypatch) -> None:
+    import json
+
+    from midpo_cli.engine.metrics import MetricsSink
+    from midpo_cli.engine.settings import EngineSettings
+
+    calls = _stub_trackers(monkeypatch)
+    recipe = _recipe(tmp_path, "logging.report_to=[wandb, mlflow]")
+    settings = EngineSettings.from_recipe(recipe, "sft", "fp32")
+    assert settings.report_to == ["wandb", "mlflow"]
+    out = tmp_path / "run" / "sft"
+    sink = MetricsSink(out, enabled=True, report_to=settings.report_to, stage_name="sft")
+    sink.write({"split": "train", "step": 2, "epoch": 0.5, "loss": 0.69, "rewards/chosen": 0.1, "note": "x"})
+    sink.write({"split": "eval", "step": 4, "epoch": 1.0, "loss": 0.5})
+    sink.close()
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = [({"train/loss": 0.69, "train/rewards/chosen": 0.1}, 2), ({"eval/loss": 0.5}, 4)]
+    assert [(r["loss"], r["step"]) for r in lines] == [(0.69, 2), (0.5, 4)]
+    assert [(c[1], c[2]) for c in _RUN.calls if c[0] == "log"] == expected  # wandb
+    assert [(c[1][0], c[2]["step"]) for c in calls if c[0] == "mlflow.log_metrics"] == expected
+    init = next(c for c in calls if c[0] == "wandb.init")
+    assert init[2]["name"] == "run/sft" and init[2]["dir"] == str(out)
+    assert next(c for c in calls if c[0] == "mlflow.start_run")[2]["run_name"] == "run/sft"
+    assert ("finish",) in _RUN.calls and any(c[0] == "mlflow.end_run" for c in calls)
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_a_tracker_without_its_package_is_a_recipe_error_naming_the_extra(tmp_path, tracker, monkeypatch) -> None:
+    import importlib.util
+    import sys
+
+    from midpo_cli.recipe import RecipeError
+
+    real = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, tracker, raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    with pytest.raises(RecipeError, match=rf"logging.report_to: .*pip install 'midpo-cli\[{tracker}\]'"):
+        _recipe(tmp_path, f"logging.report_to=[{tracker}]")
