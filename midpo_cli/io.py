@@ -50,13 +50,15 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
 
-    The folder gets mkdir's mode (0777 less the umask), not mkdtemp's private 0700."""
+    Everything in it gets the modes `cp` would give under the umask (folders 0777, files 0666, executables
+    0777, each less the umask): mkdtemp makes the folder 0700, and some writers (safetensors' save_file)
+    make their files 0600 whatever the umask, which would hide a model from a colleague or a server."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        tmp.chmod(0o777 & ~umask())
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -68,6 +70,19 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything under it the umask's modes (links are left alone)."""
+    mask = umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                executable = os.stat(file).st_mode & 0o100
+                os.chmod(file, (0o777 if executable else 0o666) & ~mask)
+        dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(root, name))]
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -123,7 +123,7 @@ def test_adapters_export_loads_with_peft_and_reproduces_each_expert(tiny_midpo, 
 
     for name, gates in (("safety", (1.0, 0.0)), ("helpfulness", (0.0, 1.0))):
         cfg = json.loads((out / name / "adapter_config.json").read_text())
-        assert cfg["base_model_name_or_path"] == str(out.resolve() / "base")
+        assert cfg["base_model_name_or_path"] == "./base"  # portable: relative to the export folder (issue 28)
         base = AutoModelForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32)
         peft = PeftModel.from_pretrained(base, str(out / name)).eval()
         with torch.no_grad():

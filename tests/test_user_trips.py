@@ -337,3 +337,138 @@ def test_a_tracker_without_its_package_is_a_recipe_error_naming_the_extra(tmp_pa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
     with pytest.raises(RecipeError, match=rf"logging.report_to: .*pip install 'midpo-cli\[{tracker}\]'"):
         _recipe(tmp_path, f"logging.report_to=[{tracker}]")
+
+
+# ------------------------------------------------------------------ file modes follow the umask (run and export)
+
+def _small_world(root: Path) -> list[str]:
+    """--set overrides for a whole pipeline on the embedded tiny model in about a minute: a slice of each
+    toy-safety file, two optimizer steps per training stage, two fixed blends, four-token answers."""
+    from midpo_cli.assets import resolve_embedded
+
+    def head(name: str, n: int) -> Path:
+        lines = resolve_embedded(f"embedded:toy-safety/{name}").read_text(encoding="utf-8").splitlines()
+        harmful = [ln for ln in lines if '"is_harmful": true' in ln][: n // 2]
+        out = root / f"{name}.jsonl"
+        out.write_text("\n".join(harmful + [ln for ln in lines if ln not in harmful][: n - len(harmful)]) + "\n")
+        return out
+
+    sets = [f"run_dir={root / 'run'}", f"data.train={head('train', 64)}", f"data.eval={head('test', 32)}",
+            f"data.sft={head('sft', 32)}", f"stages.generate.prompts=[{head('dev-prompts', 4)}]",
+            "stages.generate.max_new_tokens=4", "stages.generate.gate_sweep=[[0, 1], [1, 0]]",
+            "stages.generate.dial_sweep=[]", "stages.generate.gate_maps=1", "stages.score.bootstrap=0",
+            "stages.reward_model.min_accuracy=0", "stages.cost_model.min_accuracy=0", "train.batch_size=8",
+            "train.log_every=1"]
+    for stage in ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "router"):
+        sets += [f"stages.{stage}.max_steps=2", f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=4"]
+    return [*sets, "stages.rank.balance=none"]
+
+
+def _modes(root: Path) -> dict[str, str]:
+    """Every file and folder under root whose mode is not what `cp` gives under umask 022."""
+    wrong = {}
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        want = 0o755 if path.is_dir() or mode & 0o100 else 0o644
+        if mode != want:
+            wrong[str(path.relative_to(root))] = oct(mode)
+    return wrong
+
+
+def test_a_run_and_its_exports_follow_a_022_umask(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    sets = [a for s in _small_world(tmp_path) for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = ("import os, sys; os.umask(0o022); from midpo_cli.cli import main; sys.exit(main(sys.argv[1:]))")
+
+    def midpo(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    midpo("pipeline", "run", str(REPO / "recipes" / "quickstart.yaml"), *sets)
+    run = tmp_path / "run"
+    assert (run / "score" / "report.html").is_file() and (run / "sft" / "model" / "model.safetensors").is_file()
+    for kind in ("--merged", "--adapters", "--midpo"):
+        midpo("export", str(run / "router" / "model"), "--to", str(tmp_path / kind.strip("-")), kind,
+              *(["--gates", "0.5,0.5"] if kind == "--merged" else []))
+    files = sum(1 for p in tmp_path.rglob("*") if p.is_file())
+    assert files > 60
+    wrong = {name: mode for folder in ("run", "merged", "adapters", "midpo") for name, mode
+             in _modes(tmp_path / folder).items()}
+    assert wrong == {}, f"{len(wrong)} of {files} paths: {wrong}"
+
+
+# ------------------------------------------------------------------ export: chat template, card, portable base
+
+CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}"
+
+
+def test_merged_export_carries_a_chat_template_and_loads_with_transformers_alone(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from test_export import build_tiny_midpo  # noqa: I001  (tests/ is on sys.path under pytest)
+
+    from midpo_cli.cli import main
+    from midpo_cli.data.template import format_prompt
+
+    plain = build_tiny_midpo(tmp_path / "plain")  # embedded base: no chat template, trained on safe-rlhf
+    chat = build_tiny_midpo(tmp_path / "chat")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(chat))
+    tok.chat_template = CHAT  # a base with its own chat template
+    tok.save_pretrained(str(chat))
+    for folder in (plain, chat):
+        assert main(["--quiet", "export", str(folder), "--merged", "--gates", "0.5,0.5",
+                     "--to", str(folder.parent / "merged")]) == 0
+    script = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {}
+for folder in sys.argv[1:]:
+    AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    out[folder] = tok.apply_chat_template([{"role": "user", "content": " Hi there "}], tokenize=False,
+                                          add_generation_prompt=True)
+assert not any(name.startswith("midpo_cli") for name in sys.modules)
+print(json.dumps(out))
+"""
+    folders = [str(tmp_path / "plain" / "merged"), str(tmp_path / "chat" / "merged")]
+    proc = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rendered = json.loads(proc.stdout)
+    bos = AutoTokenizer.from_pretrained(folders[0]).bos_token or ""
+    assert rendered[folders[0]] == bos + format_prompt("Hi there", "safe-rlhf")  # exactly the trained format
+    assert rendered[folders[1]] == "<|user|> Hi there <|a|>"  # the base's own, kept
+    card = (tmp_path / "plain" / "merged" / "README.md").read_text()
+    assert "chat template (the safe-rlhf format above)" in card
+
+
+def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_apart(tmp_path) -> None:
+    from midpo_cli.modeling.export import RECIPE_FILE, midpo_card, run_recipe
+
+    run = tmp_path / "run"
+    for stage in ("sft", "router"):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "config.yaml").write_text("lr: 0.001\n" + "".join(f"key{i}: {i}\n" for i in range(60)))
+    (run / "score").mkdir()
+    (run / "score" / "summary.json").write_text('{"toy": [{"model": "midpo", "prompt_set": "eval", '
+                                                '"harmful_safe": 0.9, "benign_helpful": 0.8, "toy_score": 0.85}]}')
+    cfg = {"router": {"granularity": "token", "input": "token", "hidden": None, "init_gates": [0.5, 0.5]},
+           "target_modules": ["model.layers.0.mlp.down_proj"], "scaling": {"safety": 2.0, "helpfulness": 2.0}}
+    card = midpo_card(cfg, name="m", base="org/base", kind="hub", template="chat", run=run, router_params=10,
+                      adapters={"safety": {}, "helpfulness": {}})
+    assert "pip install midpo-cli" in card and "pip install midpo " not in card
+    assert card.index("| midpo | eval |") < card.index("## Contents")  # results first
+    assert "key59" not in card and RECIPE_FILE in card
+    assert len(card.splitlines()) < 120
+    assert "key59: 59" in run_recipe(run) and run_recipe(run).count("lr: 0.001") == 2
