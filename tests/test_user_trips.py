@@ -406,7 +406,8 @@ def test_a_run_and_its_exports_follow_a_022_umask(tmp_path) -> None:
 
 # ------------------------------------------------------------------ export: chat template, card, portable base
 
-CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}"
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<|a|>{% endif %}")
 
 
 def test_merged_export_carries_a_chat_template_and_loads_with_transformers_alone(tmp_path) -> None:
