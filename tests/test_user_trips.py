@@ -473,3 +473,44 @@ def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_ap
     assert "key59" not in card and RECIPE_FILE in card
     assert len(card.splitlines()) < 120
     assert "key59: 59" in run_recipe(run) and run_recipe(run).count("lr: 0.001") == 2
+
+
+# ------------------------------------------------------------------ chat: one prompt a line, no warnings, early limits
+
+def test_chat_json_answers_each_stdin_line_and_the_chat_shows_no_deprecation_notice() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-W", "default", "-m", "midpo_cli.cli", "chat", "embedded:tiny-llama",
+            "--max-new-tokens", "3"]
+    proc = subprocess.run([*base, "--json"], input="Hi there\n\nHow do I bake bread?\n", capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Hi there", "How do I bake bread?"]
+    assert all(r["answer_tokens"] == 3 for r in rows)
+
+    talk = subprocess.run(base, input="Hi\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert talk.returncode == 0, talk.stderr[-2000:]
+    said = talk.stdout + talk.stderr
+    assert "model>" in said and "Warning" not in said and "deprecated" not in said, said
+
+
+def test_chat_refuses_max_new_tokens_beyond_the_context_before_the_first_message(monkeypatch, capsys) -> None:
+    import io
+
+    from midpo_cli.cli import main
+
+    class Untouched(io.StringIO):
+        def read(self, *args):  # no message may be read before the refusal
+            raise AssertionError("stdin was read")
+
+        readline = read
+
+    monkeypatch.setattr("sys.stdin", Untouched())
+    assert main(["chat", "embedded:tiny-llama", "--max-new-tokens", "3000"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-new-tokens 3000" in err and "256 tokens at most" in err

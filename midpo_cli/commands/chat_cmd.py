@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -35,23 +36,35 @@ def chat(
 ) -> None:
     """Chat with a model; for MidPO models each answer token is coloured by its safety gate.
 
-    With --json, stdin is one prompt: the answer, its mean gates and one gate pair per answer token are
-    printed as JSON on stdout (echo "prompt" | midpo chat MODEL --json).
+    With --json, each non-empty stdin line is one prompt, answered in order: one JSON object per line on
+    stdout (JSON Lines) with the answer, its mean gates and one gate pair per answer token
+    (printf "Hi\\nHow do I bake bread?\\n" | midpo chat MODEL --json).
     """
+    import warnings
+
     from midpo_cli.chat import parse_pair
     from midpo_cli.errors import InputError
 
     fixed = parse_pair(gates, "--gates") if gates is not None else None
-    prompt = None
+    prompts = None
     if as_json:
-        prompt = sys.stdin.read().strip()
-        if not prompt:
-            raise InputError("--json: stdin is empty; pipe the prompt in: echo \"Hello\" | midpo chat MODEL --json")
+        prompts = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+        if not prompts:
+            raise InputError("--json: stdin is empty; pipe prompts in, one a line: echo \"Hello\" | midpo chat "
+                             "MODEL --json")
+    # deprecation notices (transformers' FutureWarnings and logger lines) are for library authors; printed
+    # inside the first answer they garble the chat
+    warnings.simplefilter("ignore", FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
     session = open_session(model, template=template, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, safety_bias=safety_bias, gates=fixed, history=history,
                            dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    if prompt is not None:
-        console.emit_json(session.answer(prompt).to_json())
+    if prompts is not None:
+        for prompt in prompts:
+            sys.stdout.write(json.dumps(session.answer(prompt).to_json(), default=str) + "\n")
+            sys.stdout.flush()
         return
     from rich.console import Console
 
