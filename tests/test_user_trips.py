@@ -514,3 +514,17 @@ def test_chat_refuses_max_new_tokens_beyond_the_context_before_the_first_message
     assert main(["chat", "embedded:tiny-llama", "--max-new-tokens", "3000"]) == 2
     err = capsys.readouterr().err
     assert "--max-new-tokens 3000" in err and "256 tokens at most" in err
+
+
+# ------------------------------------------------------------------ a quick local run skips the slow test; CI does not
+
+def test_slow_marker_gives_a_quick_local_run_while_ci_runs_everything() -> None:
+    import tomllib
+
+    pytest_cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(m.startswith("slow:") for m in pytest_cfg["markers"])
+    assert "-m" not in pytest_cfg.get("addopts", "")  # a plain `pytest` (CI's) deselects nothing
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert ci and all(" -m " not in line and "-k " not in line for line in ci), ci
+    assert "pytestmark = pytest.mark.slow" in (REPO / "tests" / "test_quickstart_e2e.py").read_text()
+    assert 'pytest -m "not slow"' in (REPO / "README.md").read_text()
