@@ -153,7 +153,8 @@ def test_midpo_export_is_self_contained_with_a_model_card(tiny_midpo, tmp_path):
     assert cfg["adapters"] == {"safety": "adapters/safety", "helpfulness": "adapters/helpfulness"}
     assert (out / "base" / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
-    assert "library_name: midpo" in card and "beta: 0.1" in card and "- dpo_loss: 0.400" in card
+    assert "library_name: midpo" in card and "- dpo_loss: 0.400" in card
+    assert "beta: 0.1" in (out / "training-recipe.yaml").read_text()  # the settings beside the card (issue 28)
     assert "midpo chat upload" in card
     assert "| midpo | eval-prompts | 0.980 | 0.760 | 0.870 |" in card
     moved = tmp_path / "moved"
