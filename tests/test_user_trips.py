@@ -462,8 +462,12 @@ def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_ap
         (run / stage).mkdir(parents=True)
         (run / stage / "config.yaml").write_text("lr: 0.001\n" + "".join(f"key{i}: {i}\n" for i in range(60)))
     (run / "score").mkdir()
-    (run / "score" / "summary.json").write_text('{"toy": [{"model": "midpo", "prompt_set": "eval", '
-                                                '"harmful_safe": 0.9, "benign_helpful": 0.8, "toy_score": 0.85}]}')
+    import json
+
+    toy = [{"model": "midpo", "prompt_set": "eval", "harmful_safe": 0.9, "benign_helpful": 0.8, "toy_score": 0.85}]
+    toy += [{"model": f"midpo@gates={i / 4:g},{j / 4:g}", "prompt_set": s, "toy_score": 0.5}
+            for i in range(5) for j in range(5) for s in ("dev", "eval", "traps")]  # 75 blend rows
+    (run / "score" / "summary.json").write_text(json.dumps({"toy": toy}))
     cfg = {"router": {"granularity": "token", "input": "token", "hidden": None, "init_gates": [0.5, 0.5]},
            "target_modules": ["model.layers.0.mlp.down_proj"], "scaling": {"safety": 2.0, "helpfulness": 2.0}}
     card = midpo_card(cfg, name="m", base="org/base", kind="hub", template="chat", run=run, router_params=10,
@@ -471,7 +475,9 @@ def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_ap
     assert "pip install midpo-cli" in card and "pip install midpo " not in card
     assert card.index("| midpo | eval |") < card.index("## Contents")  # results first
     assert "key59" not in card and RECIPE_FILE in card
-    assert len(card.splitlines()) < 120
+    assert len(card.splitlines()) < 200
+    folded = card.index("<details><summary>75 fixed blends")
+    assert card.index("| midpo | eval |") < folded < card.index("| midpo@gates=0,0 | dev |")
     assert "key59: 59" in run_recipe(run) and run_recipe(run).count("lr: 0.001") == 2
 
 

@@ -459,10 +459,15 @@ def _toy_lines(toy: list[dict[str, Any]]) -> list[str]:
              "prompts answered helpfully, per model (fixed-gate mixes are `@gates=g_s,g_h`).", "",
              "| model | prompts | harmful answered safely | benign answered helpfully | toy score | mean g_s harmful "
              "| mean g_s benign |", "|---|---|---|---|---|---|---|"]
+    head, blends = lines[-2:], []
     for e in rows:
-        lines.append(f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
-                     f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
-                     f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
+        row = (f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
+               f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
+               f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
+        (blends if "@" in str(e.get("model")) else lines).append(row)
+    if blends:  # the fixed-blend grid and dial settings: dozens of rows, folded so the card stays short
+        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
+                  *blends, "", "</details>"]
     return [*lines, ""]
 
 
@@ -473,10 +478,15 @@ def _score_lines(groups: list[dict[str, Any]]) -> list[str]:
     lines = ["## Evaluation: score models", "", "Means over the prompt set (reward: helpfulness, higher is better; "
              "cost: harm, lower is better).", "", "| model | prompts | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
+    head, blends = lines[-2:], []
     for g in groups:
         metrics = g.get("metrics") or {}
-        lines.append(f"| {g.get('model')} | {g.get('prompt_set')} | "
-                     + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
+        row = (f"| {g.get('model')} | {g.get('prompt_set')} | "
+               + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
+        (blends if "@" in str(g.get("model")) else lines).append(row)
+    if blends:
+        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
+                  *blends, "", "</details>"]
     return [*lines, ""]
 
 
