@@ -115,10 +115,20 @@ class ChatSession:
         self.eos = eos_ids(self.model, self.tokenizer)
         if not self.eos:
             raise InputError(f"{spec}: the tokenizer has no EOS token, so an answer could never end")
+        self._check_room()
         self.generator = torch.Generator().manual_seed(seed)
         self.turns: list[tuple[str, str]] = []
         self.transcript: list[dict[str, Any]] = []
         self.start = (self.safety_bias, self.fixed_gates) if self.routed else (None, None)
+
+    def _check_room(self) -> None:
+        """Refuse --max-new-tokens that leaves no room for a prompt now, not after the first message."""
+        from midpo_cli.modeling.generation import context_limit
+
+        limit = context_limit(self.model)
+        if limit is not None and limit - self.max_new_tokens < 2:
+            raise InputError(f"--max-new-tokens {self.max_new_tokens} leaves no room for a prompt: {self.spec} "
+                             f"reads {limit} tokens at most; use --max-new-tokens {max(1, limit // 2)} or less")
 
     # -- routing controls (MidPO models only) ---------------------------------------------------
     def _need_router(self, what: str) -> None:

@@ -19,6 +19,7 @@ from midpo_cli.commands import (
     env_cmd,
     export_cmd,
     generate_cmd,
+    help_format,
     pipeline_cmd,
     recipe_cmd,
     score_cmd,
@@ -85,6 +86,7 @@ def _escape_help(typer_app: typer.Typer) -> None:
 
 
 _escape_help(app)
+help_format.install()
 
 
 def _click_classes(name: str) -> tuple[type, ...]:

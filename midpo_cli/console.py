@@ -1,4 +1,4 @@
-"""One stderr console for progress and logs; stdout is reserved for --json summaries."""
+"""One stderr console for progress and logs; stdout carries results: --json summaries and result tables."""
 
 from __future__ import annotations
 
@@ -61,6 +61,25 @@ def counts_text(counts: dict[str, int]) -> str:
     kept = counts.get("kept")
     head = f"{kept} of {total} kept" if kept is not None and total is not None else f"{kept} kept"
     return head + (f" ({', '.join(reasons)})" if reasons else "")
+
+
+def table(title: str, columns: list[str], *, names: int = 1):
+    """A result table that fits the terminal (80 columns when piped) by wrapping, never by cutting: the first
+    `names` columns (stage, prompt set) stay whole on one line, the others wrap at spaces and fold a word
+    longer than the column onto the next line instead of rich's '…'."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Table(title=Text(title))  # a run dir or prompt-set name is text, never markup
+    for i, name in enumerate(columns):
+        out.add_column(name, no_wrap=i < names, overflow="fold")
+    return out
+
+
+def print_result(renderable: Any) -> None:
+    """A result (a table people read) on stdout, like --json: `midpo pipeline status RUN 2>/dev/null` shows it.
+    A new Console per call so COLUMNS is read when it is printed."""
+    Console(highlight=False).print(renderable)
 
 
 def emit_json(payload: Any) -> None:

@@ -37,6 +37,18 @@ class GateError(MidpoError):
 
 
 class Interrupted(MidpoError):
-    """SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue."""
+    """SIGINT/SIGTERM: a checkpoint was written (`resumable`); how to continue depends on the command.
+
+    `pipeline run` resumes on its own, a stage command needs --resume: the command says which
+    (`continue_with`), not the training loop that raised it.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, *, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
+
+    def continue_with(self, how: str) -> Interrupted:
+        """The same interruption, its message ending with how to continue (only when a checkpoint exists)."""
+        return Interrupted(f"{self}; {how}", resumable=True) if self.resumable else self

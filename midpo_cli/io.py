@@ -15,11 +15,24 @@ from typing import Any
 from midpo_cli.errors import InputError
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux allows (os.umask sets it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` beside `path`, then rename; the file gets the mode `open()` would give (0666 less the umask):
+    mkstemp's private 0600 would leave run artifacts unreadable to a colleague or a serving container."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -38,12 +51,17 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
+
+    Everything in it gets the modes `cp` would give under the umask (folders 0777, files 0666, executables
+    0777, each less the umask): mkdtemp makes the folder 0700, and some writers (safetensors' save_file)
+    make their files 0600 whatever the umask, which would hide a model from a colleague or a server."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -55,6 +73,19 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything under it the umask's modes (links are left alone)."""
+    mask = umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                executable = os.stat(file).st_mode & 0o100
+                os.chmod(file, (0o777 if executable else 0o666) & ~mask)
+        dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(root, name))]
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -156,8 +156,43 @@ class LauncherSettings(Strict):
     master_port: int | None = Field(None, gt=0, lt=65536, description="Rendezvous port.")
 
 
+# the experiment trackers (engine/trackers.py) and their packages, checked here so a missing one is a recipe error
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def install_hint(name: str) -> str:
+    return f"pip install 'midpo-cli[{name}]'"
+
+
+def missing_package(name: str) -> bool:
+    """True when tracker `name`'s package cannot be imported (a module already in sys.modules counts)."""
+    import importlib.util
+    import sys
+
+    package = TRACKER_PACKAGES[name]
+    if package in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec(package) is None
+    except (ImportError, ValueError):
+        return True
+
+
 class LoggingSettings(Strict):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers, as in TRL: tensorboard, wandb, mlflow.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        """A tracker without its package would fail after models load: refuse now, naming the extra."""
+        missing = [name for name in dict.fromkeys(value) if missing_package(name)]
+        if missing:
+            raise ValueError("; ".join(f"the {n} package is not installed ({install_hint(n)})" for n in missing)
+                             + ", or remove it from report_to")
+        return value
 
     @field_validator("tensorboard")
     @classmethod

@@ -152,8 +152,8 @@ def test_batching_order_does_not_change_the_values(tokenizer, features, tmp_path
 
 
 def metrics(loss=0.5, acc=0.8, chosen=-30.0, rejected=-40.0, margin=1.0) -> dict[str, float]:
-    return {"loss": loss, "reward_accuracy": acc, "policy_chosen_logps": chosen, "policy_rejected_logps": rejected,
-            "margin_mean": margin}
+    return {"loss": loss, "rewards/accuracies": acc, "logps/chosen": chosen, "logps/rejected": rejected,
+            "spe_margin_mean": margin}
 
 
 def run_health(series) -> tuple[DpoHealth, list[list[str]]]:

@@ -166,8 +166,9 @@ def test_interrupt_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path
     out = tmp_path / "interrupted"
     monkeypatch.setattr(loop, "train_step", faulty_step("sigint", 3))  # a real SIGINT to this process after step 3
     previous = signal.getsignal(signal.SIGINT)
-    with pytest.raises(Interrupted, match=r"interrupted at step 3; checkpoint written to .*step-3; .*--resume"):
+    with pytest.raises(Interrupted, match=r"interrupted at step 3; checkpoint written to .*step-3$") as caught:
         run_tiny(out, settings_for_resume())
+    assert caught.value.resumable  # how to continue is added by the command (test_user_trips.py)
     assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-2", "step-3"]  # keep=2
@@ -231,7 +232,7 @@ def test_external_sigint_leaves_a_resumable_checkpoint(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert "rerun the same command with --resume" in err
+    assert "checkpoint written to" in err  # how to continue is the command's to say (test_user_trips.py)
     tag = (out / "checkpoints" / "latest").read_text().strip()
     step = int(tag.split("-")[1])
     assert 0 < step < 200

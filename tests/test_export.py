@@ -123,7 +123,7 @@ def test_adapters_export_loads_with_peft_and_reproduces_each_expert(tiny_midpo, 
 
     for name, gates in (("safety", (1.0, 0.0)), ("helpfulness", (0.0, 1.0))):
         cfg = json.loads((out / name / "adapter_config.json").read_text())
-        assert cfg["base_model_name_or_path"] == str(out.resolve() / "base")
+        assert cfg["base_model_name_or_path"] == "./base"  # portable: relative to the export folder (issue 28)
         base = AutoModelForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32)
         peft = PeftModel.from_pretrained(base, str(out / name)).eval()
         with torch.no_grad():
@@ -155,7 +155,8 @@ def test_midpo_export_is_self_contained_with_a_model_card(tiny_midpo, tmp_path):
     assert cfg["adapters"] == {"safety": "adapters/safety", "helpfulness": "adapters/helpfulness"}
     assert (out / "base" / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
-    assert "library_name: midpo" in card and "beta: 0.1" in card and "- dpo_loss: 0.400" in card
+    assert "library_name: midpo" in card and "- dpo_loss: 0.400" in card
+    assert "beta: 0.1" in (out / "training-recipe.yaml").read_text()  # the settings beside the card (issue 28)
     assert "midpo chat upload" in card
     assert "| midpo | eval-prompts | 0.980 | 0.760 | 0.870 |" in card
     verdict = "- `eval-prompts`: **ties the best blend** — router 0.87 vs the dev-chosen blend (1, 1) 0.85"

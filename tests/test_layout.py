@@ -108,7 +108,7 @@ LAYERS = (
     ("engine",),
     ("data", "evaluation"),
     ("manifest",),  # the evaluation layer reads stage manifests (the verdict's probe ceiling)
-    ("assets", "io", "recipe"),
+    ("assets", "io", "recipe", "shipped_recipes"),
     ("baseline_losses",),  # DPO, MODPO and SafeDPO written over losses.spe_dpo_loss
     ("console", "errors", "host_memory", "logprobs", "losses"),
 )

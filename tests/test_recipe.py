@@ -135,7 +135,7 @@ def test_one_list_of_training_settings() -> None:
     for stage in TRAINING_STAGES:  # every training stage takes every key
         assert set(train) <= set(type(getattr(Recipe().stages, stage)).model_fields), stage
 
-    resolved, engine_only = {"precision"}, {"zero_stage", "deepspeed_config", "offload", "tensorboard"}
+    resolved, engine_only = {"precision"}, {"zero_stage", "deepspeed_config", "offload", "tensorboard", "report_to"}
     engine = EngineSettings.model_fields
     assert set(engine) == set(train) | engine_only
     for key in set(train) - resolved:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -35,8 +36,9 @@ def chat(
 ) -> None:
     """Chat with a model; for MidPO models each answer token is coloured by its safety gate.
 
-    With --json, stdin is one prompt: the answer, its mean gates and one gate pair per answer token are
-    printed as JSON on stdout (echo "prompt" | midpo chat MODEL --json).
+    With --json, each non-empty stdin line is one prompt, answered in order: one JSON object per line on
+    stdout (JSON Lines) with the answer, its mean gates and one gate pair per answer token
+    (printf "Hi\\nHow do I bake bread?\\n" | midpo chat MODEL --json).
     """
     from midpo_cli.errors import InputError
     from midpo_cli.evaluation.labels import parse_gates
@@ -45,16 +47,15 @@ def chat(
     if fixed is not None and safety_bias is not None:
         raise InputError("--safety-bias with --gates: fixed gates replace the routers whose logits the dial shifts, "
                          "so the dial would be ignored; give one of them")
-    prompt = None
-    if as_json:
-        prompt = read_stdin_prompt()
-        if not prompt:
-            raise InputError("--json: stdin is empty; pipe the prompt in: echo \"Hello\" | midpo chat MODEL --json")
+    prompts = stdin_prompts() if as_json else None
+    quiet_library_notices()
     session = open_session(model, template=template, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, safety_bias=safety_bias, gates=fixed, history=history,
                            dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    if prompt is not None:
-        console.emit_json(session.answer(prompt).to_json())
+    if prompts is not None:
+        for prompt in prompts:
+            sys.stdout.write(json.dumps(session.answer(prompt).to_json(), default=str) + "\n")
+            sys.stdout.flush()
         return
     from rich.console import Console
 
@@ -64,6 +65,28 @@ def chat(
     code = run_chat(session, read=lambda text: out.input(text), out=out)
     if code:
         raise typer.Exit(code)
+
+
+def stdin_prompts() -> list[str]:
+    """--json's prompts: each non-empty stdin line is one."""
+    from midpo_cli.errors import InputError
+
+    prompts = [line.strip() for line in read_stdin_prompt().splitlines() if line.strip()]
+    if not prompts:
+        raise InputError("--json: stdin is empty; pipe prompts in, one a line: echo \"Hello\" | midpo chat "
+                         "MODEL --json")
+    return prompts
+
+
+def quiet_library_notices() -> None:
+    """Deprecation notices (transformers' FutureWarnings and logger lines) are for library authors; printed
+    inside the first answer they garble the chat."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.simplefilter("ignore", FutureWarning)
+    hf_logging.set_verbosity_error()
 
 
 def read_stdin_prompt() -> str:

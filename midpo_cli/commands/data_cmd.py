@@ -37,8 +37,8 @@ def list_cmd(as_json: bool = JsonOpt) -> None:
     names = list_embedded()
     if as_json:
         console.emit_json(names)
-    for name in names:
-        console.log(name)
+        return
+    console.print_result("\n".join(names))  # one name a line, whole, on stdout: `midpo data list | grep eval`
 
 
 @data_app.command("show")

@@ -117,7 +117,6 @@ def plan(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show each stage's status (done / will run / will resume / blocked) and why; loads no model."""
-    from rich.table import Table
     from rich.text import Text
 
     from midpo_cli.commands.options import recipe_from
@@ -128,14 +127,12 @@ def plan(
     if as_json:
         console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
         return
-    table = Table(title=Text(f"plan for {cfg.run_dir}"))
-    for col in ("stage", "status", "why", "depends on"):
-        table.add_column(col)
+    table = console.table(f"plan for {cfg.run_dir}", ["stage", "status", "why", "depends on"])
     colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "blocked": "red"}
     for row in rows:
         table.add_row(row["stage"], Text(row["status"], style=colours[row["status"]]), Text(row["why"]),
                       ", ".join(row["depends_on"]))
-    console.err.print(table)
+    console.print_result(table)
 
 
 def status(
@@ -143,9 +140,6 @@ def status(
     as_json: bool = JsonOpt,
 ) -> None:
     """What ran, when, how long, and its key metrics."""
-    from rich.table import Table
-    from rich.text import Text
-
     from midpo_cli.errors import InputError
     from midpo_cli.pipeline.status import stage_state
 
@@ -163,12 +157,17 @@ def status(
     if as_json:
         console.emit_json({"run_dir": str(run_dir), "stages": rows})
         return
-    table = Table(title=Text(f"status of {run_dir}"))
-    for col in ("stage", "state", "why", "finished", "wall s", "key metrics"):
-        table.add_column(col)
+    from rich.text import Text
+
+    table = console.table(f"status of {run_dir}", ["stage", "state", "why", "finished", "wall s", "key metrics"])
     for r in rows:
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:5])
+        numbers = [(k, v) for k, v in r["metrics"].items() if isinstance(v, int | float)][:5]
+        metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in numbers)  # one a line: a long name folds alone
         wall = r["wall_s"] if isinstance(r["wall_s"], int | float) else 0
-        table.add_row(r["stage"], r["state"], Text(r["why"]), Text(str(r["finished_at"] or "")), f"{wall:.0f}",
-                      Text(metrics))
-    console.err.print(table)
+        table.add_row(r["stage"], r["state"], Text(r["why"]), _when(r["finished_at"]), f"{wall:.0f}", Text(metrics))
+    console.print_result(table)
+
+
+def _when(finished_at: str | None) -> str:
+    """`2026-12-05T08:20:11+00:00` as `2026-12-05 08:20`: two short words that wrap at 80 columns."""
+    return (str(finished_at) if finished_at else "")[:16].replace("T", " ")

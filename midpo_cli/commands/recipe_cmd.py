@@ -1,4 +1,5 @@
-"""`midpo recipe check`: validate a recipe (every error at once) and print it resolved."""
+"""`midpo recipe check|show`: validate a recipe (every error at once) and print it resolved; print or copy
+a shipped recipe."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from midpo_cli.commands.options import JsonOpt, SetOpt
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(help="Validate and inspect recipes.", no_args_is_help=True)
     sub.command("check")(check)
+    sub.command("show")(show)
     app.add_typer(sub, name="recipe")
 
 
@@ -33,3 +35,25 @@ def check(
     else:
         typer.echo(dump_yaml(resolved), nl=False)
     console.log(f"[green]ok[/green] {escape(str(file))}", markup=True)
+
+
+def show(
+    name: str = typer.Argument(None, help="A shipped recipe: quickstart, local-model-cpu, ... (none: list them)."),
+    to: Path = typer.Option(None, "--to", help="Copy it to this file (refused if the file exists)."),
+) -> None:
+    """Print a recipe shipped with midpo, or copy it with --to to edit; no NAME lists the shipped recipes."""
+    from midpo_cli.errors import InputError
+    from midpo_cli.io import atomic_write_text
+    from midpo_cli.shipped_recipes import shipped_names, shipped_recipe
+
+    if name is None:
+        console.print_result("\n".join(shipped_names()))
+        return
+    text = shipped_recipe(name).read_text(encoding="utf-8")
+    if to is None:
+        typer.echo(text, nl=False)
+        return
+    if to.exists():
+        raise InputError(f"{to} exists; choose another file or remove it first")
+    atomic_write_text(to, text)
+    console.log(f"wrote {to}; run it with `midpo pipeline run {to}`")

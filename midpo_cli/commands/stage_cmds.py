@@ -91,11 +91,15 @@ def execute(stage: str, recipe, *, resume: bool, lock: bool = True) -> dict:
     """Run one stage under the run-dir lock (the worker passes lock=False: its launcher holds it)."""
     import contextlib
 
+    from midpo_cli.errors import Interrupted
     from midpo_cli.pipeline.run import run_lock, run_stage
 
     held = run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)) if lock else contextlib.nullcontext()
     with held:
-        return run_stage(recipe, stage, resume=resume)
+        try:
+            return run_stage(recipe, stage, resume=resume)
+        except Interrupted as exc:
+            raise exc.continue_with("rerun the same command with --resume to continue from it") from None
 
 
 def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
@@ -201,7 +205,7 @@ def train_cost(
 
 
 def train_expert(
-    kind: ExpertKind = typer.Option(..., "--kind", help="safety | helpfulness | dpo (plain-DPO baseline)."),
+    kind: ExpertKind = typer.Option(..., "--kind", help="Which expert; dpo is the plain-DPO baseline."),
     recipe: Path = RecipeOpt,
     overrides: list[str] = SetOpt,
     resume: bool = ResumeOpt,

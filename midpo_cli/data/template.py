@@ -23,6 +23,14 @@ from midpo_cli.errors import InputError
 TEMPLATES = ("safe-rlhf", "chat")  # what a resolved template can be
 CHOICES = ("auto", *TEMPLATES)  # what a user may ask for
 SAFE_RLHF = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+# The safe-rlhf format as a chat template, for folders served by a chat API (vLLM, TGI): one user turn renders
+# exactly BOS + format_prompt's text, a later turn continues "USER: ... ASSISTANT:" as safe-rlhf does.
+SAFE_RLHF_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% if loop.first %}BEGINNING OF CONVERSATION: {% else %} {% endif %}USER: {{ m['content'] | trim }} ASSISTANT:"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] | trim }}{% if not loop.last %}{{ eos_token }}{% endif %}"
+    "{% endif %}{% endfor %}"
+)
 RECORD_KEY = "midpo_template"  # config.json key naming the template a saved model was trained with
 _warned: set[tuple[str, str, str]] = set()
 

@@ -423,7 +423,7 @@ class Bookkeeper:
         self.trainer, self.eval_data, self.eval_fn = trainer, eval_data, eval_fn
         name, resumed = trainer.stage_name, trainer.resumed_from is not None
         self.sink = MetricsSink(out_dir, enabled=dist.is_rank0(), tensorboard=trainer.settings.tensorboard,
-                                stage_name=name)
+                                report_to=trainer.settings.report_to, stage_name=name)
         self.sink.truncate_after(trainer.start_step) if resumed else self.sink.reset()
         self.progress = Progress(enabled=dist.is_rank0(), total=trainer.total_steps, start=trainer.start_step,
                                  stage_name=name)
@@ -491,7 +491,7 @@ class Bookkeeper:
         """Checkpoint this step (once) and say how to continue."""
         path = self.trainer.ckpt_dir / f"step-{self.step}" if self.last_saved == self.step else self.save()
         return Interrupted(f"{self.trainer.stage_name}: interrupted at step {self.step}; checkpoint written to "
-                           f"{path}; rerun the same command with --resume to continue")
+                           f"{path}", resumable=True)
 
     def finish(self) -> None:
         """The last step is checkpointed and evaluated, unless that already happened at it."""

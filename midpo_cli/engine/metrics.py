@@ -1,4 +1,5 @@
-"""Where training numbers go: `<stage>/metrics.jsonl`, TensorBoard, and a progress display on rank 0.
+"""Where training numbers go: `<stage>/metrics.jsonl`, the trackers of `logging.report_to` (TensorBoard,
+W&B, MLflow: engine/trackers.py), and a progress display on rank 0.
 
 metrics.jsonl holds one JSON object per logged step: `{"split": "train", "step", "epoch", "lr", "loss",
 ...stage metrics, "samples_per_s", "tokens_per_s"}`; evaluations are `{"split": "eval", "step", "epoch",
@@ -27,18 +28,14 @@ def _clean(value: Any) -> Any:
 class MetricsSink:
     """Appends to metrics.jsonl (and TensorBoard); every method is a no-op off rank 0."""
 
-    def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool, stage_name: str) -> None:
+    def __init__(self, out_dir: Path, *, enabled: bool, stage_name: str, tensorboard: bool = False,
+                 report_to: list[str] | tuple[str, ...] = ()) -> None:
+        from midpo_cli.engine.trackers import open_trackers
+
         self.path = out_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: say so, keep training
-                console.warn("logging.tensorboard is on but the tensorboard package is missing; "
-                             "pip install 'midpo-cli[tensorboard]'")
-            else:
-                self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        names = [*report_to, *(["tensorboard"] if tensorboard else [])]
+        self.trackers = open_trackers(names, out_dir, stage_name) if enabled else []
         self.stage_name = stage_name
 
     def truncate_after(self, step: int) -> None:
@@ -62,16 +59,17 @@ class MetricsSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-        if self.writer is not None:
+        if self.trackers:
             split = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch") and math.isfinite(value):
-                    self.writer.add_scalar(f"{self.stage_name}/{split}/{key}", value, record["step"])
-            self.writer.flush()
+            values = {f"{split}/{key}": float(value) for key, value in record.items()
+                      if isinstance(value, int | float) and not isinstance(value, bool)
+                      and key not in ("step", "epoch") and math.isfinite(value)}
+            for tracker in self.trackers:
+                tracker.log(values, record["step"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def format_eta(seconds: float) -> str:

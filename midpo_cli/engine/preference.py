@@ -147,22 +147,22 @@ class DpoHealth:
 
     def update(self, step: int, metrics: dict[str, float]) -> list[str]:
         self.history.append(metrics)
-        if self.start_logps is None and "policy_chosen_logps" in metrics:
-            self.start_logps = (metrics["policy_chosen_logps"], metrics["policy_rejected_logps"])
+        if self.start_logps is None and "logps/chosen" in metrics:
+            self.start_logps = (metrics["logps/chosen"], metrics["logps/rejected"])
         if step < self.warmup or len(self.history) < self.window:
             return []
         recent = self.history[-self.window:]
         mean = {k: sum(m.get(k, 0.0) for m in recent) / len(recent) for k in recent[-1]}
         found = []
-        if abs(mean.get("loss", 0.0) - math.log(2)) < 0.01 and mean.get("margin_mean", 0.0) == 0.0:
+        if abs(mean.get("loss", 0.0) - math.log(2)) < 0.01 and mean.get("spe_margin_mean", 0.0) == 0.0:
             found.append(("loss_at_ln2", f"DPO loss has stayed at ln 2 ≈ 0.693 after step {step}: "
                           "the policy is not moving; raise the learning rate or check the data"))
-        if mean.get("reward_accuracy", 1.0) <= 0.5:
-            found.append(("accuracy", f"implicit-reward accuracy {mean['reward_accuracy']:.2f} ≤ 0.5 after "
+        if mean.get("rewards/accuracies", 1.0) <= 0.5:
+            found.append(("accuracy", f"implicit-reward accuracy {mean['rewards/accuracies']:.2f} ≤ 0.5 after "
                           f"step {step}: the expert is not learning the preference"))
         if self.start_logps is not None:
-            drop_c = self.start_logps[0] - mean.get("policy_chosen_logps", self.start_logps[0])
-            drop_r = self.start_logps[1] - mean.get("policy_rejected_logps", self.start_logps[1])
+            drop_c = self.start_logps[0] - mean.get("logps/chosen", self.start_logps[0])
+            drop_r = self.start_logps[1] - mean.get("logps/rejected", self.start_logps[1])
             if drop_c > 20 and drop_r > 20:
                 found.append(("both_fall", f"chosen and rejected log-probs both fell by >20 nats by step "
                               f"{step} (chosen −{drop_c:.0f}, rejected −{drop_r:.0f}): text may degrade; "

@@ -22,6 +22,8 @@ class EngineSettings(TrainSettings):
                                          "batch sizes (recipe deepspeed.config).")
     offload: bool = Field(False, description="DeepSpeed CPU Adam with optimizer state on the CPU.")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (recipe logging.tensorboard).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers (recipe logging.report_to).")
 
     @property
     def reference_batch_size(self) -> int:
@@ -40,4 +42,5 @@ class EngineSettings(TrainSettings):
             **recipe.train_settings(stage).model_dump(), "precision": precision,
             "zero_stage": recipe.deepspeed.zero_stage, "deepspeed_config": recipe.deepspeed.config,
             "offload": recipe.deepspeed.offload, "tensorboard": recipe.logging.tensorboard,
+            "report_to": recipe.logging.report_to,
         })

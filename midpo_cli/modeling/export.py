@@ -164,13 +164,18 @@ def export_merged(source: str | Path, to: str | Path, gates: tuple[float, float]
 
         setattr(hf.config, RECORD_KEY, template)
 
+    chat_template = serving_chat_template(tokenizer, template)
+
     def save(tmp: Path) -> None:
         from midpo_cli.modeling.loading import quiet_transformers
 
         with quiet_transformers():
             hf.save_pretrained(str(tmp))
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template
         tokenizer.save_pretrained(str(tmp))
-        atomic_write_text(tmp / "README.md", merged_card(source, cfg, gates, template))
+        chat = ("the safe-rlhf format above" if chat_template else "the base's" if tokenizer.chat_template else None)
+        atomic_write_text(tmp / "README.md", merged_card(source, cfg, gates, template, chat))
 
     def load(tmp: Path) -> nn.Module:
         from midpo_cli.modeling.loading import quiet_transformers, torch_dtype
@@ -184,6 +189,17 @@ def export_merged(source: str | Path, to: str | Path, gates: tuple[float, float]
                   reference=reference, dtype=_dtype(dtype), ulps=FOLD_ULPS)
     return {"target": "merged", "source": str(source), "to": str(to), "gates": list(gates), "dtype": dtype,
             "template": template, "routed_layers": len(cfg["target_modules"])}
+
+
+def serving_chat_template(tokenizer: Any, template: str | None) -> str | None:
+    """The chat template a merged folder carries so a chat API (vLLM's, TGI's) can serve it: the base's own
+    when it has one (kept as it is), else, for a model trained on safe-rlhf prompts, that format as a template.
+    None: the tokenizer's (or none) is saved unchanged."""
+    from midpo_cli.data.template import SAFE_RLHF_CHAT_TEMPLATE, has_chat_template
+
+    if has_chat_template(tokenizer) or template not in (None, "safe-rlhf"):
+        return None
+    return SAFE_RLHF_CHAT_TEMPLATE
 
 
 def write_base(dst: Path, base: str, kind: str, tokenizer: Any, *, trust_remote_code: bool = False) -> None:
@@ -217,7 +233,7 @@ def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
         with model.fixed_gates(*gates):
             references[name] = midpo_logits(model, ids)
     del model
-    base_ref = base if kind == "hub" else str(to.resolve() / "base")
+    base_ref = base if kind == "hub" else PORTABLE_BASE  # never an absolute path of this machine
 
     def save(tmp: Path) -> None:
         for name in EXPERTS:
@@ -235,6 +251,9 @@ def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
                   dtype=_dtype(dtype))
     return {"target": "adapters", "source": str(source), "to": str(to), "base": base_ref if kind != "hub" else base,
             "base_copied": kind != "hub", "adapters": {n: str(to / n) for n in EXPERTS}, "template": template}
+
+
+PORTABLE_BASE = "./base"  # adapters' base_model_name_or_path for a copied base: relative to the export folder
 
 
 def adapter_folder(source: Path, cfg: dict[str, Any], name: str) -> Path:
@@ -298,6 +317,8 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
         card = midpo_card(new, name=to.name, base=base, kind=kind, template=template, run=run,
                           router_params=router_params, adapters=lora)
         atomic_write_text(tmp / "README.md", card)
+        if run_recipe(run):
+            atomic_write_text(tmp / RECIPE_FILE, run_recipe(run))
 
     save_verified(save, to, load_fn=lambda tmp: load_midpo(tmp, trust_remote_code=trust_remote_code)[0],
                   probe_fn=lambda m: midpo_logits(m, ids), reference=reference)
@@ -350,7 +371,7 @@ def find_run_dir(source: Path, run_dir: str | Path | None) -> Path | None:
 USE_SNIPPET = """## Use
 
 ```bash
-pip install midpo                       # then, from this folder's parent:
+pip install midpo-cli                   # then, from this folder's parent:
 midpo chat {name}                       # talk to it; answers coloured by the safety gate, /dial B
 echo "How do I bake bread?" | midpo chat {name} --json
 midpo export {name} --merged --gates 0.5,0.5 --to {name}-merged   # a plain transformers/vLLM/TGI folder
@@ -376,6 +397,7 @@ def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template
              "(DPO whose margin comes from a cost or reward model) — mixed inside the base by small learned "
              "per-layer routers: `y = W h + s_s·g_s(h)·B_s A_s h + s_h·g_h(h)·B_h A_h h`, with gates g in (0, 1) "
              f"per token and routed layer ({len(cfg['target_modules'])} layers).", "",
+             *_run_sections(run), "", USE_SNIPPET.format(name=name), "",
              "## Contents", "", "| path | what |", "|---|---|",
              f"| `base/` | the base model ({'copied from ' + base if kind == 'local' else base}) |" if kind != "hub"
              else f"| (hub) `{base}` | the base model, referenced |",
@@ -392,7 +414,8 @@ def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template
     for expert, a in adapters.items():
         lines.append(f"- {expert} expert: LoRA r={a.get('r')}, alpha={a.get('lora_alpha')}, "
                      f"targets {a.get('target_modules')}, scaling {cfg['scaling'][expert]}")
-    lines += ["", *_run_sections(run), "", USE_SNIPPET.format(name=name)]
+    if run is not None and run_recipe(run):
+        lines += ["", f"The settings of every stage of run `{run.name}` are in `{RECIPE_FILE}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -405,16 +428,12 @@ def _verdict_lines(run: Path | None) -> list[str]:
 
 
 def _run_sections(run: Path | None) -> list[str]:
-    """The recipe, the toy/score summary and the trade-off, read from the run directory if there is one."""
+    """The toy/score summary and the router's last metrics, read from the run directory if there is one (the
+    results come first: the stage settings are a separate file, `run_recipe`)."""
     if run is None:
         return ["## Evaluation", "", "No run directory was found next to this model, so no measurements are "
                 "included; `midpo generate` + `midpo score` (or `--run-dir`) add them."]
-    lines = ["## Recipe", "", f"Stage settings of run `{run.name}` (each stage's resolved `config.yaml`):", ""]
-    for stage in ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router"):
-        path = run / stage / "config.yaml"
-        if path.is_file():
-            lines += [f"<details><summary>{stage}</summary>", "", "```yaml",
-                      path.read_text(encoding="utf-8").rstrip(), "```", "</details>", ""]
+    lines = []
     metrics = _router_metrics(run)
     if metrics:
         lines += ["Router training, last logged values:", "", *metrics, ""]
@@ -423,6 +442,22 @@ def _run_sections(run: Path | None) -> list[str]:
         return [*lines, "## Evaluation", "", f"No `score/summary.json` in `{run.name}` yet."]
     data = read_json(summary)
     return [*lines, *_toy_lines(data.get("toy") or []), *_score_lines(data.get("groups") or [])]
+
+
+RECIPE_FILE = "training-recipe.yaml"
+TRAINED_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router")
+
+
+def run_recipe(run: Path | None) -> str:
+    """Each trained stage's resolved `config.yaml` of the run, one YAML document ('' when there is none)."""
+    parts = []
+    for stage in TRAINED_STAGES if run is not None else ():
+        path = run / stage / "config.yaml"
+        if path.is_file():
+            body = "\n".join("  " + line for line in path.read_text(encoding="utf-8").rstrip().splitlines())
+            parts.append(f"{stage}:\n{body}")
+    return f"# stage settings of run {run.name} (each stage's resolved config.yaml)\n" + "\n".join(parts) + "\n" \
+        if parts else ""
 
 
 def _router_metrics(run: Path) -> list[str]:
@@ -447,10 +482,15 @@ def _toy_lines(toy: list[dict[str, Any]]) -> list[str]:
              "prompts answered helpfully, per model (fixed-gate mixes are `@gates=g_s,g_h`).", "",
              "| model | prompts | harmful answered safely | benign answered helpfully | toy score | mean g_s harmful "
              "| mean g_s benign |", "|---|---|---|---|---|---|---|"]
+    head, blends = lines[-2:], []
     for e in rows:
-        lines.append(f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
-                     f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
-                     f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
+        row = (f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
+               f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
+               f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
+        (blends if "@" in str(e.get("model")) else lines).append(row)
+    if blends:  # the fixed-blend grid and dial settings: dozens of rows, folded so the card stays short
+        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
+                  *blends, "", "</details>"]
     return [*lines, ""]
 
 
@@ -461,14 +501,20 @@ def _score_lines(groups: list[dict[str, Any]]) -> list[str]:
     lines = ["## Evaluation: score models", "", "Means over the prompt set (reward: helpfulness, higher is better; "
              "cost: harm, lower is better).", "", "| model | prompts | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
+    head, blends = lines[-2:], []
     for g in groups:
         metrics = g.get("metrics") or {}
-        lines.append(f"| {g.get('model')} | {g.get('prompt_set')} | "
-                     + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
+        row = (f"| {g.get('model')} | {g.get('prompt_set')} | "
+               + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
+        (blends if "@" in str(g.get("model")) else lines).append(row)
+    if blends:
+        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
+                  *blends, "", "</details>"]
     return [*lines, ""]
 
 
-def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str | None) -> str:
+def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str | None,
+                chat: str | None = None) -> str:
     return "\n".join([
         "---", "tags: [midpo, merged]", "---", "", "# Merged MidPO model", "",
         f"Both experts of the MidPO model `{source.name}` folded into the base weights at fixed gates "
@@ -477,7 +523,10 @@ def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], t
         "it without midpo. The learned routers are not in it (they choose gates per token, which no single "
         "weight matrix can hold); the export checked that its logits equal the MidPO model's at these gates.",
         "", f"Prompt template: `{template or 'safe-rlhf (not recorded)'}` — prompts must use it "
-        "(safe-rlhf: `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`).", "",
+        "(safe-rlhf: `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`). "
+        + (f"The tokenizer carries a chat template ({chat}), so chat APIs (vLLM's, TGI's) can serve it."
+           if chat else "The tokenizer has no chat template: send completion requests with the prompt formatted."),
+        "",
         "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "model = AutoModelForCausalLM.from_pretrained(\".\")", "tokenizer = AutoTokenizer.from_pretrained(\".\")",
         "```", "", "```bash", "vllm serve .        # or: text-generation-launcher --model-id .", "```", ""])
@@ -492,6 +541,9 @@ def adapters_card(source: Path, base: str, kind: str, cfg: dict[str, Any], templ
         f"adapters on the base `{base_arg}`" + (" (copied here: it is not on the hub)" if kind != "hub" else "")
         + ". midpo's routers are not in them: choose an expert per prompt outside midpo (prompt-level routing), "
         "or use `midpo export --merged` for a fixed mix.", "",
+        f"Each `adapter_config.json` names its base as `{base_arg}`"
+        + (" (the hub name)." if kind == "hub" else ", relative to this folder, not a path of the machine that "
+           "exported it: load from here, or edit `base_model_name_or_path`.") , "",
         f"Prompt template: `{template or 'safe-rlhf (not recorded)'}`.", "",
         "## vLLM multi-LoRA", "", "```bash",
         f"vllm serve {base_arg} --enable-lora --max-lora-rank {rank} \\",

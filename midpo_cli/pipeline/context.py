@@ -16,9 +16,11 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
+from midpo_cli.io import atomic_write_json
 from midpo_cli.manifest import StageRecord, read_manifest, stage_dir
+from midpo_cli.pipeline.changes import SETTINGS_FILE
 from midpo_cli.pipeline.folders import ATTEMPT, FINGERPRINT_FILE, PREVIOUS, check_stage_folder, is_own
-from midpo_cli.pipeline.graph import dependencies, stage_plans
+from midpo_cli.pipeline.graph import dependencies, stage_config, stage_plans
 from midpo_cli.pipeline.status import FAILED
 from midpo_cli.recipe import Recipe
 
@@ -89,11 +91,26 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
             f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
         )
     preflight(recipe, stage)
-    fingerprint = fingerprint or stage_plans(recipe, [stage])[0].fingerprint
+    if fingerprint is None:  # a stage command: the pipeline said what re-runs before it started
+        step = stage_plans(recipe, [stage])[0]
+        warn_reruns([step])
+        fingerprint = step.fingerprint
     folder = stage_dir(recipe.run_dir, stage)
     prepare_folder(folder, fingerprint, resume=resume)
+    atomic_write_json(folder / SETTINGS_FILE, stage_config(recipe, stage))  # names changed keys next time
     return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
                         resume=resume, started=started)
+
+
+def warn_reruns(plans) -> None:
+    """Before anything moves: each finished result that other settings will replace, with the keys that
+    differ, and where the old result waits (`<stage>/.previous/`) until the new one is written."""
+    reruns = [p for p in plans if p.manifest and p.status == "will run"]
+    for p in reruns:
+        console.warn(f"{p.stage}: re-runs over its finished result ({p.why}); the old result moves to "
+                     f"{p.stage}/{PREVIOUS}/ until the new one is written")
+    if len(reruns) > 1:
+        console.warn(f"re-running {len(reruns)} finished stages: {', '.join(p.stage for p in reruns)}")
 
 
 def _clear(folder: Path, *, keep: tuple[str, ...] = (PREVIOUS, ATTEMPT)) -> None:
@@ -193,7 +210,7 @@ def abandon_folder(folder: Path, *, error: BaseException | None = None) -> None:
         return
     if (folder / "checkpoints" / "latest").exists():
         console.warn(f"{folder.name}: the previous finished result is kept in {backup} while the new run "
-                     "can be resumed (--resume)")
+                     "can be resumed (pipeline run resumes on its own, a stage command with --resume)")
         return
     _clear(folder)
     _move_children(backup, folder)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
+from midpo_cli.pipeline.changes import why_rerun
 from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -167,7 +168,9 @@ def stage_plans(recipe: Recipe, stages: list[str], force: set[str] | None = None
         elif resumable(folder, want):
             status, why = "will resume", "checkpoint of these settings found"
         elif current:
-            status, why = "will run", "settings or inputs changed"
+            rerunning = [d for d in deps if d in stages and (manifests.get(d) or {}).get("fingerprint")
+                         != (read_manifest(stage_dir(recipe.run_dir, d)) or {}).get("fingerprint")]
+            status, why = "will run", why_rerun(folder, stage, stage_config(recipe, stage), rerunning)
         else:
             status, why = "will run", "not run yet"
         manifests[stage] = current if status == "done" else {"fingerprint": want}

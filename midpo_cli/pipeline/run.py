@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
-from midpo_cli.errors import InputError
+from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.manifest import read_manifest
-from midpo_cli.pipeline.context import StageContext, abandon_folder, finish_folder, make_context, note_failure
+from midpo_cli.pipeline.context import (
+    StageContext,
+    abandon_folder,
+    finish_folder,
+    make_context,
+    note_failure,
+    warn_reruns,
+)
 from midpo_cli.pipeline.graph import is_done, stage_plans
 from midpo_cli.recipe import Recipe
 
@@ -144,6 +151,7 @@ def run_pipeline(
         for step in plans:  # bad data or settings fail now, not after hours of earlier stages
             if step.status != "done":
                 preflight(recipe, step.stage)
+        warn_reruns(plans)
         for step in plans:
             stage = step.stage
             if step.status == "done":
@@ -155,7 +163,11 @@ def run_pipeline(
                 raise InputError(f"stage {stage!r} needs {', '.join(step.missing)}: include them or run them first")
             console.log(f"[bold cyan]▶ {stage}[/bold cyan]", markup=True)
             t0 = time.time()
-            manifest = run_stage(recipe, stage, resume=stage not in force, fingerprint=step.fingerprint)
+            try:
+                manifest = run_stage(recipe, stage, resume=stage not in force, fingerprint=step.fingerprint)
+            except Interrupted as exc:
+                raise exc.continue_with("rerun the same command to continue from it (pipeline run resumes on "
+                                        "its own)") from None
             wall = time.time() - t0
             console.log(f"[green]✔ {stage}[/green] in {wall:.0f}s", markup=True)
             summary.append({"stage": stage, "action": "ran", "wall_s": round(wall, 1),

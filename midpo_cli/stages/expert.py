@@ -216,7 +216,7 @@ def expert_record(ctx: StageContext, result, *, template: str, margins: dict, he
     record.metrics = {
         "train_loss": result.last_metrics.get("loss"),
         "eval_loss": (result.last_eval or {}).get("loss"),
-        "eval_reward_accuracy": (result.last_eval or {}).get("reward_accuracy"),
+        "eval_rewards/accuracies": (result.last_eval or {}).get("rewards/accuracies"),
         "steps": result.global_step,
         "pairs_per_s": result.samples_per_s,
         "margin_zero_fraction": margins.get("zero_fraction"),
@@ -407,14 +407,15 @@ def make_pair_loss(objective_loss, reference):
                 ref_c, ref_r = concatenated_logps(model, batch)
         losses, chosen_rewards, rejected_rewards = objective_loss(policy_c, policy_r, ref_c, ref_r, batch)
         margin = batch["margin"].float() if "margin" in batch else torch.zeros_like(chosen_rewards)
-        metrics = {
-            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-            "chosen_rewards": chosen_rewards.mean(),
-            "rejected_rewards": rejected_rewards.mean(),
-            "margin_mean": margin.mean(),
-            "margin_zero_fraction": (margin == 0).float().mean(),
-            "policy_chosen_logps": policy_c.detach().mean(),
-            "policy_rejected_logps": policy_r.detach().mean(),
+        metrics = {  # TRL's DPOTrainer names for the same quantities; spe_* are SPE-DPO's own (TRL has none)
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+            "logps/chosen": policy_c.detach().mean(),
+            "logps/rejected": policy_r.detach().mean(),
+            "spe_margin_mean": margin.mean(),  # the score model's margin, not rewards/margins
+            "spe_margin_zero_fraction": (margin == 0).float().mean(),
         }
         return losses.mean(), metrics
 

@@ -324,7 +324,10 @@ def make_router_loss(beta: float, lam_safety: float, lam_help: float, scope: str
             metrics = {
                 "dpo_loss": losses.mean().detach(),
                 "penalty": penalty.detach(),
-                "reward_accuracy": (chosen_r > rejected_r).float().mean(),
+                "rewards/chosen": chosen_r.mean(),  # TRL's names for what TRL's DPOTrainer logs
+                "rewards/rejected": rejected_r.mean(),
+                "rewards/margins": (chosen_r - rejected_r).mean(),
+                "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
                 "gate_safety_chosen": _masked_mean(mean_s[:half], resp[:half]),
                 "gate_safety_rejected": _masked_mean(mean_s[half:], resp[half:]),
                 "gate_help_chosen": _masked_mean(mean_h[:half], resp[:half]),
