@@ -239,7 +239,8 @@ def test_expert_logs_trls_metric_names_with_trls_meanings(monkeypatch) -> None:
     margin = torch.tensor([0.5, 0.0, 1.0])
     monkeypatch.setattr(expert, "concatenated_logps", lambda model, batch: (pol_c, pol_r))
     batch = {"ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r, "margin": margin}
-    _, metrics = expert.make_dpo_loss(beta, reference=None)(None, batch)
+    spe = lambda pc, pr, rc, rr, b: expert.spe_dpo_loss(pc, pr, rc, rr, b["margin"], beta)  # noqa: E731
+    _, metrics = expert.make_pair_loss(spe, reference=None)(None, batch)
 
     chosen = [beta * (float(p) - float(r)) for p, r in zip(pol_c.double(), ref_c.double(), strict=True)]
     rejected = [beta * (float(p) - float(r)) for p, r in zip(pol_r.double(), ref_r.double(), strict=True)]

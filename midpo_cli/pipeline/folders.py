@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from midpo_cli.errors import InputError
+from midpo_cli.pipeline.changes import SETTINGS_FILE
 from midpo_cli.pipeline.status import FAILED
 
 FINGERPRINT_FILE = ".fingerprint"
@@ -21,7 +22,7 @@ OWN_NAMES = (
     "manifest.json", "config.yaml", FINGERPRINT_FILE, PREVIOUS, "model", "adapter", "checkpoints", "metrics.jsonl",
     "tensorboard", "margins.json", "ref-logps-*.json", "scored.jsonl", "dual.jsonl", "audit.json", "answers.jsonl",
     "gate_maps.json", "scores.csv", "summary.json", "report.html", "*.png", ".*.tmp", ".*.old", FAILED,
-    ATTEMPT, "switch", "dev_select", "adapters",
+    ATTEMPT, SETTINGS_FILE, "switch", "dev_select", "adapters",
 )
 
 
