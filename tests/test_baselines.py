@@ -167,25 +167,28 @@ def test_ties_merge_equals_peft_on_the_experts(trained, upstream) -> None:
                        for k in got)  # not simply one expert
 
 
-def test_a_baseline_resumes_bit_for_bit(upstream, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["dpo_helpful", "dpo_safe", "modpo", "safedpo"])
+def test_every_trained_baseline_resumes_bit_for_bit(upstream, tmp_path, monkeypatch, kind) -> None:
+    """4 steps straight vs SIGINT after step 2 + resume: the same adapter, tensor for tensor."""
     from midpo_cli.commands.stage_cmds import execute
     from midpo_cli.engine import loop
 
-    steps = ("stages.baseline_modpo.max_steps=4", "stages.baseline_modpo.checkpoint={every_steps: 2}")
+    stage = f"baseline_{kind}"
+    steps = (f"stages.{stage}.max_steps=4", f"stages.{stage}.checkpoint={{every_steps: 2}}")
     runs = {}
     for name in ("full", "interrupted"):
         runs[name] = tmp_path / name
         shutil.copytree(upstream["run"], runs[name], ignore=shutil.ignore_patterns("baseline_*"))
-    execute("baseline_modpo", _recipe(upstream, runs["full"], *steps), resume=True)
+    execute(stage, _recipe(upstream, runs["full"], *steps), resume=True)
     monkeypatch.setattr(loop, "train_step", faulty_step("sigint", 2))
     previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted):
-        execute("baseline_modpo", _recipe(upstream, runs["interrupted"], *steps), resume=True)
+        execute(stage, _recipe(upstream, runs["interrupted"], *steps), resume=True)
     assert signal.getsignal(signal.SIGINT) is previous
     monkeypatch.undo()
-    execute("baseline_modpo", _recipe(upstream, runs["interrupted"], *steps), resume=True)
-    assert read_manifest(runs["interrupted"] / "baseline_modpo")["resumed_from_step"] == 2
-    a, b = (load_file(str(runs[n] / "baseline_modpo" / "adapter" / "adapter_model.safetensors")) for n in runs)
+    execute(stage, _recipe(upstream, runs["interrupted"], *steps), resume=True)
+    assert read_manifest(runs["interrupted"] / stage)["resumed_from_step"] == 2
+    a, b = (load_file(str(runs[n] / stage / "adapter" / "adapter_model.safetensors")) for n in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
