@@ -207,6 +207,16 @@ def test_the_experts_are_the_corners_and_the_router_stage_logs_its_probe_ceiling
           f"{metrics['gate_separation_gap']:.3f}; input probe AUROC {metrics['input_probe_auroc']:.3f}, "
           f"words alone {metrics['words_probe_auroc']:.3f}")
     assert 0.0 <= metrics["input_probe_auroc"] <= 1.0 and 0.0 <= metrics["gate_separation_auroc"] <= 1.0
+    # the report's verdict reads that ceiling (through generate's manifest) and decides by its table
+    from midpo_cli.evaluation.verdict import decide
+
+    summary = json.loads((run_dir / "score" / "summary.json").read_text())
+    assert summary["router_probe"]["input_probe_auroc"] == metrics["input_probe_auroc"]
+    verdicts = {v["prompt_set"]: v for v in summary["verdict"]}
+    assert set(verdicts) == set(summary["routing"])
+    for v in verdicts.values():
+        assert v["facts"]["probe"] == metrics["input_probe_auroc"] and v["outcome"] == decide(**v["facts"])
+    print(f"verdict on eval: {verdicts[EVAL]['sentence']}")
     dual = [json.loads(line) for line in (run_dir / "rank" / "dual.jsonl").read_text().splitlines()]
     held, flags = held_out_pairs(load_recipe(RECIPE))
     words = words_probe_auroc([d["prompt"] for d in dual], [bool(d["is_harmful"]) for d in dual],

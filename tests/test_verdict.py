@@ -113,21 +113,25 @@ def test_no_verdict_without_a_judge_and_the_decision_table_itself() -> None:
     assert decide(vs_dev=-1, vs_hindsight=-1, routes=False, probe=0.9) == "loses"
 
 
-def _manifest(folder, **fields) -> None:
+def _manifest(folder, *, stage, fingerprint, inputs=None, metrics=None, extra=None) -> None:
+    """Through the writer every stage uses (a hand-written layout once hid that `extra` is spread flat)."""
+    from midpo_cli.manifest import StageRecord, write_manifest
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps(fields))
+    write_manifest(folder, StageRecord(stage=stage, fingerprint=fingerprint, inputs=inputs or {},
+                                       metrics=metrics or {}, extra=extra or {}), {})
 
 
 def test_the_probe_is_found_through_generates_manifest_and_only_for_the_router_that_answered(tmp_path) -> None:
     run = tmp_path / "run"
     _manifest(run / "router", stage="router", fingerprint="abc", metrics={"input_probe_auroc": 0.42,
                                                                           "words_probe_auroc": 0.8})
-    _manifest(run / "generate", stage="generate", inputs={"router": "abc"},
+    _manifest(run / "generate", stage="generate", fingerprint="gen", inputs={"router": "abc"},
               extra={"models": {"midpo": str(run / "router" / "model")}})
     answers = run / "generate" / "answers.jsonl"
     assert router_probe(answers, "midpo")["input_probe_auroc"] == 0.42
     assert router_probe(answers, "other") is None
-    _manifest(run / "generate", stage="generate", inputs={"router": "retrained-since"},
+    _manifest(run / "generate", stage="generate", fingerprint="gen", inputs={"router": "retrained-since"},
               extra={"models": {"midpo": str(run / "router" / "model")}})
     assert router_probe(answers, "midpo") is None  # a router retrained since did not write these answers
     assert router_probe(tmp_path / "elsewhere" / "answers.jsonl", "midpo") is None

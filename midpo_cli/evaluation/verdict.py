@@ -200,16 +200,17 @@ def markdown(items: Sequence[Mapping[str, Any]]) -> list[str]:
 def router_probe(answers: str | Path, router: str | None) -> dict[str, Any] | None:
     """The router stage's probe metrics for the router that wrote these answers, or None.
 
-    Found through the generate stage's manifest beside the answers: its `extra.models[router]` is the routed
-    model's folder, whose parent is the router stage's folder; that manifest counts only when its fingerprint
-    is the one generate used (a router retrained since would not be the one answering).
+    Found through the generate stage's manifest beside the answers: its `models[router]` (the stage record's
+    `extra`, which `manifest.write_manifest` spreads into the top level) is the routed model's folder, whose
+    parent is the router stage's folder; that manifest counts only when its fingerprint is the one generate used
+    (a router retrained since would not be the one answering).
     """
     from midpo_cli.manifest import read_manifest
 
     gen = read_manifest(Path(answers).parent)
     if not gen or router is None:
         return None
-    spec = ((gen.get("extra") or {}).get("models") or {}).get(router)
+    spec = (gen.get("models") or {}).get(router)
     wanted = (gen.get("inputs") or {}).get("router")
     if not spec or not wanted:
         return None
