@@ -84,6 +84,38 @@ def test_a_sweep_loads_its_model_once_and_records_gates_and_bias_per_row(midpo, 
     assert len({r["model_id"] for r in rows.values()}) == 4
 
 
+def test_a_sweep_that_starts_with_a_blend_gives_the_dial_the_routers_not_that_blend(midpo, tmp_path) -> None:
+    """load_policy applies an entry's gates as it loads; when another model sits between the router and its
+    sweep (e.g. the probe switch), the folder is reloaded for its first blend, and the dial settings after it
+    answered at that blend's gates (every dial point of a paper-table run scored as the base, 136 of 160 eval
+    answers changed). The dial must start from the routers: at +50 it is the safety expert, not (0, 0)."""
+    from midpo_cli.evaluation.labels import blend_label, dial_label
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "midpo_config.json").write_text("{}")
+    pset = stage.PromptSet("set", "set", [{"prompt": p, "row": i, "is_harmful": i % 2 == 0, "category": None}
+                                          for i, p in enumerate(PROMPTS[:2])])
+
+    def loading_like_load_policy(entry):
+        midpo.set_fixed_gates(entry.gates)
+        midpo.set_safety_bias(entry.safety_bias)
+        return stage.Policy(midpo, tiny_tokenizer(), "midpo")
+
+    spec = str(folder)
+    entries = [stage.ModelEntry(blend_label("midpo", (0, 0)), spec, (0.0, 0.0)),
+               stage.ModelEntry(dial_label("midpo", 50), spec, safety_bias=50.0),
+               stage.ModelEntry(blend_label("midpo", (1, 0)), spec, (1.0, 0.0))]
+    out = tmp_path / "a.jsonl"
+    stage.generate_to_file(entries, [pset], out, max_new_tokens=4, batch_size=2, loader=loading_like_load_policy)
+    rows = {(r["model"], r["index"]): r for r in map(json.loads, out.read_text().splitlines())}
+    for i in range(2):
+        dial = rows[("midpo@dial=+50", i)]
+        assert dial["gates"] == pytest.approx({"safety": 1.0, "helpfulness": 0.0}), dial["gates"]
+        assert dial["answer"] == rows[("midpo@gates=1,0", i)]["answer"]
+    assert midpo.state.fixed is None and midpo.state.safety_bias == 0.0
+
+
 def test_safety_bias_applies_to_midpo_folders_only(tmp_path) -> None:
     folder = tmp_path / "mid"
     folder.mkdir()

@@ -74,14 +74,12 @@ def _print_verdict(run_dir: Path) -> list[dict] | None:
 
 
 def _print_summary(cfg, summary: list[dict]) -> None:
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"pipeline {cfg.run_dir}"))  # Text: user paths are never read as markup
-    for col in ("stage", "action", "wall s", "key metrics"):
-        table.add_column(col)
+    # progress, so on stderr; wrapped like the status table (a metric name folds, never ends in '…')
+    table = console.table(f"pipeline {cfg.run_dir}", ["stage", "action", "wall s", "key metrics"])
     for row in summary:
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:4])
+        metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:4])
         table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", Text(metrics))
     if not console.quiet():
         console.err.print(table)

@@ -262,8 +262,7 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
                     gc.collect()
                 if cached is None:
                     policy = loader(entry)
-                    state = getattr(policy.model, "state", None)
-                    cached = (entry.spec, policy, (getattr(state, "fixed", None), getattr(state, "safety_bias", 0.0)))
+                    cached = (entry.spec, policy, _neutral_state(policy, entry))
                 policy = cached[1]
                 if policy.kind == "midpo":  # one loaded model serves every blend and dial of its folder
                     policy.model.set_fixed_gates(entry.gates if entry.gates is not None else cached[2][0])
@@ -272,6 +271,16 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
     finally:
         if cached is not None:
             _restore(cached)
+
+
+def _neutral_state(policy: Any, entry: ModelEntry) -> tuple[Any, float]:
+    """(fixed gates, safety bias) the loaded model has apart from this entry's own routing: what every later
+    entry of the same folder starts from, and what it is left with. A loader applies the entry's gates or dial
+    as it loads (load_policy does): a sweep whose first entry is a blend must not hand its gates to the dial
+    settings after it (they answered as that blend when another model sat between the router and its sweep)."""
+    state = getattr(policy.model, "state", None)
+    fixed, bias = getattr(state, "fixed", None), getattr(state, "safety_bias", 0.0)
+    return (None if entry.gates is not None else fixed), (0.0 if entry.safety_bias else bias)
 
 
 def _restore(cached: tuple[str, Any, Any]) -> None:
