@@ -350,3 +350,41 @@ def read_adapter(folder: str | Path) -> AdapterWeights:
         source=folder,
         config=cfg,
     )
+
+
+def save_checked_adapter(model, out: Path, probe_batch: dict, meta: dict, *, name: str = "default") -> None:
+    """Adapter `name` as a plain PEFT folder + midpo.json, loaded back as a second adapter on the same base (no
+    second copy of the base weights) and compared with the adapter as trained (engine.artifacts.save_checked).
+    The experts, the trained baselines and the TIES merges are all saved here."""
+    from midpo_cli.engine.artifacts import logits_on, save_checked
+    from midpo_cli.io import atomic_write_json
+
+    logits = logits_on({k: probe_batch[k] for k in ("input_ids", "attention_mask")})
+
+    def save_fn(path):
+        model.save_pretrained(str(path), selected_adapters=[name], safe_serialization=True)
+        if name != "default":  # peft writes a non-default adapter into a subfolder of its name
+            saved = Path(path) / name
+            for child in saved.iterdir():
+                child.replace(Path(path) / child.name)
+            saved.rmdir()
+        base = Path(str(meta.get("base_model_at_training", ""))).expanduser()
+        if base.exists():  # PEFT wrote the path as given (relative to the cwd): make it valid from anywhere
+            config = read_json(Path(path) / "adapter_config.json")
+            config["base_model_name_or_path"] = str(base.resolve())
+            atomic_write_json(Path(path) / "adapter_config.json", config)
+        atomic_write_json(Path(path) / "midpo.json", meta)
+
+    def load_fn(path):
+        model.load_adapter(str(path), adapter_name="verify")
+        return model
+
+    def probe_fn(loaded):
+        loaded.set_adapter("verify")
+        try:
+            return logits(loaded)
+        finally:
+            loaded.set_adapter(name)
+            loaded.delete_adapter("verify")
+
+    save_checked(model, out, save_fn=save_fn, load_fn=load_fn, forward=logits, probe_fn=probe_fn)

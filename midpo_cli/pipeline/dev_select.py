@@ -21,7 +21,7 @@ from midpo_cli.evaluation.expert_select import (
     wants_harmful,
 )
 from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.dev_set import require_dev_prompts
+from midpo_cli.pipeline.dev_set import answer_rows, require_dev_prompts
 
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model", "dpo_expert": "reward_model"}
 
@@ -61,7 +61,6 @@ def snapshotter(model: Any, folder: Path, every: int):
 def choose_on_dev(ctx: StageContext, stage: str, model: Any, template: str, final_step: int) -> dict[str, Any]:
     """Answer the dev prompts with every snapshot (the last step included), score, load the best into `model`."""
     from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
-    from midpo_cli.modeling.generation import generate_answers
     from midpo_cli.modeling.loading import load_tokenizer
     from midpo_cli.modeling.scorer import default_scorer
     from midpo_cli.pipeline.inputs import policy_ref, score_model, tokenizer_ref
@@ -71,16 +70,10 @@ def choose_on_dev(ctx: StageContext, stage: str, model: Any, template: str, fina
         save_snapshot(model, ctx.folder, final_step)
     name, prompts = dev_prompts(ctx, stage)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy_ref(ctx)), trust_remote_code=recipe.trust_remote_code)
-    texts = [p["prompt"] for p in prompts]
     answers: dict[int, list[dict[str, Any]]] = {}
     for step in saved_steps(ctx.folder):
         load_snapshot(model, ctx.folder, step)
-        out = [b for batch in generate_answers(
-            model, tokenizer, texts, template=template, max_new_tokens=gen.max_new_tokens,
-            temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size, seed=gen.seed,
-            max_prompt_length=gen.max_prompt_length) for b in batch]
-        out.sort(key=lambda b: b["index"])
-        answers[step] = [{**prompts[b["index"]], "answer": b["answer"]} for b in out]
+        answers[step] = answer_rows(model, tokenizer, prompts, template=template, settings=gen)
     judge = toy_outcome_for(name)
     scores: dict[int, list[float]] = {}
     if judge is None:

@@ -52,3 +52,13 @@ def dev_set_name(recipe: Recipe) -> str | None:
     """The name the dev set's answers carry (`prompt_set` of generate's rows), or None."""
     spec = dev_prompt_spec(recipe)
     return None if spec is None else _name(spec)
+
+
+def answer_rows(model, tokenizer, prompts: list[dict], *, template: str, settings) -> list[dict]:
+    """Each prompt row with the model's answer under `settings` (stages.generate's), in the prompts' order: what
+    every dev choice (an expert's step, the switch's threshold) judges."""
+    from midpo_cli.modeling.generation import generate_answers
+
+    out = sorted((b for batch in generate_answers(model, tokenizer, [p["prompt"] for p in prompts], settings,
+                                                  template=template) for b in batch), key=lambda b: b["index"])
+    return [{**prompts[b["index"]], "answer": b["answer"]} for b in out]

@@ -50,9 +50,8 @@ def dev_threshold(ctx: StageContext, model: Any, switch: ProbeSwitch, tokenizer:
     """Choose switch.threshold on the recipe's dev prompts (module docstring); returns what the manifest keeps."""
     from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
-    from midpo_cli.modeling.generation import generate_answers
     from midpo_cli.modeling.scorer import default_scorer
-    from midpo_cli.pipeline.dev_set import require_dev_prompts
+    from midpo_cli.pipeline.dev_set import answer_rows, require_dev_prompts
     from midpo_cli.pipeline.inputs import score_model
 
     recipe, gen = ctx.recipe, ctx.recipe.stages.generate
@@ -64,12 +63,7 @@ def dev_threshold(ctx: StageContext, model: Any, switch: ProbeSwitch, tokenizer:
     corners: dict[tuple[float, float], list[dict[str, Any]]] = {}
     for gates in ((1.0, 0.0), (0.0, 1.0)):
         with model.fixed_gates(*gates):
-            out = [b for batch in generate_answers(
-                model, tokenizer, texts, template=template, max_new_tokens=gen.max_new_tokens,
-                temperature=gen.temperature, top_p=gen.top_p, batch_size=gen.batch_size, seed=gen.seed,
-                max_prompt_length=gen.max_prompt_length) for b in batch]
-        out.sort(key=lambda b: b["index"])
-        corners[gates] = [{**prompts[b["index"]], "answer": b["answer"]} for b in out]
+            corners[gates] = answer_rows(model, tokenizer, prompts, template=template, settings=gen)
     judge = toy_outcome_for(pset.name)
     outcomes = {}
     for gates, rows in corners.items():

@@ -28,7 +28,6 @@ import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,11 +36,10 @@ from midpo_cli import console
 from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.data.filters import BASELINE_FILTERS, pair_filter
 from midpo_cli.data.tokenize import collate_pairs, with_columns
-from midpo_cli.engine.artifacts import logits_on, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
 from midpo_cli.host_memory import release_freed_memory
-from midpo_cli.io import atomic_write_json, read_json
+from midpo_cli.io import atomic_write_json
 from midpo_cli.losses import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.base_identity import base_fingerprint
@@ -52,6 +50,7 @@ from midpo_cli.modeling.lora import (
     check_targets,
     lora_config,
     resolve_targets,
+    save_checked_adapter,
 )
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
 from midpo_cli.pipeline.context import StageContext
@@ -174,7 +173,7 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
             "base_model_at_training": policy, "beta": objective.beta,
             "data_fingerprint": fingerprint([f["pair_index"] for f in train_feats]),
             "score_model": column_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
-    save_adapter(result.model, out, collate(train_feats[:4]), meta)
+    save_checked_adapter(result.model, out, collate(train_feats[:4]), meta)
     record = expert_record(ctx, result, template=template, margins=column_stats, health=health, memory=memory,
                            counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}, dev=dev)
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
@@ -420,34 +419,6 @@ def make_pair_loss(objective_loss, reference):
         return losses.mean(), metrics
 
     return loss_fn
-
-
-def save_adapter(model, out: Path, probe_batch: dict, meta: dict) -> None:
-    """PEFT folder + midpo.json; loaded back as a second adapter on the same base and compared."""
-    logits = logits_on({k: probe_batch[k] for k in ("input_ids", "attention_mask")})
-
-    def save_fn(path):
-        model.save_pretrained(path, safe_serialization=True)
-        base = Path(str(meta.get("base_model_at_training", ""))).expanduser()
-        if base.exists():  # PEFT wrote the path as given (relative to the cwd): make it valid from anywhere
-            config = read_json(Path(path) / "adapter_config.json")
-            config["base_model_name_or_path"] = str(base.resolve())
-            atomic_write_json(Path(path) / "adapter_config.json", config)
-        atomic_write_json(Path(path) / "midpo.json", meta)
-
-    def load_fn(path):
-        model.load_adapter(str(path), adapter_name="verify")  # no second copy of the base weights
-        return model
-
-    def probe_fn(loaded):
-        loaded.set_adapter("verify")
-        try:
-            return logits(loaded)
-        finally:
-            loaded.set_adapter("default")
-            loaded.delete_adapter("verify")
-
-    save_checked(model, out, save_fn=save_fn, load_fn=load_fn, forward=logits, probe_fn=probe_fn)
 
 
 def live_parameters() -> dict[str, int]:

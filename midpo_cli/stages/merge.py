@@ -10,17 +10,13 @@ The linear merge is not a baseline of its own: it is the fixed-blend grid of the
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from midpo_cli import console
-from midpo_cli.engine.artifacts import logits_on, save_checked
-from midpo_cli.io import atomic_write_json, read_json
+from midpo_cli.io import read_json
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.modeling.lora import base_reference
+from midpo_cli.modeling.lora import base_reference, save_checked_adapter
 from midpo_cli.pipeline.context import StageContext
 from midpo_cli.pipeline.inputs import policy_ref, tokenizer_ref
 
@@ -75,7 +71,7 @@ def run(ctx: StageContext) -> None:
                 "weights": {"safety": weights[0], "helpfulness": weights[1]}, **base_reference(policy, folder),
                 "base_fingerprint": expert_meta.get("base_fingerprint"), "base_model_at_training": policy,
                 "experts": {e: str(p) for e, p in adapters.items()}, "midpo_fingerprint": ctx.fingerprint}
-        save_merged(model, name, folder, probe, meta)
+        save_checked_adapter(model, folder, probe, meta, name=name)
         candidates[merge_label(weights)] = ctx.rel(folder)
         console.log(f"baseline_ties: {cfg.method} merge at w_safety {weights[0]:g}, w_helpfulness {weights[1]:g} "
                     f"→ {folder}")
@@ -87,33 +83,3 @@ def run(ctx: StageContext) -> None:
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["baseline_ties"])
 
 
-def save_merged(model, name: str, folder: Path, probe: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Adapter `name` as a plain PEFT folder + midpo.json, reloaded as a second adapter and compared."""
-    logits = logits_on(probe)
-
-    def save_fn(path):
-        model.save_pretrained(str(path), selected_adapters=[name], safe_serialization=True)
-        saved = Path(path) / name  # peft writes a non-default adapter into a subfolder of its name
-        for child in saved.iterdir():
-            child.replace(Path(path) / child.name)
-        saved.rmdir()
-        config = read_json(Path(path) / "adapter_config.json")
-        base = Path(str(meta["base_model_at_training"])).expanduser()
-        if base.exists():
-            config["base_model_name_or_path"] = str(base.resolve())
-        atomic_write_json(Path(path) / "adapter_config.json", config)
-        atomic_write_json(Path(path) / "midpo.json", meta)
-
-    def load_fn(path):
-        model.load_adapter(str(path), adapter_name="verify")
-        return model
-
-    def probe_fn(loaded):
-        loaded.set_adapter("verify")
-        try:
-            return logits(loaded)
-        finally:
-            loaded.set_adapter(name)
-            loaded.delete_adapter("verify")
-
-    save_checked(model, folder, save_fn=save_fn, load_fn=load_fn, forward=logits, probe_fn=probe_fn)
