@@ -56,3 +56,22 @@ def test_preflight_names_a_dev_choice_without_a_dev_set():
         check_dev_set(recipe("stages.router.kind=probe"), "router")
     check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
     check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
+
+
+def test_the_hard_switch_needs_both_kinds_in_the_dev_set_before_anything_runs(tmp_path):
+    """A dev slice of one kind made the router stage fail after training (ValueError, exit 1): preflight says
+    so first, naming the set; with both kinds it passes."""
+    from midpo_cli.pipeline.preflight import check_dev_set
+
+    src = (ROOT / "midpo_cli/assets/toy-safety/dev-prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    harmful = [ln for ln in src if '"is_harmful": true' in ln]
+    benign = [ln for ln in src if '"is_harmful": false' in ln]
+    one_kind, both = tmp_path / "one" / "dev-prompts.jsonl", tmp_path / "both" / "dev-prompts.jsonl"
+    for path, lines in ((one_kind, harmful[:4]), (both, harmful[:2] + benign[:2])):
+        path.parent.mkdir()
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    models = "stages.generate.models=[base, midpo, probe_switch]"
+    with pytest.raises(InputError, match=r"need both harmful and benign prompts .*they have: harmful$"):
+        check_dev_set(recipe(models, f"stages.generate.prompts=[{one_kind}]"), "router")
+    check_dev_set(recipe(models, f"stages.generate.prompts=[{both}]"), "router")
+    check_dev_set(recipe(f"stages.generate.prompts=[{one_kind}]"), "router")  # no switch: nothing to choose

@@ -350,8 +350,9 @@ def _small_world(root: Path) -> list[str]:
     def head(name: str, n: int) -> Path:
         lines = resolve_embedded(f"embedded:toy-safety/{name}").read_text(encoding="utf-8").splitlines()
         harmful = [ln for ln in lines if '"is_harmful": true' in ln][: n // 2]
+        rest = [ln for ln in lines if '"is_harmful": true' not in ln]  # benign (or unlabelled) rows
         out = root / f"{name}.jsonl"
-        out.write_text("\n".join(harmful + [ln for ln in lines if ln not in harmful][: n - len(harmful)]) + "\n")
+        out.write_text("\n".join(harmful + rest[: n - len(harmful)]) + "\n")
         return out
 
     sets = [f"run_dir={root / 'run'}", f"data.train={head('train', 64)}", f"data.eval={head('test', 32)}",

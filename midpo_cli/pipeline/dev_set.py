@@ -48,6 +48,24 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
     return spec
 
 
+def require_both_kinds(recipe: Recipe, spec: str, why: str) -> None:
+    """A local or embedded dev set must hold harmful and benign prompts (is_harmful) when `why` judges per
+    kind: the switch's threshold balances the two (it failed after the router had trained, with a ValueError,
+    on a dev slice of one kind). A hub dataset is left to the stage (no download in a preflight)."""
+    from pathlib import Path
+
+    from midpo_cli.data.prompt_sets import load_prompt_set, split_label
+
+    local = split_label(spec)[1]
+    if not (local.startswith("embedded:") or Path(local).expanduser().is_file()):
+        return
+    kinds = {p.get("is_harmful") for p in load_prompt_set(spec, recipe.data.columns or None).prompts}
+    if not {True, False} <= kinds:
+        have = ", ".join(sorted({"harmful" if k else "benign" if k is False else "unlabelled" for k in kinds}))
+        raise InputError(f"{why} on the dev prompts {spec}, which need both harmful and benign prompts (an "
+                         f"is_harmful column with both values); they have: {have or 'none'}")
+
+
 def dev_set_name(recipe: Recipe) -> str | None:
     """The name the dev set's answers carry (`prompt_set` of generate's rows), or None."""
     spec = dev_prompt_spec(recipe)

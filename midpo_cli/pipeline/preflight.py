@@ -41,14 +41,15 @@ def preflight(recipe: Recipe, stage: str) -> None:
 def check_dev_set(recipe: Recipe, stage: str) -> None:
     """A stage that chooses on the dev prompts (an expert's `select: dev`, the hard probe switch) needs the
     recipe to name them (midpo_cli.pipeline.dev_set); said before any model loads."""
-    from midpo_cli.pipeline.dev_set import require_dev_prompts
+    from midpo_cli.pipeline.dev_set import require_both_kinds, require_dev_prompts
 
     cfg = getattr(recipe.stages, stage, None)
     if getattr(cfg, "select", None) == "dev":
         require_dev_prompts(recipe, f"stages.{stage}.select: dev")
     if stage == "router" and (recipe.stages.router.kind == "probe" or "probe_switch" in recipe.stages.generate.models) \
             and recipe.stages.router.switch == "hard":
-        require_dev_prompts(recipe, "the hard probe switch (stages.router.switch: hard)")
+        spec = require_dev_prompts(recipe, "the hard probe switch (stages.router.switch: hard)")
+        require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
 
 
 def check_architecture(recipe: Recipe, stage: str) -> None:
