@@ -48,7 +48,6 @@ STAGE_ORDER = (
 OPTIONAL_STAGES = ("dpo_expert",)
 # Every stage in dependency order; the baselines run when `stages.baselines` lists them, before generate.
 ALL_STAGES = (*STAGE_ORDER[:-2], *BASELINE_STAGES, *STAGE_ORDER[-2:], *OPTIONAL_STAGES)
-TENSORBOARD_HINT = "pip install 'midpo-cli[tensorboard]'"
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeders take 0 … 2³²−1; −1 or 1e23 failed later with a ValueError
 
 
@@ -201,7 +200,8 @@ class LoggingSettings(Strict):
         import importlib.util
 
         if value and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(f"the tensorboard package is not installed; {TENSORBOARD_HINT}, or set it to false")
+            raise ValueError(f"the tensorboard package is not installed; {install_hint('tensorboard')}, or set it "
+                             "to false")
         return value
 
 
