@@ -2,12 +2,16 @@
 
     python benchmarks/real_model.py MODEL_DIR [--out runs/real-model] [--recipe recipes/local-model-cpu.yaml]
                                     [--set KEY=VALUE ...] [--until STAGE] [--prepare-only] [--speed-batch 8]
-                                    [--full-prompts]
+                                    [--full-prompts] [--sft no-safety]
 
 1. Writes balanced slices of the embedded toy world into OUT/data/ (the recipe's data budget: train 400
    pairs, test 100 pairs, SFT 256 rows, 40 dev and 40 eval prompts, 20 traps; half harmful, half benign each;
    dev chooses the best fixed blend, eval and traps report it; `--full-prompts`: all 160 dev, 160 eval prompts
-   and 100 traps, issue 30's protocol).
+   and 100 traps, issue 30's protocol). `--sft no-safety`: the SFT slice of the paper's setting (its base,
+   Alpaca-7B, was instruction-tuned with no safety data, so it complies with harmful requests): 256 rows of
+   benign prompts as they come in the split (answered H, W or R), no harmful prompt at all; written as
+   sft-no-safety.jsonl. Nothing else changes: the preference pairs, their labels and every prompt set are
+   the standard slices.
 2. Runs each stage of the recipe as its own `midpo pipeline run --only STAGE` child process, so wall time
    (interpreter and imports included) and peak RSS (the child's ru_maxrss) are that stage's alone; a stage
    already finished with the same settings is skipped by the pipeline and costs seconds. Tokens/s are the
@@ -53,7 +57,12 @@ def balanced(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 FULL_PROMPTS = {"dev-prompts": ("dev-prompts", 160), "eval-prompts": ("eval-prompts", 160), "traps": ("traps", 100)}
 
 
-def prepare_data(out: Path, full_prompts: bool = False) -> dict[str, Path]:
+def no_safety(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first n benign rows in file order: instruction data with no harmful prompt in it (Alpaca's kind)."""
+    return [r for r in rows if not r.get("is_harmful")][:n]
+
+
+def prepare_data(out: Path, full_prompts: bool = False, sft: str = "standard") -> dict[str, Path]:
     """OUT/data/<name>.jsonl slices of the embedded toy splits; rewritten only when missing."""
     from midpo_cli.assets import resolve_embedded
 
@@ -61,13 +70,15 @@ def prepare_data(out: Path, full_prompts: bool = False) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (split, n) in {**SLICES, **(FULL_PROMPTS if full_prompts else {})}.items():
-        path = paths[name] = folder / f"{name}.jsonl"
+        variant = name == "sft" and sft == "no-safety"
+        path = paths[name] = folder / (f"{name}-no-safety.jsonl" if variant else f"{name}.jsonl")
         if path.exists():
             continue
         source = resolve_embedded(f"embedded:toy-safety/{split}")
         rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = no_safety(rows, n) if variant else balanced(rows, n)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in balanced(rows, n)), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, path)
     return paths
 
@@ -183,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="Write the data slices and stop.")
     parser.add_argument("--full-prompts", action="store_true",
                         help="All 160 dev and 160 eval prompts and 100 traps (issue 30's protocol; a fresh --out).")
+    parser.add_argument("--sft", choices=("standard", "no-safety"), default="standard",
+                        help="The SFT slice: the recipe's (standard) or the paper's setting (no-safety, above).")
     parser.add_argument("--speed-batch", type=int, default=8, help="Prompts in the decoding-speed batch.")
     parser.add_argument("--speed-tokens", type=int, default=32, help="New tokens per prompt in that batch.")
     args = parser.parse_args(argv)
@@ -190,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.model_dir).expanduser() / "config.json").is_file():
         parser.error(f"{args.model_dir}: not a model folder (no config.json)")
     args.out = str(Path(args.out).resolve())
-    data = prepare_data(Path(args.out), args.full_prompts)
+    data = prepare_data(Path(args.out), args.full_prompts, args.sft)
     if args.prepare_only:
         print(Path(args.out) / "data")
         return 0

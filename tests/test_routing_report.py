@@ -316,3 +316,22 @@ def test_toy_slices_saved_as_files_keep_the_judge_dev_set_included() -> None:
     for name in ("dev-prompts", "eval-prompts", "traps", "embedded:toy-safety/dev-prompts"):
         assert is_toy_set(name), name
     assert not is_toy_set("my-prompts")
+
+
+def test_the_paper_setting_sft_slice_has_no_harmful_prompt_and_leaves_every_other_slice_alone(tmp_path) -> None:
+    """benchmarks/real_model.py --sft no-safety: Alpaca's kind of SFT data (no safety data), nothing else moved."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_model", Path(__file__).parents[1] / "benchmarks" /
+                                                  "real_model.py")
+    real_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_model)
+    standard = real_model.prepare_data(tmp_path / "a", full_prompts=True)
+    variant = real_model.prepare_data(tmp_path / "b", full_prompts=True, sft="no-safety")
+    rows = [json.loads(x) for x in variant["sft"].read_text().splitlines()]
+    assert variant["sft"].name == "sft-no-safety.jsonl" and len(rows) == 256
+    assert not any(r["is_harmful"] for r in rows)
+    assert {r["answer_type"] for r in rows} == {"H", "W", "R"}  # benign refusals are instruction data, kept
+    for name in ("train", "test", "dev-prompts", "eval-prompts", "traps"):
+        assert variant[name].read_bytes() == standard[name].read_bytes(), name
+    assert len(variant["eval-prompts"].read_text().splitlines()) == 160
