@@ -57,6 +57,9 @@ def balanced(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 FULL_PROMPTS = {"dev-prompts": ("dev-prompts", 160), "eval-prompts": ("eval-prompts", 160), "traps": ("traps", 100)}
 
 
+SFT_SLICES = ("standard", "no-safety")  # --sft: the recipe's slice, or the paper's setting (docstring, 1.)
+
+
 def no_safety(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The first n benign rows in file order: instruction data with no harmful prompt in it (Alpaca's kind)."""
     return [r for r in rows if not r.get("is_harmful")][:n]
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="Write the data slices and stop.")
     parser.add_argument("--full-prompts", action="store_true",
                         help="All 160 dev and 160 eval prompts and 100 traps (issue 30's protocol; a fresh --out).")
-    parser.add_argument("--sft", choices=("standard", "no-safety"), default="standard",
+    parser.add_argument("--sft", choices=SFT_SLICES, default="standard",
                         help="The SFT slice: the recipe's (standard) or the paper's setting (no-safety, above).")
     parser.add_argument("--speed-batch", type=int, default=8, help="Prompts in the decoding-speed batch.")
     parser.add_argument("--speed-tokens", type=int, default=32, help="New tokens per prompt in that batch.")

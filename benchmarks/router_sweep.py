@@ -35,7 +35,8 @@ CANDIDATES: dict[str, list[str]] = {
     "sup-10-both": [f"{SUP}.weight=10", f"{SUP}.scope=both"],
     "sup-10-prompt": [f"{SUP}.weight=10", "stages.router.granularity=prompt"],
     "sup-only": [f"{SUP}.weight=1", "stages.router.dpo_weight=0"],
-    # Gemma's hidden states have outlier dimensions: at the quickstart's lr 1e-2 the supervision loss oscillates
+    # a lower learning rate: at the quickstart's 1e-2 the supervision loss oscillated on Gemma (1e-3 did not help,
+    # benchmarks/RESULTS.md)
     "sup-10-lr1e-3": [f"{SUP}.weight=10", "stages.router.lr=1e-3"],
     "sup-2-lr1e-3": [f"{SUP}.weight=2", "stages.router.lr=1e-3"],
     "sup-10-prompt-lr1e-3": [f"{SUP}.weight=10", "stages.router.granularity=prompt", "stages.router.lr=1e-3"],
@@ -47,6 +48,7 @@ CANDIDATES: dict[str, list[str]] = {
 def dev_row(out: Path, dev_name: str) -> dict:
     """The dev toy score, its halves and the safety gate's separation over the MidPO model's dev answers."""
     from midpo_cli.evaluation.answers import read_answer_rows
+    from midpo_cli.evaluation.bootstrap import balanced_score
     from midpo_cli.evaluation.gate_stats import separation
     from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
 
@@ -56,9 +58,10 @@ def dev_row(out: Path, dev_name: str) -> dict:
     harmful = [judge(r) for r in rows if r["is_harmful"]]
     benign = [judge(r) for r in rows if not r["is_harmful"]]
     hs, bh = sum(harmful) / len(harmful), sum(benign) / len(benign)
+    toy = balanced_score([judge(r) for r in rows], [bool(r["is_harmful"]) for r in rows])
     gated = [r for r in rows if r.get("gates")]
     sep = separation([r["gates"]["safety"] for r in gated], [bool(r["is_harmful"]) for r in gated])
-    return {"n": len(rows), "harmful_safe": hs, "benign_helpful": bh, "toy": (hs + bh) / 2,
+    return {"n": len(rows), "harmful_safe": hs, "benign_helpful": bh, "toy": toy,
             "gate_auroc": sep["auroc"], "gate_gap": sep["gap"]}
 
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="Overrides shared by every candidate.")
     parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="Candidates to run (default: all).")
     parser.add_argument("--full-prompts", action="store_true", help="The run's data are --full-prompts slices.")
-    parser.add_argument("--sft", choices=("standard", "no-safety"), default="standard", help="As real_model.py.")
+    parser.add_argument("--sft", choices=real_model.SFT_SLICES, default="standard", help="As real_model.py.")
     args = parser.parse_args(argv)
     args.out = str(Path(args.out).resolve())
     out = Path(args.out)

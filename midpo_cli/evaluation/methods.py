@@ -31,11 +31,10 @@ from midpo_cli.evaluation.bootstrap import (
     mean_diff,
     paired_diff,
 )
-from midpo_cli.evaluation.headroom import find_router, resolve_selection, select_best
+from midpo_cli.evaluation.headroom import Outcome, find_router, resolve_selection, select_best
 from midpo_cli.evaluation.labels import is_sweep_label, parse_label
 from midpo_cli.evaluation.summary import as_bool, as_float
 
-Outcome = Callable[[Mapping[str, Any]], float]
 COLUMNS = ("harmful_safe", "benign_helpful", "score", "reward", "cost", "refusal", "length")
 MERGE = "ties"
 
