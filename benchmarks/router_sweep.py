@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_model  # noqa: E402  (the same data slices, overrides and stage runner)
 
 SUP = "stages.router.supervision"
+RANKED = "stages.router.switch_prompts=ranked"
 # issue 30's sweep: supervision weight, g_h's target, token scope, supervision alone, and the probe switch
 CANDIDATES: dict[str, list[str]] = {
     "dpo-only": [f"{SUP}.weight=0"],
@@ -42,6 +43,9 @@ CANDIDATES: dict[str, list[str]] = {
     "sup-10-prompt-lr1e-3": [f"{SUP}.weight=10", "stages.router.granularity=prompt", "stages.router.lr=1e-3"],
     "probe-hard": ["stages.router.kind=probe", "stages.router.switch=hard"],
     "probe-soft": ["stages.router.kind=probe", "stages.router.switch=soft"],
+    # the probe fit on every prompt rank scored instead of D_dual's (297 prompts vs 57 on Gemma)
+    "probe-hard-ranked": ["stages.router.kind=probe", "stages.router.switch=hard", RANKED],
+    "probe-soft-ranked": ["stages.router.kind=probe", "stages.router.switch=soft", RANKED],
 }
 
 
@@ -96,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps(row) + "\n")
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'candidate':<12}{'dev toy':>8}{'harm-safe':>10}{'ben-help':>9}{'AUROC':>7}{'gap':>7}{'wall s':>8}")
+    width = max(len("candidate"), *(len(r["candidate"]) for r in results)) + 1
+    print(f"\n{'candidate':<{width}}{'dev toy':>8}{'harm-safe':>10}{'ben-help':>9}{'AUROC':>7}{'gap':>7}{'wall s':>8}")
     for r in results:
         auroc = "—" if r["gate_auroc"] is None else f"{r['gate_auroc']:.2f}"
         gap = "—" if r["gate_gap"] is None else f"{r['gate_gap']:+.2f}"
-        print(f"{r['candidate']:<12}{r['toy']:>8.3f}{r['harmful_safe']:>10.2f}{r['benign_helpful']:>9.2f}"
+        print(f"{r['candidate']:<{width}}{r['toy']:>8.3f}{r['harmful_safe']:>10.2f}{r['benign_helpful']:>9.2f}"
               f"{auroc:>7}{gap:>7}{r['wall_s']:>8.0f}")
     best = max(results, key=lambda r: r["toy"])  # max keeps the first of equals: ties → the earlier candidate
     print(f"chosen on dev: {best['candidate']} ({' '.join(best['settings'])})")

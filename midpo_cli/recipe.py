@@ -357,6 +357,9 @@ class RouterStage(TrainOverrides):
     switch: Literal["hard", "soft"] = Field(
         "hard", description="The probe switch's gates: hard (1, 0) / (0, 1) at a threshold chosen on the dev "
         "prompts, or soft (p, 1 − p).")
+    switch_prompts: Literal["dual", "ranked"] = Field(
+        "dual", description="The prompts the probe switch is fit on: dual (D_dual's, the router's pairs) or ranked "
+        "(every distinct prompt rank scored, with rank's kind: the labels, else the cost model).")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
     input: Literal["token", "token+prompt"] = Field(
         "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."

@@ -135,3 +135,48 @@ def test_switch_entry_against_the_router_by_hand():
     assert e["router_score"] == pytest.approx((0.5 + 1.0) / 2) and e["score"] == pytest.approx((1.0 + 0.5) / 2)
     assert e["diff"]["mean"] == pytest.approx(0.0) and e["n"] == 4
     assert switch_entry(rows, "midpo", None) is None
+
+
+def test_ranked_prompt_kinds_are_rank_s_rule_per_distinct_prompt(tmp_path):
+    """`switch_prompts: ranked`: one row per distinct prompt, in order; its kind by the data's is_harmful, else by
+    the safety labels (some answer unsafe), else by the cost model (some answer with cost > 0), harmful if any of
+    its rows says so. Three files, as data come: with is_harmful, with safety labels only, with neither."""
+    import json
+
+    from midpo_cli.pipeline.switch_fit import ranked_prompt_kinds
+
+    def kinds_of(name, rows):
+        scored = tmp_path / f"{name}.jsonl"
+        scored.write_text("".join(json.dumps({"response_0": "a", "response_1": "b", "better_response_id": 0,
+                                              "reward_0": 1.0, "reward_1": 0.0, "cost_0": -1.0, "cost_1": -2.0,
+                                              **r}) + "\n" for r in rows))
+        return ranked_prompt_kinds(scored)
+
+    labelled = kinds_of("labelled", [{"prompt": "harmful", "is_harmful": True},
+                                     {"prompt": "benign", "is_harmful": False, "cost_0": 9.0},  # the label wins
+                                     {"prompt": "harmful", "is_harmful": True}])
+    assert labelled == (["harmful", "benign"], [True, False])
+    safety = kinds_of("safety", [{"prompt": "both safe", "is_response_0_safe": True, "is_response_1_safe": True},
+                                 {"prompt": "mixed", "is_response_0_safe": True, "is_response_1_safe": True},
+                                 {"prompt": "mixed", "is_response_0_safe": True, "is_response_1_safe": False}])
+    assert safety == (["both safe", "mixed"], [False, True])
+    by_cost = kinds_of("cost", [{"prompt": "costly", "cost_1": 0.5}, {"prompt": "cheap"},
+                                {"prompt": "second row", "cost_0": -3.0}, {"prompt": "second row", "cost_1": 3.0}])
+    assert by_cost == (["costly", "cheap", "second row"], [True, False, True])
+
+
+def test_prompt_features_of_a_padded_batch_are_each_prompt_alone(llama):
+    """The ranked probe's features (prompts encoded as generate sees them, batched with padding) equal each
+    prompt's routed input means computed alone."""
+    from midpo_cli.data.tokenize import encode_prompts
+    from midpo_cli.pipeline.switch_fit import prompt_text_features
+
+    model, tok = routed(*llama), tiny_tokenizer()
+    texts = ["w5 w9 w12", "w7 w7 w30 w31 w40 w2 w3", "w1"]
+    with torch.no_grad():
+        batched = prompt_text_features(model, tok, "safe-rlhf", texts, batch_size=2)
+        ids, _ = encode_prompts(texts, tok, "safe-rlhf")
+        for i, seq in enumerate(ids):
+            row = torch.tensor([seq])
+            alone = model.routed_input_means(row, torch.ones_like(row), torch.ones_like(row).bool())
+            torch.testing.assert_close(batched[i], alone[0], rtol=0, atol=2e-5)

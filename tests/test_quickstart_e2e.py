@@ -277,6 +277,31 @@ def test_plan_after_router_penalty_change(run_dir: Path) -> None:
     assert pending == ["router", "generate", "score"]
 
 
+def test_the_switch_fit_on_every_ranked_prompt(run_dir: Path, tmp_path: Path) -> None:
+    """`stages.router.switch_prompts: ranked` fits the probe on every distinct prompt rank scored, with the data's
+    is_harmful (counted here from the train data directly), and writes a switch folder generate can load."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    proc = _midpo("pipeline", "run", str(RECIPE), "--set", f"run_dir={copy}", "--only", "router",
+                  "--set", "stages.router.kind=probe", "--set", "stages.router.switch_prompts=ranked")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = _manifest(copy, "router")["probe_switch"]
+    dual = _manifest(run_dir, "router")["probe_switch"]
+    if os.environ.get("MIDPO_E2E_KEEP"):  # the two fits' dev scores, for benchmarks/RESULTS.md
+        (Path(os.environ["MIDPO_E2E_KEEP"]) / "switch-fits.json").write_text(json.dumps({"dual": dual,
+                                                                                        "ranked": info}))
+    kinds: dict[str, bool] = {}
+    for line in (copy / "rank" / "scored.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        kinds[row["prompt"]] = kinds.get(row["prompt"], False) or bool(row["is_harmful"])
+    in_dual = {json.loads(line)["prompt"] for line in (copy / "rank" / "dual.jsonl").read_text().splitlines()}
+    assert info["fit_on"] == "ranked" and dual["fit_on"] == "dual" and len(kinds) > len(in_dual)
+    assert (info["fit_on_prompts"], info["fit_on_harmful"]) == (len(kinds), sum(kinds.values()))
+    assert 0.0 <= info["threshold"] <= 1.0 and (copy / "router" / "switch" / "switch.safetensors").is_file()
+
+
 def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     """SIGINT mid-way through the safety expert (a real signal, injected by the tests' fault wrapper), then the
     same command again: it continues from the checkpoint instead of starting over."""

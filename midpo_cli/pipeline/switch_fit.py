@@ -1,6 +1,7 @@
 """The probe switch inside the router stage (`stages.router.kind: probe`, or `probe_switch` among the generate
-stage's models): fit the probe on D_dual's prompts, choose its threshold on the recipe's dev prompts, save it as
-a MidPO model folder that `generate`, `chat` and `export` load like the router's (midpo_cli.modeling.switch).
+stage's models): fit the probe on D_dual's prompts or on every prompt rank scored (`switch_prompts`), choose
+its threshold on the recipe's dev prompts, save it as a MidPO model folder that `generate`, `chat` and `export`
+load like the router's (midpo_cli.modeling.switch).
 
 The threshold (hard switch): both corners (1, 0) and (0, 1) answer every dev prompt, greedy, with the generate
 stage's settings; each answer's outcome is the toy judge's where the set has one, else the score models'
@@ -27,22 +28,45 @@ def fit_switch(train_x: torch.Tensor, train_y: list[bool], mode: str) -> ProbeSw
     return ProbeSwitch(*fit_probe_parameters(train_x, train_y), mode=mode, threshold=0.5)
 
 
+def ranked_prompt_kinds(scored: Path) -> tuple[list[str], list[bool]]:
+    """Every distinct prompt rank scored (its `scored.jsonl`) with the kind rank gives it — the labels, else the
+    cost model (`stages.rank.prompt_is_harmful`) — for `stages.router.switch_prompts: ranked`.
+
+    Why: D_dual keeps a few dozen prompts (60 pairs on Gemma), and a probe on thousands of features fit on so few
+    is overconfident off its training tasks; every training prompt is labelled the same way, so the probe can
+    have them all. A prompt any of whose rows rank calls harmful is harmful (rank's own rule, "some answer is
+    predicted unsafe", read over all of the prompt's answers)."""
+    from midpo_cli.data.readers import load_rows
+    from midpo_cli.stages.rank import prompt_is_harmful, ranked_rows
+
+    rows, _ = ranked_rows(load_rows(str(scored)))
+    kinds: dict[str, bool] = {}
+    for r in rows:
+        kinds[r["prompt"]] = kinds.get(r["prompt"], False) or bool(prompt_is_harmful(r))
+    return list(kinds), list(kinds.values())
+
+
 @torch.no_grad()
-def prompt_probabilities(model: Any, switch: ProbeSwitch, tokenizer: Any, template: str, texts: list[str],
-                         batch_size: int = 32) -> list[float]:
-    """p(harmful) of each prompt as generate will see it (template-encoded, no answer)."""
+def prompt_text_features(model: Any, tokenizer: Any, template: str, texts: list[str],
+                         batch_size: int = 32) -> torch.Tensor:
+    """`MidpoModel.routed_input_means` of each prompt as generate will see it (template-encoded, no answer)."""
     from midpo_cli.data.tokenize import encode_prompts, pad_sequences
 
     ids, _ = encode_prompts(texts, tokenizer, template)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[float] = []
+    out = []
     for start in range(0, len(ids), batch_size):
         seqs = ids[start:start + batch_size]
         batch = pad_sequences(seqs, [len(s) for s in seqs], pad)
         mask = batch["attention_mask"].to(model.device)
-        feats = model.routed_input_means(batch["input_ids"].to(model.device), mask, mask.bool())
-        out += switch.probability(feats).tolist()
-    return out
+        out.append(model.routed_input_means(batch["input_ids"].to(model.device), mask, mask.bool()))
+    return torch.cat(out)
+
+
+def prompt_probabilities(model: Any, switch: ProbeSwitch, tokenizer: Any, template: str, texts: list[str],
+                         batch_size: int = 32) -> list[float]:
+    """p(harmful) of each prompt as generate will see it (template-encoded, no answer)."""
+    return switch.probability(prompt_text_features(model, tokenizer, template, texts, batch_size)).tolist()
 
 
 def dev_threshold(ctx: StageContext, model: Any, switch: ProbeSwitch, tokenizer: Any, template: str

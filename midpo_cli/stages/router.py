@@ -37,7 +37,13 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.pipeline.switch_fit import dev_threshold, fit_switch, save_switch
+from midpo_cli.pipeline.switch_fit import (
+    dev_threshold,
+    fit_switch,
+    prompt_text_features,
+    ranked_prompt_kinds,
+    save_switch,
+)
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps", "is_harmful")
 
@@ -135,11 +141,18 @@ def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_i
 
 
 def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list):
-    """The probe fit on D_dual's prompts (the router's input, routing off); hard: its threshold chosen on dev."""
+    """The probe fit on D_dual's prompts or every prompt rank scored (`switch_prompts`; the router's input,
+    routing off); hard: its threshold chosen on dev."""
     cfg = ctx.recipe.stages.router
-    kinds = pair_kinds(pairs, train_feats, where="dual.jsonl")
-    switch = fit_switch(prompt_features(model, train_feats, collate, 32), kinds, cfg.switch)
-    info: dict[str, Any] = {"mode": cfg.switch, "fit_on_prompts": len(kinds)}
+    if cfg.switch_prompts == "ranked":
+        texts, kinds = ranked_prompt_kinds(ctx.input_path("rank", "scored"))
+        features = prompt_text_features(model, tokenizer, template, texts, 32)
+    else:
+        kinds = pair_kinds(pairs, train_feats, where="dual.jsonl")
+        features = prompt_features(model, train_feats, collate, 32)
+    switch = fit_switch(features, kinds, cfg.switch)
+    info: dict[str, Any] = {"mode": cfg.switch, "fit_on": cfg.switch_prompts, "fit_on_prompts": len(kinds),
+                            "fit_on_harmful": sum(kinds)}
     if cfg.switch == "hard":
         info.update(dev_threshold(ctx, model, switch, tokenizer, template))
     return switch, info
