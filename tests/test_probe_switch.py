@@ -143,7 +143,7 @@ def test_ranked_prompt_kinds_are_rank_s_rule_per_distinct_prompt(tmp_path):
     its rows says so. Three files, as data come: with is_harmful, with safety labels only, with neither."""
     import json
 
-    from midpo_cli.pipeline.switch_fit import ranked_prompt_kinds
+    from midpo_cli.data.ranked import ranked_prompt_kinds
 
     def kinds_of(name, rows):
         scored = tmp_path / f"{name}.jsonl"

@@ -28,24 +28,6 @@ def fit_switch(train_x: torch.Tensor, train_y: list[bool], mode: str) -> ProbeSw
     return ProbeSwitch(*fit_probe_parameters(train_x, train_y), mode=mode, threshold=0.5)
 
 
-def ranked_prompt_kinds(scored: Path) -> tuple[list[str], list[bool]]:
-    """Every distinct prompt rank scored (its `scored.jsonl`) with the kind rank gives it — the labels, else the
-    cost model (`stages.rank.prompt_is_harmful`) — for `stages.router.switch_prompts: ranked`.
-
-    Why: D_dual keeps a few dozen prompts (60 pairs on Gemma), and a probe on thousands of features fit on so few
-    is overconfident off its training tasks; every training prompt is labelled the same way, so the probe can
-    have them all. A prompt any of whose rows rank calls harmful is harmful (rank's own rule, "some answer is
-    predicted unsafe", read over all of the prompt's answers)."""
-    from midpo_cli.data.readers import load_rows
-    from midpo_cli.stages.rank import prompt_is_harmful, ranked_rows
-
-    rows, _ = ranked_rows(load_rows(str(scored)))
-    kinds: dict[str, bool] = {}
-    for r in rows:
-        kinds[r["prompt"]] = kinds.get(r["prompt"], False) or bool(prompt_is_harmful(r))
-    return list(kinds), list(kinds.values())
-
-
 @torch.no_grad()
 def prompt_text_features(model: Any, tokenizer: Any, template: str, texts: list[str],
                          batch_size: int = 32) -> torch.Tensor:

@@ -34,9 +34,9 @@ from collections import Counter
 from typing import Any
 
 from midpo_cli import console
-from midpo_cli.data.filters import both_labelled_safe, harmful_from_labels, label_winner, select_pairs
-from midpo_cli.data.readers import Table, load_rows
-from midpo_cli.data.schema import parse_field, parse_optional
+from midpo_cli.data.filters import both_labelled_safe, label_winner
+from midpo_cli.data.ranked import prompt_is_harmful, ranked_rows
+from midpo_cli.data.readers import load_rows
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, write_jsonl
 from midpo_cli.manifest import write_manifest
@@ -80,36 +80,6 @@ def run(ctx: StageContext) -> None:
                       **{f"disagree_{k}": v for k, v in audit["disagreement"].items()}}
     record.extra = {"template": template, "steps": steps}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["rank"])
-
-
-def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
-    """The valid pair rows with their labels **parsed** (a CSV's "false" is False, an id "0.0" is 0).
-
-    Validation is the data layer's (`select_pairs`), so rank keeps exactly the rows every other stage keeps;
-    labels come back typed under `_better`, `_safer`, `_safe_0`, `_safe_1` (None where the data has no such
-    column) and `_harmful_label` (the data's `is_harmful`): the prompt kind used to balance D_dual
-    (see `prompt_is_harmful`).
-    """
-    valid = select_pairs(table, "reward_model")  # validates rows and drops malformed ones, counted
-    rows = []
-    for p in valid.pairs:
-        raw = table.rows[p.row]
-        row = {k: raw[k] for k in ("prompt", "response_0", "response_1") if k in raw}
-        row.update({k: v for k, v in raw.items() if k not in row and k not in ("_row",)})
-        row.update(_row=p.row, _better=parse_field(raw, "better_response_id"),
-                   _safer=parse_optional(raw, "safer_response_id"),
-                   _safe_0=parse_optional(raw, "is_response_0_safe"),
-                   _safe_1=parse_optional(raw, "is_response_1_safe"),
-                   _harmful_label=parse_optional(raw, "is_harmful"))
-        rows.append(row)
-    return rows, valid
-
-
-def prompt_is_harmful(r: dict[str, Any]) -> bool:
-    """The prompt's kind, for balancing: `harmful_from_labels`, else "some answer is predicted unsafe by the
-    cost model" (cost > 0)."""
-    harmful = harmful_from_labels(r.get("_harmful_label"), r.get("_safe_0"), r.get("_safe_1"))
-    return harmful if harmful is not None else (r["cost_0"] > 0 or r["cost_1"] > 0)
 
 
 def _winner_by_models(r: dict[str, Any]) -> int | None:

@@ -14,6 +14,7 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
+from midpo_cli.data.ranked import ranked_prompt_kinds
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, precision_of, save_checked
@@ -37,13 +38,7 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.pipeline.switch_fit import (
-    dev_threshold,
-    fit_switch,
-    prompt_text_features,
-    ranked_prompt_kinds,
-    save_switch,
-)
+from midpo_cli.pipeline.switch_fit import dev_threshold, fit_switch, prompt_text_features, save_switch
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps", "is_harmful")
 
