@@ -175,3 +175,18 @@ def test_a_failed_post_save_check_keeps_the_finished_stage_and_sets_the_attempt_
     assert seen == [False, False, True, True]  # each retry resumed the attempt's checkpoint
     assert read_manifest(folder)["fingerprint"] == plan(new, ["sft"])[0]["fingerprint"]
     assert not attempt.exists() and not (folder / PREVIOUS).exists() and not (folder / ".failed").exists()
+
+
+def test_subnormals_are_flushed_before_the_first_stage_runs_and_not_when_all_are_done(
+        tmp_path: Path, ran: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intra-op threads copy the flush mode when they start (midpo_cli/engine/subnormals.py), so the
+    pipeline sets it before any stage; a run with nothing to do does not import torch for it."""
+    from midpo_cli.engine import subnormals
+
+    monkeypatch.setattr(subnormals, "flush_subnormals", lambda: ran.append("flush") or True)
+    recipe = _recipe(tmp_path)
+    pipeline.run_pipeline(recipe, stages=["sft", "reward_model"])
+    assert ran == ["flush", "sft", "reward_model"]
+    ran.clear()
+    pipeline.run_pipeline(recipe, stages=["sft", "reward_model"])
+    assert ran == []

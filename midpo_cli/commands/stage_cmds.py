@@ -91,9 +91,11 @@ def execute(stage: str, recipe, *, resume: bool, lock: bool = True) -> dict:
     """Run one stage under the run-dir lock (the worker passes lock=False: its launcher holds it)."""
     import contextlib
 
+    from midpo_cli.engine.subnormals import flush_subnormals
     from midpo_cli.errors import Interrupted
     from midpo_cli.pipeline.run import run_lock, run_stage
 
+    flush_subnormals()  # before any tensor op starts the intra-op threads (engine/subnormals.py)
     held = run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)) if lock else contextlib.nullcontext()
     with held:
         try:

@@ -37,6 +37,7 @@ from midpo_cli.engine import checkpoint, dist
 from midpo_cli.engine.deepspeed_config import deepspeed_config
 from midpo_cli.engine.metrics import MetricsSink, Progress
 from midpo_cli.engine.settings import EngineSettings
+from midpo_cli.engine.subnormals import flush_subnormals
 from midpo_cli.errors import InputError, Interrupted, TrainingError
 from midpo_cli.host_memory import release_freed_memory
 
@@ -274,11 +275,8 @@ def setup(*, model: nn.Module, train_data: Sequence, collate: Callable[[list], d
     dist.setup()
     world, rank = dist.world_size(), dist.rank()
     checkpoint.seed_everything(settings.seed)
-    if dist.device().type == "cpu":
-        # A saturated DPO loss drives LoRA gradients and AdamW's moments into subnormal floats, which x86 CPUs
-        # compute many times slower (Gemma 3 270M's safety expert: 1.2 → 0.2 samples/s once its loss was ~1e-7).
-        # Flushing them to zero changes nothing above 1e-38.
-        torch.set_flush_denormal(True)
+    if dist.device().type == "cpu":  # the workers only see it if the pipeline set it first (engine/subnormals.py)
+        flush_subnormals()
     steps_per_epoch, n_micro, total_steps = step_plan(len(train_data), settings, world, stage_name)
     params = _freeze_all_but(model, trainable, stage_name)
     if settings.activation_checkpointing:

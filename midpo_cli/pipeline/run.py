@@ -148,6 +148,10 @@ def run_pipeline(
     summary = []
     with run_lock(recipe.run_dir):
         plans = stage_plans(recipe, stages, force)
+        if any(step.status != "done" for step in plans):  # before any tensor op starts the intra-op threads
+            from midpo_cli.engine.subnormals import flush_subnormals
+
+            flush_subnormals()
         for step in plans:  # bad data or settings fail now, not after hours of earlier stages
             if step.status != "done":
                 preflight(recipe, step.stage)
