@@ -279,7 +279,7 @@ def test_plan_after_router_penalty_change(run_dir: Path) -> None:
 
 def test_the_switch_fit_on_every_ranked_prompt(run_dir: Path, tmp_path: Path) -> None:
     """`stages.router.switch_prompts: ranked` fits the probe on every distinct prompt rank scored, with the data's
-    is_harmful (counted here from the train data directly), and writes a switch folder generate can load."""
+    is_harmful (counted here from rank's scored.jsonl directly), and writes a switch folder generate can load."""
     import shutil
 
     copy = tmp_path / "run"

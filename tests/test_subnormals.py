@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # a fresh interpreter: the intra-op pool must not have started before the flush, as in a pipeline process
 PROBE = """
 import json, sys, torch
@@ -30,8 +32,6 @@ def probe(when: str) -> dict:
 def test_flushed_before_the_threads_start_reaches_every_thread():
     early = probe("early")
     if not early["supported"]:
-        import pytest
-
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal returned False)")
     assert early["subnormal_in"] and early["zero"] == 1.0, early
     late = probe("late")  # why the pipeline sets it first: set late, the workers keep computing subnormals

@@ -56,5 +56,5 @@ def ranked_prompt_kinds(scored: Path) -> tuple[list[str], list[bool]]:
     rows, _ = ranked_rows(load_rows(str(scored)))
     kinds: dict[str, bool] = {}
     for r in rows:
-        kinds[r["prompt"]] = kinds.get(r["prompt"], False) or bool(prompt_is_harmful(r))
+        kinds[r["prompt"]] = kinds.get(r["prompt"], False) or prompt_is_harmful(r)
     return list(kinds), list(kinds.values())

@@ -6,7 +6,7 @@ CPUs compute many times slower: Gemma 3 270M's safety expert fell from 1.2 to 0.
 
 When matters: the flush mode belongs to a thread, and the intra-op (OpenMP) workers copy it from the thread that
 starts them, once, when the pool starts on the first parallel op. Set later, it reaches the calling thread only —
-on 2 cores half of every elementwise op still ran on subnormals (`benchmarks/denormals.py`). So the pipeline sets
+on 2 cores half of every elementwise op still ran on subnormals (`tests/test_subnormals.py`). So the pipeline sets
 it before the first stage that runs, the stage commands before their stage, and the engine again (for library
 callers, where it may come too late for the workers).
 """
