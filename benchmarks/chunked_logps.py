@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from expert_step import machine  # noqa: E402
 
-from midpo_cli.logprobs import chunked_answer_logps, default_chunk_size  # noqa: E402
-from midpo_cli.losses import sequence_logps  # noqa: E402
+from midpo_cli.losses.logprobs import chunked_answer_logps, default_chunk_size  # noqa: E402
+from midpo_cli.losses.preference import sequence_logps  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:

@@ -30,8 +30,11 @@ from midpo_cli.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Template = Literal["auto", "safe-rlhf", "chat"]
+LauncherKind = Literal["none", "deepspeed", "torchrun"]
+LAUNCHER_KINDS = get_args(LauncherKind)  # one list for the schema and `--launcher`'s choices
 # The baselines MidPO is compared with (docs/design.md §2.11): `stages.baselines` lists which run; each is a
-# stage `baseline_<kind>` with its own folder, section and command (`midpo train-baseline --kind K`).
+# stage `baseline_<kind>` with its own folder, section and command (`midpo train-baseline --kind K`, whose
+# choices are this list).
 BASELINE_KINDS = ("dpo_helpful", "dpo_safe", "modpo", "safedpo", "ties")
 BASELINE_STAGES = tuple(f"baseline_{kind}" for kind in BASELINE_KINDS)
 TRAINED_BASELINES = BASELINE_STAGES[:-1]  # ties merges the experts: it trains nothing
@@ -148,7 +151,7 @@ class DeepSpeedSettings(Strict):
 
 
 class LauncherSettings(Strict):
-    kind: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Multi-process launcher.")
+    kind: LauncherKind = Field("none", description="Multi-process launcher.")
     num_gpus: int | None = Field(None, gt=0, description="Processes (GPUs) per node.")
     num_nodes: int = Field(1, gt=0, description="Nodes.")
     hostfile: PathStr | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
@@ -376,9 +379,10 @@ class RouterStage(TrainOverrides):
 
 class GenerationSettings(Strict):
     """The sampling settings of one generation pass, defined once: the generate stage's recipe section
-    (below, which answers 32 prompts a batch), `midpo generate`'s option defaults, and the library
-    (modeling.generation.generate_answers, stages.generate.generate_to_file). The prompt template, the
-    seventh setting, is a recipe's `data.template` (one per run, shared with the training stages)."""
+    (below, which answers 32 prompts a batch), `midpo generate`'s and `midpo chat`'s option defaults, and the
+    library (modeling.generation.generate_answers, stages.generate.generate_to_file, modeling.chat_session).
+    The prompt template, the seventh setting, is a recipe's `data.template` (one per run, shared with the
+    training stages)."""
 
     max_new_tokens: int = Field(64, gt=0, description="Tokens to generate at most.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy.")
@@ -807,3 +811,23 @@ def deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+# -- the recipes shipped with midpo ------------------------------------------------------------------
+# `midpo_cli/recipes` (package data) is a link to the repository's `recipes/`, so a checkout and a wheel read the
+# same files, and the quickstart's settings have one source: `recipes/quickstart.yaml` is both the file the
+# README runs and what every command without `--recipe` loads.
+SHIPPED_FOLDER = Path(__file__).resolve().parent / "recipes"
+QUICKSTART = "quickstart"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_FOLDER.glob("*.yaml"))
+
+
+def shipped_recipe(name: str) -> Path:
+    """The shipped recipe `name` (`quickstart` or `quickstart.yaml`); an unknown name lists the known ones."""
+    path = SHIPPED_FOLDER / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        raise InputError(f"no shipped recipe {name!r}; shipped: {', '.join(shipped_names()) or 'none found'}")
+    return path

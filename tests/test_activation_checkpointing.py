@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from midpo_cli.engine.loop import enable_activation_checkpointing, train
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError
-from midpo_cli.losses import sequence_logps
+from midpo_cli.losses.preference import sequence_logps
 from midpo_cli.modeling.lora import add_lora, lora_config
 from midpo_cli.modeling.score_model import ScoreModel
 

@@ -40,7 +40,8 @@ def _one_error_line(result, culprit: str) -> None:
 def test_chat_save_refuses_to_overwrite_and_save_bang_replaces(tmp_path) -> None:
     from rich.console import Console
 
-    from midpo_cli.chat import ChatSession, handle_command
+    from midpo_cli.commands.chat_ui import handle_command
+    from midpo_cli.modeling.chat_session import ChatSession
 
     kept = tmp_path / "chat.jsonl"
     kept.write_text("an earlier transcript\n")

@@ -1,4 +1,4 @@
-"""baseline_losses.py against float64 per-sample loops (math module only), hand-worked numbers, and TRL's DPO."""
+"""losses/baselines.py against float64 per-sample loops (math module only), hand-worked numbers, and TRL's DPO."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.data.filters import safedpo_chosen
+from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
 
 TOL = 1e-9
 

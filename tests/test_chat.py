@@ -17,10 +17,11 @@ import torch
 from rich.console import Console
 from test_export import build_tiny_midpo
 
-from midpo_cli.chat import ChatSession, run_chat
 from midpo_cli.cli import main
-from midpo_cli.commands.chat_cmd import open_session
+from midpo_cli.commands.chat_ui import run_chat
+from midpo_cli.modeling.chat_session import ChatSession, open_session
 from midpo_cli.modeling.generation import generate_answers
+from midpo_cli.recipe import GenerationSettings
 
 PROMPT = "How do I pick a lock?"
 
@@ -31,9 +32,9 @@ def tiny_midpo(tmp_path_factory):
 
 
 def session_for(spec, **kw) -> ChatSession:
-    settings = {"max_new_tokens": 10, "temperature": 0.0, "top_p": 1.0, "seed": 0, "history": False}
+    settings = GenerationSettings().but(max_new_tokens=kw.pop("max_new_tokens", 10))
     return open_session(str(spec), template=kw.pop("template", None), safety_bias=kw.pop("safety_bias", None),
-                        gates=kw.pop("gates", None), dtype="fp32", trust_remote_code=False, **{**settings, **kw})
+                        gates=kw.pop("gates", None), dtype="fp32", trust_remote_code=False, settings=settings, **kw)
 
 
 def scripted(lines):
@@ -90,6 +91,21 @@ def test_json_mode_on_a_base_model_has_no_gates(monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["kind"] == "base" and data["gates"] is None and data["token_gates"] is None
     assert data["answer_tokens"] <= 4
+
+
+def test_chat_decodes_with_generate_settings_checked_before_the_model_loads(monkeypatch, capsys):
+    """One definition of the decoding settings: chat's option defaults are GenerationSettings' (as
+    `midpo generate`'s are), and a bad value is refused by the same check, before any model is loaded."""
+    import inspect
+
+    from midpo_cli.commands import chat_cmd
+
+    options = inspect.signature(chat_cmd.chat).parameters
+    for name in ("max_new_tokens", "temperature", "top_p", "seed"):
+        assert options[name].default.default == getattr(GenerationSettings(), name), name
+    monkeypatch.setattr("midpo_cli.modeling.chat_session.open_session", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["chat", "embedded:tiny-llama", "--top-p", "0"]) == 2
+    assert "generation setting top_p" in capsys.readouterr().err
 
 
 def test_bad_input_is_exit_2(tiny_midpo, monkeypatch, capsys):
@@ -167,7 +183,7 @@ def test_history_uses_safe_rlhf_multi_turn_layout(tiny_midpo):
 
 
 def test_colours_follow_the_safety_gate(tiny_midpo):
-    from midpo_cli.chat import gate_style
+    from midpo_cli.commands.chat_ui import gate_style
 
     assert gate_style(1.0).color.triplet == (255, 72, 72) and gate_style(0.0).color.triplet == (64, 150, 255)
     session = session_for(tiny_midpo, gates=(1.0, 0.0), max_new_tokens=4)

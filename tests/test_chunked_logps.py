@@ -1,6 +1,6 @@
 """Answer-only, chunked log-probs (docs/design.md §2.1) against the full-logits oracle `sequence_logps`.
 
-The maths (`midpo_cli.logprobs`) is checked in float64 to 1e-8 — values and gradients for hidden states,
+The maths (`midpo_cli.losses.logprobs`) is checked in float64 to 1e-8 — values and gradients for hidden states,
 the output embedding and its bias — over ragged answers, both padding sides, chunk sizes that do and do
 not divide the answer positions, and soft-capping. The model-level helper (`answer_logps`) is checked on a
 tiny random LLaMA / Gemma 3 (soft-capped, tied embeddings), a PEFT LoRA expert and the routed MidPO model,
@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Ll
 
 from midpo_cli.engine import answer_logps as answer_logps_module
 from midpo_cli.engine.answer_logps import answer_logps, full_logits_reason
-from midpo_cli.logprobs import chunked_answer_logps, default_chunk_size
-from midpo_cli.losses import answer_nll, sequence_logps, sft_loss
+from midpo_cli.losses.logprobs import chunked_answer_logps, default_chunk_size
+from midpo_cli.losses.preference import answer_nll, sequence_logps, sft_loss
 from midpo_cli.modeling.lora import AdapterWeights, LoraBranch, lora_config
 from midpo_cli.modeling.midpo import RouterSettings, wrap
 

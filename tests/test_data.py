@@ -597,7 +597,7 @@ def test_text_rows_loss_equals_a_per_row_float64_loop(byte_tok) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from midpo_cli.engine.answer_logps import answer_logps
-    from midpo_cli.losses import answer_nll
+    from midpo_cli.losses.preference import answer_nll
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(byte_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from midpo_cli.losses import gate_supervision_loss, router_penalty, spe_dpo_loss
+from midpo_cli.losses.preference import gate_supervision_loss, router_penalty, spe_dpo_loss
 from midpo_cli.recipe import RouterSupervision
 
 TOL = 1e-10

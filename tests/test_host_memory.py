@@ -1,4 +1,4 @@
-"""midpo_cli.host_memory: handing a CPU run's freed heap back to the system (docs/design.md §6)."""
+"""midpo_cli.engine.host_memory: handing a CPU run's freed heap back to the system (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from midpo_cli import host_memory
+from midpo_cli.engine import host_memory
 
 # Free all but the last of 3,000 64 KiB heap blocks: glibc keeps those pages (the last block pins the
 # heap's top) until they are handed back. Prints the resident MiB before and after the call under test.
 FRAGMENTED_HEAP = """
 import ctypes, resource
-from midpo_cli.host_memory import release_freed_memory
+from midpo_cli.engine.host_memory import release_freed_memory
 libc = ctypes.CDLL("libc.so.6"); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 2**20
 blocks = [libc.malloc(64 * 1024) for _ in range(3000)]

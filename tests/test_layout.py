@@ -103,14 +103,14 @@ LAYERS = (
     ("cli", "worker"),
     ("commands",),
     ("stages",),
-    ("chat", "pipeline"),  # the folder whose context, inputs, graph and preflight the stages use
+    ("pipeline",),  # the folder whose context, inputs, graph and preflight the stages use
     ("modeling",),
     ("engine",),
     ("data", "evaluation"),
     ("manifest",),  # the evaluation layer reads stage manifests (the verdict's probe ceiling)
-    ("assets", "io", "recipe", "shipped_recipes"),
-    ("baseline_losses",),  # DPO, MODPO and SafeDPO written over losses.spe_dpo_loss
-    ("console", "errors", "host_memory", "logprobs", "losses"),
+    ("assets", "io", "recipe"),
+    ("console", "errors"),
+    ("losses",),  # the training objectives: torch only
 )
 # The imports allowed to run back up: (importer, imported folder) → why.
 UP_IMPORTS = {("midpo_cli.pipeline.run", "stages"): "runner() imports a stage's module when that stage runs"}

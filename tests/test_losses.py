@@ -1,4 +1,4 @@
-"""losses.py against float64 per-sample Python loops (math module, no torch maths) and hand-worked numbers."""
+"""losses/preference.py against float64 per-sample loops (math module, no torch maths) and hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midpo_cli.losses import (
+from midpo_cli.losses.preference import (
     cost_model_loss,
     preference_margin,
     reward_model_loss,

@@ -11,7 +11,7 @@ import torch
 from midpo_cli.data.ranked import ranked_rows
 from midpo_cli.data.readers import load_rows
 from midpo_cli.errors import InputError
-from midpo_cli.losses import router_penalty
+from midpo_cli.losses.preference import router_penalty
 from midpo_cli.stages.rank import dual_pairs
 
 HELP = {"H": 2.0, "S": 1.0, "W": 1.0, "C": 1.5, "R": 0.0}  # a reward model that likes compliance

@@ -29,7 +29,7 @@ from midpo_cli.engine import shared_prompt
 from midpo_cli.engine.answer_logps import causal_lm
 from midpo_cli.engine.preference import concatenated_logps
 from midpo_cli.engine.shared_prompt import block_causal_mask, packing_reason, to_rows
-from midpo_cli.losses import sequence_logps
+from midpo_cli.losses.preference import sequence_logps
 from midpo_cli.modeling.lora import lora_config
 from midpo_cli.modeling.midpo import RouterSettings
 from midpo_cli.stages.router import make_router_loss

@@ -7,8 +7,10 @@ import sys
 
 import typer
 
-from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt
+from midpo_cli.recipe import GenerationSettings
+
+_D = GenerationSettings()  # the option defaults: `midpo generate`'s, one definition of the decoding settings
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +22,11 @@ def chat(
                                 "or MidPO model folder."),
     template: str = typer.Option(None, "--template", help="auto, safe-rlhf or chat (default: the template the "
                                  "model recorded, else auto)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per answer at most."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    max_new_tokens: int = typer.Option(_D.max_new_tokens, "--max-new-tokens", min=1,
+                                       help="Tokens per answer at most."),
+    temperature: float = typer.Option(_D.temperature, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(_D.top_p, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    seed: int = typer.Option(_D.seed, "--seed", help="Sampling seed."),
     safety_bias: float = typer.Option(None, "--safety-bias", help="Starting safety dial B for MidPO models "
                                       "(change it with /dial B)."),
     gates: str = typer.Option(None, "--gates", help="Fixed G_SAFETY,G_HELPFULNESS for MidPO models."),
@@ -42,16 +45,17 @@ def chat(
     """
     from midpo_cli.errors import InputError
     from midpo_cli.evaluation.labels import parse_gates
+    from midpo_cli.modeling.chat_session import open_session
 
     fixed = parse_gates(gates) if gates is not None else None
     if fixed is not None and safety_bias is not None:
         raise InputError("--safety-bias with --gates: fixed gates replace the routers whose logits the dial shifts, "
                          "so the dial would be ignored; give one of them")
+    settings = _D.but(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     prompts = stdin_prompts() if as_json else None
     quiet_library_notices()
-    session = open_session(model, template=template, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, safety_bias=safety_bias, gates=fixed, history=history,
-                           dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    session = open_session(model, template=template, settings=settings, safety_bias=safety_bias, gates=fixed,
+                           history=history, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if prompts is not None:
         for prompt in prompts:
             sys.stdout.write(json.dumps(session.answer(prompt).to_json(), default=str) + "\n")
@@ -59,7 +63,7 @@ def chat(
         return
     from rich.console import Console
 
-    from midpo_cli.chat import run_chat
+    from midpo_cli.commands.chat_ui import run_chat
 
     out = Console(highlight=False)
     code = run_chat(session, read=lambda text: out.input(text), out=out)
@@ -101,53 +105,3 @@ def read_stdin_prompt() -> str:
     if "\x00" in text:
         raise InputError(f"--json: stdin holds binary data (a NUL byte at {text.index(chr(0))}); pipe a text prompt in")
     return text.strip()
-
-
-def open_session(spec: str, *, template: str | None, safety_bias: float | None, gates, dtype: str,
-                 trust_remote_code: bool, device: str | None = None, **settings):
-    """Load the model (load_policy), resolve its template, apply the starting dial and gates."""
-    from pathlib import Path
-
-    import torch
-
-    from midpo_cli.chat import ChatSession
-    from midpo_cli.data.template import check_template, resolve_template, warn_mismatch
-    from midpo_cli.errors import InputError
-    from midpo_cli.modeling.policy import load_policy
-
-    if template is not None:
-        check_template(template)
-    is_midpo = (Path(spec).expanduser() / "midpo_config.json").is_file()
-    for flag, value in (("--safety-bias", safety_bias), ("--gates", gates)):
-        if value is not None and not is_midpo:
-            raise InputError(f"{flag} applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    policy = load_policy(spec, gates=gates, dtype=dtype, trust_remote_code=trust_remote_code)
-    if safety_bias is not None:
-        policy.model.set_safety_bias(safety_bias)
-    policy.model.to(device)
-    trained = recorded_template_of(spec, policy)
-    used = resolve_template(template or trained or "auto", policy.tokenizer)
-    warn_mismatch(f"model {spec}", trained, used)
-    console.log(f"chat: {spec} ({policy.kind}), template {used}")
-    return ChatSession(policy, spec, template=used, **settings)
-
-
-def recorded_template_of(spec: str, policy) -> str | None:
-    """The template a midpo-trained model recorded: midpo_config.json, else the HF config."""
-    from pathlib import Path
-
-    from midpo_cli.data.template import recorded_template
-
-    if policy.kind == "midpo":
-        from midpo_cli.modeling.export import trained_template
-        from midpo_cli.modeling.midpo import read_midpo_config
-
-        return trained_template(read_midpo_config(Path(spec).expanduser()), policy.model)
-    return recorded_template(getattr(policy.model, "config", None))

@@ -18,8 +18,7 @@ def recipe_from(recipe: Path | None, overrides: list[str] | None, extra: list | 
     `extra` items are "key=value" or ("key=value", "--flag"): a bad value is then blamed on the flag.
     No --recipe means the shipped quickstart recipe, the same file `midpo recipe show quickstart` prints.
     """
-    from midpo_cli.recipe import load_recipe
-    from midpo_cli.shipped_recipes import QUICKSTART, shipped_recipe
+    from midpo_cli.recipe import QUICKSTART, load_recipe, shipped_recipe
 
     return load_recipe(recipe if recipe is not None else shipped_recipe(QUICKSTART), [*(overrides or []),
                                                                                        *(extra or [])])

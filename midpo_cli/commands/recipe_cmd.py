@@ -44,7 +44,7 @@ def show(
     """Print a recipe shipped with midpo, or copy it with --to to edit; no NAME lists the shipped recipes."""
     from midpo_cli.errors import InputError
     from midpo_cli.io import atomic_write_text
-    from midpo_cli.shipped_recipes import shipped_names, shipped_recipe
+    from midpo_cli.recipe import shipped_names, shipped_recipe
 
     if name is None:
         console.print_result("\n".join(shipped_names()))

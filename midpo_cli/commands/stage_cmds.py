@@ -14,21 +14,16 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, RecipeOpt, SetOpt
-from midpo_cli.recipe import RANK_RULES
+from midpo_cli.recipe import BASELINE_KINDS, LAUNCHER_KINDS, RANK_RULES
 
 
-class Launcher(str, Enum):
-    none = "none"
-    deepspeed = "deepspeed"
-    torchrun = "torchrun"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice over one of the recipe's lists, so a new launcher or baseline is one edit in recipe.py."""
+    return Enum(name, [(v, v) for v in values], type=str, module=__name__)
 
 
-class BaselineKind(str, Enum):
-    dpo_helpful = "dpo_helpful"
-    dpo_safe = "dpo_safe"
-    modpo = "modpo"
-    safedpo = "safedpo"
-    ties = "ties"
+Launcher = _choices("Launcher", LAUNCHER_KINDS)
+BaselineKind = _choices("BaselineKind", BASELINE_KINDS)
 
 
 class ExpertKind(str, Enum):
@@ -226,7 +221,7 @@ def train_expert(
 
 
 def train_baseline(
-    kind: BaselineKind = typer.Option(..., "--kind", help="dpo_helpful | dpo_safe | modpo | safedpo | ties."),
+    kind: BaselineKind = typer.Option(..., "--kind", help=f"{' | '.join(BASELINE_KINDS)}."),
     recipe: Path = RecipeOpt,
     overrides: list[str] = SetOpt,
     resume: bool = ResumeOpt,

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from midpo_cli import console
-from midpo_cli.logprobs import chunked_answer_logps, compute_dtype
-from midpo_cli.losses import sequence_logps
+from midpo_cli.losses.logprobs import chunked_answer_logps, compute_dtype
+from midpo_cli.losses.preference import sequence_logps
 
 # config attributes named like logits that the chunks reproduce (the final soft-cap) or that never touch the
 # output logits (attention soft-cap, MoE router logits); any other one, unless 1, means full logits

@@ -35,11 +35,11 @@ from torch import nn
 from midpo_cli import console
 from midpo_cli.engine import checkpoint, dist
 from midpo_cli.engine.deepspeed_config import deepspeed_config
+from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.metrics import MetricsSink, Progress
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.engine.subnormals import flush_subnormals
 from midpo_cli.errors import InputError, Interrupted, TrainingError
-from midpo_cli.host_memory import release_freed_memory
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, Any]]]
 EvalFn = Callable[[nn.Module, dict], dict[str, Any]]

@@ -20,8 +20,8 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.engine.answer_logps import answer_logps
+from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.shared_prompt import shared_prompt_logps
-from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_text
 
 

@@ -413,7 +413,7 @@ class MidpoModel(nn.Module):
 
     def gate_logit_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(safety-gate logits per layer, helpfulness-gate logits per layer), each (B, T) with grad: the
-        input of gate supervision (midpo_cli.losses.gate_supervision_loss). Fixed gates have none."""
+        input of gate supervision (midpo_cli.losses.preference.gate_supervision_loss). Fixed gates have none."""
         self._last()
         missing = [name for name, mod in self.routed.items() if mod.last_logits is None]
         if missing:

@@ -33,14 +33,14 @@ from typing import Any
 import torch
 
 from midpo_cli import console
-from midpo_cli.baseline_losses import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.data.filters import BASELINE_FILTERS, pair_filter
 from midpo_cli.data.tokenize import collate_pairs, with_columns
+from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
-from midpo_cli.host_memory import release_freed_memory
 from midpo_cli.io import atomic_write_json
-from midpo_cli.losses import preference_margin, spe_dpo_loss
+from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
+from midpo_cli.losses.preference import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.base_identity import base_fingerprint
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
@@ -378,7 +378,7 @@ def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, temp
                                         template=template))
     del model
     gc.collect()  # the score model leaves memory before the policy arrives
-    release_freed_memory()  # ... and the process's resident set (midpo_cli/host_memory.py)
+    release_freed_memory()  # ... and the process's resident set (midpo_cli/engine/host_memory.py)
     cached = {"score_model_fingerprint": score_fingerprint, "values": values, "answers": "as-encoded"}
     atomic_write_json(cache_file, cached)
     return cached

@@ -24,7 +24,7 @@ from midpo_cli.engine.shared_prompt import to_rows
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
-from midpo_cli.losses import gate_supervision_loss, router_penalty, spe_dpo_loss
+from midpo_cli.losses.preference import gate_supervision_loss, router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter

@@ -18,7 +18,7 @@ from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import precision_of, save_checked
 from midpo_cli.engine.loop import train
-from midpo_cli.losses import cost_model_loss, reward_model_loss
+from midpo_cli.losses.preference import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_pairs
 from midpo_cli.pipeline.context import StageContext

@@ -17,7 +17,7 @@ from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.engine.artifacts import logits_on, model_dtype, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
-from midpo_cli.losses import answer_nll
+from midpo_cli.losses.preference import answer_nll
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.pipeline.context import StageContext

@@ -1,6 +1,6 @@
 """The baselines' losses, as pure tensor maths beside MidPO's own (docs/design.md §2.11).
 
-Same contract as `midpo_cli.losses`: per-pair losses (B,) and detached implicit rewards, no model, no recipe,
+Same contract as `losses.preference`: per-pair losses (B,) and detached implicit rewards, no model, no recipe,
 no Python branch on a tensor value. Each one is the SPE-DPO form −log σ(β′·Δ − m) with its own β′ and m, so
 the training step, the reference cache and the metrics are the experts'; only the objective differs. Tested
 in float64 against per-sample loops (tests/test_baseline_losses.py).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from midpo_cli.losses import spe_dpo_loss
+from midpo_cli.losses.preference import spe_dpo_loss
 
 __all__ = ["dpo_loss", "modpo_loss", "safedpo_loss"]  # SafeDPO's re-ordering lives with the pair filters
 

@@ -49,7 +49,7 @@ def answer_nll(seq_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Te
     """SFT's loss from per-sequence log-prob sums (B,): −Σ log π / (number of scored answer tokens) (scalar).
 
     The count is response_mask[:, 1:] — the tokens `sequence_logps` scores — so full logits and the
-    chunked path (`midpo_cli.logprobs`) give the same normalisation (docs/design.md §2.2).
+    chunked path (`midpo_cli.losses.logprobs`) give the same normalisation (docs/design.md §2.2).
     """
     return -seq_logps.sum() / response_mask[:, 1:].sum().clamp(min=1)
 

@@ -1,23 +1,25 @@
-"""`midpo chat`: talk to any model midpo loads, and watch what a MidPO router does, token by token.
+"""The model side of `midpo chat`: a loaded model, its conversation, and an answer decoded token by token.
 
 Why a hand-written decoding loop instead of `generate` + a streamer: the loop runs one forward per
 token with the KV cache, so after each step the gates that produced that token (`model.gates()`, the
 last position, averaged over routed layers — the same quantity `midpo generate` records) are at hand,
-and a Ctrl-C can end the answer between two steps, leaving a consistent partial answer and the
-session alive. Routers that read the prompt (granularity `prompt`, input `token+prompt`) get what
-`MidpoModel.generate` gives them: the prompt's mean hidden state is computed at the first forward and
-held for every later step. Greedy decoding (the default) gives the answer `midpo generate` gives.
+and a stop request (Ctrl-C in the terminal) can end the answer between two steps, leaving a consistent
+partial answer and the session alive. Routers that read the prompt (granularity `prompt`, input
+`token+prompt`) get what `MidpoModel.generate` gives them: the prompt's mean hidden state is computed at
+the first forward and held for every later step. Greedy decoding (the default) gives the answer
+`midpo generate` gives; the decoding settings are `midpo generate`'s (`recipe.GenerationSettings`).
 
 Conversation: each message is answered on its own by default — the experts and routers were trained
-and evaluated on single-turn prompts. `--history` keeps earlier turns in the prompt: the tokenizer's
+and evaluated on single-turn prompts. `history` keeps earlier turns in the prompt: the tokenizer's
 chat template with every message, or safe-rlhf's multi-turn layout
 `BEGINNING OF CONVERSATION: USER: p1 ASSISTANT:a1 USER: p2 ASSISTANT:`.
+
+The terminal around it (colours, /commands, Ctrl-C) is `commands/chat_ui.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +28,21 @@ from typing import Any
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.template import SAFE_RLHF, adds_special_tokens, format_prompt
+from midpo_cli.data.template import (
+    SAFE_RLHF,
+    adds_special_tokens,
+    check_template,
+    format_prompt,
+    recorded_template,
+    resolve_template,
+    warn_mismatch,
+)
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.labels import parse_gates
 from midpo_cli.io import write_jsonl
+from midpo_cli.modeling.generation import context_limit
+from midpo_cli.modeling.midpo import CONFIG_FILE, read_midpo_config
+from midpo_cli.modeling.policy import load_policy
+from midpo_cli.recipe import GenerationSettings
 
 TokenCallback = Callable[[str, "tuple[float, float] | None"], None]
 
@@ -102,32 +115,30 @@ def held_prompt(model: Any, routed: bool) -> Iterator[bool]:
 class ChatSession:
     """A loaded model plus the chat state: template, decoding settings, dial, fixed gates, history."""
 
-    def __init__(self, policy: Any, spec: str, *, template: str, max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, history: bool = False) -> None:
-        if max_new_tokens <= 0:
-            raise InputError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise InputError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {temperature}, {top_p}")
+    def __init__(self, policy: Any, spec: str, *, template: str, settings: GenerationSettings | None = None,
+                 history: bool = False) -> None:
+        """`settings`: `midpo generate`'s decoding settings, checked where they were made. Chat reads
+        max_new_tokens, temperature, top_p and seed; it answers one prompt at a time and keeps as much of it as
+        the context leaves room for, so batch_size and max_prompt_length do not apply."""
         self.model, self.tokenizer, self.kind, self.spec = policy.model, policy.tokenizer, policy.kind, spec
         self.template, self.history = template, history
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.settings = settings if settings is not None else GenerationSettings()
         self.routed = self.kind == "midpo"
         self.eos = eos_ids(self.model, self.tokenizer)
         if not self.eos:
             raise InputError(f"{spec}: the tokenizer has no EOS token, so an answer could never end")
         self._check_room()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.settings.seed)
         self.turns: list[tuple[str, str]] = []
         self.transcript: list[dict[str, Any]] = []
         self.start = (self.safety_bias, self.fixed_gates) if self.routed else (None, None)
 
     def _check_room(self) -> None:
         """Refuse --max-new-tokens that leaves no room for a prompt now, not after the first message."""
-        from midpo_cli.modeling.generation import context_limit
-
         limit = context_limit(self.model)
-        if limit is not None and limit - self.max_new_tokens < 2:
-            raise InputError(f"--max-new-tokens {self.max_new_tokens} leaves no room for a prompt: {self.spec} "
+        new = self.settings.max_new_tokens
+        if limit is not None and limit - new < 2:
+            raise InputError(f"--max-new-tokens {new} leaves no room for a prompt: {self.spec} "
                              f"reads {limit} tokens at most; use --max-new-tokens {max(1, limit // 2)} or less")
 
     # -- routing controls (MidPO models only) ---------------------------------------------------
@@ -172,21 +183,19 @@ class ChatSession:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Encoded prompt that leaves room for the answer: oldest turns dropped first, then the left cut."""
-        from midpo_cli.modeling.generation import context_limit
-
         limit = context_limit(self.model)
         special = adds_special_tokens(self.template)
         while True:
             ids = list(self.tokenizer(self.prompt_text(prompt), add_special_tokens=special)["input_ids"])
             if ids and ids[-1] in self.eos and special:
                 ids = ids[:-1]  # some tokenizers append EOS; a prompt never ends with one
-            if limit is None or len(ids) + self.max_new_tokens <= limit or not (self.history and self.turns):
+            if limit is None or len(ids) + self.settings.max_new_tokens <= limit or not (self.history and self.turns):
                 break
             self.turns.pop(0)
-        if limit is not None and len(ids) + self.max_new_tokens > limit:
-            keep = limit - self.max_new_tokens
+        if limit is not None and len(ids) + self.settings.max_new_tokens > limit:
+            keep = limit - self.settings.max_new_tokens
             if keep < 2:
-                raise InputError(f"--max-new-tokens {self.max_new_tokens} leaves no room for a prompt "
+                raise InputError(f"--max-new-tokens {self.settings.max_new_tokens} leaves no room for a prompt "
                                  f"(context {limit})")
             console.warn(f"prompt of {len(ids)} tokens cut from the left to {keep} (context {limit})")
             ids = ids[len(ids) - keep:]
@@ -202,8 +211,8 @@ class ChatSession:
         answer.settings = {"model": self.spec, "kind": self.kind, "template": self.template,
                            "safety_bias": self.safety_bias,
                            "fixed_gates": list(self.fixed_gates) if self.fixed_gates is not None else None,
-                           "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                           "top_p": self.top_p, "seed": self.seed}
+                           "max_new_tokens": self.settings.max_new_tokens, "temperature": self.settings.temperature,
+                           "top_p": self.settings.top_p, "seed": self.settings.seed}
         if self.history:
             self.turns.append((prompt.strip(), answer.text))
         self.transcript.append({"turn": len(self.transcript) + 1, **answer.to_json()})
@@ -223,7 +232,7 @@ class ChatSession:
         gates: list[tuple[float, float]] = []
         eos_gate, finished, interrupted, past, shown = None, False, False, None, ""
         with torch.no_grad(), held_prompt(model, self.routed) as needs_prompt:
-            for step in range(self.max_new_tokens):
+            for step in range(self.settings.max_new_tokens):
                 if stop():
                     interrupted = True
                     break
@@ -231,7 +240,7 @@ class ChatSession:
                 out = model(input_ids=step_input, past_key_values=past, use_cache=True, **extra)
                 past = out.past_key_values
                 gate = self._step_gates()
-                token = pick_token(out.logits[0, -1], self.temperature, self.top_p, self.generator)
+                token = pick_token(out.logits[0, -1], self.settings.temperature, self.settings.top_p, self.generator)
                 if token in self.eos:
                     eos_gate, finished = gate, True
                     break
@@ -263,158 +272,40 @@ class ChatSession:
         return write_jsonl(path, self.transcript)
 
 
-@contextlib.contextmanager
-def sigint_flag() -> Iterator[Callable[[], bool]]:
-    """While active, Ctrl-C sets a flag (the answer stops at the next token) instead of raising."""
-    hit = [False]
+def open_session(spec: str, *, template: str | None, safety_bias: float | None, gates: tuple[float, float] | None,
+                 dtype: str, trust_remote_code: bool, device: str | None = None,
+                 settings: GenerationSettings | None = None, history: bool = False) -> ChatSession:
+    """Load the model (load_policy) on `device`, resolve its template, apply the starting dial and gates.
 
-    def handler(signum: int, frame: Any) -> None:
-        hit[0] = True
-
+    The flags' checks run before the model loads; their errors name the `midpo chat` flag."""
+    if template is not None:
+        check_template(template)
+    is_midpo = (Path(spec).expanduser() / CONFIG_FILE).is_file()
+    for flag, value in (("--safety-bias", safety_bias), ("--gates", gates)):
+        if value is not None and not is_midpo:
+            raise InputError(f"{flag} applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: KeyboardInterrupt is caught by the caller instead
-        yield lambda: hit[0]
-        return
-    try:
-        yield lambda: hit[0]
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here")
+    policy = load_policy(spec, gates=gates, dtype=dtype, trust_remote_code=trust_remote_code)
+    if safety_bias is not None:
+        policy.model.set_safety_bias(safety_bias)
+    policy.model.to(device)
+    trained = recorded_template_of(spec, policy)
+    used = resolve_template(template or trained or "auto", policy.tokenizer)
+    warn_mismatch(f"model {spec}", trained, used)
+    console.log(f"chat: {spec} ({policy.kind}), template {used}")
+    return ChatSession(policy, spec, template=used, settings=settings, history=history)
 
 
-# -- the terminal ------------------------------------------------------------------------------------
+def recorded_template_of(spec: str, policy: Any) -> str | None:
+    """The template a midpo-trained model recorded: midpo_config.json, else the HF config."""
+    if policy.kind == "midpo":
+        from midpo_cli.modeling.export import trained_template
 
-HELPFUL_RGB, SAFE_RGB = (64, 150, 255), (255, 72, 72)  # g_safety 0 → blue, 1 → red
-HELP_TEXT = """commands:
-  /dial B          safety dial: add B to every safety-gate logit, subtract it from the helpfulness one
-  /gates G_S,G_H   fixed gates in [0, 1] at every token and layer; /gates off: the routers again
-  /reset           forget the conversation, restore the starting dial and gates
-  /save FILE       write the transcript (JSONL, with gates); /save! FILE replaces an existing file
-  /help, /quit     this text; leave (also Ctrl-D; Ctrl-C stops an answer, twice at the prompt leaves)"""
-
-
-def gate_style(g_safety: float) -> Any:
-    """A colour between helpfulness-blue (g_s = 0) and safety-red (g_s = 1)."""
-    from rich.color import Color
-    from rich.style import Style
-
-    t = min(max(float(g_safety), 0.0), 1.0)
-    rgb = [round(a + (b - a) * t) for a, b in zip(HELPFUL_RGB, SAFE_RGB, strict=True)]
-    return Style(color=Color.from_rgb(*rgb))
-
-
-def legend() -> Any:
-    from rich.style import Style
-    from rich.text import Text
-
-    text = Text("safety gate g_s (mean over layers):  helpful ")
-    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        text.append(f" {value:g} ", style=gate_style(value) + Style(reverse=True))
-    return text.append(" safe")
-
-
-def settings_line(session: ChatSession) -> str:
-    if not session.routed:
-        return f"{session.kind} model, template {session.template}"
-    gates = session.fixed_gates
-    mode = f"fixed gates {gates[0]:g},{gates[1]:g}" if gates is not None else "learned routers"
-    return f"MidPO model, {mode}, safety dial {session.safety_bias:+g}, template {session.template}"
-
-
-def handle_command(session: ChatSession, line: str, out: Any) -> bool:
-    """Run one /command; True means leave. Bad arguments are reported and the session goes on."""
-    from rich.markup import escape
-
-    name, _, arg = line.strip().partition(" ")
-    arg = arg.strip()
-    try:
-        if name in ("/quit", "/exit", "/q"):
-            return True
-        if name == "/help":
-            out.print(HELP_TEXT, markup=False, highlight=False)
-        elif name == "/dial":
-            try:
-                session.set_dial(float(arg))
-            except ValueError:
-                raise InputError(f"/dial {arg!r}: expected a number, e.g. /dial 1.5") from None
-            extra = " (fixed gates are on: /gates off to let the routers use it)" if session.fixed_gates else ""
-            out.print(f"[dim]{escape(settings_line(session) + extra)}[/dim]")
-        elif name == "/gates":
-            session.set_gates(None if arg in ("off", "router", "routers") else parse_gates(arg, "/gates"))
-            out.print(f"[dim]{escape(settings_line(session))}[/dim]")
-        elif name == "/reset":
-            session.reset()
-            out.print(f"[dim]conversation cleared; {escape(settings_line(session))}[/dim]")
-        elif name in ("/save", "/save!"):
-            if not arg:
-                raise InputError(f"{name} needs a file name, e.g. {name} chat.jsonl")
-            path = session.save(arg, overwrite=name == "/save!")
-            out.print(f"[dim]saved {len(session.transcript)} answer(s) → {escape(str(path))}[/dim]")
-        else:
-            raise InputError(f"unknown command {name!r}; /help lists them")
-    except (InputError, OSError) as exc:
-        out.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-    return False
-
-
-def stream_answer(session: ChatSession, prompt: str, out: Any) -> Answer:
-    """Print the answer as it is generated, each piece coloured by its safety gate; Ctrl-C stops it."""
-    from rich.text import Text
-
-    def show(piece: str, gate: tuple[float, float] | None) -> None:
-        out.print(Text(piece, style=gate_style(gate[0]) if gate is not None else ""), end="", soft_wrap=True)
-
-    out.print(Text("model> ", style="bold"), end="")
-    with sigint_flag() as stopped:
-        try:
-            answer = session.answer(prompt, stop=stopped, on_token=show)
-        except KeyboardInterrupt:  # signal handler unavailable (not the main thread)
-            out.print()
-            out.print("[yellow]answer interrupted[/yellow]")
-            raise _Stopped() from None
-    out.print()
-    notes = ["interrupted"] if answer.interrupted else [] if answer.finished else ["max tokens reached"]
-    mean = answer.mean_gates()
-    if mean is not None:
-        notes.insert(0, f"mean gates: safety {mean['safety']:.2f} · helpfulness {mean['helpfulness']:.2f}")
-    notes.append(f"{len(answer.token_ids)} tokens")
-    out.print(Text(" · ".join(notes), style="dim"))
-    return answer
-
-
-class _Stopped(Exception):
-    """An answer ended by KeyboardInterrupt rather than by the flag."""
-
-
-def run_chat(session: ChatSession, *, read: Callable[[str], str], out: Any) -> int:
-    """The interactive loop; returns the exit code (0 after /quit or EOF, 130 after Ctrl-C twice)."""
-    from rich.markup import escape
-
-    out.print(f"[bold]midpo chat[/bold] · {escape(session.spec)} · {escape(settings_line(session))}")
-    if session.routed:
-        out.print(legend())
-    out.print("[dim]/help for commands, /quit to leave[/dim]")
-    armed = False  # a Ctrl-C at the prompt arms; a second one leaves
-    while True:
-        try:
-            line = read("you> ")
-        except EOFError:
-            out.print()
-            return 0
-        except KeyboardInterrupt:
-            if armed:
-                out.print()
-                return 130
-            armed = True
-            out.print("\n[dim](Ctrl-C again or /quit to leave)[/dim]")
-            continue
-        armed = False
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            if handle_command(session, line, out):
-                return 0
-            continue
-        with contextlib.suppress(_Stopped):
-            stream_answer(session, line, out)
+        return trained_template(read_midpo_config(Path(spec).expanduser()), policy.model)
+    return recorded_template(getattr(policy.model, "config", None))
