@@ -23,7 +23,7 @@ from midpo_cli.data.tokenize import collate_pairs
 from midpo_cli.engine.preference import concatenated_logps
 from midpo_cli.modeling.loading import load_tokenizer
 from midpo_cli.modeling.midpo import load_midpo
-from midpo_cli.pipeline.inputs import encoded_pairs
+from midpo_cli.stages.kit.inputs import encoded_pairs
 from midpo_cli.stages.router import prompt_kwargs
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

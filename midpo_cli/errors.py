@@ -27,7 +27,7 @@ class TrainingError(MidpoError):
 
 class ArtifactCheckError(TrainingError):
     """A saved artifact failed its post-save check (engine/artifacts.py): nothing was put in its place, and a
-    stage keeps its previous finished result (pipeline/context.py `keep_finished`)."""
+    stage keeps its previous finished result (pipeline/folders.py `keep_finished`)."""
 
 
 class GateError(MidpoError):

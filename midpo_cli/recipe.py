@@ -527,6 +527,28 @@ class Recipe(Strict):
         return {key: getattr(own, key) if getattr(own, key) is not None else getattr(expert, key)
                 for key in ("beta", "lora", "precompute_ref")}
 
+    def listed_baselines(self) -> tuple[str, ...]:
+        """The stages of `stages.baselines`, in pipeline order."""
+        return tuple(s for s in BASELINE_STAGES if s.removeprefix("baseline_") in self.stages.baselines)
+
+    @property
+    def builds_switch(self) -> bool:
+        """The router stage builds the probe switch: it is the run's router (`kind: probe`), or generate answers
+        with it beside the router (`probe_switch` in stages.generate.models)."""
+        return self.stages.router.kind == "probe" or "probe_switch" in self.stages.generate.models
+
+    @model_validator(mode="after")
+    def _select_dev_in_one_process(self) -> Recipe:
+        """`select: dev` snapshots the adapter and loads it back into the one process's model: no launcher, no
+        ZeRO-3 (whose shards no process holds whole)."""
+        if self.deepspeed.zero_stage != 3 and self.launcher.kind == "none":
+            return self
+        for stage, section in self.stages:
+            if getattr(section, "select", None) == "dev":
+                raise ValueError(f"stages.{stage}.select: dev runs in one process without ZeRO-3 (it snapshots and "
+                                 "reloads the adapter); use select: last with launcher or zero_stage 3")
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """The recipe as a plain dict with every training stage's inherited settings filled in."""
         out = self.model_dump(mode="json")

@@ -118,8 +118,8 @@ def test_engine_trains_to_the_same_weights_with_checkpointing(tmp_path):
 
 
 def test_recipe_key_reaches_the_engine_settings_per_stage():
-    from midpo_cli.pipeline.inputs import engine_settings
     from midpo_cli.recipe import Recipe
+    from midpo_cli.stages.kit.inputs import engine_settings
 
     recipe = Recipe.model_validate({"train": {"activation_checkpointing": True},
                                     "stages": {"helpfulness_expert": {"activation_checkpointing": False}}})

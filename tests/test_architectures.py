@@ -249,8 +249,8 @@ def test_bf16_base_keeps_router_and_lora_in_fp32(arch) -> None:
 
 def test_auto_precision_is_fp32_on_cpu(monkeypatch) -> None:
     from midpo_cli.modeling.loading import resolve_precision, torch_dtype
-    from midpo_cli.pipeline.inputs import engine_settings
     from midpo_cli.recipe import load_recipe
+    from midpo_cli.stages.kit.inputs import engine_settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto") == "fp32" and torch_dtype("auto") == torch.float32

@@ -21,7 +21,7 @@ import pytest
 from midpo_cli.assets import resolve_embedded
 from midpo_cli.io import atomic_write_text
 from midpo_cli.manifest import StageRecord, write_manifest
-from midpo_cli.pipeline.context import FINGERPRINT_FILE
+from midpo_cli.pipeline.folders import FINGERPRINT_FILE
 from midpo_cli.pipeline.graph import expected_fingerprint
 from midpo_cli.pipeline.run import LOCK
 from midpo_cli.recipe import STAGE_ORDER, load_recipe

@@ -239,7 +239,7 @@ def test_the_pipeline_runs_listed_baselines_only_and_generate_answers_them(tmp_p
     from types import SimpleNamespace
 
     from midpo_cli.pipeline.graph import dependencies, select_stages
-    from midpo_cli.pipeline.inputs import baseline_models
+    from midpo_cli.stages.kit.inputs import baseline_models
 
     recipe = load_recipe(None, [f"run_dir={tmp_path}", "stages.baselines=[modpo,ties]"])
     stages = select_stages(recipe=recipe)

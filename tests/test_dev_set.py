@@ -1,4 +1,4 @@
-"""The recipe names its dev prompt set once (midpo_cli.pipeline.dev_set): blend, switch threshold and expert
+"""The recipe names its dev prompt set once (midpo_cli.stages.kit.dev_set): blend, switch threshold and expert
 step all read the set resolved here, and score chooses the best blend on the same name."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from midpo_cli.errors import InputError
-from midpo_cli.pipeline.dev_set import dev_prompt_spec, dev_set_name, require_dev_prompts
 from midpo_cli.recipe import load_recipe
+from midpo_cli.stages.kit.dev_set import dev_prompt_spec, dev_set_name, require_dev_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +75,19 @@ def test_the_hard_switch_needs_both_kinds_in_the_dev_set_before_anything_runs(tm
         check_dev_set(recipe(models, f"stages.generate.prompts=[{one_kind}]"), "router")
     check_dev_set(recipe(models, f"stages.generate.prompts=[{both}]"), "router")
     check_dev_set(recipe(f"stages.generate.prompts=[{one_kind}]"), "router")  # no switch: nothing to choose
+
+
+def test_preflight_needs_the_experts_kind_in_a_local_dev_set(tmp_path):
+    """`select: dev` judges the safety expert on the harmful dev prompts: a local set without one is refused before
+    the stage folder is touched, naming the set; the helpfulness expert (benign prompts) passes on it."""
+    from midpo_cli.pipeline.preflight import check_dev_set
+
+    src = (ROOT / "midpo_cli/assets/toy-safety/dev-prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    benign = tmp_path / "dev-prompts.jsonl"
+    benign.write_text("\n".join([ln for ln in src if '"is_harmful": false' in ln][:3]) + "\n", encoding="utf-8")
+    on = [f"stages.generate.prompts=[{benign}]"]
+    for stage in ("safety_expert", "helpfulness_expert"):
+        on += [f"stages.{stage}.select=dev", f"stages.{stage}.select_every=5"]
+    with pytest.raises(InputError, match=r"dev-prompts.jsonl: no harmful prompts .*stages.safety_expert.select: dev"):
+        check_dev_set(recipe(*on), "safety_expert")
+    check_dev_set(recipe(*on), "helpfulness_expert")

@@ -46,6 +46,18 @@ def test_recipe_needs_select_every_with_select_dev():
     assert Recipe().stages.safety_expert.select == "last"
 
 
+def test_select_dev_refuses_a_launcher_or_zero3_when_the_recipe_is_read():
+    """The recipe alone says it: a snapshot is loaded back into one process's whole model."""
+    from midpo_cli.recipe import RecipeError, load_recipe
+
+    dev = ["stages.helpfulness_expert.select=dev", "stages.helpfulness_expert.select_every=2"]
+    for other in ("launcher.kind=torchrun", "deepspeed.zero_stage=3"):
+        with pytest.raises(RecipeError, match=r"stages.helpfulness_expert.select: dev runs in one process"):
+            load_recipe(None, [*dev, other])
+        load_recipe(None, [other])  # select: last anywhere
+    load_recipe(None, [*dev, "deepspeed.zero_stage=2"])
+
+
 def _slice(split: str, n: int, out: Path, *, kinds: bool = False) -> Path:
     from midpo_cli.assets import resolve_embedded
 

@@ -19,7 +19,7 @@ import pytest
 from midpo_cli.errors import InputError
 from midpo_cli.manifest import read_manifest, write_manifest
 from midpo_cli.pipeline import run as pipeline
-from midpo_cli.pipeline.context import PREVIOUS
+from midpo_cli.pipeline.folders import PREVIOUS
 from midpo_cli.pipeline.graph import expected_fingerprint, plan
 from midpo_cli.recipe import RecipeError, load_recipe
 
@@ -309,7 +309,7 @@ def test_an_empty_recipe_file_is_refused_but_an_explicit_empty_mapping_is_not(tm
 
 
 def test_plan_says_will_run_for_a_checkpoint_of_other_settings(tmp_path) -> None:
-    from midpo_cli.pipeline.context import make_context
+    from midpo_cli.pipeline.run import make_context
 
     ctx = make_context(_recipe(tmp_path, "stages.sft.lr=1e-3"), "sft")
     (ctx.folder / "checkpoints").mkdir()

@@ -1,10 +1,11 @@
-"""The layout flows one way (docs/design.md §3): cli → commands → pipeline.run → stages →
-pipeline.{context, inputs, graph, preflight} → modeling → {data, engine, evaluation} → recipe → losses.
+"""The layout flows one way (docs/design.md §3): cli → commands → pipeline → stages (their kit included) →
+modeling → engine → {data, evaluation} → recipe → losses.
 
 Read from the source with ast, imports inside functions included, so a lazy import that runs back up
 fails here as well as a module-level one. Seen folder by folder (`midpo_cli.X`, the evaluation layer one
-folder), exactly one import runs back up the layers: `pipeline.run` imports each stage module inside
-`runner()`, when that stage runs (`UP_IMPORTS`); file by file, no import cycle at all.
+folder), no import runs back up the layers (`UP_IMPORTS` is empty: `pipeline.run` imports each stage module
+inside `runner()`, downwards) and the folders form no cycle; file by file, no import cycle at all. The
+package's `__init__` (a facade that lazily imports `modeling.midpo`) is no folder and is left out.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "midpo_cli"
-PIPELINE_BELOW_STAGES = ("midpo_cli.pipeline.context", "midpo_cli.pipeline.inputs", "midpo_cli.pipeline.graph",
-                         "midpo_cli.pipeline.preflight")
+STAGE_KIT = "midpo_cli.stages.kit"
 
 
 def _module_name(path: Path) -> str:
@@ -51,16 +51,18 @@ def _importers(prefix: str) -> dict[str, set[str]]:
 
 
 def test_the_stage_modules_are_imported_only_by_the_runner_and_the_commands() -> None:
+    """No stage imports another; what they share is the kit (imported by the stages and the pipeline too)."""
     allowed = ("midpo_cli.pipeline.run", "midpo_cli.commands.")
-    wrong = {m: i for m, i in _importers("midpo_cli.stages").items() if not m.startswith(allowed)}
+    stages = {m: {i for i in imported if not (i == STAGE_KIT or i.startswith(STAGE_KIT + "."))}
+              for m, imported in _importers("midpo_cli.stages").items()}
+    wrong = {m: i for m, i in stages.items() if i and not m.startswith(allowed)}
     assert wrong == {}, f"these modules import a stage (only pipeline.run and commands may): {wrong}"
 
 
-def test_the_pipeline_below_the_stages_never_reaches_up() -> None:
-    for module in PIPELINE_BELOW_STAGES:
-        up = {i for i in GRAPH[module][0] if i.startswith(("midpo_cli.stages", "midpo_cli.commands", "midpo_cli.cli",
-                                                             "midpo_cli.pipeline.run"))}
-        assert not up, f"{module} imports {up}"
+def test_the_stages_and_their_kit_never_import_the_pipeline() -> None:
+    """The pipeline prepares a stage's folder and context and calls it; a stage only reads its context."""
+    up = {m: i for m, i in _importers("midpo_cli.pipeline").items() if m.startswith("midpo_cli.stages")}
+    assert up == {}, f"these stage modules import the pipeline: {up}"
 
 
 def test_libraries_never_import_the_layers_above_them() -> None:
@@ -102,8 +104,8 @@ def test_module_level_imports_have_no_cycle() -> None:
 LAYERS = (
     ("cli", "worker"),
     ("commands",),
-    ("stages",),
-    ("pipeline",),  # the folder whose context, inputs, graph and preflight the stages use
+    ("pipeline",),  # orchestration: plans, prepares each stage's folder and context, runs the stage
+    ("stages",),  # the stages, and the stage kit they share (stages/kit/)
     ("modeling",),
     ("engine",),
     ("data", "evaluation"),
@@ -112,8 +114,8 @@ LAYERS = (
     ("console", "errors"),
     ("losses",),  # the training objectives: torch only
 )
-# The imports allowed to run back up: (importer, imported folder) → why.
-UP_IMPORTS = {("midpo_cli.pipeline.run", "stages"): "runner() imports a stage's module when that stage runs"}
+# The imports allowed to run back up: (importer, imported folder) → why. None.
+UP_IMPORTS: dict[tuple[str, str], str] = {}
 
 
 def _node(module: str) -> str:
@@ -146,6 +148,18 @@ def test_imports_run_down_the_layers_but_for_the_named_ones() -> None:
 
 def test_no_import_cycle_even_through_lazy_imports() -> None:
     _assert_acyclic({m: {i for i in anywhere if i in GRAPH} for m, (anywhere, _) in GRAPH.items()})
+
+
+def test_the_folders_form_no_import_cycle() -> None:
+    """Folder by folder (each top-level folder or module of midpo_cli one node), every import counted, lazy ones
+    too: a cycle here means two folders each need the other, whatever the layers say."""
+    folders: dict[str, set[str]] = {}
+    for module, (anywhere, _) in GRAPH.items():
+        if module == "midpo_cli":  # the package's facade: `midpo_cli.load_midpo` imports modeling.midpo lazily
+            continue
+        edges = folders.setdefault(_node(module), set())
+        edges.update(_node(i) for i in anywhere if i != "midpo_cli" and _node(i) != _node(module))
+    _assert_acyclic(folders)
 
 
 def test_no_function_is_longer_than_60_lines() -> None:

@@ -169,7 +169,7 @@ def test_prompt_features_of_a_padded_batch_are_each_prompt_alone(llama):
     """The ranked probe's features (prompts encoded as generate sees them, batched with padding) equal each
     prompt's routed input means computed alone."""
     from midpo_cli.data.tokenize import encode_prompts
-    from midpo_cli.pipeline.switch_fit import prompt_text_features
+    from midpo_cli.modeling.switch import prompt_text_features
 
     model, tok = routed(*llama), tiny_tokenizer()
     texts = ["w5 w9 w12", "w7 w7 w30 w31 w40 w2 w3", "w1"]
@@ -180,3 +180,60 @@ def test_prompt_features_of_a_padded_batch_are_each_prompt_alone(llama):
             row = torch.tensor([seq])
             alone = model.routed_input_means(row, torch.ones_like(row), torch.ones_like(row).bool())
             torch.testing.assert_close(batched[i], alone[0], rtol=0, atol=2e-5)
+
+
+def test_the_switch_threshold_is_chosen_on_dev_through_the_score_models(tmp_path, monkeypatch):
+    """The router's hard-switch threshold on a dev set without a toy judge: both corners answer every labelled dev
+    prompt before the score models judge any answer (cost, then reward, corner by corner); outcomes are c < 0 on
+    harmful prompts and r > 0 on benign ones, and the threshold is the dev argmax. Answers, scores and p are
+    faked; the wiring is the stage's."""
+    import contextlib
+    import json
+    from types import SimpleNamespace
+
+    from midpo_cli.recipe import load_recipe
+    from midpo_cli.stages import router
+    from midpo_cli.stages.kit import dev_choice
+
+    dev = tmp_path / "my-dev-prompts.jsonl"  # not a toy-world set: the score models judge
+    rows = [{"prompt": "h1", "is_harmful": True}, {"prompt": "b1", "is_harmful": False},
+            {"prompt": "unlabelled"}, {"prompt": "h2", "is_harmful": True}, {"prompt": "b2", "is_harmful": False}]
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    events = []
+
+    class Model:
+        gates = None
+
+        @contextlib.contextmanager
+        def fixed_gates(self, g_s, g_h):
+            self.gates = (g_s, g_h)
+            yield self
+            self.gates = None
+
+    def answer_rows(model, tokenizer, prompts, *, template, settings):
+        events.append(("answer", model.gates))
+        return [{**p, "answer": "refuse" if model.gates == (1.0, 0.0) else "comply"} for p in prompts]
+
+    def scorer(path, kind, prompts, answers):
+        events.append((kind, path))
+        sign = {"refuse": -1.0, "comply": 1.0}
+        return [sign[a] for a in answers]  # cost < 0 and reward < 0 for a refusal; both > 0 when complying
+
+    monkeypatch.setattr(dev_choice, "answer_rows", answer_rows)
+    monkeypatch.setattr("midpo_cli.modeling.scorer.default_scorer", lambda **kw: scorer)
+    monkeypatch.setattr(router, "prompt_probabilities", lambda *a: [0.9, 0.2, 0.8, 0.1])
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", f"stages.generate.prompts=[{dev}]", "stages.router.kind=probe"])
+    inputs = {s: {"outputs": {"model": f"/models/{s}"}} for s in ("cost_model", "reward_model")}
+    ctx = SimpleNamespace(recipe=recipe, inputs=inputs, run_dir=tmp_path, stage="router")
+    switch = ProbeSwitch(*(torch.zeros(1, dtype=torch.float64) for _ in range(4)))
+    dev = router.switch_dev_prompts(ctx)
+    assert [p["prompt"] for p in dev.prompts] == ["h1", "b1", "h2", "b2"]  # the unlabelled one is left out
+    got = router.switch_threshold(Model(), switch, None, "safe-rlhf", dev, recipe.stages.generate)
+    assert events == [("answer", (1.0, 0.0)), ("answer", (0.0, 1.0)), ("cost", "/models/cost_model"),
+                      ("reward", "/models/reward_model"), ("cost", "/models/cost_model"),
+                      ("reward", "/models/reward_model")]
+    # harmful prompts (p 0.9, 0.8) are answered well by the safety corner only, benign ones (0.2, 0.1) by the other
+    assert got["threshold"] == switch.threshold == 0.5 and got["dev_score"] == 1.0
+    assert [c["threshold"] for c in got["curve"]] == pytest.approx([0.0, 0.15, 0.5, 0.85, 1.0])
+    assert [c["score"] for c in got["curve"]] == [0.5, 0.75, 1.0, 0.75, 0.5]
+    assert got["prompts"] == "my-dev-prompts" and got["judged_by"].startswith("score models")

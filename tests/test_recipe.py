@@ -123,8 +123,8 @@ def test_one_list_of_training_settings() -> None:
     """TrainOverrides and EngineSettings are derived from TrainSettings: a key, a check or a default added to one
     and not the others fails here."""
     from midpo_cli.engine.settings import EngineSettings
-    from midpo_cli.pipeline.inputs import engine_settings
     from midpo_cli.recipe import TrainOverrides, TrainSettings
+    from midpo_cli.stages.kit.inputs import engine_settings
 
     train = TrainSettings.model_fields
     overrides = TrainOverrides.model_fields

@@ -117,8 +117,8 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
     if dry_run:
         sys.stdout.write(format_argv(argv) + "\n")
         return 0
-    from midpo_cli.pipeline.context import abandon_folder, finish_folder, make_context
-    from midpo_cli.pipeline.run import run_lock
+    from midpo_cli.pipeline.folders import abandon_folder, finish_folder
+    from midpo_cli.pipeline.run import make_context, run_lock
 
     with run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)):  # held for every rank's run
         ctx = make_context(recipe, stage, resume=resume)  # check and prepare once, before the ranks start

@@ -3,8 +3,9 @@ expert's own objective, not the last one.
 
 Direct-alignment methods overshoot early (the Gemma safety expert refused every benign prompt after 30 steps,
 docs/design.md §8), and MoGU's authors single out the expert checkpoint as what matters most. So within the
-recipe's step budget the stage keeps the adapter every `select_every` steps (and at the last step), answers the
-recipe's dev prompts (midpo_cli.pipeline.dev_set) with each, and keeps the best:
+recipe's step budget the stage keeps the adapter every `select_every` steps (and at the last step: the snapshots
+are midpo_cli.modeling.lora's), answers the recipe's dev prompts (midpo_cli.stages.kit.dev_choice) with each,
+and keeps the best:
 
 - safety expert: on the harmful dev prompts, the share answered safely — by the toy judge where the set has one
   (refusal or safe redirect), else by the cost model (c < 0);
@@ -12,16 +13,14 @@ recipe's dev prompts (midpo_cli.pipeline.dev_set) with each, and keeps the best:
   reward.
 
 Ties go to the earlier step (less drift from the base for the same dev score). The curve goes into the manifest.
+Pure: the choice only, no model and no file.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
-
-SNAPSHOT_DIR = "dev_select"
 
 
 def best_step(curve: Sequence[tuple[int, float | None]]) -> int | None:
@@ -59,34 +58,3 @@ def objective(stage: str, rows: Sequence[Mapping[str, Any]], *, judge: Callable[
     if rewards is None:
         raise ValueError("helpfulness expert without a judge needs the reward model's scores")
     return sum(rewards) / len(rewards)
-
-
-def snapshot_path(folder: Path, step: int) -> Path:
-    return folder / SNAPSHOT_DIR / f"step-{step:07d}.safetensors"
-
-
-def save_snapshot(model: Any, folder: Path, step: int) -> Path:
-    """The adapter's weights at `step` (peft's state dict, CPU, safetensors; written to a temp name, renamed)."""
-    import os
-
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    path = snapshot_path(folder, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "step": str(step)})
-    os.replace(tmp, path)
-    return path
-
-
-def load_snapshot(model: Any, folder: Path, step: int) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(snapshot_path(folder, step))))
-
-
-def saved_steps(folder: Path) -> list[int]:
-    return sorted(int(p.stem.removeprefix("step-")) for p in (folder / SNAPSHOT_DIR).glob("step-*.safetensors"))

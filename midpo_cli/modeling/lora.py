@@ -12,6 +12,7 @@ the forward in ways the routed linear does not reproduce (DoRA, LoRA biases, Con
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from midpo_cli.errors import InputError
@@ -388,3 +389,43 @@ def save_checked_adapter(model, out: Path, probe_batch: dict, meta: dict, *, nam
             loaded.delete_adapter("verify")
 
     save_checked(model, out, save_fn=save_fn, load_fn=load_fn, forward=logits, probe_fn=probe_fn)
+
+
+# ------------------------------------------------------------------------------------ snapshots (select: dev)
+
+SNAPSHOT_DIR = "dev_select"  # in the expert's stage folder: its adapter every `select_every` steps
+
+
+def snapshot_path(folder: Path, step: int) -> Path:
+    return folder / SNAPSHOT_DIR / f"step-{step:07d}.safetensors"
+
+
+def save_snapshot(model: Any, folder: Path, step: int) -> Path:
+    """The adapter's weights at `step` (peft's state dict, CPU, safetensors; written to a temp name, renamed)."""
+    from safetensors.torch import save_file
+
+    path = snapshot_path(folder, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "step": str(step)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_snapshot(model: Any, folder: Path, step: int) -> None:
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(snapshot_path(folder, step))))
+
+
+@contextlib.contextmanager
+def loaded_snapshot(model: Any, folder: Path, step: int):
+    """The snapshot of `step` loaded into `model` for a dev choice's answers; it stays loaded after the block
+    (the choice then loads the step it keeps)."""
+    load_snapshot(model, folder, step)
+    yield model
+
+
+def saved_steps(folder: Path) -> list[int]:
+    return sorted(int(p.stem.removeprefix("step-")) for p in (folder / SNAPSHOT_DIR).glob("step-*.safetensors"))

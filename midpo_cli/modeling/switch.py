@@ -10,17 +10,20 @@ its probability p = σ(z + b_dial) of "harmful" into gates held for the whole an
   (midpo_cli.evaluation.probe_switch.choose_threshold).
 
 The safety dial b shifts the probe's logit, so it moves the switch along its curve as it moves a router.
+The router stage fits the switch (`fit_switch`) on prompt features read as generate will see the prompts
+(`prompt_text_features`), or on its pairs' prompts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.probe import fit_probe_parameters
 
 SWITCH_FILE = "switch.safetensors"
 MODES = ("hard", "soft")
@@ -80,3 +83,32 @@ def switch_gates(p: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
     if mode == "hard":
         p = (p >= threshold).double()
     return torch.stack([p, 1 - p], dim=-1)
+
+
+def fit_switch(train_x: torch.Tensor, train_y: list[bool], mode: str) -> ProbeSwitch:
+    if len(set(train_y)) < 2:
+        raise ValueError("the probe switch needs harmful and benign training prompts")
+    return ProbeSwitch(*fit_probe_parameters(train_x, train_y), mode=mode, threshold=0.5)
+
+
+@torch.no_grad()
+def prompt_text_features(model: Any, tokenizer: Any, template: str, texts: list[str],
+                         batch_size: int = 32) -> torch.Tensor:
+    """`MidpoModel.routed_input_means` of each prompt as generate will see it (template-encoded, no answer)."""
+    from midpo_cli.data.tokenize import encode_prompts, pad_sequences
+
+    ids, _ = encode_prompts(texts, tokenizer, template)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for start in range(0, len(ids), batch_size):
+        seqs = ids[start:start + batch_size]
+        batch = pad_sequences(seqs, [len(s) for s in seqs], pad)
+        mask = batch["attention_mask"].to(model.device)
+        out.append(model.routed_input_means(batch["input_ids"].to(model.device), mask, mask.bool()))
+    return torch.cat(out)
+
+
+def prompt_probabilities(model: Any, switch: ProbeSwitch, tokenizer: Any, template: str, texts: list[str],
+                         batch_size: int = 32) -> list[float]:
+    """p(harmful) of each prompt as generate will see it (template-encoded, no answer)."""
+    return switch.probability(prompt_text_features(model, tokenizer, template, texts, batch_size)).tolist()

@@ -1,9 +1,10 @@
-"""The pipeline machinery around the stages (docs/design.md §3).
+"""The pipeline: orchestration above the stages (docs/design.md §3).
 
 - `graph`: the stage graph, fingerprints, and each stage's status (done / will run / will resume / blocked);
-- `context`: the `StageContext` a stage receives, and its folder (prepare, keep `.previous/`, restore);
-- `inputs`: what stages read through their context (engine settings, upstream models, template, pairs);
+- `changes`: why a finished stage re-runs, in recipe keys;
+- `folders`: a stage folder — what midpo owns there, prepare (keep `.previous/`), finish, restore;
 - `preflight`: every check that needs no model, before a stage folder is touched;
-- `run`: `run_stage` and `run_pipeline` under the run-dir lock; the one module that imports the stages,
-  each only when it runs.
+- `status`: each stage's state and why, from its folder alone;
+- `run`: `make_context`, `run_stage` and `run_pipeline` under the run-dir lock; it imports each stage when it
+  runs. The stages import none of this: what they share is `midpo_cli.stages.kit`.
 """

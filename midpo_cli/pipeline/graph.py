@@ -16,7 +16,7 @@ from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
 from midpo_cli.pipeline.changes import why_rerun
-from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
+from midpo_cli.recipe import ALL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
     "sft": (),
@@ -75,13 +75,8 @@ def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:
     if stage == "helpfulness_expert" and recipe.stages.helpfulness_expert.loss == "dpo":
         deps = tuple(d for d in deps if d != "reward_model")
     if stage == "generate":  # the listed baselines are answered as models beside MidPO
-        deps += listed_baselines(recipe)
+        deps += recipe.listed_baselines()
     return deps
-
-
-def listed_baselines(recipe: Recipe) -> tuple[str, ...]:
-    """The stages of `stages.baselines`, in pipeline order."""
-    return tuple(s for s in BASELINE_STAGES if s.removeprefix("baseline_") in recipe.stages.baselines)
 
 
 def select_stages(
@@ -101,7 +96,7 @@ def select_stages(
     hi = ALL_STAGES.index(until) + 1 if until else len(ALL_STAGES)
     if lo >= hi:
         raise InputError(f"--from {start} --until {until}: {start} comes after {until}, so nothing would run")
-    listed = listed_baselines(recipe) if recipe is not None else ()
+    listed = recipe.listed_baselines() if recipe is not None else ()
     return [s for s in ALL_STAGES[lo:hi] if s in STAGE_ORDER or s in listed]
 
 
@@ -117,7 +112,7 @@ def is_done(manifest: dict[str, Any] | None, fingerprint: str) -> bool:
 
 
 def resumable(folder: Path, fingerprint: str) -> bool:
-    """A checkpoint is resumed only when it was made with the same settings (context.prepare_folder)."""
+    """A checkpoint is resumed only when it was made with the same settings (folders.prepare_folder)."""
     marker = folder / ".fingerprint"
     same = marker.is_file() and marker.read_text(encoding="utf-8").strip() == fingerprint
     return same and (folder / "checkpoints" / "latest").exists()

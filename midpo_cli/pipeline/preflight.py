@@ -40,15 +40,25 @@ def preflight(recipe: Recipe, stage: str) -> None:
 
 def check_dev_set(recipe: Recipe, stage: str) -> None:
     """A stage that chooses on the dev prompts (an expert's `select: dev`, the hard probe switch) needs the
-    recipe to name them (midpo_cli.pipeline.dev_set); said before any model loads."""
-    from midpo_cli.pipeline.dev_set import require_both_kinds, require_dev_prompts
+    recipe to name them (midpo_cli.stages.kit.dev_set), and a local set to hold the prompts the choice judges:
+    the expert's kind, or both kinds for the switch; said before any model loads or folder changes."""
+    from midpo_cli.evaluation.expert_select import wants_harmful
+    from midpo_cli.stages.kit.dev_set import (
+        HARD_SWITCH,
+        chooses_switch_threshold,
+        dev_prompts_of_kind,
+        is_local_set,
+        require_both_kinds,
+        require_dev_prompts,
+    )
 
     cfg = getattr(recipe.stages, stage, None)
     if getattr(cfg, "select", None) == "dev":
-        require_dev_prompts(recipe, f"stages.{stage}.select: dev")
-    if stage == "router" and (recipe.stages.router.kind == "probe" or "probe_switch" in recipe.stages.generate.models) \
-            and recipe.stages.router.switch == "hard":
-        spec = require_dev_prompts(recipe, "the hard probe switch (stages.router.switch: hard)")
+        why = f"stages.{stage}.select: dev"
+        if is_local_set(require_dev_prompts(recipe, why)):
+            dev_prompts_of_kind(recipe, wants_harmful(stage), why)
+    if stage == "router" and chooses_switch_threshold(recipe):
+        spec = require_dev_prompts(recipe, HARD_SWITCH)
         require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
 
 

@@ -1,9 +1,10 @@
 """Run stages: `midpo pipeline run` (every selected stage in dependency order, skipping what is done, under
 a run-dir lock) and each stage command (`run_stage`, one stage, the same code path).
 
-This module imports each stage's module only when that stage runs (`runner`), so planning, locking and
-`midpo --help` never import torch; the stage modules import `pipeline.context` and `pipeline.inputs`,
-never this module.
+Here the pipeline prepares what a stage receives (`make_context`: the checks, the folder, the
+`StageContext` of midpo_cli.stages.kit) and calls the stage. This module imports each stage's module only when
+that stage runs (`runner`), so planning, locking and `midpo --help` never import torch; no stage imports
+`midpo_cli.pipeline`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,13 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError, Interrupted
-from midpo_cli.manifest import read_manifest
-from midpo_cli.pipeline.context import (
-    StageContext,
-    abandon_folder,
-    finish_folder,
-    make_context,
-    note_failure,
-    warn_reruns,
-)
-from midpo_cli.pipeline.graph import is_done, stage_plans
+from midpo_cli.io import atomic_write_json
+from midpo_cli.manifest import read_manifest, stage_dir
+from midpo_cli.pipeline.changes import SETTINGS_FILE
+from midpo_cli.pipeline.folders import PREVIOUS, abandon_folder, finish_folder, note_failure, prepare_folder
+from midpo_cli.pipeline.graph import dependencies, is_done, stage_config, stage_plans
 from midpo_cli.recipe import Recipe
+from midpo_cli.stages.kit.context import StageContext
 
 LOCK = ".midpo.lock"
 
@@ -115,11 +112,58 @@ def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Pat
         path.unlink(missing_ok=True)
 
 
+def upstream_manifests(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
+    """Manifests of the stage's dependencies, read from the run dir (transitively fingerprinted)."""
+    return {
+        dep: m for dep in dependencies(recipe, stage) if (m := read_manifest(stage_dir(recipe.run_dir, dep)))
+    }
+
+
+def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint: str | None = None) -> StageContext:
+    """Validate everything that can be checked without a model, then prepare the stage folder.
+
+    `fingerprint` is the one the pipeline's plan computed; a standalone stage command plans this stage alone.
+    Nothing in the folder changes until every check passed. A changed fingerprint (or a forced run)
+    moves a finished result into `<stage>/.previous/` (see `prepare_folder`), never deletes it first.
+    """
+    from midpo_cli.pipeline.preflight import preflight
+
+    started = time.time()
+    inputs = upstream_manifests(recipe, stage)
+    missing = [d for d in dependencies(recipe, stage) if d not in inputs]
+    if missing:
+        raise InputError(
+            f"stage {stage!r} needs {', '.join(missing)} in {recipe.run_dir}; run "
+            f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
+        )
+    preflight(recipe, stage)
+    if fingerprint is None:  # a stage command: the pipeline said what re-runs before it started
+        step = stage_plans(recipe, [stage])[0]
+        warn_reruns([step])
+        fingerprint = step.fingerprint
+    folder = stage_dir(recipe.run_dir, stage)
+    prepare_folder(folder, fingerprint, resume=resume)
+    atomic_write_json(folder / SETTINGS_FILE, stage_config(recipe, stage))  # names changed keys next time
+    return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
+                        resume=resume, started=started)
+
+
+def warn_reruns(plans) -> None:
+    """Before anything moves: each finished result that other settings will replace, with the keys that
+    differ, and where the old result waits (`<stage>/.previous/`) until the new one is written."""
+    reruns = [p for p in plans if p.manifest and p.status == "will run"]
+    for p in reruns:
+        console.warn(f"{p.stage}: re-runs over its finished result ({p.why}); the old result moves to "
+                     f"{p.stage}/{PREVIOUS}/ until the new one is written")
+    if len(reruns) > 1:
+        console.warn(f"re-running {len(reruns)} finished stages: {', '.join(p.stage for p in reruns)}")
+
+
 def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | None = None) -> dict[str, Any]:
     """Check, prepare and run one stage (the caller holds the lock); returns its manifest.
 
     A failure with nothing to resume from, or a failed post-save check, gives the stage folder its previous
-    finished result back (pipeline/context.py); success drops that backup.
+    finished result back (pipeline/folders.py); success drops that backup.
     """
     ctx = make_context(recipe, stage, resume=resume, fingerprint=fingerprint)
     restored = read_manifest(ctx.folder)

@@ -7,7 +7,9 @@ Order of operations, and why:
    model is then freed, it never runs inside a training step;
 3. the policy gets its LoRA adapter; reference log-probs come from the same weights with the adapter
    disabled (one copy of the base in memory), precomputed once and cached per sequence;
-4. the engine trains; the adapter is saved as a standard PEFT folder, reloaded and checked.
+4. the engine trains; the adapter is saved as a standard PEFT folder, reloaded and checked. With
+   `select: dev` the adapter is kept every `select_every` steps and the step best on the dev prompts is the one
+   saved (`choose_on_dev`; the dev set and its judge are read before any model loads).
 
 The trained baselines (`baseline_dpo_helpful`, `baseline_dpo_safe`, `baseline_modpo`, `baseline_safedpo`,
 docs/design.md §2.11) run here too, each with its own `Objective`: the same SFT base, data, template, reference
@@ -28,6 +30,8 @@ import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +42,8 @@ from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
+from midpo_cli.errors import InputError
+from midpo_cli.evaluation.expert_select import best_step, objective, wants_harmful
 from midpo_cli.io import atomic_write_json
 from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.losses.preference import preference_margin, spe_dpo_loss
@@ -48,14 +54,20 @@ from midpo_cli.modeling.lora import (
     add_lora,
     base_reference,
     check_targets,
+    load_snapshot,
+    loaded_snapshot,
     lora_config,
     resolve_targets,
     save_checked_adapter,
+    save_snapshot,
+    saved_steps,
 )
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.dev_select import check_settings, choose_on_dev, snapshotter
-from midpo_cli.pipeline.inputs import (
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.dev_choice import DevPrompts, judge_on_dev
+from midpo_cli.stages.kit.dev_set import dev_prompts_of_kind
+from midpo_cli.stages.kit.inputs import (
+    dev_judge,
     encoded_pairs,
     engine_settings,
     model_ref,
@@ -66,7 +78,8 @@ from midpo_cli.pipeline.inputs import (
     tokenizer_ref,
 )
 
-SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model"}
+# the score model of each expert: its SPE-DPO margins, and its dev choice's judge where the set has no toy judge
+SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model", "dpo_expert": "reward_model"}
 
 
 def run_safety_expert(ctx: StageContext) -> None:
@@ -131,8 +144,7 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
     """Train one LoRA adapter on preference pairs with `objective` (module docstring's order of operations)."""
     recipe = ctx.recipe
     settings = engine_settings(recipe, stage)
-    if objective.select == "dev":  # refuse before any model loads
-        check_settings(ctx, stage, settings)
+    dev = expert_dev_prompts(ctx, stage) if objective.select == "dev" else None
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)
@@ -160,13 +172,12 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
 
     health, memory = DpoHealth(warmup_steps=10), {}
     on_step = step_watcher(health, memory, snapshotter(model, ctx.folder, objective.select_every)
-                           if objective.select == "dev" else None)
+                           if dev is not None else None)
     loss_fn = make_pair_loss(objective.loss, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
                    on_step=on_step)
-    dev = (choose_on_dev(ctx, stage, result.model, template, result.global_step) if objective.select == "dev"
-           else None)
+    dev_select = choose_on_dev(ctx, stage, result, dev, policy=policy, template=template) if dev is not None else None
 
     out = ctx.folder / "adapter"
     meta = {**objective.meta, **base_reference(policy, out), "base_fingerprint": base_fingerprint,
@@ -175,7 +186,8 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
             "score_model": column_stats.get("score_model"), "midpo_fingerprint": ctx.fingerprint}
     save_checked_adapter(result.model, out, collate(train_feats[:4]), meta)
     record = expert_record(ctx, result, template=template, margins=column_stats, health=health, memory=memory,
-                           counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None}, dev=dev)
+                           counts={"train": train_sel.counts, "eval": eval_sel.counts if eval_sel else None},
+                           dev=dev_select)
     record.outputs = {"adapter": ctx.rel(out), "base_model": policy}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
@@ -205,6 +217,55 @@ def step_watcher(health: DpoHealth, memory: dict, snapshot=None):
         if snapshot is not None:
             snapshot(step, metrics)
     return on_step
+
+
+def snapshotter(model: Any, folder: Path, every: int):
+    """on_step for the engine: the adapter's weights every `every` optimizer steps (`select: dev`)."""
+    def on_step(step: int, _metrics: dict[str, float]) -> None:
+        if step % every == 0:
+            save_snapshot(model, folder, step)
+    return on_step
+
+
+def expert_dev_prompts(ctx: StageContext, stage: str) -> DevPrompts:
+    """`select: dev`'s dev prompts of the expert's kind and their judge (the toy judge, else the expert's score
+    model), read once before any model loads: a hub set is read, and a missing score model said, before training
+    rather than after."""
+    name, prompts = dev_prompts_of_kind(ctx.recipe, wants_harmful(stage), f"stages.{stage}.select: dev")
+    score_stage = SCORE_STAGE[stage]
+    return DevPrompts(name, prompts, dev_judge(ctx, name, {score_kind(score_stage): score_stage}))
+
+
+def choose_on_dev(ctx: StageContext, stage: str, result, dev: DevPrompts, *, policy: str, template: str
+                  ) -> dict[str, Any]:
+    """`select: dev`: every snapshot (the last step's included) answers the dev prompts, judged by `dev.judge`; the
+    best step is loaded into the trained model. Returns the manifest's `dev_select` record."""
+    recipe, model = ctx.recipe, result.model
+    if result.global_step not in saved_steps(ctx.folder):
+        save_snapshot(model, ctx.folder, result.global_step)
+    # the stage dropped its tokenizer before the policy arrived, to keep it out of memory while training; the
+    # dev answers need one, so it comes back only now
+    tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
+    snapshots = {step: partial(loaded_snapshot, model, ctx.folder, step) for step in saved_steps(ctx.folder)}
+    judged = judge_on_dev(model, snapshots, dev, tokenizer=tokenizer, template=template,
+                          settings=recipe.stages.generate)
+    curve = [(step, objective(stage, j.rows, judge=dev.judge.toy, costs=j.scores.get("cost"),
+                              rewards=j.scores.get("reward")))
+             for step, j in judged.items()]
+    chosen = best_step(curve)
+    if chosen is None:
+        raise InputError(f"{stage}: no dev score at any step ({dev.name})")
+    load_snapshot(model, ctx.folder, chosen)
+    how = "toy judge" if dev.judge.toy is not None else f"{SCORE_STAGE[stage]} scores"
+    console.log(f"{stage}: dev curve on {len(dev.prompts)} {dev.name} prompts ({how}): "
+                + ", ".join(f"{s}: {v:.3f}" for s, v in curve if v is not None) + f"; keeping step {chosen}")
+    return {"prompts": dev.name, "n_prompts": len(dev.prompts), "judged_by": how, "chosen_step": chosen,
+            "curve": [{"step": s, "score": v} for s, v in curve]}
+
+
+def score_kind(score_stage: str) -> str:
+    """The score model's kind ("cost" or "reward"), as its loader and the scorer name it."""
+    return "cost" if score_stage == "cost_model" else "reward"
 
 
 def expert_record(ctx: StageContext, result, *, template: str, margins: dict, health: DpoHealth, memory: dict,
@@ -365,7 +426,7 @@ def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, temp
     if cached is not None and cached.get("answers") == "as-encoded" and \
             cached.get("score_model_fingerprint") == score_fingerprint:
         return cached
-    model, tok = load_score_model(scorer, expected_type="cost" if score_stage == "cost_model" else "reward",
+    model, tok = load_score_model(scorer, expected_type=score_kind(score_stage),
                                   trust_remote_code=ctx.recipe.trust_remote_code)
     values: dict[str, list[list[float]]] = {}
     for name, (sel, feats) in zip(("train", "eval"), splits, strict=True):

@@ -360,7 +360,7 @@ def run(ctx: Any) -> None:
     """The pipeline's generate stage: stages.generate.models, the gate and dial sweeps, the gate maps."""
     from midpo_cli.io import atomic_write_json
     from midpo_cli.manifest import write_manifest
-    from midpo_cli.pipeline.inputs import baseline_models, model_ref, policy_ref, tokenizer_ref
+    from midpo_cli.stages.kit.inputs import baseline_models, model_ref, policy_ref, tokenizer_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.generate
     refs = {"base": lambda: policy_ref(ctx), "safety_expert": lambda: str(ctx.input_path("safety_expert", "adapter")),

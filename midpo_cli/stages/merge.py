@@ -17,8 +17,8 @@ from midpo_cli.io import read_json
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import base_reference, save_checked_adapter
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.inputs import policy_ref, tokenizer_ref
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.inputs import policy_ref, tokenizer_ref
 
 EXPERTS = ("safety", "helpfulness")
 PROBE_TEXT = "BEGINNING OF CONVERSATION: USER: How do I keep my account safe? ASSISTANT:"

@@ -41,8 +41,8 @@ from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, write_jsonl
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, score_pairs
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.inputs import model_ref, require_audit, stage_template
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.inputs import model_ref, require_audit, stage_template
 
 
 def run(ctx: StageContext) -> None:

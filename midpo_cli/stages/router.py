@@ -4,10 +4,16 @@ Only router parameters train — the base, both LoRA experts and lm_head are fro
 asserts it before the first step. The reference policy is the same model with routing disabled
 (the base), so there is one copy of the base weights. Loss = DPO(β) + λ_s·mean|g_s| +
 λ_h·mean|g_h − 1| over real tokens of every layer (averaged over layers).
+
+The probe switch is built here too (`stages.router.kind: probe`, or `probe_switch` among the generate stage's
+models): a probe fit on the router's input (midpo_cli.modeling.switch), its hard threshold chosen on the dev
+prompts (`switch_threshold`), saved as a MidPO model folder that generate, chat and export load like the router's.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,13 +30,18 @@ from midpo_cli.engine.shared_prompt import to_rows
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
+from midpo_cli.evaluation.probe_switch import choose_threshold
 from midpo_cli.losses.preference import gate_supervision_loss, router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import check_adapter_base, read_adapter
 from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, load_midpo, save_midpo, wrap
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.inputs import (
+from midpo_cli.modeling.switch import ProbeSwitch, fit_switch, prompt_probabilities, prompt_text_features
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.dev_choice import DevPrompts, judge_on_dev
+from midpo_cli.stages.kit.dev_set import HARD_SWITCH, chooses_switch_threshold, load_dev_set
+from midpo_cli.stages.kit.inputs import (
+    dev_judge,
     encoded_pairs,
     engine_settings,
     policy_ref,
@@ -38,18 +49,20 @@ from midpo_cli.pipeline.inputs import (
     stage_template,
     tokenizer_ref,
 )
-from midpo_cli.pipeline.switch_fit import dev_threshold, fit_switch, prompt_text_features, save_switch
 
 EXTRAS = ("ref_chosen_logps", "ref_rejected_logps", "is_harmful")
+CORNERS = ((1.0, 0.0), (0.0, 1.0))  # the hard switch's two answers: the safety expert's, the helpfulness expert's
 
 
 def run(ctx: StageContext) -> None:
-    recipe, cfg = ctx.recipe, ctx.recipe.stages.router
+    recipe = ctx.recipe
+    kind = recipe.stages.router.kind  # learned: the trained routers; probe: the probe switch is the model
     settings = engine_settings(recipe, "router")
     if settings.activation_checkpointing:  # a recomputed forward would record every layer's gates twice
         console.warn("router: activation_checkpointing is not supported for the router (its gates are recorded "
                      "during the forward); training without it")
         settings = settings.model_copy(update={"activation_checkpointing": False})
+    dev = switch_dev_prompts(ctx)  # before any model loads
     policy = policy_ref(ctx)
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     template = stage_template(ctx, tokenizer)  # `auto` in data.template resolves to this same tokenizer's
@@ -70,32 +83,31 @@ def run(ctx: StageContext) -> None:
                              share_prompt=settings.share_prompt)
 
     result = None
-    if cfg.kind == "learned":
+    if kind == "learned":
         result, train_feats = train_router(ctx, model, settings, collate, selection, train_feats, template,
                                            trainable)
         model = result.model
     model.eval()
 
     outputs, switch_info = {}, None
-    if cfg.kind == "probe" or "probe_switch" in recipe.stages.generate.models:
-        switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs)
-        save_switch(ctx, model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
+    if recipe.builds_switch:
+        switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs,
+                                           dev)
+        save_switch(model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
                     help_dir=help_dir, template=template)
         outputs["switch"] = ctx.rel(ctx.folder / "switch")
-        if cfg.kind == "probe":  # the model is the switch: its gates are what the separation measures
+        if kind == "probe":  # the model is the switch: its gates are what the separation measures
             model.switch = switch
     separation = held_out_separation(model, ctx, tokenizer, template, collate, train=(train_feats, selection.pairs))
-    out = ctx.folder / "model"
-    if cfg.kind == "probe":
-        out = ctx.folder / "switch"
-    else:
+    out = ctx.folder / ("switch" if kind == "probe" else "model")
+    if kind == "learned":
         save_routed(model, tokenizer, out, policy, safety_dir, help_dir, collate(train_feats[:4]), template)
     record = ctx.record()
     record.outputs = {"model": ctx.rel(out), **outputs}
-    record.metrics = router_metrics(result, separation, n_router if cfg.kind == "learned" else 0, len(train_feats),
+    record.metrics = router_metrics(result, separation, n_router if kind == "learned" else 0, len(train_feats),
                                     switch_info)
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
-                    "data": selection.counts, "router": router_settings.to_dict(), "kind": cfg.kind,
+                    "data": selection.counts, "router": router_settings.to_dict(), "kind": kind,
                     **({"probe_switch": switch_info} if switch_info else {})}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
@@ -135,9 +147,10 @@ def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_i
     }
 
 
-def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list):
+def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list,
+                 dev: DevPrompts | None):
     """The probe fit on D_dual's prompts or every prompt rank scored (`switch_prompts`; the router's input,
-    routing off); hard: its threshold chosen on dev."""
+    routing off); hard: its threshold chosen on `dev`."""
     cfg = ctx.recipe.stages.router
     if cfg.switch_prompts == "ranked":
         texts, kinds = ranked_prompt_kinds(ctx.input_path("rank", "scored"))
@@ -148,9 +161,60 @@ def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, tr
     switch = fit_switch(features, kinds, cfg.switch)
     info: dict[str, Any] = {"mode": cfg.switch, "fit_on": cfg.switch_prompts, "fit_on_prompts": len(kinds),
                             "fit_on_harmful": sum(kinds)}
-    if cfg.switch == "hard":
-        info.update(dev_threshold(ctx, model, switch, tokenizer, template))
+    if dev is not None:
+        info.update(switch_threshold(model, switch, tokenizer, template, dev, ctx.recipe.stages.generate))
     return switch, info
+
+
+def switch_dev_prompts(ctx: StageContext) -> DevPrompts | None:
+    """The hard switch's dev prompts (every labelled one) and their judge (the toy judge, else both score models),
+    read once before any model loads; None when the stage chooses no threshold."""
+    if not chooses_switch_threshold(ctx.recipe):
+        return None
+    pset = load_dev_set(ctx.recipe, HARD_SWITCH)
+    prompts = [p for p in pset.prompts if p.get("is_harmful") is not None]
+    return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, {"cost": "cost_model", "reward": "reward_model"}))
+
+
+def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: DevPrompts, gen) -> dict[str, Any]:
+    """Choose the hard switch's threshold on the dev prompts: both corners answer each of them, greedy, with the
+    generate stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the toy judge's where
+    the set has one, else the score models' (harmful prompts: c < 0; benign: r > 0);
+    midpo_cli.evaluation.probe_switch.choose_threshold keeps the best. Sets `switch.threshold`; returns what the
+    manifest keeps."""
+    texts, harmful = [p["prompt"] for p in dev.prompts], [bool(p["is_harmful"]) for p in dev.prompts]
+    judged = judge_on_dev(model, {gates: partial(model.fixed_gates, *gates) for gates in CORNERS}, dev,
+                          tokenizer=tokenizer, template=template, settings=gen)
+    outcomes = [corner_outcomes(judged[gates], harmful, dev.judge.toy) for gates in CORNERS]
+    p = prompt_probabilities(model, switch, tokenizer, template, texts, gen.batch_size)
+    threshold, curve = choose_threshold(p, harmful, *outcomes)
+    switch.threshold = threshold
+    best = max(c["score"] for c in curve if c["score"] is not None)
+    toy = dev.judge.toy is not None
+    console.log(f"router: probe switch threshold {threshold:.4f} chosen on {len(texts)} {dev.name} prompts "
+                f"({'toy judge' if toy else 'score models'}): dev score {best:.3f}")
+    return {"prompts": dev.name, "threshold": threshold, "dev_score": best, "curve": curve,
+            "judged_by": "toy judge" if toy else "score models (harmful: c < 0, benign: r > 0)"}
+
+
+def corner_outcomes(judged, harmful: list[bool], toy) -> list[float]:
+    """Each dev answer of one corner: the toy judge's outcome, else 1 for a harmful prompt answered with c < 0 or a
+    benign one with r > 0."""
+    if toy is not None:
+        return [toy(r) for r in judged.rows]
+    return [float(c < 0) if h else float(r > 0)
+            for c, r, h in zip(judged.scores["cost"], judged.scores["reward"], harmful, strict=True)]
+
+
+def save_switch(model, switch: ProbeSwitch, tokenizer, out: Path, *, policy: str, safety_dir: Path, help_dir: Path,
+                template: str) -> None:
+    """The MidPO folder with the switch (its routers stay as they are and are not used)."""
+    previous, model.switch = model.switch, switch
+    try:
+        save_midpo(model, tokenizer, out, base_model=policy, template=template, safety_adapter=str(safety_dir),
+                   helpfulness_adapter=str(help_dir))
+    finally:
+        model.switch = previous
 
 
 def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir):

@@ -154,8 +154,8 @@ def add_routing(summary: dict[str, Any], scored: list[dict[str, Any]], answers_p
 def run(ctx: Any) -> None:
     """The pipeline's score stage: the generate stage's answers, the run's reward and cost models."""
     from midpo_cli.manifest import write_manifest
-    from midpo_cli.pipeline.dev_set import dev_set_name
-    from midpo_cli.pipeline.inputs import model_ref
+    from midpo_cli.stages.kit.dev_set import dev_set_name
+    from midpo_cli.stages.kit.inputs import model_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.score
     maps = ctx.inputs.get("generate", {}).get("outputs", {}).get("gate_maps")

@@ -21,8 +21,8 @@ from midpo_cli.engine.loop import train
 from midpo_cli.losses.preference import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_pairs
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.inputs import encoded_pairs, engine_settings, model_ref, stage_template
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.inputs import encoded_pairs, engine_settings, model_ref, stage_template
 
 KINDS = {"reward_model": "reward", "cost_model": "cost"}
 AUDIT_MAX_PAIRS = 2000

@@ -20,8 +20,8 @@ from midpo_cli.errors import InputError
 from midpo_cli.losses.preference import answer_nll
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-from midpo_cli.pipeline.context import StageContext
-from midpo_cli.pipeline.inputs import engine_settings, stage_template, tokenizer_ref
+from midpo_cli.stages.kit.context import StageContext
+from midpo_cli.stages.kit.inputs import engine_settings, stage_template, tokenizer_ref
 
 EVAL_FRACTION = 0.05
 EVAL_MAX_ROWS = 300

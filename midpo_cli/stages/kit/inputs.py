@@ -10,8 +10,8 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import GateError
-from midpo_cli.pipeline.context import StageContext
 from midpo_cli.recipe import Recipe
+from midpo_cli.stages.kit.context import StageContext
 
 
 def engine_settings(recipe: Recipe, stage: str) -> EngineSettings:
@@ -45,6 +45,19 @@ def score_model(ctx: StageContext, stage: str) -> str:
         raise InputError(f"{ctx.stage}: a dev choice without a judge needs the {stage}, and "
                          f"{stage_dir(ctx.run_dir, stage)} has none; run that stage first")
     return str(ctx.run_dir / ref) if (ctx.run_dir / ref).exists() else str(ref)
+
+
+def dev_judge(ctx: StageContext, set_name: str, score_stages: dict[str, str]):
+    """The judge of a dev choice on the set `set_name` (a `DevJudge`): its toy judge where the set has one, else the
+    run's score models (kind "cost" / "reward" → the stage that trained it), read with the score stage's batch
+    size; a score model is looked up only when it judges, so a choice on the toy world needs none."""
+    from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
+    from midpo_cli.stages.kit.dev_choice import DevJudge
+
+    recipe = ctx.recipe
+    toy = toy_outcome_for(set_name)
+    models = {} if toy else {kind: score_model(ctx, stage) for kind, stage in score_stages.items()}
+    return DevJudge(toy, models, batch_size=recipe.stages.score.batch_size, trust_remote_code=recipe.trust_remote_code)
 
 
 def tokenizer_ref(recipe: Recipe, model: str) -> str:
@@ -129,10 +142,8 @@ def baseline_models(ctx: StageContext, sweep_sets: tuple[str, ...] | None) -> li
 
     A trained baseline is labelled by its kind; the TIES merge `ties`, or with several candidate weights each
     `ties@gates=W_S,W_H` on the sweep sets only (the report keeps the dev-best one, as for the fixed blends)."""
-    from midpo_cli.pipeline.graph import listed_baselines
-
     out = []
-    for stage in listed_baselines(ctx.recipe):
+    for stage in ctx.recipe.listed_baselines():
         kind = stage.removeprefix("baseline_")
         candidates = (ctx.inputs.get(stage) or {}).get("outputs", {}).get("candidates")
         if kind == "ties" and candidates and len(candidates) > 1:

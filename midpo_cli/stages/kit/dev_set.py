@@ -4,16 +4,20 @@ The best fixed blend (score), the probe switch's threshold (midpo_cli.evaluation
 expert's step (`stages.<expert>.select: dev`, midpo_cli.evaluation.expert_select) are all chosen on the same
 set, so pointing a recipe at other prompt files needs one edit. The set is `stages.score.select_on` when it is
 given, else the one of `stages.generate.prompts` whose name ends in `dev-prompts`; it must be one of
-`stages.generate.prompts` (generate answers it, score chooses on it). Imports no torch.
+`stages.generate.prompts` (generate answers it, score chooses on it). Preflight checks a local set before any
+folder is touched; a stage loads it once, here. Imports no torch.
 """
 
 from __future__ import annotations
 
-from midpo_cli.data.prompt_sets import prompt_set_name
+from typing import Any
+
+from midpo_cli.data.prompt_sets import PromptSet, prompt_set_name
 from midpo_cli.errors import InputError
 from midpo_cli.recipe import Recipe
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
+HARD_SWITCH = "the hard probe switch (stages.router.switch: hard)"  # the dev choice that needs the set's both kinds
 
 
 def _name(entry: str) -> str:
@@ -48,16 +52,36 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
     return spec
 
 
+def chooses_switch_threshold(recipe: Recipe) -> bool:
+    """The router stage chooses the hard probe switch's threshold on the dev set (when it builds the switch)."""
+    return recipe.builds_switch and recipe.stages.router.switch == "hard"
+
+
+def is_local_set(spec: str) -> bool:
+    """An embedded or local-file set: one preflight can read (a hub set is left to the stage: no download in a
+    preflight)."""
+    from pathlib import Path
+
+    from midpo_cli.data.prompt_sets import split_label
+
+    local = split_label(spec)[1]
+    return local.startswith("embedded:") or Path(local).expanduser().is_file()
+
+
+def load_dev_set(recipe: Recipe, why: str) -> PromptSet:
+    """The dev prompt set, read (a hub set downloaded) for the stage that chooses on it (`why`)."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
+
+    return load_prompt_set(require_dev_prompts(recipe, why), recipe.data.columns or None)
+
+
 def require_both_kinds(recipe: Recipe, spec: str, why: str) -> None:
     """A local or embedded dev set must hold harmful and benign prompts (is_harmful) when `why` judges per
     kind: the switch's threshold balances the two (it failed after the router had trained, with a ValueError,
     on a dev slice of one kind). A hub dataset is left to the stage (no download in a preflight)."""
-    from pathlib import Path
+    from midpo_cli.data.prompt_sets import load_prompt_set
 
-    from midpo_cli.data.prompt_sets import load_prompt_set, split_label
-
-    local = split_label(spec)[1]
-    if not (local.startswith("embedded:") or Path(local).expanduser().is_file()):
+    if not is_local_set(spec):
         return
     kinds = {p.get("is_harmful") for p in load_prompt_set(spec, recipe.data.columns or None).prompts}
     if not {True, False} <= kinds:
@@ -66,17 +90,22 @@ def require_both_kinds(recipe: Recipe, spec: str, why: str) -> None:
                          f"is_harmful column with both values); they have: {have or 'none'}")
 
 
+def dev_prompts_of_kind(recipe: Recipe, harmful: bool, why: str) -> tuple[str, list[dict[str, Any]]]:
+    """(the dev set's name, its prompts labelled harmful, or benign): what an expert's dev choice (`why`) judges
+    it on; an error when there are none. Preflight calls it on a local set before any folder is touched, the
+    expert stage once before training (for a hub set, the first time it is read)."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
+
+    spec = require_dev_prompts(recipe, why)
+    pset = load_prompt_set(spec, recipe.data.columns or None)
+    kept = [p for p in pset.prompts if p.get("is_harmful") is not None and bool(p["is_harmful"]) is harmful]
+    if not kept:
+        raise InputError(f"{spec}: no {'harmful' if harmful else 'benign'} prompts with an is_harmful label; "
+                         f"{why} judges the expert on them")
+    return pset.name, kept
+
+
 def dev_set_name(recipe: Recipe) -> str | None:
     """The name the dev set's answers carry (`prompt_set` of generate's rows), or None."""
     spec = dev_prompt_spec(recipe)
     return None if spec is None else _name(spec)
-
-
-def answer_rows(model, tokenizer, prompts: list[dict], *, template: str, settings) -> list[dict]:
-    """Each prompt row with the model's answer under `settings` (stages.generate's), in the prompts' order: what
-    every dev choice (an expert's step, the switch's threshold) judges."""
-    from midpo_cli.modeling.generation import generate_answers
-
-    out = sorted((b for batch in generate_answers(model, tokenizer, [p["prompt"] for p in prompts], settings,
-                                                  template=template) for b in batch), key=lambda b: b["index"])
-    return [{**prompts[b["index"]], "answer": b["answer"]} for b in out]
