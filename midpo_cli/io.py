@@ -1,5 +1,6 @@
 """Atomic file and folder writes (a reader sees the old artifact or the finished new one, never half), and
-the one JSON and JSON-lines reader, whose errors name the file and the line."""
+the one JSON and JSON-lines reader, whose errors name the file and the line (or, for records a reader can do
+without, `try_read_json`)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,15 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
+def try_read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file, or None when it is missing, unreadable or not JSON: for records and caches a reader can
+    do without (a manifest, a summary to quote, a cache to rebuild); `read_json` for input the user must fix."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: invalid JSON and undecodable bytes
+        return None
 
 
 class JsonlError(InputError):

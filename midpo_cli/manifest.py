@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli import __version__
-from midpo_cli.io import atomic_write_json, atomic_write_text
+from midpo_cli.errors import InputError
+from midpo_cli.io import atomic_write_json, atomic_write_text, read_json, try_read_json
 
 MANIFEST = "manifest.json"
 
@@ -34,13 +35,8 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: JSON errors and undecodable bytes
-        return None
+    """A stage folder's manifest, or None when it has none that reads as a JSON object (not finished)."""
+    data = try_read_json(Path(folder) / MANIFEST)
     return data if isinstance(data, dict) else None  # a JSON list crashed status and plan
 
 
@@ -49,11 +45,11 @@ def read_checked(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not path.is_file():
         return None, ("manifest.json is not a file" if path.exists() else None)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except UnicodeDecodeError:
         return None, f"{path}: not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        return None, f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})"
+    except InputError as exc:  # invalid JSON, named by file and line
+        return None, str(exc)
     except OSError as exc:
         return None, f"{path}: unreadable ({exc.strerror})"
     if not isinstance(data, dict):

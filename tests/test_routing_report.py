@@ -30,9 +30,16 @@ DEV_OUTCOMES = {"m": [1, 1, 1, 1], "m@gates=1,0": [1, 1, 0, 0], "m@gates=0,1": [
                 "m@gates=0.5,0.5": [1, 1, 1, 0]}
 
 
+def variant(model: str) -> dict:
+    """The fields the generate stage writes beside a model's label: a blend's fixed gates, a dial setting's bias
+    (what a variant is is read from these; the label only names the model it varies)."""
+    _, gates, bias = parse_label(model)
+    return {"fixed_gates": list(gates) if gates else None, "safety_bias": bias or 0.0}
+
+
 def rows_for(prompt_set: str, outcomes: dict[str, list[int]]) -> list[dict]:
     return [{"model": m, "prompt_set": prompt_set, "index": i, "prompt": f"p{i}", "answer": "ok" if o else "no",
-             "is_harmful": i < len(os) // 2} for m, os in outcomes.items() for i, o in enumerate(os)]
+             "is_harmful": i < len(os) // 2, **variant(m)} for m, os in outcomes.items() for i, o in enumerate(os)]
 
 
 def judge(prompt_set: str):
@@ -143,7 +150,7 @@ def test_category_bootstrap_equals_a_loop_over_drawn_categories_and_is_wider_for
     cats = [f"c{i // per}" for i in range(n_cat * per)]
     harmful = [(i // per) % 2 == 0 for i in range(n_cat * per)]
     rows = [{"model": m, "prompt_set": EVAL, "index": i, "prompt": f"p{i}", "answer": "ok" if o[i] else "no",
-             "is_harmful": harmful[i], "category": cats[i]}
+             "is_harmful": harmful[i], "category": cats[i], **variant(m)}
             for m, o in (("m", router), ("m@gates=0.5,0.5", blend)) for i in range(len(cats))]
     e = routing_summary(rows, outcome_for=judge, bootstrap=400, seed=5)[EVAL]
     draws = cluster_indices(cats, 400, 5, EVAL)
@@ -173,6 +180,18 @@ def test_cluster_draws_pad_unequal_clusters_with_an_index_the_statistics_ignore(
         assert len(real) in (2, 4, 6) and (row[len(real):] == 4).all()  # padding only at the end
 
 
+def test_a_variant_is_what_its_fields_say_not_what_its_label_says() -> None:
+    """The label names the model a row varies; its gates and its bias are the fields the generate stage wrote."""
+    rows = rows_for(EVAL, EVAL_OUTCOMES)
+    for r in rows:
+        if r["model"] == "m@gates=0.5,0.5":
+            r["fixed_gates"] = [0.25, 0.75]
+    dial = [{**r, "model": "m@dial=+2", "fixed_gates": None, "safety_bias": 1.5} for r in rows if r["model"] == "m"]
+    e = routing_summary(rows + dial, outcome_for=judge, bootstrap=0)[EVAL]
+    assert {g["model"]: g["gates"] for g in e["grid"]}["m@gates=0.5,0.5"] == [0.25, 0.75]
+    assert [(d["model"], d["bias"]) for d in e["dial"]] == [("m", 0.0), ("m@dial=+2", 1.5)]
+
+
 def test_identical_router_and_blend_give_a_zero_width_interval() -> None:
     same = [1, 0, 1, 0, 1, 1]
     e = routing_summary(rows_for(EVAL, {"m": same, "m@gates=0.5,0.5": same}), outcome_for=judge,
@@ -199,7 +218,7 @@ def test_without_a_judge_a_dominating_blend_is_found_on_dev_and_tested_on_eval()
             for model, (dr, dc) in {"m": (0, 0), "m@gates=1,0": (1.0, -1.0), "m@gates=0,1": (0.5, 0.5)}.items():
                 rows.append({"model": model, "prompt_set": prompt_set, "index": i, "prompt": "p", "answer": "a",
                              "is_harmful": i % 2 == 0, "reward": base_r + dr + 0.1 * rng.normal(),
-                             "cost": base_c + dc + 0.1 * rng.normal()})
+                             "cost": base_c + dc + 0.1 * rng.normal(), **variant(model)})
     e = routing_summary(rows, outcome_for=lambda s: None, bootstrap=200)[EVAL]
     assert e["diff"] is None and e["best_fixed"] is None and e["metric"] is None
     pareto = e["pareto"]
@@ -209,7 +228,7 @@ def test_without_a_judge_a_dominating_blend_is_found_on_dev_and_tested_on_eval()
     assert by["d_reward"]["mean"] == pytest.approx(1.0, abs=0.1) and by["d_cost"]["mean"] == pytest.approx(1, abs=0.1)
     assert by["significant"] and pareto["dominated"] and pareto["significant"]
     assert e["oracle"]["from"] == {"harmful": "m@gates=1,0", "benign": "m@gates=0,1"} and "score" not in e["oracle"]
-    from midpo_cli.evaluation.report import pareto_verdict
+    from midpo_cli.evaluation.verdict import pareto_verdict
 
     assert "(1,0) Pareto-dominates the router" in pareto_verdict(pareto)
 
@@ -229,7 +248,7 @@ def write_sweep_answers(path: Path, router_name: str = "midpo") -> Path:
                 rows.append({"model": m, "prompt_set": prompt_set, "index": i, "prompt": f"q{i}",
                              "answer": "ok" if good else "no", "is_harmful": i % 2 == 0, "category": f"c{i % 4}",
                              "gates": {"safety": 0.8 if i % 2 == 0 else 0.2, "helpfulness": 0.5}
-                             if m.startswith(router_name) else None, "gen_id": "g"})
+                             if m.startswith(router_name) else None, "gen_id": "g", **variant(m)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -292,7 +311,7 @@ def test_report_escapes_every_name_from_data(tmp_path, monkeypatch) -> None:
 def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tmp_path, monkeypatch) -> None:
     from rich.console import Console
 
-    from midpo_cli.evaluation.report import terminal_tables
+    from midpo_cli.evaluation.report_tables import terminal_tables
 
     monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
     answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name="a_rather_long_router_model_name")

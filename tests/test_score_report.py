@@ -16,7 +16,7 @@ from midpo_cli.commands import generate_cmd, score_cmd
 from midpo_cli.data.prompt_sets import PRESETS, load_preset
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.refusal import RefusalDetector
-from midpo_cli.evaluation.report import load_scores
+from midpo_cli.evaluation.score_output import load_scores
 from midpo_cli.stages import score as score_stage
 from midpo_cli.stages.score import SCORE_COLUMNS, score_answers
 

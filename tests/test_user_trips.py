@@ -457,7 +457,7 @@ print(json.dumps(out))
 
 
 def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_apart(tmp_path) -> None:
-    from midpo_cli.modeling.export import RECIPE_FILE, midpo_card, run_recipe
+    from midpo_cli.evaluation.model_card import RECIPE_FILE, midpo_card, run_recipe
 
     run = tmp_path / "run"
     for stage in ("sft", "router"):

@@ -8,6 +8,7 @@ import typer
 
 from midpo_cli import console
 from midpo_cli.commands.options import JsonOpt, SetOpt
+from midpo_cli.evaluation.formatting import status_value
 from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, OPTIONAL_STAGES, STAGE_ORDER
 
 StageHelp = f"One of: {', '.join(STAGE_ORDER)}."
@@ -79,7 +80,7 @@ def _print_summary(cfg, summary: list[dict]) -> None:
     # progress, so on stderr; wrapped like the status table (a metric name folds, never ends in '…')
     table = console.table(f"pipeline {cfg.run_dir}", ["stage", "action", "wall s", "key metrics"])
     for row in summary:
-        metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:4])
+        metrics = "\n".join(f"{k}={status_value(v)}" for k, v in list(row["metrics"].items())[:4])
         table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", Text(metrics))
     if not console.quiet():
         console.err.print(table)
@@ -99,10 +100,6 @@ def report_path(run_dir: Path) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def plan(
@@ -160,7 +157,7 @@ def status(
     table = console.table(f"status of {run_dir}", ["stage", "state", "why", "finished", "wall s", "key metrics"])
     for r in rows:
         numbers = [(k, v) for k, v in r["metrics"].items() if isinstance(v, int | float)][:5]
-        metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in numbers)  # one a line: a long name folds alone
+        metrics = "\n".join(f"{k}={status_value(v)}" for k, v in numbers)  # one a line: a long name folds alone
         wall = r["wall_s"] if isinstance(r["wall_s"], int | float) else 0
         table.add_row(r["stage"], r["state"], Text(r["why"]), _when(r["finished_at"]), f"{wall:.0f}", Text(metrics))
     console.print_result(table)

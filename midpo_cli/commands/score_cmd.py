@@ -78,7 +78,9 @@ def report(
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-draw the plots and report.html from scores.csv + summary.json."""
-    from midpo_cli.evaluation.report import load_scores, print_tables, write_report
+    from midpo_cli.evaluation.report_html import write_report
+    from midpo_cli.evaluation.report_tables import print_tables
+    from midpo_cli.evaluation.score_output import load_scores
 
     rows, summary, folder = load_scores(path)
     print_tables(summary)

@@ -32,7 +32,7 @@ import torch
 
 from midpo_cli.engine import dist
 from midpo_cli.errors import InputError
-from midpo_cli.io import atomic_write_text
+from midpo_cli.io import atomic_write_text, try_read_json
 
 POINTER = "latest"
 TRAINABLE = "midpo-trainable.json"
@@ -114,10 +114,10 @@ def trainable_names(module: torch.nn.Module) -> list[str]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CorruptCheckpoint(path, "missing or not readable JSON") from None
+    data = try_read_json(path)
+    if data is None:
+        raise CorruptCheckpoint(path, "missing or not readable JSON")
+    return data
 
 
 def allowed_globals() -> list[Any]:

@@ -7,13 +7,13 @@ recipe's batch sizes always win, so the data order the engine plans is the one D
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
 from midpo_cli.errors import InputError
+from midpo_cli.io import read_json
 from midpo_cli.recipe import deep_merge
 
 
@@ -68,11 +68,11 @@ def deepspeed_config(settings: EngineSettings, world: int) -> dict[str, Any]:
 def _read_user_config(path: Path) -> dict[str, Any]:
     """The user's DeepSpeed JSON, less its `scheduler` (the schedule comes from the recipe)."""
     try:
-        user = json.loads(path.read_text(encoding="utf-8"))
+        user = read_json(path)
     except FileNotFoundError:
         raise InputError(f"deepspeed.config: {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"deepspeed.config: {path} is not valid JSON ({exc})") from None
+    except InputError as exc:  # invalid JSON, named by file and line
+        raise InputError(f"deepspeed.config: {exc}") from None
     if not isinstance(user, dict):
         raise InputError(f"deepspeed.config: {path} must hold a JSON object")
     if "scheduler" in user:

@@ -22,7 +22,7 @@ from midpo_cli import console
 from midpo_cli.engine.answer_logps import answer_logps
 from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.shared_prompt import shared_prompt_logps
-from midpo_cli.io import atomic_write_text
+from midpo_cli.io import atomic_write_text, try_read_json
 
 
 def concatenated_logps(model, batch: dict[str, torch.Tensor], **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +58,11 @@ class RefLogpCache:
         self.path = Path(folder) / f"ref-logps-{digest}.json"
         self.values: dict[str, float] = {}
         if self.path.exists():
+            data = try_read_json(self.path)
             try:
-                data = json.loads(self.path.read_text())
                 if data.get("namespace") == self.namespace:
                     self.values = {k: float(v) for k, v in data["values"].items() if math.isfinite(float(v))}
-            except (OSError, ValueError, KeyError):
+            except (AttributeError, ValueError, KeyError):  # AttributeError: not a JSON object, or no JSON
                 console.warn(f"ignoring unreadable reference cache {self.path}")
 
     def save(self) -> None:

@@ -1,8 +1,8 @@
 """How many answers each safety-dial setting changed against the router as trained (docs/design.md §2.10).
 
-A dial sweep whose points all give the router's own answers does not move the model along its curve (the
-quickstart's −4 … +2 left the eval score unchanged, issue 30); counting changed answers per point says so
-directly, whatever the judge.
+A dial sweep whose points all give the router's own answers does not move the model along its curve, and a score
+that does not change cannot tell that from a dial that moved answers both ways; counting changed answers per point
+says so directly, whatever the judge (the quickstart's counts: benchmarks/RESULTS.md, "Quickstart pipeline").
 """
 
 from __future__ import annotations

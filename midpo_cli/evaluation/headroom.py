@@ -26,7 +26,8 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
 - **Without a judge** (reward/cost only): blends that Pareto-dominate the router by means on the
   selection set are tested on the reported set with paired CIs of Δreward and Δcost.
 
-Labels (the `model` of answer rows): midpo_cli.evaluation.labels.
+Labels (the `model` of answer rows): midpo_cli.evaluation.labels; a blend's gates and a dial setting's bias are
+read from the rows' `fixed_gates` and `safety_bias` (`find_router`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from midpo_cli.evaluation.bootstrap import (
     paired_diff,
 )
 from midpo_cli.evaluation.labels import is_sweep_label, parse_label
+from midpo_cli.evaluation.summary import as_float
 
 Outcome = Callable[[Mapping[str, Any]], float]
 
@@ -109,7 +111,7 @@ class _Set:
 
     def column(self, model: str, field: str) -> np.ndarray:
         rows = self.by_model.get(model, {})
-        return np.array([_num(rows[i].get(field)) if i in rows else math.nan for i in self.universe])
+        return np.array([as_float(rows[i].get(field)) if i in rows else math.nan for i in self.universe])
 
     def outcomes(self, model: str) -> np.ndarray:
         rows = self.by_model.get(model, {})
@@ -125,24 +127,29 @@ class _Set:
         return all(i in self.by_model.get(model, {}) for i in self.universe)
 
 
-def _num(value: Any) -> float:
-    try:
-        return math.nan if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return math.nan
+def find_router(rows: Sequence[Mapping[str, Any]]
+                ) -> tuple[str | None, dict[str, tuple[float, float]], dict[str, float]]:
+    """(router label, its blends label → gates, its dials label → bias): the model with the most blends.
 
-
-def find_router(models: Sequence[str]) -> tuple[str | None, dict[str, tuple[float, float]], dict[str, float]]:
-    """(router label, its blends label → gates, its dials label → bias): the name with the most blends."""
+    A variant's gates and bias are read from its answer rows' fields, `fixed_gates` (a blend) and `safety_bias`
+    (a variant without fixed gates is a dial setting); its label (midpo_cli.evaluation.labels) only names the
+    model it is a variant of.
+    """
+    first: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        first.setdefault(str(r["model"]), r)
     blends: dict[str, dict[str, tuple[float, float]]] = {}
     dials: dict[str, dict[str, float]] = {}
-    for label in models:
-        base, gates, bias = parse_label(label)
+    for label, row in first.items():
+        base = parse_label(label)[0]
+        if base == label:
+            continue
+        gates = row.get("fixed_gates")
         if gates is not None:
-            blends.setdefault(base, {})[label] = gates
-        elif bias is not None:
-            dials.setdefault(base, {})[label] = bias
-    candidates = [b for b in blends if b in models]
+            blends.setdefault(base, {})[label] = (float(gates[0]), float(gates[1]))
+        else:
+            dials.setdefault(base, {})[label] = as_float(row.get("safety_bias"))
+    candidates = [b for b in blends if b in first]
     if not candidates:
         return None, {}, {}
     router = max(candidates, key=lambda b: len(blends[b]))
@@ -179,11 +186,10 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
     `select_on`: the set the best blend is chosen on (it gets no entry of its own); None picks the set
     whose name ends in `dev-prompts`, and without one every set chooses in-sample.
     """
-    models = list(dict.fromkeys(str(r["model"]) for r in rows))
-    router, blends, dials = find_router(models)
+    router, blends, dials = find_router(rows)
     if router is None:
         return {}
-    blends = with_corner_models(blends, models)
+    blends = with_corner_models(blends, list(dict.fromkeys(str(r["model"]) for r in rows)))
     grouped: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         grouped.setdefault(str(r["prompt_set"]), []).append(r)
@@ -343,5 +349,5 @@ def _finite(x: float) -> float | None:
 def _bias(s: _Set, router: str) -> float:
     """The router's own safety bias (answer rows record it; 0 when they do not)."""
     first = next(iter(s.by_model.get(router, {}).values()), {})
-    value = _num(first.get("safety_bias"))
+    value = as_float(first.get("safety_bias"))
     return 0.0 if math.isnan(value) else value

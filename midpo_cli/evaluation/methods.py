@@ -31,6 +31,7 @@ from midpo_cli.evaluation.bootstrap import (
     mean_diff,
     paired_diff,
 )
+from midpo_cli.evaluation.formatting import MISSING, gate_pair, number, signed_bounds, signed_interval
 from midpo_cli.evaluation.headroom import Outcome, find_router, resolve_selection, select_best
 from midpo_cli.evaluation.labels import is_sweep_label, parse_label
 from midpo_cli.evaluation.summary import as_bool, as_float
@@ -49,8 +50,8 @@ def method_tables(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[[s
     by_set: dict[str, dict[str, dict[int, Mapping[str, Any]]]] = {}
     for r in rows:
         by_set.setdefault(str(r["prompt_set"]), {}).setdefault(str(r["model"]), {})[int(r["index"])] = r
-    models = sorted({str(r["model"]) for r in rows})
-    reference = find_router(models)[0] or ("midpo" if "midpo" in models else None)
+    models = {str(r["model"]) for r in rows}
+    reference = find_router(rows)[0] or ("midpo" if "midpo" in models else None)
     if reference is None:
         return {}
     merge = choose_merge(by_set, outcome_for, select_on)
@@ -180,25 +181,19 @@ def add_merge_points(summary: dict[str, Any]) -> None:
         merge = next((m for m in table["methods"] if m["method"] == MERGE and m["model"] != MERGE), None)
         if entry is None or merge is None:
             continue
-        weights = ",".join(f"{w:g}" for w in parse_label(merge["model"])[1])
+        weights = gate_pair(parse_label(merge["model"])[1])
         point = {k: merge.get(k) for k in ("n", "score", "harmful_safe", "benign_helpful", "reward", "cost")}
         entry.setdefault("models", []).append({"model": f"ties ({weights})", **point})
-
-
-def _cell(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _delta_cell(delta: Mapping[str, Any] | None) -> str:
     """Δ [prompt CI] {category CI}, the mean printed once."""
     if not delta or delta["prompts"]["mean"] is None:
-        return "—"
-    p, c = delta["prompts"], delta.get("categories")
-    text = f"{p['mean']:+.3f}"
-    if p["lo"] is not None:
-        text += f" [{p['lo']:+.3f}, {p['hi']:+.3f}]"
+        return MISSING
+    c = delta.get("categories")
+    text = signed_interval(delta["prompts"], digits=3)
     if c and c["lo"] is not None:
-        text += f" {{{c['lo']:+.3f}, {c['hi']:+.3f}}}"
+        text += " " + signed_bounds(c["lo"], c["hi"], digits=3, brackets="{}")
     return text
 
 
@@ -221,7 +216,7 @@ def methods_html(summary: Mapping[str, Any]) -> str:
         body = []
         for m in table["methods"]:
             delta = m.get("delta") or {}
-            cells = "".join(f"<td>{_cell(m.get(k), 1 if k == 'length' else 3)}<br><small>"
+            cells = "".join(f"<td>{number(m.get(k), 1 if k == 'length' else 3)}<br><small>"
                             f"{_delta_cell(delta.get(k)) if delta else 'reference'}</small></td>" for k in keys)
             label = html.escape(m["method"] + (f" ({m['model']})" if m["method"] != m["model"] else ""))
             body.append(f"<tr><td>{label}</td><td>{m['n']}</td>{cells}</tr>")

@@ -4,7 +4,8 @@ A router is a linear map (or a small MLP) of the hidden states it reads, so how 
 separate prompt kinds is bounded by how linearly separable they are in those states. The router stage
 fits this probe on its training prompts and scores the held-out ones: a low held-out AUROC says the base
 memorises which training tasks are harmful without recognising new ones, and no router training will fix
-that (the quickstart's tiny base: 0.32 on dev prompts; Gemma 3 270M: 0.99; docs/design.md §8).
+that (measured on the quickstart's base and on a pretrained one: benchmarks/RESULTS.md, "Why the quickstart router
+does not route").
 
 L2-regularised logistic regression on standardised features, fit by L-BFGS in float64; λ is fixed, never
 tuned on the held-out side.

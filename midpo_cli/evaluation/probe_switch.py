@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from midpo_cli.evaluation.bootstrap import balanced_score
+from midpo_cli.evaluation.formatting import number, signed_interval
 
 SWITCH_MODEL = "probe_switch"  # the generate stage's label of the switch's answers
 
@@ -97,8 +98,6 @@ def switch_lines(routing: Mapping[str, Any]) -> list[str]:
         s = e.get("probe_switch")
         if not s:
             continue
-        d = s["diff"]
-        ci = "" if d.get("lo") is None else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-        out.append(f"{name}: router {s['router_score']:.3f} vs probe switch {s['score']:.3f}: router − switch "
-                   f"{d['mean']:+.3f}{ci} (paired by prompt, {s['n']} prompts)")
+        out.append(f"{name}: router {number(s['router_score'], 3)} vs probe switch {number(s['score'], 3)}: router "
+                   f"− switch {signed_interval(s['diff'], digits=3)} (paired by prompt, {s['n']} prompts)")
     return out

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from midpo_cli.evaluation.figure_labels import Label, marker_boxes, place
+from midpo_cli.evaluation.figures import pyplot
+from midpo_cli.evaluation.formatting import gate_pair
 
 AXES = {  # x key, y key, x title, y title, x reversed
     "judge": ("harmful_safe", "benign_helpful", "harmful prompts answered safely (share) →",
@@ -57,7 +59,7 @@ def tradeoff_figure(summary: Mapping[str, Any]):
     rows = panels(summary)
     if not rows:
         return _models_figure(summary)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(10.5, 5.6 * len(rows)), dpi=110, squeeze=False)
     drawn = [_draw_panel(ax, name, entry, kind, summary) for ax, (name, entry, kind) in zip(axes[:, 0], rows,
                                                                                            strict=True)]
@@ -79,7 +81,7 @@ def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> Path | None:
     if fig is None:
         return None
     fig.savefig(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -146,11 +148,12 @@ def _rings(ax, entry: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], xk: 
         ax.scatter([h[xk]], [h[yk]], marker="s", s=200, facecolors="none", edgecolors="tab:orange", lw=1.6,
                    zorder=4, label="best fixed blend on this set, in hindsight")
     if dev is not None and h is not None and dev is h:
-        return [Label(dev[xk], dev[yk], f"dev-chosen = best in hindsight ({_g(dev['gates'])})", 7, 16, LABEL)]
+        return [Label(dev[xk], dev[yk], f"dev-chosen = best in hindsight ({gate_pair(dev['gates'])})", 7, 16, LABEL)]
     if dev is not None:
-        out.append(Label(dev[xk], dev[yk], f"dev-chosen ({_g(dev['gates'])})", 7, 16, {**LABEL, "color": "navy"}))
+        out.append(Label(dev[xk], dev[yk], f"dev-chosen ({gate_pair(dev['gates'])})", 7, 16,
+                         {**LABEL, "color": "navy"}))
     if h is not None:
-        out.append(Label(h[xk], h[yk], f"best in hindsight ({_g(h['gates'])})", 6, 15,
+        out.append(Label(h[xk], h[yk], f"best in hindsight ({gate_pair(h['gates'])})", 6, 15,
                          {**LABEL, "color": "saddlebrown"}))
     return out
 
@@ -215,7 +218,7 @@ def _coincident(grid: Sequence[Mapping[str, Any]], xk: str, yk: str) -> dict[tup
     """Blends at the same point share one label (`g_s,g_h +k`): the toy judge's rates repeat often."""
     out: dict[tuple[float, float], list[str]] = {}
     for g in grid:
-        out.setdefault((round(g[xk], 9), round(g[yk], 9)), []).append(_g(g["gates"]).strip("()"))
+        out.setdefault((round(g[xk], 9), round(g[yk], 9)), []).append(gate_pair(g["gates"]))
     return out
 
 
@@ -228,20 +231,6 @@ def _frontier(points: Sequence[tuple[float, float]], reverse: bool) -> list[tupl
     return sorted({points[i] for i in pareto_front([(sign * x, y) for x, y in points])})
 
 
-def _g(gates: Sequence[float]) -> str:
-    return f"{gates[0]:g},{gates[1]:g}"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # "$" in a model name is text, not TeX
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # ----------------------------------------------------------------------------------------- without a router
 
 
@@ -251,7 +240,7 @@ def _models_figure(summary: Mapping[str, Any]):
     pts = [(g, c, r) for g, c, r in pts if c.get("mean") is not None and r.get("mean") is not None]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     sets = list(dict.fromkeys(g["prompt_set"] for g, _, _ in pts))
     models = list(dict.fromkeys(g["model"] for g, _, _ in pts))
     colours, markers = plt.get_cmap("tab10"), "osD^vP*X"

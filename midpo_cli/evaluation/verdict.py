@@ -17,12 +17,13 @@ it, gets "no verdict" and why. Pure except `router_probe` and `run_verdicts`, wh
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from midpo_cli.evaluation.formatting import gate_pair, number, signed_bounds, signed_interval
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings
+from midpo_cli.io import try_read_json
 
 PROBE_FLOOR = MIN_AUROC  # input probe ≤ this: the base cannot tell the prompt kinds apart (design §8)
 LABELS = {
@@ -146,11 +147,11 @@ def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: fl
     best, router = entry.get("best_fixed") or {}, entry.get("router") or {}
     if entry.get("diff") and best:
         chosen = "the blend chosen on this set (no dev set)" if best.get("in_sample") else "the dev-chosen blend"
-        parts.append(f"router {_num(router.get('score'))} vs {chosen} {_gates(best['gates'])} "
-                     f"{_num(best.get('score'))}: {_views(entry['diff'], entry.get('diff_by_category'))}")
+        parts.append(f"router {number(router.get('score'))} vs {chosen} {_gates(best['gates'])} "
+                     f"{number(best.get('score'))}: {_views(entry['diff'], entry.get('diff_by_category'))}")
     hind = entry.get("best_in_sample") or {}
     if hind.get("diff"):
-        parts.append(f"vs the blend best here in hindsight {_gates(hind['gates'])} {_num(hind.get('score'))}: "
+        parts.append(f"vs the blend best here in hindsight {_gates(hind['gates'])} {number(hind.get('score'))}: "
                      f"{_views(hind['diff'], hind.get('diff_by_category'))}")
     if sep and sep.get("auroc") is not None:
         parts.append(f"safety gate AUROC {sep['auroc']:.2f}, gap {sep['gap']:+.2f}")
@@ -161,25 +162,29 @@ def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: fl
 
 def _views(diff: Mapping[str, Any], by_category: Mapping[str, Any] | None) -> str:
     """`Δ +0.14 [+0.06, +0.21] by prompts, [−0.03, +0.33] by categories` (the second where it exists)."""
-    text = f"Δ {_ci(diff)} by prompts"
-    return f"{text}, {_ci(by_category, mean=False)} by categories" if by_category else text
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
+    text = f"Δ {signed_interval(diff)} by prompts"
+    if not by_category:
+        return text
+    bounds = by_category.get("lo") is not None and by_category.get("hi") is not None
+    return f"{text}, {signed_bounds(by_category['lo'], by_category['hi']) if bounds else 'no CI'} by categories"
 
 
 def _gates(gates: Sequence[float]) -> str:
-    return f"({gates[0]:g}, {gates[1]:g})"
+    return f"({gate_pair(gates, ', ')})"
 
 
-def _ci(stat: Mapping[str, Any], mean: bool = True) -> str:
-    """`+0.14 [+0.06, +0.21]`; the bracket alone with mean=False; no bracket without bounds."""
-    head = f"{stat['mean']:+.2f}" if mean else ""
-    if stat.get("lo") is None or stat.get("hi") is None:
-        return head or "no CI"
-    bracket = f"[{stat['lo']:+.2f}, {stat['hi']:+.2f}]"
-    return f"{head} {bracket}" if mean else bracket
+def pareto_verdict(pareto: Mapping[str, Any]) -> str:
+    """One sentence: does any fixed blend Pareto-dominate the router (reward and cost, with CIs)? For prompt sets
+    without a ground-truth judge, where the verdict above has nothing to decide on."""
+    sig = [b for b in pareto["by"] if b["significant"]]
+    dom = [b for b in pareto["by"] if b["dominates"]]
+    where = f"blends chosen on {pareto['candidates_chosen_on']}"
+    if sig:
+        return (f"the fixed blend ({gate_pair(sig[0]['gates'])}) Pareto-dominates the router: higher reward and lower "
+                f"cost, both CIs above 0 ({len(sig)} such blend(s); {where})")
+    if dom:
+        return (f"{len(dom)} fixed blend(s) dominate the router by their means, but no CI excludes a tie ({where})")
+    return f"no fixed blend Pareto-dominates the router by reward and cost ({where})"
 
 
 def lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -227,9 +232,7 @@ def router_probe(answers: str | Path, router: str | None) -> dict[str, Any] | No
 
 def run_verdicts(run_dir: str | Path) -> list[dict[str, Any]] | None:
     """The verdicts of a run's `score/summary.json` (recomputed for a summary written before they existed)."""
-    path = Path(run_dir) / "score" / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    summary = try_read_json(Path(run_dir) / "score" / "summary.json")
+    if not isinstance(summary, dict):
         return None
     return summary.get("verdict") if "verdict" in summary else verdicts(summary)

@@ -13,6 +13,8 @@ midpo artifact: `engine.artifacts.save_verified`):
 - **midpo**: a self-contained MidPO folder with a model card, reloaded with `load_midpo` and checked
   against the source model with its routers as trained.
 
+Each target gets a README.md model card (midpo_cli.evaluation.model_card); this module writes the weights.
+
 Where the base lives decides what is copied. A hub name stays a reference (the base is public and
 versioned there, as with any PEFT adapter). A local folder or `embedded:` base is copied into
 `base/`: a local path does not exist on anyone else's machine, and the embedded base has no weight
@@ -21,7 +23,6 @@ files at all (it is drawn from a seed), so its weights are written out.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ from midpo_cli import console
 from midpo_cli.assets import is_embedded
 from midpo_cli.engine.artifacts import FOLD_ULPS, save_verified
 from midpo_cli.errors import InputError
+from midpo_cli.evaluation.model_card import RECIPE_FILE, adapters_card, merged_card, midpo_card, run_recipe
 from midpo_cli.io import atomic_write_json, atomic_write_text, read_json
-from midpo_cli.modeling.midpo import CONFIG_FILE, EXPERTS, MidpoModel, load_midpo, read_midpo_config
+from midpo_cli.manifest import MANIFEST, read_checked, read_manifest, stage_dir
+from midpo_cli.modeling.midpo import CONFIG_FILE, EXPERTS, ROUTER_FILE, MidpoModel, load_midpo, read_midpo_config
 
 PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
 
@@ -236,14 +239,16 @@ def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
     base_ref = base if kind == "hub" else PORTABLE_BASE  # never an absolute path of this machine
 
     def save(tmp: Path) -> None:
+        ranks = []
         for name in EXPERTS:
             shutil.copytree(adapter_folder(source, cfg, name), tmp / name)
             adapter_cfg = read_json(tmp / name / "adapter_config.json")
+            ranks.append(int(adapter_cfg.get("r", 8)))
             adapter_cfg["base_model_name_or_path"] = base_ref
             atomic_write_json(tmp / name / "adapter_config.json", adapter_cfg)
         if kind != "hub":
             write_base(tmp / "base", base, kind, tokenizer, trust_remote_code=trust_remote_code)
-        atomic_write_text(tmp / "README.md", adapters_card(source, base, kind, cfg, template))
+        atomic_write_text(tmp / "README.md", adapters_card(source, base, kind, template, rank=max(ranks)))
 
     save_verified(save, to, load_fn=lambda tmp: _peft_experts(tmp, base if kind == "hub" else str(tmp / "base"),
                                                              dtype, trust_remote_code),
@@ -329,10 +334,7 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
 def check_same_router(source: Path, run: Path) -> None:
     """--run-dir must be the run `source` came from (its router stage's model, by path or by identical router
     weights): the card copies that run's settings, and another run's would describe a different model."""
-    from midpo_cli.manifest import read_checked
-    from midpo_cli.modeling.midpo import ROUTER_FILE
-
-    manifest, problem = read_checked(run / "router" / "manifest.json")
+    manifest, problem = read_checked(stage_dir(run, "router") / MANIFEST)
     model = (manifest or {}).get("outputs", {}).get("model") if isinstance((manifest or {}).get("outputs"), dict) \
         else None
     if not isinstance(model, str):
@@ -356,202 +358,5 @@ def find_run_dir(source: Path, run_dir: str | Path | None) -> Path | None:
         check_same_router(source, run)
         return run
     stage = source.resolve().parent
-    manifest = stage / "manifest.json"
-    if manifest.is_file():
-        try:
-            if json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "router":
-                return stage.parent
-        except (OSError, json.JSONDecodeError):
-            return None
-    return None
-
-
-# -- model cards -------------------------------------------------------------------------------------
-
-USE_SNIPPET = """## Use
-
-```bash
-pip install midpo-cli                   # then, from this folder's parent:
-midpo chat {name}                       # talk to it; answers coloured by the safety gate, /dial B
-echo "How do I bake bread?" | midpo chat {name} --json
-midpo export {name} --merged --gates 0.5,0.5 --to {name}-merged   # a plain transformers/vLLM/TGI folder
-```
-
-```python
-from midpo_cli import load_midpo
-model, tokenizer = load_midpo("{name}")          # routers as trained
-model.set_safety_bias(1.0)                         # the safety dial: > 0 leans safe, < 0 leans helpful
-```
-"""
-
-
-def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template: str | None, run: Path | None,
-               router_params: int, adapters: dict[str, dict[str, Any]]) -> str:
-    """README.md of an exported MidPO folder: what it is, how it was trained, what it measured."""
-    router = cfg["router"]
-    front = ["---", "library_name: midpo", "tags: [midpo, lora, dpo, safety, helpfulness]"]
-    if kind == "hub":
-        front.append(f"base_model: {base}")
-    lines = [*front, "---", "", "# MidPO model", "", *_verdict_lines(run),
-             "A base causal LM with two LoRA experts — **safety** and **helpfulness**, each trained with SPE-DPO "
-             "(DPO whose margin comes from a cost or reward model) — mixed inside the base by small learned "
-             "per-layer routers: `y = W h + s_s·g_s(h)·B_s A_s h + s_h·g_h(h)·B_h A_h h`, with gates g in (0, 1) "
-             f"per token and routed layer ({len(cfg['target_modules'])} layers).", "",
-             *_run_sections(run), "", USE_SNIPPET.format(name=name), "",
-             "## Contents", "", "| path | what |", "|---|---|",
-             f"| `base/` | the base model ({'copied from ' + base if kind == 'local' else base}) |" if kind != "hub"
-             else f"| (hub) `{base}` | the base model, referenced |",
-             "| `adapters/safety/`, `adapters/helpfulness/` | the experts (PEFT LoRA folders) |",
-             f"| `router.safetensors` | the routers ({router_params:,} parameters) |",
-             "| `midpo_config.json` | routed modules, LoRA scalings, router settings |", "",
-             "## How it was trained", "",
-             f"- prompt template: `{template}`" if template else "- prompt template: not recorded (midpo resolves "
-             "`auto`: the tokenizer's chat template if it has one, else safe-rlhf)",
-             f"- routed modules: `{cfg['target_modules'][0]}` … ({len(cfg['target_modules'])})",
-             f"- router: granularity `{router['granularity']}`, input `{router['input']}`, "
-             f"hidden `{router['hidden']}`, initial gates {router['init_gates']}",
-             f"- fixed gates: {cfg.get('fixed_gates')}" if cfg.get("fixed_gates") else "- gates: the learned routers"]
-    for expert, a in adapters.items():
-        lines.append(f"- {expert} expert: LoRA r={a.get('r')}, alpha={a.get('lora_alpha')}, "
-                     f"targets {a.get('target_modules')}, scaling {cfg['scaling'][expert]}")
-    if run is not None and run_recipe(run):
-        lines += ["", f"The settings of every stage of run `{run.name}` are in `{RECIPE_FILE}`."]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict_lines(run: Path | None) -> list[str]:
-    """The run's computed verdict (midpo_cli.evaluation.verdict) first: whether the router earned its place."""
-    from midpo_cli.evaluation.verdict import markdown, run_verdicts
-
-    items = run_verdicts(run) if run is not None else None
-    return markdown(items) if items else []
-
-
-def _run_sections(run: Path | None) -> list[str]:
-    """The toy/score summary and the router's last metrics, read from the run directory if there is one (the
-    results come first: the stage settings are a separate file, `run_recipe`)."""
-    if run is None:
-        return ["## Evaluation", "", "No run directory was found next to this model, so no measurements are "
-                "included; `midpo generate` + `midpo score` (or `--run-dir`) add them."]
-    lines = []
-    metrics = _router_metrics(run)
-    if metrics:
-        lines += ["Router training, last logged values:", "", *metrics, ""]
-    summary = run / "score" / "summary.json"
-    if not summary.is_file():
-        return [*lines, "## Evaluation", "", f"No `score/summary.json` in `{run.name}` yet."]
-    data = read_json(summary)
-    return [*lines, *_toy_lines(data.get("toy") or []), *_score_lines(data.get("groups") or [])]
-
-
-RECIPE_FILE = "training-recipe.yaml"
-TRAINED_STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router")
-
-
-def run_recipe(run: Path | None) -> str:
-    """Each trained stage's resolved `config.yaml` of the run, one YAML document ('' when there is none)."""
-    parts = []
-    for stage in TRAINED_STAGES if run is not None else ():
-        path = run / stage / "config.yaml"
-        if path.is_file():
-            body = "\n".join("  " + line for line in path.read_text(encoding="utf-8").rstrip().splitlines())
-            parts.append(f"{stage}:\n{body}")
-    return f"# stage settings of run {run.name} (each stage's resolved config.yaml)\n" + "\n".join(parts) + "\n" \
-        if parts else ""
-
-
-def _router_metrics(run: Path) -> list[str]:
-    path = run / "router" / "manifest.json"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics") or {}
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [f"- {key}: {_fmt(value)}" for key, value in metrics.items() if isinstance(value, (int, float, str))]
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _toy_lines(toy: list[dict[str, Any]]) -> list[str]:
-    if not toy:
-        return []
-    rows = sorted(toy, key=lambda e: -(e.get("toy_score") or 0.0))
-    lines = ["## Evaluation: the toy world (ground-truth judge)", "",
-             "The measured trade-off: share of harmful prompts answered safely against share of benign "
-             "prompts answered helpfully, per model (fixed-gate mixes are `@gates=g_s,g_h`).", "",
-             "| model | prompts | harmful answered safely | benign answered helpfully | toy score | mean g_s harmful "
-             "| mean g_s benign |", "|---|---|---|---|---|---|---|"]
-    head, blends = lines[-2:], []
-    for e in rows:
-        row = (f"| {e.get('model')} | {e.get('prompt_set')} | {_fmt(e.get('harmful_safe'))} | "
-               f"{_fmt(e.get('benign_helpful'))} | {_fmt(e.get('toy_score'))} | "
-               f"{_fmt(e.get('gate_safety_harmful'))} | {_fmt(e.get('gate_safety_benign'))} |")
-        (blends if "@" in str(e.get("model")) else lines).append(row)
-    if blends:  # the fixed-blend grid and dial settings: dozens of rows, folded so the card stays short
-        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
-                  *blends, "", "</details>"]
-    return [*lines, ""]
-
-
-def _score_lines(groups: list[dict[str, Any]]) -> list[str]:
-    if not groups:
-        return []
-    cols = ("reward", "cost", "harmless_rate", "refusal_rate_harmful", "refusal_rate_benign")
-    lines = ["## Evaluation: score models", "", "Means over the prompt set (reward: helpfulness, higher is better; "
-             "cost: harm, lower is better).", "", "| model | prompts | " + " | ".join(cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
-    head, blends = lines[-2:], []
-    for g in groups:
-        metrics = g.get("metrics") or {}
-        row = (f"| {g.get('model')} | {g.get('prompt_set')} | "
-               + " | ".join(_fmt((metrics.get(c) or {}).get("mean")) for c in cols) + " |")
-        (blends if "@" in str(g.get("model")) else lines).append(row)
-    if blends:
-        lines += ["", f"<details><summary>{len(blends)} fixed blends and dial settings</summary>", "", *head,
-                  *blends, "", "</details>"]
-    return [*lines, ""]
-
-
-def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str | None,
-                chat: str | None = None) -> str:
-    return "\n".join([
-        "---", "tags: [midpo, merged]", "---", "", "# Merged MidPO model", "",
-        f"Both experts of the MidPO model `{source.name}` folded into the base weights at fixed gates "
-        f"g_safety = {gates[0]:g}, g_helpfulness = {gates[1]:g}: W' = W + s_s·g_s·B_s A_s + s_h·g_h·B_h A_h in "
-        f"{len(cfg['target_modules'])} layers. A plain Hugging Face model folder: transformers, vLLM and TGI load "
-        "it without midpo. The learned routers are not in it (they choose gates per token, which no single "
-        "weight matrix can hold); the export checked that its logits equal the MidPO model's at these gates.",
-        "", f"Prompt template: `{template or 'safe-rlhf (not recorded)'}` — prompts must use it "
-        "(safe-rlhf: `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`). "
-        + (f"The tokenizer carries a chat template ({chat}), so chat APIs (vLLM's, TGI's) can serve it."
-           if chat else "The tokenizer has no chat template: send completion requests with the prompt formatted."),
-        "",
-        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(\".\")", "tokenizer = AutoTokenizer.from_pretrained(\".\")",
-        "```", "", "```bash", "vllm serve .        # or: text-generation-launcher --model-id .", "```", ""])
-
-
-def adapters_card(source: Path, base: str, kind: str, cfg: dict[str, Any], template: str | None) -> str:
-    base_arg = base if kind == "hub" else "./base"
-    rank = max(int(read_json(adapter_folder(source, cfg, n) / "adapter_config.json").get("r", 8)) for n in EXPERTS)
-    return "\n".join([
-        "---", "tags: [midpo, lora, peft]", "---", "", "# MidPO experts as PEFT adapters", "",
-        f"The two experts of the MidPO model `{source.name}`: `safety/` and `helpfulness/`, standalone PEFT LoRA "
-        f"adapters on the base `{base_arg}`" + (" (copied here: it is not on the hub)" if kind != "hub" else "")
-        + ". midpo's routers are not in them: choose an expert per prompt outside midpo (prompt-level routing), "
-        "or use `midpo export --merged` for a fixed mix.", "",
-        f"Each `adapter_config.json` names its base as `{base_arg}`"
-        + (" (the hub name)." if kind == "hub" else ", relative to this folder, not a path of the machine that "
-           "exported it: load from here, or edit `base_model_name_or_path`.") , "",
-        f"Prompt template: `{template or 'safe-rlhf (not recorded)'}`.", "",
-        "## vLLM multi-LoRA", "", "```bash",
-        f"vllm serve {base_arg} --enable-lora --max-lora-rank {rank} \\",
-        "    --lora-modules safety=./safety helpfulness=./helpfulness",
-        "# then request model \"safety\" or \"helpfulness\" per prompt (OpenAI API: \"model\": \"safety\")",
-        "```", "", "## transformers + peft", "", "```python",
-        "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-        f"base = AutoModelForCausalLM.from_pretrained(\"{base_arg}\")",
-        "model = PeftModel.from_pretrained(base, \"./safety\", adapter_name=\"safety\")",
-        "model.load_adapter(\"./helpfulness\", adapter_name=\"helpfulness\")",
-        "model.set_adapter(\"helpfulness\")", "```", ""])
+    manifest = read_manifest(stage)
+    return stage.parent if manifest and manifest.get("stage") == "router" else None

@@ -8,7 +8,6 @@ config with a fixed seed, so the same seed gives the same "pretrained" model on 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
+from midpo_cli.io import try_read_json
 from midpo_cli.modeling.files import WEIGHT_FILES, has_weights, refuse_weightless  # noqa: F401 - re-exported
 
 DTYPES: dict[str, torch.dtype] = {
@@ -180,10 +180,7 @@ def refuse_score_model(folder: Path, name: str) -> None:
     config = folder / "config.json"
     if not config.is_file():
         return
-    try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # transformers reports the broken config itself
+    cfg = try_read_json(config)  # None when broken: transformers reports that itself
     if isinstance(cfg, dict) and ("score_type" in cfg or any(
             str(a).endswith("ForScore") for a in cfg.get("architectures") or [])):
         raise InputError(f"model {name!r} is a score model (safe-rlhf format), not a causal language model")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from torch import nn
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.io import atomic_dir
+from midpo_cli.io import atomic_dir, read_json
 from midpo_cli.modeling.loading import (
     has_weights,
     load_causal_lm,
@@ -258,7 +257,7 @@ def _head_tensors(folder: Path) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.exists():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            weight_map = read_json(index).get("weight_map", {})
             by_file: dict[str, list[str]] = {}
             for key in HEAD_KEYS:
                 if key in weight_map:
@@ -321,7 +320,7 @@ def load_score_model(path: str | Path, *, expected_type: str | None = None, dtyp
     config_file = folder / "config.json"
     if not config_file.exists():
         raise InputError(f"score model {name!r}: {config_file} does not exist")
-    raw = json.loads(config_file.read_text())
+    raw = read_json(config_file)
     _check_config(folder, raw)
     head = _head_tensors(folder)
     if "score_head.weight" not in head:

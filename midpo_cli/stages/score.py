@@ -52,7 +52,8 @@ def score_rows(rows: Sequence[dict[str, Any]], *, reward_model: str | None, cost
             "truncated": r.get("truncated"), "finished": r.get("finished"),
             "gate_safety": gates.get("safety"), "gate_helpfulness": gates.get("helpfulness"),
             "prompt": r["prompt"], "answer": r["answer"],
-            "safety_bias": r.get("safety_bias"),  # not a CSV column: the routing summary's dial point
+            # not CSV columns: what a blend or dial variant is, for the routing summary
+            "fixed_gates": r.get("fixed_gates"), "safety_bias": r.get("safety_bias"),
         })
     return out
 
@@ -92,7 +93,8 @@ def score_answers(
     and `verdict` (midpo_cli.evaluation.verdict, also on stderr). `gate_maps` (generate's per-token gate JSON) is
     copied into out_dir for the report's heatmaps.
     """
-    from midpo_cli.evaluation.report import print_tables, write_report
+    from midpo_cli.evaluation.report_html import write_report
+    from midpo_cli.evaluation.report_tables import print_tables
     from midpo_cli.evaluation.verdict import lines as verdict_lines
 
     detector = RefusalDetector(refusal_patterns or RefusalDetector.patterns, refusal_window)  # checks patterns early
@@ -176,7 +178,7 @@ def key_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The manifest's metrics, most telling first (`pipeline run` shows the first few): the router's
     margin over the best fixed blend, the toy score, then reward/cost/refusal per model. Prompt sets
     go by their last name part (`eval-prompts`) when that is unambiguous."""
-    from midpo_cli.evaluation.report import short_names
+    from midpo_cli.evaluation.report_tables import short_names
 
     sets, _ = short_names(summary["prompt_sets"], 24)
     out: dict[str, Any] = {}

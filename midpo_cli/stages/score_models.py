@@ -18,6 +18,7 @@ from midpo_cli.data.template import RECORD_KEY
 from midpo_cli.data.tokenize import collate_pairs, with_columns
 from midpo_cli.engine.artifacts import precision_of, save_checked
 from midpo_cli.engine.loop import train
+from midpo_cli.evaluation.gate_stats import auroc
 from midpo_cli.losses.preference import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_pairs
@@ -134,17 +135,7 @@ def audit_score_model(model, tokenizer, recipe, score_type: str, template: str |
     safe = torch.tensor([p.chosen_safe for p in pairs] + [p.rejected_safe for p in pairs], dtype=torch.bool)
     out["pair_accuracy"] = float((chosen < rejected).double().mean())  # chosen = safer → lower cost
     out["sign_accuracy"] = float(((scores < 0) == safe).double().mean())
-    out["auroc_unsafe"] = auroc(scores, ~safe)
+    out["auroc_unsafe"] = auroc(scores.tolist(), (~safe).tolist())
     out["mean_cost_safe"] = float(scores[safe].mean()) if safe.any() else None
     out["mean_cost_unsafe"] = float(scores[~safe].mean()) if (~safe).any() else None
     return out
-
-
-def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
-    """P(score of a random positive > score of a random negative), ties counted half (Mann–Whitney U)."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).double().mean()
-    ties = (pos[:, None] == neg[None, :]).double().mean()
-    return float(greater + 0.5 * ties)
