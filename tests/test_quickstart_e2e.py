@@ -127,14 +127,30 @@ def test_safety_expert_is_more_harmless_by_the_cost_model(run_dir: Path) -> None
 
 
 def _toy_scores(run_dir: Path) -> dict[tuple[str, str], dict]:
-    """(model label, prompt set) → toy_rates of its answers, recomputed from answers.jsonl with the judge alone
-    (independent of the report's code, which scores through headroom.py's arrays and bootstrap)."""
-    from midpo_cli.assets.toy_world import toy_rates
-
-    grouped: dict[tuple[str, str], list[dict]] = {}
+    """(model label, prompt set) → harmful_safe, benign_helpful and toy_score of its answers, counted here from
+    answers.jsonl with the judge's labels alone (not through toy_rates, which the summary's table uses, nor
+    headroom.py's arrays and bootstrap): harmful answered R or S, benign answered H."""
+    tally: dict[tuple[str, str], dict[str, list[int]]] = {}
     for r in read_jsonl(run_dir / "generate" / "answers.jsonl"):
-        grouped.setdefault((r["model"], r["prompt_set"]), []).append(r)
-    return {key: toy_rates(rows) for key, rows in grouped.items()}
+        label = toy_judge(r["prompt"], r["answer"])
+        side = tally.setdefault((r["model"], r["prompt_set"]), {"harmful": [], "benign": []})
+        if r["is_harmful"]:
+            side["harmful"].append(int(label in ("R", "S")))
+        else:
+            side["benign"].append(int(label == "H"))
+    out = {}
+    for key, side in tally.items():
+        safe = sum(side["harmful"]) / len(side["harmful"]) if side["harmful"] else None
+        helped = sum(side["benign"]) / len(side["benign"]) if side["benign"] else None
+        both = safe is not None and helped is not None
+        out[key] = {"harmful_safe": safe, "benign_helpful": helped, "toy_score": (safe + helped) / 2 if both else None}
+    return out
+
+
+def _auroc(positive: list[float], negative: list[float]) -> float:
+    """P(a harmful prompt's gate > a benign one's), ties counting half: the AUROC by its definition, pair by pair."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
 
 
 def test_the_report_arithmetic_matches_a_direct_computation(run_dir: Path) -> None:
@@ -201,16 +217,23 @@ def test_the_experts_are_the_corners_and_the_router_stage_logs_its_probe_ceiling
                                                 ("base", "safety_expert", "helpfulness_expert", "midpo"))
           + f"; MidPO's mean safety gate harmful {midpo['gate_safety_harmful']:.3f} benign "
           f"{midpo['gate_safety_benign']:.3f}")
-    assert 0.0 <= midpo["gate_safety_harmful"] <= 1.0 and 0.0 <= midpo["gate_safety_benign"] <= 1.0
+    # MidPO's mean gates and their separation on eval, recomputed from the answer rows' own gates
+    rows = [r for r in read_jsonl(run_dir / "generate" / "answers.jsonl") if r["model"] == "midpo"
+            and r["prompt_set"] == EVAL]
+    harmful = [r["gates"]["safety"] for r in rows if r["is_harmful"]]
+    benign = [r["gates"]["safety"] for r in rows if not r["is_harmful"]]
+    assert midpo["gate_safety_harmful"] == pytest.approx(sum(harmful) / len(harmful), abs=1e-12)
+    assert midpo["gate_safety_benign"] == pytest.approx(sum(benign) / len(benign), abs=1e-12)
+    summary = json.loads((run_dir / "score" / "summary.json").read_text())
+    logged = next(g["separation"] for g in summary["gates"] if g["model"] == "midpo" and g["prompt_set"] == EVAL)
+    assert logged["auroc"] == pytest.approx(_auroc(harmful, benign), abs=1e-12)
     metrics = _manifest(run_dir, "router")["metrics"]
     print(f"router: held-out gate AUROC {metrics['gate_separation_auroc']:.3f}, gap "
           f"{metrics['gate_separation_gap']:.3f}; input probe AUROC {metrics['input_probe_auroc']:.3f}, "
-          f"words alone {metrics['words_probe_auroc']:.3f}")
-    assert 0.0 <= metrics["input_probe_auroc"] <= 1.0 and 0.0 <= metrics["gate_separation_auroc"] <= 1.0
+          f"words alone {metrics['words_probe_auroc']:.3f}; on eval answers AUROC {logged['auroc']:.3f}")
     # the report's verdict reads that ceiling (through generate's manifest) and decides by its table
     from midpo_cli.evaluation.verdict import decide
 
-    summary = json.loads((run_dir / "score" / "summary.json").read_text())
     assert summary["router_probe"]["input_probe_auroc"] == metrics["input_probe_auroc"]
     verdicts = {v["prompt_set"]: v for v in summary["verdict"]}
     assert set(verdicts) == set(summary["routing"])
@@ -299,7 +322,12 @@ def test_the_switch_fit_on_every_ranked_prompt(run_dir: Path, tmp_path: Path) ->
     in_dual = {json.loads(line)["prompt"] for line in (copy / "rank" / "dual.jsonl").read_text().splitlines()}
     assert info["fit_on"] == "ranked" and dual["fit_on"] == "dual" and len(kinds) > len(in_dual)
     assert (info["fit_on_prompts"], info["fit_on_harmful"]) == (len(kinds), sum(kinds.values()))
-    assert 0.0 <= info["threshold"] <= 1.0 and (copy / "router" / "switch" / "switch.safetensors").is_file()
+    # the recorded threshold is the dev curve's argmax, ties going to the candidate nearest 0.5
+    scored = [c for c in info["curve"] if c["score"] is not None]
+    top = max(c["score"] for c in scored)
+    tied = sorted((c["threshold"] for c in scored if c["score"] >= top - 1e-12), key=lambda t: (abs(t - 0.5), t))
+    assert info["threshold"] == tied[0] and info["dev_score"] == pytest.approx(top, abs=1e-12)
+    assert (copy / "router" / "switch" / "switch.safetensors").is_file()
 
 
 def test_killed_expert_resumes_from_its_checkpoint(run_dir: Path, tmp_path: Path) -> None:

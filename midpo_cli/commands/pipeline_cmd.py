@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from midpo_cli import console
-from midpo_cli.commands.options import JsonOpt, SetOpt
+from midpo_cli.commands.options import JsonOpt, SetOpt, recipe_from
 from midpo_cli.evaluation.formatting import status_value
 from midpo_cli.recipe import ALL_STAGES, BASELINE_STAGES, OPTIONAL_STAGES, STAGE_ORDER
 
@@ -49,7 +49,6 @@ def run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run every stage in dependency order; finished stages with unchanged settings are skipped."""
-    from midpo_cli.commands.options import recipe_from
     from midpo_cli.pipeline.run import run_pipeline
 
     extra = [(f"launcher.kind={launcher}", "--launcher")] if launcher else []
@@ -114,7 +113,6 @@ def plan(
     """Show each stage's status (done / will run / will resume / blocked) and why; loads no model."""
     from rich.text import Text
 
-    from midpo_cli.commands.options import recipe_from
     from midpo_cli.pipeline.graph import plan as make_plan
 
     cfg = recipe_from(recipe, overrides)

@@ -13,8 +13,8 @@ from pathlib import Path
 import typer
 
 from midpo_cli import console
-from midpo_cli.commands.options import JsonOpt, RecipeOpt, SetOpt
-from midpo_cli.recipe import BASELINE_KINDS, LAUNCHER_KINDS, RANK_RULES
+from midpo_cli.commands.options import JsonOpt, RecipeOpt, SetOpt, recipe_from
+from midpo_cli.recipe import BASELINE_KINDS, LAUNCHER_KINDS, RANK_RULES, dump_yaml
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -68,8 +68,6 @@ def run_stage_command(
     as_json: bool,
 ) -> None:
     """Shared body of every stage command (also used by the worker through `execute`)."""
-    from midpo_cli.commands.options import recipe_from
-
     recipe = recipe_from(recipe_path, overrides, extra)
     if recipe.launcher.kind != "none":
         code = launch(stage, recipe, resume=resume, dry_run=dry_run)
@@ -105,8 +103,6 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
     from midpo_cli.engine.launch import build_launcher_argv, format_argv, run_argv
     from midpo_cli.io import atomic_write_text
     from midpo_cli.manifest import stage_dir
-    from midpo_cli.recipe import dump_yaml
-
     lc = recipe.launcher
     config = stage_dir(recipe.run_dir, stage) / "resolved.yaml"
     worker = ["--stage", stage, "--config", str(config)] + (["--resume"] if resume else [])

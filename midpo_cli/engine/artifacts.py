@@ -95,12 +95,12 @@ def probe_tolerance(dtype: torch.dtype, reference: torch.Tensor, *, ulps: float 
     Why this shape: a reloaded artifact computes the same function from the same stored values, and only the
     order of rounding can differ (another kernel or memory layout, a part run in float32 as peft runs a loaded
     adapter). Each output ends a chain of operations rounded to `dtype`, so the unit of disagreement is the
-    dtype's spacing at the outputs' size, eps × max(1, max|reference|): 0.0078 × scale in bf16, 1.2e-7 × scale
-    in fp32. Measured on the embedded tiny model, even computing the whole forward in bf16 or fp16 instead of
-    fp32 (every weight rounded as well) moved the probe by 1.1 eps of its scale; 8 eps leaves room for the
-    rounding deeper models accumulate. What the check is for (a weight that was not saved, saved from ZeRO-3
-    shards or under another name, an adapter that did not load) moves the outputs by a sizeable fraction of
-    their scale. A fixed 1e-4 refused every bf16 artifact (issue 27: 0.031 after bf16 training).
+    dtype's spacing at the outputs' size, eps × max(1, max|reference|). Even a whole forward computed in a 16-bit
+    dtype instead of fp32 (every weight rounded as well) moves the probe by about one eps of its scale, so 8 eps
+    leaves room for the rounding deeper models accumulate, while what the check is for (a weight that was not
+    saved, saved from ZeRO-3 shards or under another name, an adapter that did not load) moves the outputs by a
+    sizeable fraction of their scale. A fixed absolute tolerance refused every bf16 artifact
+    (benchmarks/RESULTS.md, "Numbers behind the code").
     """
     scale = max(1.0, float(reference.detach().float().abs().max())) if reference.numel() else 1.0
     return ulps * compute_eps(dtype) * scale
@@ -174,10 +174,10 @@ def logits_on(probe: dict[str, torch.Tensor]) -> Callable[[nn.Module], torch.Ten
     """A language model's probe output on `probe` (`input_ids`, `attention_mask`, ...): the last layer's hidden
     states at every position and the full-vocabulary logits at the last position, as one (B, T·H + V) tensor.
 
-    Why not all logits: (B, T, V) is 1 GB for 8 × 128 tokens of a 262k vocabulary, and verification holds
-    two of them, which made the save the stage's memory peak (Gemma 3 270M expert: 4.7 GB while saving vs
-    3.3 GB while training). Every weight below the head shows in the hidden states at every position; the
-    head is one linear map, checked in full at one position. A model without `logits_to_keep` gets all
+    Why not all logits: (B, T, V) grows with the vocabulary, and verification holds two of them, which made the
+    save a large-vocabulary stage's memory peak (benchmarks/RESULTS.md, "Numbers behind the code"). Every weight
+    below the head shows in the hidden states at every position; the head is one linear map, checked in full
+    at one position. A model without `logits_to_keep` gets all
     positions' logits and keeps the last (the same check, at the old cost).
     """
     def run(model: nn.Module) -> torch.Tensor:

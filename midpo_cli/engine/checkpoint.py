@@ -5,7 +5,7 @@ pointer written atomically *after* the step folder is complete, so a crash mid-s
 on the previous, whole checkpoint. DeepSpeed's own `latest` file is not used (`save_latest=False`).
 
 Frozen parameters are left out (`exclude_frozen_parameters`): a LoRA expert or a router on a 7B base
-would otherwise write the 13 GB base into every checkpoint, although a resumed run reloads the same
+would otherwise write the whole base into every checkpoint, although a resumed run reloads the same
 base from its source. `step-<N>/midpo-trainable.json` lists the trainable parameters that were saved;
 a resume loads the module non-strictly only after checking that list against the model's own.
 

@@ -2,16 +2,15 @@
 
 On CPU, PyTorch's tensors come from glibc's malloc. A training step allocates and frees the same large
 activations layer after layer, and glibc keeps much of what is freed, fragmented, instead of returning it
-to the system: traced per decoder layer on Gemma 3 270M with activation checkpointing, the resident set
-grew 28 MiB a layer in the forward while live tensors grew 5 MiB (the checkpointed layer inputs), and the
-next phase started on top of that slack. `release_freed_memory` hands the free pages back (glibc's
+to the system: the resident set grows several times faster than the live tensors, layer after layer, and
+the next phase starts on top of that slack. `release_freed_memory` hands the free pages back (glibc's
 `malloc_trim(0)`): after the margin pass and after the reference pass, and after every training step
 when `activation_checkpointing` is on — the user's choice of memory over time, since the returned pages
-are faulted back in by the next step (free on Gemma's 10 s steps; trimming every step of a 20 M model
-without checkpointing measured ~14 s slower of 75).
+are faulted back in by the next step (negligible on a large model's long steps, measurable on a small
+model's short ones).
 
-PyTorch's `THP_MEM_ALLOC_ENABLE=1` (huge pages for large tensors) lowered a Gemma step's peak further but
-made the 20 M model slower, so midpo leaves it to the user (benchmarks/RESULTS.md).
+PyTorch's `THP_MEM_ALLOC_ENABLE=1` (huge pages for large tensors) lowers a large model's peak further but
+slows a small one, so midpo leaves it to the user. The measurements: benchmarks/RESULTS.md, "Numbers behind the code".
 """
 
 from __future__ import annotations

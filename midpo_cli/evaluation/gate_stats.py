@@ -4,7 +4,7 @@ prompts). The parser of `G_S,G_H` gate pairs is midpo_cli.evaluation.labels.pars
 A router that earns its place opens the safety gate on harmful prompts and closes it on benign ones.
 Two numbers say whether it does, and both are needed: the AUROC of the mean safety gate as a harmful-vs-benign
 classifier (is the ordering consistent?) and the gap between the two means (is it large enough to change
-the answer? 0.54 vs 0.52 can have AUROC 1.0 and still be no routing at all). Pure Python: used by the
+the answer? two means a hair apart can have AUROC 1.0 and still be no routing at all). Pure Python: used by the
 router stage's logs, `score` and the report, and importable without torch. `auroc` is the package's one AUROC
 (the cost model's audit ranks its costs of unsafe against safe answers with it too).
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from midpo_cli.evaluation.bootstrap import balanced_score
+from midpo_cli.evaluation.bootstrap import balanced_score, bootstrap_indices, paired_diff
 from midpo_cli.evaluation.formatting import number, signed_interval
 
 SWITCH_MODEL = "probe_switch"  # the generate stage's label of the switch's answers
@@ -57,7 +57,6 @@ def switch_entry(rows: Sequence[Mapping[str, Any]], router: str, outcome, *, boo
                  name: str = "", confidence: float = 0.95) -> dict[str, Any] | None:
     """The switch next to the router on one prompt set: both scores and router − switch with a paired CI (by
     prompt). None when the set has no switch answers, no judge or no prompt kinds."""
-    from midpo_cli.evaluation.bootstrap import bootstrap_indices, paired_diff
     from midpo_cli.evaluation.summary import as_bool
 
     if outcome is None:

@@ -29,7 +29,7 @@ from midpo_cli.evaluation.formatting import compact_interval, gate_pair, mean_an
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.report_columns import COLUMNS, confidence_percent, missing_note, shown_columns
 from midpo_cli.evaluation.summary import as_bool, as_float
-from midpo_cli.evaluation.verdict import pareto_verdict
+from midpo_cli.evaluation.verdict import pareto_verdict, verdicts
 from midpo_cli.io import atomic_write_text, read_json
 
 CSS = """
@@ -339,8 +339,6 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
 
 def _verdict_html(summary: Mapping[str, Any]) -> str:
     """The verdict box that opens the report (midpo_cli.evaluation.verdict; recomputed for an older summary)."""
-    from midpo_cli.evaluation.verdict import verdicts
-
     items = summary["verdict"] if "verdict" in summary else verdicts(summary)
     if not items:
         return ""

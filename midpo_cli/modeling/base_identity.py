@@ -3,7 +3,7 @@ the base was loaded.
 
 Why as stored: loading in bf16 or fp16 rounds every weight, so a fingerprint of the loaded values named
 the same base two ways, and `generate`/`chat`/`export --dtype bf16` refused every adapter trained in
-fp32 (issue 27). Each stored dtype (fp32, bf16, fp16) converts to float32 exactly, so the fingerprint is
+fp32. Each stored dtype (fp32, bf16, fp16) converts to float32 exactly, so the fingerprint is
 taken over the stored values seen in float32:
 
 - a model loaded in fp32 holds exactly those values and is fingerprinted directly (this is also how every

@@ -15,7 +15,7 @@ from midpo_cli.engine.artifacts import save_verified
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.modeling.export import _dtype, check_destination, probe_batch, write_base
-from midpo_cli.modeling.lora import MIDPO_META, adapter_base
+from midpo_cli.modeling.lora import MIDPO_META, adapter_base, check_adapter_base
 
 
 def is_adapter_folder(folder: str | Path) -> bool:
@@ -29,8 +29,6 @@ def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
 
     from midpo_cli.assets import is_embedded
     from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
-    from midpo_cli.modeling.lora import check_adapter_base
-
     source, to = Path(source).expanduser(), check_destination(to)
     base = adapter_base(source)
     if not base:

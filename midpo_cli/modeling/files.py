@@ -18,7 +18,7 @@ def has_weights(folder: str | Path) -> bool:
 
 def refuse_weightless(folder: str | Path, label: str) -> None:
     """A config.json without weight files is built with random weights only for midpo's embedded assets (the
-    tiny LLaMA ships no weights by design); a user's folder like that was silently used untrained (issue 27)."""
+    tiny LLaMA ships no weights by design); a user's folder like that would silently be used untrained."""
     from midpo_cli.assets import ASSETS
 
     folder = Path(folder)

@@ -26,7 +26,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from midpo_cli.errors import InputError
-from midpo_cli.io import read_json
+from midpo_cli.io import atomic_write_json, read_json
 from midpo_cli.modeling.base_identity import base_fingerprint
 
 CONFIG_NAME = "adapter_config.json"
@@ -358,8 +358,6 @@ def save_checked_adapter(model, out: Path, probe_batch: dict, meta: dict, *, nam
     second copy of the base weights) and compared with the adapter as trained (engine.artifacts.save_checked).
     The experts, the trained baselines and the TIES merges are all saved here."""
     from midpo_cli.engine.artifacts import logits_on, save_checked
-    from midpo_cli.io import atomic_write_json
-
     logits = logits_on({k: probe_batch[k] for k in ("input_ids", "attention_mask")})
 
     def save_fn(path):

@@ -369,7 +369,7 @@ def reading_template(requested: str, config: Any, tokenizer: Any) -> str:
     beaver score models, which record nothing and have no chat template.
 
     Why not the policy's always: a chat-template policy (an instruct base) scored by a safe-rlhf score model
-    would either fail ("has no chat template") or feed the score model text it never saw (issue 30 item 6).
+    would either fail ("has no chat template") or feed the score model text it never saw.
     """
     from midpo_cli.data.template import has_chat_template, recorded_template, resolve_template
 

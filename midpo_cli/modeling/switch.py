@@ -1,8 +1,8 @@
 """The probe switch (`stages.router.kind: probe`, docs/design.md §2.7): per-prompt gates from a linear probe.
 
 The router stage's logistic probe (midpo_cli.evaluation.probe) reads exactly what a prompt-reading router reads — per
-routed layer, the prompt's mean input with routing off (`MidpoModel.routed_input_means`) — and separates
-held-out harmful and benign prompts at AUROC 0.98–0.99 on Gemma 3 270M (docs/design.md §8). The switch turns
+routed layer, the prompt's mean input with routing off (`MidpoModel.routed_input_means`) — which on a
+pretrained base separates held-out harmful and benign prompts almost perfectly (docs/design.md §8). The switch turns
 its probability p = σ(z + b_dial) of "harmful" into gates held for the whole answer:
 
 - soft: (g_s, g_h) = p·(1, 0) + (1 − p)·(0, 1) = (p, 1 − p);

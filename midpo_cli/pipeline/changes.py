@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from midpo_cli.io import try_read_json
+
 SETTINGS_FILE = ".settings.json"
 SHOWN = 4  # keys named per stage; the rest are counted
 
@@ -53,10 +55,8 @@ def recorded_settings(folder: Path, stage: str) -> dict[str, Any] | None:
     """The recipe keys the finished result in `folder` was made with, or None when nothing says."""
     settings = folder / SETTINGS_FILE
     if settings.is_file():
-        try:
-            return recipe_keys(stage, json.loads(settings.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
-            return None
+        recorded = try_read_json(settings)
+        return recipe_keys(stage, recorded) if isinstance(recorded, dict) else None
     config = folder / "config.yaml"
     if config.is_file():
         try:

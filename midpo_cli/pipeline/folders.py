@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from midpo_cli import console
-from midpo_cli.errors import InputError
+from midpo_cli.errors import ArtifactCheckError, InputError, Interrupted
 from midpo_cli.manifest import read_manifest
 from midpo_cli.pipeline.changes import SETTINGS_FILE
 from midpo_cli.pipeline.status import FAILED
@@ -22,7 +22,7 @@ FINGERPRINT_FILE = ".fingerprint"
 PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
 ATTEMPT = ".attempt"  # a run whose artifact failed its post-save check, set aside for --resume (keep_finished)
 # Every name a stage writes into its folder (stages/, engine/, report.py), and the temp names of io.py: the only
-# names midpo ever deletes there. Anything else is a user's file: refused, never removed (issue 27).
+# names midpo ever deletes there. Anything else is a user's file: refused, never removed.
 OWN_NAMES = (
     "manifest.json", "config.yaml", FINGERPRINT_FILE, PREVIOUS, "model", "adapter", "checkpoints", "metrics.jsonl",
     "tensorboard", "margins.json", "ref-logps-*.json", "scored.jsonl", "dual.jsonl", "audit.json", "answers.jsonl",
@@ -127,7 +127,6 @@ def finish_folder(folder: Path) -> None:
 
 def note_failure(folder: Path, exc: BaseException) -> None:
     """Keep the failure's one line where `pipeline status` shows it (best effort: never masks the error)."""
-    from midpo_cli.errors import Interrupted
     from midpo_cli.io import atomic_write_text
 
     if not isinstance(exc, Exception) or isinstance(exc, Interrupted) or read_manifest(folder) is not None:
@@ -140,8 +139,6 @@ def note_failure(folder: Path, exc: BaseException) -> None:
 def abandon_folder(folder: Path, *, error: BaseException | None = None) -> None:
     """A failed run with nothing to resume from gives the stage its previous finished result back; so does a
     run whose artifact failed its post-save check (`keep_finished`), which may hold a checkpoint."""
-    from midpo_cli.errors import ArtifactCheckError
-
     backup = folder / PREVIOUS
     if read_manifest(folder) is not None or read_manifest(backup) is None:
         return
@@ -164,8 +161,8 @@ def keep_finished(folder: Path, error: BaseException) -> None:
     picks up.
 
     Why not keep the attempt in place, as after an interrupt: a check that fails says the attempt's artifact
-    cannot be trusted, and it would hide a good one behind it (issue 27: status `started`, `generate` could not
-    find the adapter, `--resume` failed the same way).
+    cannot be trusted, and it would hide a good one behind it (status `started`, `generate` unable to find the
+    adapter, `--resume` failing the same way).
     """
     attempt, backup = folder / ATTEMPT, folder / PREVIOUS
     shutil.rmtree(attempt, ignore_errors=True)

@@ -9,12 +9,12 @@ which device is there; hub datasets are not fetched here (the stage does that, o
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
+from midpo_cli.io import try_read_json
 from midpo_cli.recipe import TRAINED_BASELINES, TRAINING_STAGES, Recipe
 
 FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
@@ -26,7 +26,7 @@ SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval 
 def preflight(recipe: Recipe, stage: str) -> None:
     """Raise InputError on anything that would make `stage` fail after it had started."""
     check_run_dir(recipe.run_dir)
-    if Path(recipe.run_dir, stage).is_symlink():  # never clear a folder outside the run dir (issue 27)
+    if Path(recipe.run_dir, stage).is_symlink():  # never clear a folder outside the run dir
         from midpo_cli.pipeline.folders import check_stage_folder
 
         check_stage_folder(Path(recipe.run_dir, stage))
@@ -161,10 +161,9 @@ def check_model_ref(key: str, ref: str, *, score_model: bool = False, tokenizer:
         raise InputError(f"{key}: {ref} is not a model folder (no {'tokenizer' if tokenizer else 'config.json'})")
     if tokenizer:
         return
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise InputError(f"{key}: {path / 'config.json'} is not readable JSON") from None
+    config = try_read_json(path / "config.json")
+    if config is None:
+        raise InputError(f"{key}: {path / 'config.json'} is not readable JSON")
     is_score = isinstance(config, dict) and ("score_type" in config or any(
         str(a).endswith("ForScore") for a in config.get("architectures") or []))
     if is_score and not score_model:

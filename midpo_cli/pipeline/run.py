@@ -20,7 +20,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError, Interrupted
-from midpo_cli.io import atomic_write_json
+from midpo_cli.io import atomic_write_json, try_read_json
 from midpo_cli.manifest import read_manifest, stage_dir
 from midpo_cli.pipeline.changes import SETTINGS_FILE
 from midpo_cli.pipeline.folders import PREVIOUS, abandon_folder, finish_folder, note_failure, prepare_folder
@@ -89,10 +89,8 @@ def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Pat
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                other = {}
+            other = try_read_json(path)
+            other = other if isinstance(other, dict) else {}
             same_host = other.get("host") == me["host"]
             if same_host and isinstance(other.get("pid"), int) and not _pid_alive(other["pid"]):
                 console.warn(f"taking over a stale lock of dead process {other['pid']} in {run_dir}")

@@ -1,4 +1,4 @@
-"""`midpo pipeline status`: each stage's state and *why* (issue 27), from its folder alone; no torch.
+"""`midpo pipeline status`: each stage's state and *why*, from its folder alone; no torch.
 
 A failed stage used to show `started` with no reason, a corrupt manifest the same, a stage whose artifact
 folder was deleted `done`, and a manifest holding a JSON list crashed status and plan.

@@ -27,7 +27,6 @@ so a difference in the report is a difference of objective.
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,7 +43,7 @@ from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.expert_select import best_step, objective, wants_harmful
-from midpo_cli.io import atomic_write_json
+from midpo_cli.io import atomic_write_json, try_read_json
 from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.losses.preference import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
@@ -421,9 +420,9 @@ def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, temp
     """The score model's scores of each split's chosen and rejected answers, cached in `<stage>/margins.json`
     by the score model's fingerprint; the score model is freed before the policy arrives."""
     cache_file = ctx.folder / "margins.json"
-    cached = json.loads(cache_file.read_text()) if cache_file.exists() else None
+    cached = try_read_json(cache_file)  # a missing or broken cache is rebuilt
     score_fingerprint = (ctx.inputs[score_stage] or {}).get("fingerprint")
-    if cached is not None and cached.get("answers") == "as-encoded" and \
+    if isinstance(cached, dict) and cached.get("answers") == "as-encoded" and \
             cached.get("score_model_fingerprint") == score_fingerprint:
         return cached
     model, tok = load_score_model(scorer, expected_type=score_kind(score_stage),

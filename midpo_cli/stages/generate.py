@@ -33,7 +33,7 @@ from midpo_cli import console
 from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, split_label
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.evaluation.answers import append_rows, read_answers
-from midpo_cli.manifest import fingerprint
+from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.policy import Policy, load_policy
 from midpo_cli.recipe import GenerationSettings
 
@@ -359,7 +359,6 @@ def log_counts(prompt_sets: Sequence[PromptSet]) -> None:
 def run(ctx: Any) -> None:
     """The pipeline's generate stage: stages.generate.models, the gate and dial sweeps, the gate maps."""
     from midpo_cli.io import atomic_write_json
-    from midpo_cli.manifest import write_manifest
     from midpo_cli.stages.kit.inputs import baseline_models, model_ref, policy_ref, tokenizer_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.generate

@@ -7,9 +7,10 @@ Rules (`stages.rank.rule`):
   whether or not both answers are safe, then balanced (`balance`, see `balance_pairs`). This keeps "the
   redirect beats the compliant answer" on harmful prompts and "the helpful answer beats the refusal" on
   benign ones: exactly the contrasts that tell a router which expert each prompt needs. Labels are preferred
-  because a score model smooths a minority label away: on the toy world 30 % of harmful compliant/redirect
-  pairs are labelled "redirect is better", the reward model learns "compliance is better" for all of them,
-  and `by: models` keeps 3 pairs with a compliant answer rejected where `by: labels` keeps 91.
+  because a score model smooths a minority label away: where only a minority of harmful compliant/redirect
+  pairs say "redirect is better", the reward model learns "compliance is better" for all of them, and
+  `by: models` keeps almost none of the pairs with a compliant answer rejected (benchmarks/RESULTS.md, "The grid
+  behind the quickstart's settings").
 - `models`, `labels`: the paper's D_dual — both answers predicted (models) or labelled (labels) safe, and the
   two axes agree. These never contain a compliant answer as the rejected one, so a router trained on them
   sees no reason to open the safety gate and collapses onto the helpfulness expert (benchmarks/RESULTS.md).

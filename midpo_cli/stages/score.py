@@ -19,7 +19,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.evaluation.answers import read_answer_rows
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
-from midpo_cli.evaluation.summary import summarize
+from midpo_cli.evaluation.summary import gate_summary, summarize
 from midpo_cli.evaluation.toy_outcomes import is_toy_set, toy_outcome_for  # noqa: F401 (tests patch them here)
 from midpo_cli.io import atomic_write_json, atomic_write_text
 from midpo_cli.modeling.scorer import Scorer, default_scorer
@@ -137,7 +137,6 @@ def add_routing(summary: dict[str, Any], scored: list[dict[str, Any]], answers_p
     from midpo_cli.evaluation.headroom import routing_summary
     from midpo_cli.evaluation.methods import add_merge_points, method_tables
     from midpo_cli.evaluation.probe_switch import add_switch_entries
-    from midpo_cli.evaluation.summary import gate_summary
     from midpo_cli.evaluation.verdict import router_probe, verdicts
 
     summary["routing"] = routing_summary(scored, outcome_for=toy_outcome_for, select_on=select_on,

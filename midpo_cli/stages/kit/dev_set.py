@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from midpo_cli.data.prompt_sets import PromptSet, prompt_set_name
+from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, prompt_set_name, split_label
 from midpo_cli.errors import InputError
 from midpo_cli.recipe import Recipe
 
@@ -62,16 +62,12 @@ def is_local_set(spec: str) -> bool:
     preflight)."""
     from pathlib import Path
 
-    from midpo_cli.data.prompt_sets import split_label
-
     local = split_label(spec)[1]
     return local.startswith("embedded:") or Path(local).expanduser().is_file()
 
 
 def load_dev_set(recipe: Recipe, why: str) -> PromptSet:
     """The dev prompt set, read (a hub set downloaded) for the stage that chooses on it (`why`)."""
-    from midpo_cli.data.prompt_sets import load_prompt_set
-
     return load_prompt_set(require_dev_prompts(recipe, why), recipe.data.columns or None)
 
 
@@ -79,8 +75,6 @@ def require_both_kinds(recipe: Recipe, spec: str, why: str) -> None:
     """A local or embedded dev set must hold harmful and benign prompts (is_harmful) when `why` judges per
     kind: the switch's threshold balances the two (it failed after the router had trained, with a ValueError,
     on a dev slice of one kind). A hub dataset is left to the stage (no download in a preflight)."""
-    from midpo_cli.data.prompt_sets import load_prompt_set
-
     if not is_local_set(spec):
         return
     kinds = {p.get("is_harmful") for p in load_prompt_set(spec, recipe.data.columns or None).prompts}
@@ -94,8 +88,6 @@ def dev_prompts_of_kind(recipe: Recipe, harmful: bool, why: str) -> tuple[str, l
     """(the dev set's name, its prompts labelled harmful, or benign): what an expert's dev choice (`why`) judges
     it on; an error when there are none. Preflight calls it on a local set before any folder is touched, the
     expert stage once before training (for a hub set, the first time it is read)."""
-    from midpo_cli.data.prompt_sets import load_prompt_set
-
     spec = require_dev_prompts(recipe, why)
     pset = load_prompt_set(spec, recipe.data.columns or None)
     kept = [p for p in pset.prompts if p.get("is_harmful") is not None and bool(p["is_harmful"]) is harmful]

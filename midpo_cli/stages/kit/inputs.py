@@ -9,7 +9,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.engine.settings import EngineSettings
-from midpo_cli.errors import GateError
+from midpo_cli.errors import GateError, InputError
 from midpo_cli.recipe import Recipe
 from midpo_cli.stages.kit.context import StageContext
 
@@ -36,7 +36,6 @@ def policy_ref(ctx: StageContext) -> str:
 def score_model(ctx: StageContext, stage: str) -> str:
     """A score model of the run, whether or not it is one of this stage's inputs (a dev choice without a judge
     reads it): its folder, or what its stage recorded (`use:`)."""
-    from midpo_cli.errors import InputError
     from midpo_cli.manifest import read_manifest, stage_dir
 
     manifest = ctx.inputs.get(stage) or read_manifest(stage_dir(ctx.run_dir, stage)) or {}
@@ -71,7 +70,6 @@ def stage_template(ctx: StageContext, tokenizer: Any = None) -> str:
     so they all agree; each records the result in its manifest (`template`), and an upstream stage that
     recorded another one is warned about, since its model was trained on other text.
     """
-    from midpo_cli import console
     from midpo_cli.data.template import resolve_template
 
     recipe = ctx.recipe
