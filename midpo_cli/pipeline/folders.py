@@ -21,8 +21,8 @@ from midpo_cli.pipeline.status import FAILED
 FINGERPRINT_FILE = ".fingerprint"
 PREVIOUS = ".previous"  # the last finished result, kept while a changed stage re-runs
 ATTEMPT = ".attempt"  # a run whose artifact failed its post-save check, set aside for --resume (keep_finished)
-# Every name a stage writes into its folder (stages/, engine/, the report's renderers), and the temp names of io.py: the only
-# names midpo ever deletes there. Anything else is a user's file: refused, never removed.
+# Every name a stage writes into its folder (stages/, engine/, the report's renderers), and the temp names of
+# io.py: the only names midpo ever deletes there. Anything else is a user's file: refused, never removed.
 OWN_NAMES = (
     "manifest.json", "config.yaml", FINGERPRINT_FILE, PREVIOUS, "model", "adapter", "checkpoints", "metrics.jsonl",
     "tensorboard", "margins.json", "ref-logps-*.json", "scored.jsonl", "dual.jsonl", "audit.json", "answers.jsonl",
