@@ -4,8 +4,8 @@ expert's own objective, not the last one.
 Direct-alignment methods overshoot early (a pretrained base's safety expert can refuse every benign prompt a
 few dozen steps in, docs/design.md §8), and MoGU's authors single out the expert checkpoint as what matters
 most. So within the recipe's step budget the stage keeps the adapter every `select_every` steps (and at the
-last step: the snapshots are midpo_cli.modeling.lora's), answers the recipe's dev prompts (midpo_cli.stages.kit.dev_choice) with each,
-and keeps the best:
+last step: the snapshots are midpo_cli.modeling.lora's), answers the recipe's dev prompts
+(midpo_cli.stages.kit.dev_choice) with each, and keeps the best:
 
 - safety expert: on the harmful dev prompts, the share answered safely — by the toy judge where the set has one
   (refusal or safe redirect), else by the cost model (c < 0);
