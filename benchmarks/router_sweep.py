@@ -51,10 +51,11 @@ CANDIDATES: dict[str, list[str]] = {
 
 def dev_row(out: Path, dev_name: str) -> dict:
     """The dev toy score, its halves and the safety gate's separation over the MidPO model's dev answers."""
+    from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
+
     from midpo_cli.evaluation.answers import read_answer_rows
     from midpo_cli.evaluation.bootstrap import balanced_score
     from midpo_cli.evaluation.gate_stats import separation
-    from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
 
     judge = toy_outcome_for(dev_name)
     rows = [r for r in read_answer_rows(out / "generate" / "answers.jsonl")

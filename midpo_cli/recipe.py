@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -455,6 +456,104 @@ class GenerateStage(GenerationSettings):
         return [(float(a), float(b)) for a, b in self.gate_sweep]
 
 
+JUDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")  # a judge's name goes into column names and files
+JUDGE_KINDS = ("toy", "score-models", "guard", "openai")  # docs/judges.md; `judge: null` = toy, then score-models
+
+
+class JudgeSpecBase(Strict):
+    name: str | None = Field(None, description="The judge's name in scores.csv columns and the report (default: "
+                             "its kind); two judges of one kind need names.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not JUDGE_NAME.fullmatch(value):
+            raise ValueError(f"must be 1-40 letters, digits, '_', '.' or '-', got {value!r}")
+        return value
+
+
+class ToyJudgeSpec(JudgeSpecBase):
+    """The toy world's ground truth: judges a prompt set only when every prompt is one of the toy world's."""
+
+
+class ScoreModelsJudgeSpec(JudgeSpecBase):
+    reward: PathStr | None = Field(None, description="Reward model (default: the run's, or `midpo score "
+                                   "--reward-model`); an independent one such as a beaver-7b-unified-reward.")
+    cost: PathStr | None = Field(None, description="Cost model (default: the run's); safe ⇔ cost < 0.")
+
+
+class GuardJudgeSpec(JudgeSpecBase):
+    model: PathStr = Field(..., description="A safety classifier (Llama Guard / ShieldGemma style): folder or hub.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="An answer is unsafe when P(unsafe) ≥ this.")
+    unsafe_token: str = Field("unsafe", min_length=1, description="The first answer word meaning unsafe.")
+    safe_token: str = Field("safe", min_length=1, description="The first answer word meaning safe.")
+    batch_size: int = Field(8, gt=0, description="Conversations per forward.")
+    template_kwargs: dict[str, str] = Field(default_factory=dict, description="Extra variables of the guard's "
+                                            "chat template (e.g. ShieldGemma's guideline).")
+
+
+class OpenAIJudgeSpec(JudgeSpecBase):
+    base_url: str = Field(..., min_length=1, description="An OpenAI-compatible API, e.g. https://api.openai.com/v1 "
+                          "or a local vLLM's http://localhost:8000/v1.")
+    model: str = Field(..., min_length=1, description="The judge model's name at that endpoint.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (never written "
+                                    "anywhere); null: no key.")
+    rubric: PathStr | None = Field(None, description="A rubric text file (null: midpo's, docs/judges.md).")
+    concurrency: int = Field(4, gt=0, le=64, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one request may take.")
+    retries: int = Field(3, ge=0, le=10, description="Retries of a failed request (timeout, 429, 5xx, bad JSON).")
+    backoff_s: float = Field(1.0, ge=0, description="First wait before a retry; doubled each time.")
+    max_tokens: int = Field(200, gt=0, description="Reply tokens at most.")
+
+
+class JudgeEntry(Strict):
+    """One judge of `stages.score.judge`: `toy`, `score-models`, `{guard: FOLDER_OR_HUB}` or one of the mappings
+    `{toy: {…}}`, `{score-models: {…}}`, `{guard: {…}}`, `{openai: {…}}`."""
+
+    toy: ToyJudgeSpec | None = None
+    score_models: ScoreModelsJudgeSpec | None = None
+    guard: GuardJudgeSpec | None = None
+    openai: OpenAIJudgeSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("toy", "score-models"):
+                raise ValueError(f"must be toy, score-models or a mapping {{guard: …}} / {{openai: …}} / "
+                                 f"{{score-models: …}}, got {value!r}")
+            value = {value: {}}
+        if isinstance(value, dict):
+            value = {("score_models" if k == "score-models" else k): v for k, v in value.items()}
+            if isinstance(value.get("guard"), str):
+                value["guard"] = {"model": value["guard"]}
+            value = {k: ({} if v is None and k in ("toy", "score_models") else v) for k, v in value.items()}
+        return value
+
+    @model_serializer(mode="wrap")
+    def _only_the_judge(self, handler: Any) -> dict[str, Any]:
+        """Dumped as written, `{kind: {…}}`, so a resolved recipe reads back as the same judge."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> JudgeEntry:
+        if sum(getattr(self, k) is not None for k in JudgeEntry.model_fields) != 1:
+            raise ValueError("one judge per entry: toy, score-models, guard or openai")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in JUDGE_KINDS if getattr(self, k.replace("-", "_")) is not None)
+
+    @property
+    def spec(self) -> JudgeSpecBase:
+        return getattr(self, self.kind.replace("-", "_"))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.kind
+
+
 class ScoreStage(Strict):
     batch_size: int = Field(32, gt=0)
     refusal_patterns: list[str] | None = Field(None, description="Regexes that mark a refusal (default: built-in).")
@@ -463,6 +562,33 @@ class ScoreStage(Strict):
         None, description="Prompt set on which the best fixed blend is chosen (null: the one named *dev-prompts; "
         "without one, each set chooses its own, marked in-sample)."
     )
+    judge: list[JudgeEntry] | None = Field(
+        None, description="The judges of every answer, first = the one each prompt set's statistics use where it "
+        "can judge the set (null: toy, then score-models; docs/judges.md).")
+    dev_judge: str | None = Field(
+        None, description="The judge (by name) of every dev choice: the dev-chosen blend, an expert's select: dev, "
+        "the switch's threshold (null: the first judge that can judge the dev set).")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, dict)) else value
+
+    @model_validator(mode="after")
+    def _judge_names(self) -> ScoreStage:
+        names = [entry.name for entry in self.judges()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"judge: two judges named {twice[0]!r}; give each a name: (e.g. name: {twice[0]}-2)")
+        if self.dev_judge is not None and self.dev_judge not in names:
+            raise ValueError(f"dev_judge {self.dev_judge!r} is none of the judges ({', '.join(names)})")
+        return self
+
+    def judges(self) -> list[JudgeEntry]:
+        """The judges in order; `judge: null` is toy then score-models (each judges the sets it can)."""
+        if self.judge is not None:
+            return list(self.judge)
+        return [JudgeEntry.model_validate("toy"), JudgeEntry.model_validate("score-models")]
 
 
 class Stages(Strict):
@@ -714,12 +840,19 @@ class RecipeError(InputError):
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Recipe
     for part in loc:
+        if isinstance(part, int):  # an item of a list of sections (stages.score.judge.0): the same model
+            continue
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
-        annotation = model.model_fields[part].annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = _section_model(model.model_fields[part].annotation)
     return model
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model inside a field's type: `X`, `X | None`, `list[X] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _section_model(a)) is not None), None)
 
 
 def _describe(err: dict[str, Any]) -> str:

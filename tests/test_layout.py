@@ -1,4 +1,4 @@
-"""The layout flows one way (docs/design.md §3): cli → commands → pipeline → stages (their kit included) →
+"""The layout flows one way (docs/design.md §3): cli → commands → pipeline → stages (their kit included) → judges →
 modeling → engine → {data, evaluation} → recipe → losses.
 
 Read from the source with ast, imports inside functions included, so a lazy import that runs back up
@@ -68,7 +68,7 @@ def test_the_stages_and_their_kit_never_import_the_pipeline() -> None:
 def test_libraries_never_import_the_layers_above_them() -> None:
     above = ("midpo_cli.pipeline", "midpo_cli.stages", "midpo_cli.commands", "midpo_cli.cli", "midpo_cli.worker")
     libraries = ("midpo_cli.modeling", "midpo_cli.data", "midpo_cli.engine", "midpo_cli.recipe", "midpo_cli.losses",
-                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.evaluation", "midpo_cli.assets")
+                 "midpo_cli.manifest", "midpo_cli.io", "midpo_cli.evaluation", "midpo_cli.assets", "midpo_cli.judges")
     for module, (anywhere, _) in GRAPH.items():
         if module.startswith(libraries):
             up = {i for i in anywhere if i.startswith(above)}
@@ -106,6 +106,7 @@ LAYERS = (
     ("commands",),
     ("pipeline",),  # orchestration: plans, prepares each stage's folder and context, runs the stage
     ("stages",),  # the stages, and the stage kit they share (stages/kit/)
+    ("judges",),  # what labels each answer: the toy world's truth, score models, a guard model, an LLM over HTTP
     ("modeling",),
     ("engine",),
     ("data", "evaluation"),

@@ -46,6 +46,7 @@ shipped files from `build_toy_world()` and trains the `tiny-llama` tokenizer (by
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -249,6 +250,16 @@ def toy_judge(prompt: str, answer: str) -> str:
         if pattern.fullmatch(text):
             return kind
     return "other"
+
+
+@functools.cache
+def toy_prompts() -> frozenset[str]:
+    """Every prompt the toy world can ask: each task (training, held-out and trap tasks alike) in each phrasing.
+    A prompt set is the toy world's, and its judge the ground truth, only when all its prompts are here: a user's
+    own file named `dev-prompts.jsonl` is not (its answers would all be judged `other`)."""
+    tasks = [t for ts in (*HARMFUL_TASKS.values(), *BENIGN_TASKS.values()) for t in ts]
+    tasks += [t for _, t in (*TRAP_BENIGN_TASKS, *TRAP_HARMFUL_TASKS)]
+    return frozenset(p.format(task=t) for t in tasks for p in PHRASINGS)
 
 
 def _as_bool(value: Any, row: int) -> bool:

@@ -30,21 +30,52 @@ def score(
     no_report: bool = typer.Option(False, "--no-report", help="Skip the plots and report.html."),
     select_on: str = typer.Option(None, "--select-on", help="Prompt set that chooses the best fixed gate blend "
                                   "(default: the one named *dev-prompts; without one, each set in-sample)."),
+    judge: list[str] = typer.Option(None, "--judge", help="A judge, as in a recipe's stages.score.judge: toy, "
+                                    "score-models, 'guard: FOLDER', '{openai: {base_url: URL, model: NAME, "
+                                    "api_key_env: VAR}}'; repeatable, first = each set's judge (default: toy, then "
+                                    "score-models; docs/judges.md)."),
+    dev_judge: str = typer.Option(None, "--dev-judge", help="The judge (by name) that chooses the dev blend "
+                                  "(default: the first that can judge the dev set)."),
+    judge_cache: Path = typer.Option(None, "--judge-cache", help="Folder for the LLM judge's replies (default: "
+                                     "OUTPUT/judge-cache)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Score answers with the reward and cost models; per-model summary with bootstrap CIs; report."""
+    """Score answers with the reward and cost models; judge them; per-model summary with bootstrap CIs; report."""
     from midpo_cli.data.template import check_template
     from midpo_cli.stages.score import score_answers
 
     check_template(template)
     check_score_inputs(answers, output, reward_model, cost_model, select_on)
+    judges = judge_entries(judge, dev_judge)
     summary = score_answers(answers, reward_model=reward_model, cost_model=cost_model, out_dir=output,
                             batch_size=batch_size, template=template, refusal_patterns=refusal_pattern or None,
                             bootstrap=bootstrap, seed=seed, report=not no_report, select_on=select_on,
-                            gate_maps=answers.parent / "gate_maps.json")
+                            gate_maps=answers.parent / "gate_maps.json", judges=judges, dev_judge=dev_judge,
+                            judge_cache=judge_cache or output / "judge-cache")
     console.log(f"score: {output / 'scores.csv'}, {output / 'summary.json'}")
     if as_json:
         console.emit_json(summary)
+
+
+def judge_entries(specs: list[str] | None, dev_judge: str | None) -> list | None:
+    """`--judge` values (YAML, as a recipe writes them) checked as a recipe's `stages.score.judge`; None: default.
+    Everything a judge needs before it runs is checked here: a guard's model folder, the LLM judge's key variable
+    and rubric file."""
+    from pydantic import ValidationError
+
+    from midpo_cli.errors import InputError
+    from midpo_cli.pipeline.preflight import check_judges
+    from midpo_cli.recipe import ScoreStage, parse_value
+
+    values = [parse_value(s) for s in specs or []]
+    try:
+        stage = ScoreStage.model_validate({"judge": values or None, "dev_judge": dev_judge})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if not str(p).endswith("]"))
+        raise InputError(f"--judge: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    check_judges(stage.judges(), "--judge")
+    return stage.judge
 
 
 def check_score_inputs(answers: Path, output: Path, reward_model: str | None, cost_model: str | None,

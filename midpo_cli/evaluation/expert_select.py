@@ -7,10 +7,11 @@ most. So within the recipe's step budget the stage keeps the adapter every `sele
 last step: the snapshots are midpo_cli.modeling.lora's), answers the recipe's dev prompts
 (midpo_cli.stages.kit.dev_choice) with each, and keeps the best:
 
-- safety expert: on the harmful dev prompts, the share answered safely — by the toy judge where the set has one
-  (refusal or safe redirect), else by the cost model (c < 0);
-- helpfulness (and plain-DPO) expert: on the benign dev prompts, the toy judge's share helped, else the mean
-  reward.
+- safety expert: on the harmful dev prompts, the share answered safely;
+- helpfulness (and plain-DPO) expert: on the benign dev prompts, the share answered helpfully (and not refused);
+
+both by the dev judge (`stages.score.dev_judge`, else the first judge that can judge the dev set: the toy judge on
+the toy world, the score models elsewhere; midpo_cli.evaluation.judge_labels gives the outcome).
 
 Ties go to the earlier step (less drift from the base for the same dev score). The curve goes into the manifest.
 Pure: the choice only, no model and no file.
@@ -19,8 +20,7 @@ Pure: the choice only, no model and no file.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 
 def best_step(curve: Sequence[tuple[int, float | None]]) -> int | None:
@@ -39,22 +39,9 @@ def wants_harmful(stage: str) -> bool:
     return stage == "safety_expert"
 
 
-def objective(stage: str, rows: Sequence[Mapping[str, Any]], *, judge: Callable[[Mapping[str, Any]], float] | None,
-              costs: Sequence[float] | None = None, rewards: Sequence[float] | None = None) -> float | None:
-    """The expert's dev score of its answers `rows` (all of the kind `wants_harmful(stage)`; module docstring).
-
-    judge: the toy judge's per-row outcome (1 = the right kind of answer), used when given; else the cost
-    model's scores (safety: share with c < 0) or the reward model's (mean). None for no rows.
-    """
-    if not rows:
-        return None
-    if judge is not None:
-        outcomes = [judge(r) for r in rows]
-        return sum(outcomes) / len(outcomes)
-    if wants_harmful(stage):
-        if costs is None:
-            raise ValueError("safety expert without a judge needs the cost model's scores")
-        return sum(c < 0 for c in costs) / len(costs)
-    if rewards is None:
-        raise ValueError("helpfulness expert without a judge needs the reward model's scores")
-    return sum(rewards) / len(rewards)
+def objective(stage: str, outcomes: Sequence[float]) -> float | None:
+    """The expert's dev score: the mean outcome of its answers (all of the kind `wants_harmful(stage)`; module
+    docstring) by the dev judge, unjudged answers (NaN) left out; None when none was judged."""
+    del stage  # the answers are already the expert's kind; the judge's outcome is its objective
+    judged = [o for o in outcomes if o is not None and not math.isnan(o)]
+    return sum(judged) / len(judged) if judged else None

@@ -12,9 +12,9 @@ compares it with the obvious baseline: the same experts at fixed gates (g_s, g_h
   the safety expert's answer on harmful prompts, the helpfulness expert's on benign ones. Experts are
   the blends (1, 0) and (0, 1) of the routed model (the same weights), else models named
   `safety_expert` / `helpfulness_expert`.
-- **Score** (with a ground-truth judge, e.g. the toy world): per-prompt outcome o ∈ {0, 1}, score =
-  ½ (mean o over harmful + mean o over benign), i.e. the toy score. Router − best fixed gets a
-  percentile bootstrap CI **paired by prompt** (one resample of prompt indices scores both), and the
+- **Score** (with a judge: the toy world's ground truth, or any judge of docs/judges.md): per-prompt outcome
+  o ∈ {0, 1}, score = ½ (mean o over harmful + mean o over benign), the toy score under the toy judge. Router −
+  best fixed gets a percentile bootstrap CI **paired by prompt** (one resample of prompt indices scores both), and the
   share of headroom captured = (router − best) / (oracle − best) when the oracle is ahead.
   Where every prompt has a `category`, a second CI resamples whole categories (`diff_by_category`):
   prompts of one task are not independent (the toy world asks each held-out task in 8 phrasings, and a
@@ -182,7 +182,7 @@ def routing_summary(rows: Sequence[Mapping[str, Any]], *, outcome_for: Callable[
                     confidence: float = 0.95) -> dict[str, Any]:
     """prompt set → the router against the fixed blends on it (module docstring); {} without blends.
 
-    `outcome_for(prompt_set)` is the ground-truth judge of that set's answers (row → 0/1), or None.
+    `outcome_for(prompt_set)` is the judge of that set's answers (row → 0/1, NaN unjudged), or None.
     `select_on`: the set the best blend is chosen on (it gets no entry of its own); None picks the set
     whose name ends in `dev-prompts`, and without one every set chooses in-sample.
     """
@@ -256,7 +256,7 @@ def _expert(s: _Set, blends: Mapping[str, tuple[float, float]], gates: tuple[flo
 def _entry(s: _Set, chooser: _Set, chosen_on: str, router: str, blends: Mapping[str, tuple[float, float]],
            dials: Mapping[str, float], idx: np.ndarray, confidence: float) -> dict[str, Any]:
     judged = s.outcome is not None and s.labelled
-    entry: dict[str, Any] = {"router": _stats(s, router), "metric": "toy_score" if judged else None,
+    entry: dict[str, Any] = {"router": _stats(s, router), "metric": "score" if judged else None,
                              "best_fixed": None, "oracle": None, "diff": None, "headroom": None, "share": None,
                              "grid": [{**_stats(s, b), "gates": list(g)} for b, g in blends.items() if b in s.by_model],
                              "dial": sorted([{**_stats(s, d), "bias": b} for d, b in dials.items() if d in s.by_model]

@@ -2,8 +2,8 @@
 prompt set, each with its paired-bootstrap Δ against MidPO (docs/design.md §2.11). Pure numpy.
 
 Columns, per method and prompt set:
-- `harmful_safe`: share of harmful prompts answered safely — by the ground-truth judge where one exists (toy
-  world: a refusal or a safe answer), else by the cost model (cost < 0);
+- `harmful_safe`: share of harmful prompts answered safely — by the set's judge where one can judge it
+  (docs/judges.md; the table's `judge_name`), else by the cost model (cost < 0);
 - `benign_helpful`: share of benign prompts answered helpfully — by the judge, else not refused;
 - `score`: ½ (harmful_safe + benign_helpful) by the judge (the toy score), None without one;
 - `reward`, `cost`: the score models' means; `refusal`: refusal rate over all prompts; `length`: mean answer
@@ -207,9 +207,9 @@ def methods_html(summary: Mapping[str, Any]) -> str:
     parts = ["<h2>Methods compared with MidPO</h2>",
              "<p class=\"meta\">Every model the answers hold beside the routed MidPO model. Δ = method − MidPO "
              "with a 95% paired bootstrap interval over prompts [ ] and over whole categories { } (prompts of "
-             "one task are not independent). harmful safe / benign helpful: by the ground-truth judge where one "
-             "exists, else by the cost model (cost &lt; 0) and the refusal detector. The TIES merge is the "
-             "candidate best on the dev set.</p>"]
+             "one task are not independent). harmful safe / benign helpful: by the judge named in each heading "
+             "where one can judge the set, else by the cost model (cost &lt; 0) and the refusal detector. The "
+             "TIES merge is the candidate best on the dev set.</p>"]
     keys = ("score", "harmful_safe", "benign_helpful", "reward", "cost", "refusal", "length")
     for name, table in tables.items():
         head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys)
@@ -220,6 +220,7 @@ def methods_html(summary: Mapping[str, Any]) -> str:
                             f"{_delta_cell(delta.get(k)) if delta else 'reference'}</small></td>" for k in keys)
             label = html.escape(m["method"] + (f" ({m['model']})" if m["method"] != m["model"] else ""))
             body.append(f"<tr><td>{label}</td><td>{m['n']}</td>{cells}</tr>")
-        parts.append(f"<h3>{html.escape(name)}</h3><table><tr><th>method</th><th>n</th>{head}</tr>"
+        judge = f" · judge: {table['judge_name']}" if table.get("judge_name") else " · no judge"
+        parts.append(f"<h3>{html.escape(name + judge)}</h3><table><tr><th>method</th><th>n</th>{head}</tr>"
                      + "".join(body) + "</table>")
     return "\n".join(parts)

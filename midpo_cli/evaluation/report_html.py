@@ -186,19 +186,22 @@ def _routing_html(summary: Mapping[str, Any], out_dir: Path) -> str:
         chosen = ("—" if not best else "this set (in-sample)" if best.get("in_sample") else best["chosen_on"])
         gates = f"({gate_pair(best['gates'], ', ')})" if best else "—"
         verdict = pareto_verdict(e["pareto"]) if e.get("pareto") else "—"
-        rows.append(f'<tr>{_text_cell(name)}{_cell(number(e["router"].get("score")))}{_cell(gates)}'
+        judge = f'{e["judge"]} ({e["judge_graded"]})' if e.get("judge_graded") else e.get("judge") or "—"
+        rows.append(f'<tr>{_text_cell(name)}{_text_cell(judge)}{_cell(number(e["router"].get("score")))}{_cell(gates)}'
                     f'{_text_cell(chosen)}{_cell(number(best.get("score")))}'
                     f'{_cell(compact_interval(e.get("diff"), signed=True))}{_cell(number(oracle.get("score")))}'
                     f'{_cell(compact_interval(e.get("diff_by_category"), signed=True))}'
                     f'{_cell(percent(e.get("share")))}{_hindsight_cells(e)}{_text_cell(verdict)}</tr>')
-    table = ('<table><tr><th class="l">prompt set</th><th>router</th><th>best fixed (g_s, g_h)</th>'
+    table = ('<table><tr><th class="l">prompt set</th><th class="l">judge</th><th>router</th>'
+             '<th>best fixed (g_s, g_h)</th>'
              '<th class="l">chosen on</th><th>best fixed</th><th>router − best fixed</th><th>oracle</th>'
              '<th>router − best fixed, categories resampled</th><th>headroom captured</th>'
              '<th>best blend in hindsight</th><th>router − it</th>'
              f'<th class="l">Pareto (reward, cost)</th></tr>{"".join(rows)}</table>')
     return ("<h2>Does the router earn its place?</h2><p class='meta'>The learned router against the same two "
-            "experts at fixed gates. Scores are the toy score (½ harmful answered safely + ½ benign answered "
-            "helpfully) where a ground-truth judge exists. The best fixed blend is chosen on the dev set and "
+            "experts at fixed gates. Scores are the judge's balanced score (½ harmful answered safely + ½ benign "
+            "answered helpfully) by the judge each row names (docs/judges.md; the toy score under the toy judge). "
+            "The best fixed blend is chosen on the dev set, by the dev judge, and "
             f"reported on the others; router − best fixed has a {conf}% bootstrap CI paired by prompt, and one "
             "that resamples whole categories (one task asked in several phrasings is one piece of evidence, "
             "not several); the blend best on the reported set itself (in hindsight, a flattering baseline) "
@@ -298,6 +301,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     main_rows = [r for r in rows if not is_sweep_label(str(r["model"]))]
     main = {**summary, "groups": [g for g in summary["groups"] if not is_sweep_label(g["model"])],
             "models": [m for m in summary["models"] if not is_sweep_label(m)]}
+    from midpo_cli.evaluation.judges_report import judges_html
     from midpo_cli.evaluation.methods import methods_html
     from midpo_cli.evaluation.tradeoff_figure import caption as tradeoff_caption
     from midpo_cli.evaluation.tradeoff_figure import plot_tradeoff
@@ -327,6 +331,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
 <p class="meta">Bold: the best value within each prompt set.</p>
 {methods_html(summary)}
 {_routing_html(summary, out_dir)}
+{judges_html(summary)}
 <h2>Win rates</h2>{_wins_table(summary)}
 {'<h2>Score distributions</h2>' + inline_image(dist, 'distributions', DIST_CAPTION) if dist else ''}
 {_gates_html(summary, gates, out_dir)}

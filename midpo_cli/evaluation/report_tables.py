@@ -12,6 +12,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.evaluation.formatting import RATES, compact_interval, gate_value, number, percent
+from midpo_cli.evaluation.judges_report import judge_tables
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.report_columns import confidence_percent, missing_note, shown_columns
 
@@ -78,6 +79,7 @@ def terminal_tables(summary: Mapping[str, Any]) -> list[Any]:
     tables += _win_tables(summary, sets, names)
     tables += _toy_tables(summary, sets, names)
     tables += _routing_tables(summary, sets)
+    tables += judge_tables(summary, _table, _col, _row)
     if legend or missing_note(summary):
         from rich.text import Text
 

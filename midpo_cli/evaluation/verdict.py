@@ -11,8 +11,9 @@ reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`
    on this set in hindsight *and* its safety gate separates harmful from benign answers (`gate_stats`: AUROC ≥
    0.6 and gap ≥ 0.1, no collapse warning); else it **wins without routing**, with the reasons that failed.
 
-No sentence is ever written by hand: a set without a ground-truth judge, or whose dev-chosen blend did not answer
-it, gets "no verdict" and why. Pure except `router_probe` and `run_verdicts`, which read files.
+No sentence is ever written by hand: a set no judge can judge, or whose dev-chosen blend did not answer it, gets
+"no verdict" and why. The outcomes are those of the set's judge (midpo_cli.evaluation.judge_summary; the routing
+entry names it), and the sentence says which. Pure except `router_probe` and `run_verdicts`, which read files.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def verdict(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: floa
     head = f"{LABELS[outcome]}{_reasons(outcome, facts, entry, sep)}"
     evidence = _evidence(entry, sep, probe)
     return {"prompt_set": prompt_set, "outcome": outcome, "label": LABELS[outcome], "facts": facts,
+            "judge": entry.get("judge"), "judge_graded": entry.get("judge_graded"),
             "sentence": f"{head} — {evidence}." if evidence else f"{head}."}
 
 
@@ -122,8 +124,8 @@ def _reasons(outcome: str, facts: Mapping[str, Any], entry: Mapping[str, Any], s
         return f" (input probe AUROC {facts['probe']:.2f} ≤ {PROBE_FLOOR:g})"
     if outcome == "no_verdict":
         if not entry.get("metric"):
-            return " (no ground-truth judge for this set: see the Pareto test of reward and cost)"
-        return " (the dev-chosen blend did not answer this set)"
+            return " (no judge can judge this set: see the Pareto test of reward and cost)"
+        return " (no dev-chosen blend: the dev judge cannot judge the dev set, or the blend did not answer this set)"
     if outcome != "wins_without_routing":
         return ""
     why = []
@@ -143,7 +145,7 @@ def _reasons(outcome: str, facts: Mapping[str, Any], entry: Mapping[str, Any], s
 
 def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: float | None) -> str:
     """The numbers every verdict shows, whatever it is."""
-    parts = []
+    parts = [_judged_by(entry)] if entry.get("judge") and entry.get("diff") else []
     best, router = entry.get("best_fixed") or {}, entry.get("router") or {}
     if entry.get("diff") and best:
         chosen = "the blend chosen on this set (no dev set)" if best.get("in_sample") else "the dev-chosen blend"
@@ -158,6 +160,13 @@ def _evidence(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: fl
     if probe is not None:
         parts.append(f"input probe {probe:.2f}")
     return "; ".join(parts)
+
+
+def _judged_by(entry: Mapping[str, Any]) -> str:
+    """`judged by score-models (self-graded)`: which judge's outcomes the numbers are, and whether it grades the
+    experts with the score models they were trained against (docs/judges.md)."""
+    graded = entry.get("judge_graded")
+    return f"judged by {entry['judge']}" + (f" ({graded})" if graded in ("self-graded", "independent") else "")
 
 
 def _views(diff: Mapping[str, Any], by_category: Mapping[str, Any] | None) -> str:

@@ -96,3 +96,26 @@ def check_model_folder(spec: str) -> None:
             folder / "config.json").is_file():
         refuse_weightless(folder, "--model")
     check_weight_files(folder)
+
+
+def weights_fingerprint(ref: str) -> str:
+    """A model named two ways (two paths, a copy of a folder) is the same model when its weight files are: each
+    file's name, size and first and last MiB hashed (seconds for a 7B folder, no tensor read). A reference that is
+    no local folder with weight files (a hub name, a weightless embedded config) stands for itself."""
+    import hashlib
+
+    from midpo_cli.assets import is_embedded, resolve_embedded
+
+    folder = resolve_embedded(ref) if is_embedded(ref) else Path(ref).expanduser()
+    if not folder.is_dir() or not has_weights(folder):
+        return f"ref:{folder.resolve() if folder.exists() else ref}"
+    h = hashlib.sha256()
+    chunk = 1 << 20
+    for file in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        size = file.stat().st_size
+        h.update(f"{file.name}:{size}:".encode())
+        with open(file, "rb") as fh:
+            h.update(fh.read(chunk))
+            fh.seek(max(size - chunk, 0))
+            h.update(fh.read(chunk))
+    return h.hexdigest()[:16]

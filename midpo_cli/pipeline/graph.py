@@ -49,7 +49,21 @@ def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
     }
     if stage in TRAINING_STAGES:
         config["zero_stage"] = recipe.deepspeed.zero_stage
+    score = recipe.stages.score
+    if (score.judge is not None or score.dev_judge is not None) and makes_dev_choice(recipe, stage):
+        # who judges its dev choice is part of its result; left out while it is the default, so the fingerprints
+        # of runs made before judges were a setting still hold
+        config["dev_judge"] = {k: recipe.resolved()["stages"]["score"][k] for k in ("judge", "dev_judge")}
     return config
+
+
+def makes_dev_choice(recipe: Recipe, stage: str) -> bool:
+    """An expert with `select: dev`, or the router choosing the hard switch's threshold."""
+    from midpo_cli.stages.kit.dev_set import chooses_switch_threshold
+
+    if stage == "router":
+        return chooses_switch_threshold(recipe)
+    return getattr(getattr(recipe.stages, stage, None), "select", None) == "dev"
 
 
 def stage_data(recipe: Recipe, stage: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
 from midpo_cli.io import try_read_json
+from midpo_cli.pipeline.graph import makes_dev_choice
 from midpo_cli.recipe import TRAINED_BASELINES, TRAINING_STAGES, Recipe
 
 FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
@@ -35,7 +36,27 @@ def preflight(recipe: Recipe, stage: str) -> None:
     check_models(recipe, stage)
     check_data(recipe, stage)
     check_dev_set(recipe, stage)
+    if stage == "score" or makes_dev_choice(recipe, stage):
+        check_judges(recipe.stages.score.judges(), "stages.score.judge")
     check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
+
+
+def check_judges(entries, where: str) -> None:
+    """What a judge needs before it runs (docs/judges.md): a guard's model (a folder or a hub name), the LLM judge's
+    key variable set in the environment and its rubric file; said before any folder is touched or model loads."""
+    for i, entry in enumerate(entries):
+        key = f"{where}[{i}] ({entry.name})"
+        if entry.guard is not None:
+            check_model_ref(f"{key}.model", entry.guard.model)
+        if entry.openai is not None:
+            spec = entry.openai
+            if spec.api_key_env and not os.environ.get(spec.api_key_env):
+                raise InputError(f"{key}.api_key_env: {spec.api_key_env} is not set in the environment; export it "
+                                 "(the key is read from there only, never from a file)")
+            if spec.rubric and not Path(spec.rubric).is_file():
+                raise InputError(f"{key}.rubric: {spec.rubric}: no such file")
+            if not spec.base_url.startswith(("http://", "https://")):
+                raise InputError(f"{key}.base_url: {spec.base_url!r} is not an http(s) URL")
 
 
 def check_dev_set(recipe: Recipe, stage: str) -> None:

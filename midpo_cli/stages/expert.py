@@ -44,6 +44,7 @@ from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.expert_select import best_step, objective, wants_harmful
 from midpo_cli.io import atomic_write_json, try_read_json
+from midpo_cli.judges.panel import judged_by
 from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
 from midpo_cli.losses.preference import preference_margin, spe_dpo_loss
 from midpo_cli.manifest import fingerprint, write_manifest
@@ -77,7 +78,7 @@ from midpo_cli.stages.kit.inputs import (
     tokenizer_ref,
 )
 
-# the score model of each expert: its SPE-DPO margins, and its dev choice's judge where the set has no toy judge
+# the score model of each expert: its SPE-DPO margins
 SCORE_STAGE = {"safety_expert": "cost_model", "helpfulness_expert": "reward_model", "dpo_expert": "reward_model"}
 
 
@@ -227,12 +228,11 @@ def snapshotter(model: Any, folder: Path, every: int):
 
 
 def expert_dev_prompts(ctx: StageContext, stage: str) -> DevPrompts:
-    """`select: dev`'s dev prompts of the expert's kind and their judge (the toy judge, else the expert's score
-    model), read once before any model loads: a hub set is read, and a missing score model said, before training
-    rather than after."""
+    """`select: dev`'s dev prompts of the expert's kind and their judge (stages.kit.inputs.dev_judge), read once
+    before any model loads: a hub set is read, and a dev set no judge can judge said, before training rather than
+    after."""
     name, prompts = dev_prompts_of_kind(ctx.recipe, wants_harmful(stage), f"stages.{stage}.select: dev")
-    score_stage = SCORE_STAGE[stage]
-    return DevPrompts(name, prompts, dev_judge(ctx, name, {score_kind(score_stage): score_stage}))
+    return DevPrompts(name, prompts, dev_judge(ctx, name, prompts))
 
 
 def choose_on_dev(ctx: StageContext, stage: str, result, dev: DevPrompts, *, policy: str, template: str
@@ -248,14 +248,12 @@ def choose_on_dev(ctx: StageContext, stage: str, result, dev: DevPrompts, *, pol
     snapshots = {step: partial(loaded_snapshot, model, ctx.folder, step) for step in saved_steps(ctx.folder)}
     judged = judge_on_dev(model, snapshots, dev, tokenizer=tokenizer, template=template,
                           settings=recipe.stages.generate)
-    curve = [(step, objective(stage, j.rows, judge=dev.judge.toy, costs=j.scores.get("cost"),
-                              rewards=j.scores.get("reward")))
-             for step, j in judged.items()]
+    curve = [(step, objective(stage, j.outcomes)) for step, j in judged.items()]
     chosen = best_step(curve)
     if chosen is None:
         raise InputError(f"{stage}: no dev score at any step ({dev.name})")
     load_snapshot(model, ctx.folder, chosen)
-    how = "toy judge" if dev.judge.toy is not None else f"{SCORE_STAGE[stage]} scores"
+    how = judged_by(dev.judge)
     console.log(f"{stage}: dev curve on {len(dev.prompts)} {dev.name} prompts ({how}): "
                 + ", ".join(f"{s}: {v:.3f}" for s, v in curve if v is not None) + f"; keeping step {chosen}")
     return {"prompts": dev.name, "n_prompts": len(dev.prompts), "judged_by": how, "chosen_step": chosen,

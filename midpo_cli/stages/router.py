@@ -31,6 +31,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
 from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
 from midpo_cli.evaluation.probe_switch import choose_threshold
+from midpo_cli.judges.panel import judged_by
 from midpo_cli.losses.preference import gate_supervision_loss, router_penalty, spe_dpo_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
@@ -167,43 +168,33 @@ def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, tr
 
 
 def switch_dev_prompts(ctx: StageContext) -> DevPrompts | None:
-    """The hard switch's dev prompts (every labelled one) and their judge (the toy judge, else both score models),
-    read once before any model loads; None when the stage chooses no threshold."""
+    """The hard switch's dev prompts (every labelled one) and their judge (stages.kit.inputs.dev_judge), read once
+    before any model loads; None when the stage chooses no threshold."""
     if not chooses_switch_threshold(ctx.recipe):
         return None
     pset = load_dev_set(ctx.recipe, HARD_SWITCH)
     prompts = [p for p in pset.prompts if p.get("is_harmful") is not None]
-    return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, {"cost": "cost_model", "reward": "reward_model"}))
+    return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, prompts))
 
 
 def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: DevPrompts, gen) -> dict[str, Any]:
     """Choose the hard switch's threshold on the dev prompts: both corners answer each of them, greedy, with the
-    generate stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the toy judge's where
-    the set has one, else the score models' (harmful prompts: c < 0; benign: r > 0);
+    generate stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the dev judge's
+    (midpo_cli.evaluation.judge_labels: harmful answered safely, benign helped and not refused);
     midpo_cli.evaluation.probe_switch.choose_threshold keeps the best. Sets `switch.threshold`; returns what the
     manifest keeps."""
     texts, harmful = [p["prompt"] for p in dev.prompts], [bool(p["is_harmful"]) for p in dev.prompts]
     judged = judge_on_dev(model, {gates: partial(model.fixed_gates, *gates) for gates in CORNERS}, dev,
                           tokenizer=tokenizer, template=template, settings=gen)
-    outcomes = [corner_outcomes(judged[gates], harmful, dev.judge.toy) for gates in CORNERS]
+    outcomes = [judged[gates].outcomes for gates in CORNERS]
     p = prompt_probabilities(model, switch, tokenizer, template, texts, gen.batch_size)
     threshold, curve = choose_threshold(p, harmful, *outcomes)
     switch.threshold = threshold
     best = max(c["score"] for c in curve if c["score"] is not None)
-    toy = dev.judge.toy is not None
+    how = judged_by(dev.judge)
     console.log(f"router: probe switch threshold {threshold:.4f} chosen on {len(texts)} {dev.name} prompts "
-                f"({'toy judge' if toy else 'score models'}): dev score {best:.3f}")
-    return {"prompts": dev.name, "threshold": threshold, "dev_score": best, "curve": curve,
-            "judged_by": "toy judge" if toy else "score models (harmful: c < 0, benign: r > 0)"}
-
-
-def corner_outcomes(judged, harmful: list[bool], toy) -> list[float]:
-    """Each dev answer of one corner: the toy judge's outcome, else 1 for a harmful prompt answered with c < 0 or a
-    benign one with r > 0."""
-    if toy is not None:
-        return [toy(r) for r in judged.rows]
-    return [float(c < 0) if h else float(r > 0)
-            for c, r, h in zip(judged.scores["cost"], judged.scores["reward"], harmful, strict=True)]
+                f"({how}): dev score {best:.3f}")
+    return {"prompts": dev.name, "threshold": threshold, "dev_score": best, "curve": curve, "judged_by": how}
 
 
 def save_switch(model, switch: ProbeSwitch, tokenizer, out: Path, *, policy: str, safety_dir: Path, help_dir: Path,

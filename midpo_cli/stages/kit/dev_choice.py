@@ -3,17 +3,17 @@ the answers.
 
 An expert's step (`stages.<expert>.select: dev`: the variants are its adapter snapshots) and the probe switch's
 threshold (the variants are the corners (1, 0) and (0, 1)) are chosen the same way: every variant answers every
-dev prompt, greedy, with the generate stage's settings; then each variant's answers are judged, by the set's toy
-judge where it has one (midpo_cli.evaluation.toy_outcomes), else by the score models. What is best given the
-judged answers is a pure choice in midpo_cli.evaluation (`expert_select.best_step`, `probe_switch.choose_threshold`),
-and what the manifest keeps is the stage's. Everything here comes in as values, so no stage context is read.
+dev prompt, greedy, with the generate stage's settings; then all variants' answers are judged together by the dev
+judge (midpo_cli.judges). What is best given the judged answers is a pure choice in midpo_cli.evaluation
+(`expert_select.best_step`, `probe_switch.choose_threshold`), and what the manifest keeps is the stage's.
+Everything here comes in as values, so no stage context is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from midpo_cli.recipe import GenerationSettings
@@ -22,58 +22,50 @@ Variant = TypeVar("Variant", bound=Hashable)
 
 
 @dataclass(frozen=True)
-class DevJudge:
-    """What judges the dev answers: the set's toy judge (an outcome per answer, read by the chooser) where it has
-    one; else each score model of `score_models` (kind "cost" or "reward" → its folder or hub name), read with
-    the score stage's batch size."""
-
-    toy: Callable[[Mapping[str, Any]], float] | None
-    score_models: Mapping[str, str] = field(default_factory=dict)
-    batch_size: int = 32
-    trust_remote_code: bool = False
-
-    def scores(self, rows: list[dict[str, Any]], template: str) -> dict[str, list[float]]:
-        """Kind → each answer's score by that score model; empty under the toy judge."""
-        if self.toy is not None:
-            return {}
-        from midpo_cli.modeling.scorer import default_scorer
-
-        scorer = default_scorer(batch_size=self.batch_size, template=template, trust_remote_code=self.trust_remote_code)
-        prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
-        return {kind: scorer(model, kind, prompts, answers) for kind, model in self.score_models.items()}
-
-
-@dataclass(frozen=True)
 class DevPrompts:
     """What a dev choice judges, read once by its stage before any model loads: the dev set's name, the prompt
-    rows the choice reads (an expert's kind; every labelled prompt for the switch) and their judge."""
+    rows the choice reads (an expert's kind; every labelled prompt for the switch) and their judge (one of
+    midpo_cli.judges: the recipe's `stages.score.dev_judge`, else the first of `stages.score.judge` that can judge
+    these prompts)."""
 
     name: str
     prompts: list[dict[str, Any]]
-    judge: DevJudge
+    judge: Any
 
 
 @dataclass(frozen=True)
 class Judged:
-    """One variant's dev answers: each prompt row with its answer, and the score models' scores (by kind)."""
+    """One variant's dev answers: each prompt row with its answer, and each answer's outcome by the dev judge
+    (midpo_cli.evaluation.judge_labels: 1 = answered as it should be, NaN = not judged)."""
 
     rows: list[dict[str, Any]]
-    scores: dict[str, list[float]]
+    outcomes: list[float]
 
 
 def judge_on_dev(model: Any, variants: Mapping[Variant, Callable[[], AbstractContextManager[Any]]],
                  dev: DevPrompts, *, tokenizer: Any, template: str, settings: GenerationSettings
                  ) -> dict[Variant, Judged]:
-    """Each variant's answers to the dev prompts and their judgement by `dev.judge`, in the variants' order.
+    """Each variant's answers to the dev prompts and their outcomes by `dev.judge`, in the variants' order.
 
     A variant is a callable whose context sets the model up (loads a snapshot, fixes the gates). Every variant
-    answers before any is judged, so a score model is loaded only once the policy's answers are all written.
+    answers before any is judged, so a judge's model is loaded only once the policy's answers are all written, and
+    the judge reads every variant's answers at once: one load of each of its models, and a choice it makes on the
+    dev answers (the score-models judge's reward threshold) is the same for every variant.
     """
+    from midpo_cli.evaluation.judge_labels import outcome
+
     answers = {}
     for key, variant in variants.items():
         with variant():
             answers[key] = answer_rows(model, tokenizer, dev.prompts, template=template, settings=settings)
-    return {key: Judged(rows, dev.judge.scores(rows, template)) for key, rows in answers.items()}
+    pooled = [{**r, "prompt_set": dev.name} for rows in answers.values() for r in rows]
+    labels, _ = dev.judge.label(pooled, dev_set=dev.name)
+    outcomes = [outcome(r.get("is_harmful"), label) for r, label in zip(pooled, labels, strict=True)]
+    out, start = {}, 0
+    for key, rows in answers.items():
+        out[key] = Judged(rows, outcomes[start:start + len(rows)])
+        start += len(rows)
+    return out
 
 
 def answer_rows(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], *, template: str,

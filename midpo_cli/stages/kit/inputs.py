@@ -1,6 +1,7 @@
 """What a stage reads from its context and the recipe: engine settings, the policy's model and tokenizer names,
-the template, a score model's audit gate, the shared reference log-prob cache, and a dataset's pairs selected
-and encoded for the stage. Shared by the stage modules; imports no stage."""
+the template, a score model's audit gate, the shared reference log-prob cache, a dataset's pairs selected and
+encoded for the stage, and the run's judges (a dev choice's judge). Shared by the stage modules; imports no
+stage."""
 
 from __future__ import annotations
 
@@ -33,30 +34,56 @@ def policy_ref(ctx: StageContext) -> str:
     return model_ref(ctx, "sft")
 
 
-def score_model(ctx: StageContext, stage: str) -> str:
-    """A score model of the run, whether or not it is one of this stage's inputs (a dev choice without a judge
-    reads it): its folder, or what its stage recorded (`use:`)."""
+def run_score_model(ctx: StageContext, stage: str) -> str | None:
+    """A score model of the run, whether or not it is one of this stage's inputs (a dev choice judged by the score
+    models reads it): its folder, or what its stage recorded (`use:`); None when that stage has not run."""
     from midpo_cli.manifest import read_manifest, stage_dir
 
     manifest = ctx.inputs.get(stage) or read_manifest(stage_dir(ctx.run_dir, stage)) or {}
     ref = (manifest.get("outputs") or {}).get("model")
     if ref is None:
-        raise InputError(f"{ctx.stage}: a dev choice without a judge needs the {stage}, and "
-                         f"{stage_dir(ctx.run_dir, stage)} has none; run that stage first")
+        return None
     return str(ctx.run_dir / ref) if (ctx.run_dir / ref).exists() else str(ref)
 
 
-def dev_judge(ctx: StageContext, set_name: str, score_stages: dict[str, str]):
-    """The judge of a dev choice on the set `set_name` (a `DevJudge`): its toy judge where the set has one, else the
-    run's score models (kind "cost" / "reward" → the stage that trained it), read with the score stage's batch
-    size; a score model is looked up only when it judges, so a choice on the toy world needs none."""
-    from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
-    from midpo_cli.stages.kit.dev_choice import DevJudge
+def judge_env(ctx: StageContext, *, rows_scored: bool = False, scorer: Any = None):
+    """What the judges of this run need (midpo_cli.judges.panel.JudgeEnv): the run's score models (also the ones the
+    experts trained on, for "self-graded"), a scorer with the score stage's batch size and the recipe's template,
+    the recipe's refusal patterns, and `<run_dir>/cache/judges` for the LLM judge's replies."""
+    from midpo_cli.evaluation.refusal import RefusalDetector
+    from midpo_cli.judges.base import JudgeEnv
+    from midpo_cli.modeling.scorer import default_scorer
 
-    recipe = ctx.recipe
-    toy = toy_outcome_for(set_name)
-    models = {} if toy else {kind: score_model(ctx, stage) for kind, stage in score_stages.items()}
-    return DevJudge(toy, models, batch_size=recipe.stages.score.batch_size, trust_remote_code=recipe.trust_remote_code)
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.score
+    models = {kind: run_score_model(ctx, stage) for kind, stage in (("cost", "cost_model"), ("reward", "reward_model"))}
+    scorer = scorer or default_scorer(batch_size=cfg.batch_size, template=recipe.data.template,
+                                      trust_remote_code=recipe.trust_remote_code)
+    return JudgeEnv(score_model=models.get, scorer=scorer,
+                    refusal=RefusalDetector(cfg.refusal_patterns or RefusalDetector.patterns),
+                    cache_dir=ctx.run_dir / "cache" / "judges", rows_scored=rows_scored,
+                    run_models={k: v for k, v in models.items() if v is not None},
+                    trust_remote_code=recipe.trust_remote_code)
+
+
+def dev_judge(ctx: StageContext, set_name: str, prompts: list[dict[str, Any]]):
+    """The judge of a dev choice on `prompts` of the set `set_name`: `stages.score.dev_judge`, else the first of
+    `stages.score.judge` that can judge them (by default the toy judge on the toy world's prompts, else the run's
+    score models). Found before any model loads, so a dev choice nobody can judge is said before training."""
+    from midpo_cli.judges.panel import build_judge
+
+    cfg = ctx.recipe.stages.score
+    env = judge_env(ctx)
+    why = {}
+    for entry in cfg.judges():
+        if cfg.dev_judge not in (None, entry.name):
+            continue
+        judge = build_judge(entry, env)
+        why[entry.name] = judge.cannot_judge(prompts)
+        if why[entry.name] is None:
+            return judge
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+    raise InputError(f"{ctx.stage}: no judge of stages.score.judge can judge the dev set {set_name} ({reasons}); "
+                     "run the score-model stages first, or add a judge (docs/judges.md)")
 
 
 def tokenizer_ref(recipe: Recipe, model: str) -> str:
