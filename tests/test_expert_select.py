@@ -1,7 +1,7 @@
 """Experts chosen on dev (`stages.<expert>.select: dev`, midpo_cli.evaluation.expert_select).
 
-The choice is the argmax of a hand-made curve with ties to the earlier step; the objective is the toy judge's
-share, else the cost model's share of c < 0 (safety) or the mean reward (helpfulness); and one small run of the
+The choice is the argmax of a hand-made curve with ties to the earlier step; the objective is the dev judge's share
+of answers it counts as answered well (midpo_cli.evaluation.judge_labels); and one small run of the
 safety expert on the tiny model keeps a snapshot every N steps, writes the curve into the manifest and saves
 exactly the chosen step's weights as the adapter.
 """
@@ -29,13 +29,12 @@ def test_best_step_is_the_argmax_with_ties_to_the_earlier_step():
     assert best_step([(5, None)]) is None
 
 
-def test_objective_is_the_experts_own():
-    rows = [{"prompt": "p", "answer": a} for a in ("R", "H", "S", "H")]
-    judge = lambda r: float(r["answer"] in ("R", "S"))  # noqa: E731
-    assert objective("safety_expert", rows, judge=judge) == pytest.approx(0.5)
-    assert objective("safety_expert", rows, judge=None, costs=[-1.0, 0.5, -0.1, 0.0]) == pytest.approx(0.5)
-    assert objective("helpfulness_expert", rows, judge=None, rewards=[1.0, 2.0, -1.0, 0.0]) == pytest.approx(0.5)
-    assert objective("helpfulness_expert", [], judge=judge) is None
+def test_objective_is_the_share_the_dev_judge_counts_as_answered_well():
+    """Whatever the judge (toy, score models, guard, LLM), the expert's dev score is its outcomes' mean; an answer it
+    could not judge (NaN: a failed request) is left out, not counted as a failure."""
+    assert objective("safety_expert", [1.0, 0.0, 1.0, 0.0]) == pytest.approx(0.5)
+    assert objective("helpfulness_expert", [1.0, float("nan"), 1.0, 0.0]) == pytest.approx(2 / 3)
+    assert objective("helpfulness_expert", []) is None and objective("safety_expert", [float("nan")]) is None
 
 
 def test_recipe_needs_select_every_with_select_dev():

@@ -23,12 +23,13 @@ from midpo_cli.stages.score import SCORE_COLUMNS, score_answers
 
 def test_the_recipe_takes_one_or_several_judges_in_short_or_long_form_and_reads_back_the_same() -> None:
     recipe = load_recipe(None, ["stages.score.judge=[toy, score-models, {guard: ./lg}, {openai: {base_url: "
-                                "'http://x/v1', model: m, api_key_env: KEY}}, {score-models: {cost: ./c, name: beaver}}]",
-                                "stages.score.dev_judge=beaver"])
+                                "'http://x/v1', model: m, api_key_env: KEY}}, {score-models: {cost: ./c, name: "
+                                "beaver}}]", "stages.score.dev_judge=beaver"])
     entries = recipe.stages.score.judges()
     assert [(e.kind, e.name) for e in entries] == [("toy", "toy"), ("score-models", "score-models"), ("guard", "guard"),
                                                    ("openai", "openai"), ("score-models", "beaver")]
-    assert entries[2].guard.model == "./lg" and entries[2].guard.threshold == 0.5 and entries[4].score_models.cost == "./c"
+    assert entries[2].guard.model == "./lg" and entries[2].guard.threshold == 0.5
+    assert entries[4].score_models.cost == "./c"
     again = load_recipe(None, [f"stages.score={json.dumps(recipe.resolved()['stages']['score'])}"])
     assert again.stages.score.judges() == entries  # the resolved recipe (manifests, config.yaml) reads back
     assert [e.name for e in load_recipe(None, []).stages.score.judges()] == ["toy", "score-models"]  # the default

@@ -184,9 +184,10 @@ def test_prompt_features_of_a_padded_batch_are_each_prompt_alone(llama):
 
 def test_the_switch_threshold_is_chosen_on_dev_through_the_score_models(tmp_path, monkeypatch):
     """The router's hard-switch threshold on a dev set without a toy judge: both corners answer every labelled dev
-    prompt before the score models judge any answer (cost, then reward, corner by corner); outcomes are c < 0 on
-    harmful prompts and r > 0 on benign ones, and the threshold is the dev argmax. Answers, scores and p are
-    faked; the wiring is the stage's."""
+    prompt before the score-models judge reads any answer, then it scores both corners' answers at once (the cost
+    model on the harmful prompts, the reward model on the benign ones: one load each); outcomes are c < 0 on
+    harmful prompts and, on benign ones, not refused and r above the dev cut (here 0: no answer is a refusal to
+    separate), and the threshold is the dev argmax. Answers, scores and p are faked; the wiring is the stage's."""
     import contextlib
     import json
     from types import SimpleNamespace
@@ -215,7 +216,7 @@ def test_the_switch_threshold_is_chosen_on_dev_through_the_score_models(tmp_path
         return [{**p, "answer": "refuse" if model.gates == (1.0, 0.0) else "comply"} for p in prompts]
 
     def scorer(path, kind, prompts, answers):
-        events.append((kind, path))
+        events.append((kind, path, len(answers)))
         sign = {"refuse": -1.0, "comply": 1.0}
         return [sign[a] for a in answers]  # cost < 0 and reward < 0 for a refusal; both > 0 when complying
 
@@ -229,9 +230,8 @@ def test_the_switch_threshold_is_chosen_on_dev_through_the_score_models(tmp_path
     dev = router.switch_dev_prompts(ctx)
     assert [p["prompt"] for p in dev.prompts] == ["h1", "b1", "h2", "b2"]  # the unlabelled one is left out
     got = router.switch_threshold(Model(), switch, None, "safe-rlhf", dev, recipe.stages.generate)
-    assert events == [("answer", (1.0, 0.0)), ("answer", (0.0, 1.0)), ("cost", "/models/cost_model"),
-                      ("reward", "/models/reward_model"), ("cost", "/models/cost_model"),
-                      ("reward", "/models/reward_model")]
+    assert events == [("answer", (1.0, 0.0)), ("answer", (0.0, 1.0)), ("cost", "/models/cost_model", 4),
+                      ("reward", "/models/reward_model", 4)]
     # harmful prompts (p 0.9, 0.8) are answered well by the safety corner only, benign ones (0.2, 0.1) by the other
     assert got["threshold"] == switch.threshold == 0.5 and got["dev_score"] == 1.0
     assert [c["threshold"] for c in got["curve"]] == pytest.approx([0.0, 0.15, 0.5, 0.85, 1.0])

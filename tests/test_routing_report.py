@@ -15,7 +15,7 @@ from midpo_cli.errors import InputError
 from midpo_cli.evaluation.bootstrap import balanced_score, bootstrap_indices, cluster_indices
 from midpo_cli.evaluation.headroom import headroom_share, routing_summary, select_best
 from midpo_cli.evaluation.labels import blend_label, dial_label, parse_label
-from midpo_cli.recipe import load_recipe
+from midpo_cli.recipe import ScoreStage, load_recipe
 from midpo_cli.stages import score as score_stage
 
 DEV, EVAL = "toy/dev-prompts", "toy/eval-prompts"
@@ -44,6 +44,19 @@ def rows_for(prompt_set: str, outcomes: dict[str, list[int]]) -> list[dict]:
 
 def judge(prompt_set: str):
     return lambda row: 1.0 if row["answer"] == "ok" else 0.0
+
+
+class OkJudge:
+    """The same judge as a judge of the score stage (midpo_cli.judges.base): "ok" is the right answer to any prompt."""
+
+    name, kind, tells_refusal = "ok", "test", False
+
+    def cannot_judge(self, prompts):
+        return None
+
+    def label(self, rows, *, dev_set):
+        return [{"safe": r["answer"] == "ok", "refused": None, "helpful": r["answer"] == "ok", "raw": r["answer"]}
+                for r in rows], {}
 
 
 def test_labels_round_trip() -> None:
@@ -257,8 +270,7 @@ def fake_scorer(path, kind, prompts, answers):
     return [(1.0 if a == "ok" else -1.0) * (1 if kind == "reward" else -1) for a in answers]
 
 
-def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
+def test_score_puts_routing_gates_and_report_sections_together(tmp_path, capsys) -> None:
     answers = write_sweep_answers(tmp_path / "answers.jsonl")
     maps = {"model": "midpo", "layers": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
             "prompts": [{"kind": k, "prompt_set": "x/eval-prompts", "index": 0, "prompt": "q<0>", "category": "c",
@@ -268,7 +280,8 @@ def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeyp
                         for k in ("harmful", "benign", "trap")]}
     (tmp_path / "maps.json").write_text(json.dumps(maps))
     summary = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out",
-                                        bootstrap=50, scorer=fake_scorer, gate_maps=tmp_path / "maps.json")
+                                        bootstrap=50, scorer=fake_scorer, gate_maps=tmp_path / "maps.json",
+                                        judges=[OkJudge()])
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(saved["routing"]) == {"x/eval-prompts", "x/traps"}
     for entry in saved["routing"].values():
@@ -294,29 +307,28 @@ def test_score_puts_routing_gates_and_report_sections_together(tmp_path, monkeyp
     assert f"verdict · x/traps: {saved['verdict'][1]['sentence'][:30]}" in capsys.readouterr().err
 
 
-def test_report_escapes_every_name_from_data(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
+def test_report_escapes_every_name_from_data(tmp_path) -> None:
     evil = "<script>alert(1)</script>"
     answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name=evil)
     text = answers.read_text().replace("x/eval-prompts", "<img src=x onerror=alert(2)>/eval-prompts")
     answers.write_text(text.replace('"category": "c1"', '"category": "<b onmouseover=x>"'))
     score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out", bootstrap=20,
-                              scorer=fake_scorer)
+                              scorer=fake_scorer, judges=[OkJudge()])
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page and "<b onmouseover" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
     assert len(re.findall(r"<script", page)) == 0
 
 
-def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tmp_path, monkeypatch) -> None:
+def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tmp_path) -> None:
     from rich.console import Console
 
     from midpo_cli.evaluation.report_tables import terminal_tables
 
-    monkeypatch.setattr(score_stage, "toy_outcome_for", judge)
     answers = write_sweep_answers(tmp_path / "answers.jsonl", router_name="a_rather_long_router_model_name")
     summary = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out",
-                                        bootstrap=20, scorer=fake_scorer, report=False)
+                                        bootstrap=20, scorer=fake_scorer, report=False,
+                                        judges=[OkJudge(), *ScoreStage().judges()])
     buf = io.StringIO()
     term = Console(file=buf, width=80, record=True)
     for table in terminal_tables(summary):
@@ -329,12 +341,15 @@ def test_terminal_tables_fit_80_columns_and_show_names_in_full_or_in_a_legend(tm
 
 
 def test_toy_slices_saved_as_files_keep_the_judge_dev_set_included() -> None:
-    """A dev slice written to a file (benchmarks/real_model.py) must still choose the best fixed blend."""
-    from midpo_cli.stages.score import is_toy_set
+    """A dev slice written to a file (benchmarks/real_model.py) must still be judged by the toy world's ground truth,
+    whatever it is called; a user's own prompts in a file named like it must not be."""
+    from midpo_cli.assets import resolve_embedded
+    from midpo_cli.judges.toy import is_toy_world
 
-    for name in ("dev-prompts", "eval-prompts", "traps", "embedded:toy-safety/dev-prompts"):
-        assert is_toy_set(name), name
-    assert not is_toy_set("my-prompts")
+    for split in ("dev-prompts", "eval-prompts", "traps"):
+        rows = [json.loads(x) for x in resolve_embedded(f"embedded:toy-safety/{split}").read_text().splitlines() if x]
+        assert is_toy_world(rows[:7]), split
+    assert not is_toy_world([{"prompt": "Summarise this contract for me."}])
 
 
 def test_the_paper_setting_sft_slice_has_no_harmful_prompt_and_leaves_every_other_slice_alone(tmp_path) -> None:

@@ -2,10 +2,11 @@
 
 One panel per prompt set of `summary["routing"]`: the fixed-blend grid and its frontier, the learned router, the
 safety-dial curve, the blend chosen on dev and the blend best in hindsight, the oracle router, the base and the two
-experts, and any other model the answers hold (baselines). Axes are the ground-truth judge's rates (harmful
-prompts answered safely → right, benign prompts answered helpfully → up) where a judge exists, else mean cost
-(axis reversed, so safer is to the right) and mean reward: in both, up and to the right is better. Every element is
-in the legend and labelled on the plot where its label fits (`figure_labels`); none overlaps another.
+experts, and any other model the answers hold (baselines). Axes are the set's judge's rates (harmful
+prompts answered safely → right, benign prompts answered helpfully → up; the title names the judge, docs/judges.md)
+where a judge can judge the set, else mean cost (axis reversed, so safer is to the right) and mean reward: in
+both, up and to the right is better. Every element is in the legend and labelled on the plot where its label
+fits (`figure_labels`); none overlaps another.
 Without a router (no routing entries) the figure is the models' mean cost vs mean reward, with 95 % CIs.
 """
 
@@ -127,7 +128,8 @@ def _draw_panel(ax, name: str, entry: Mapping[str, Any], kind: str, summary: Map
                label=f"learned router ({r['model']})")
     labels.append(Label(r[xk], r[yk], "router", 10, 18, {**LABEL, "color": "darkred", "fontweight": "bold"}))
     _frame(ax, [(p.x, p.y) for p in labels], xt, yt, reverse, kind)
-    ax.set_title(f"{name}: safety vs helpfulness", fontsize=11)
+    judge = f" (judge: {entry['judge']})" if kind == "judge" and entry.get("judge") else ""
+    ax.set_title(f"{name}: safety vs helpfulness{judge}", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8.5, framealpha=0.9, borderaxespad=0,
               markerscale=0.75)
     return labels
