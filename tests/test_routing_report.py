@@ -369,3 +369,20 @@ def test_the_paper_setting_sft_slice_has_no_harmful_prompt_and_leaves_every_othe
     for name in ("train", "test", "dev-prompts", "eval-prompts", "traps"):
         assert variant[name].read_bytes() == standard[name].read_bytes(), name
     assert len(variant["eval-prompts"].read_text().splitlines()) == 160
+
+
+def test_own_data_gets_a_verdict_from_the_score_models_with_no_judge_setting(tmp_path) -> None:
+    """Prompts that are not the toy world's, the default judges: the score models judge every set (here their
+    outcome is the "ok" judge's: cost −1 and reward +1 for "ok", no refusal to set the reward cut, so it is 0),
+    and the verdict is theirs — the same facts as under the "ok" judge, never "no verdict"."""
+    answers = write_sweep_answers(tmp_path / "answers.jsonl")
+    summary = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "out",
+                                        bootstrap=50, scorer=fake_scorer, report=False)
+    assert summary["judge_of"] == {s: "score-models" for s in ("x/dev-prompts", "x/eval-prompts", "x/traps")}
+    assert summary["judges"][0]["skipped"] == {s: "not the toy world's prompts"
+                                               for s in ("x/dev-prompts", "x/eval-prompts", "x/traps")}
+    ok = score_stage.score_answers(answers, reward_model="R", cost_model="C", out_dir=tmp_path / "ok", bootstrap=50,
+                                   scorer=fake_scorer, report=False, judges=[OkJudge()])
+    for mine, theirs in zip(summary["verdict"], ok["verdict"], strict=True):
+        assert mine["judge"] == "score-models" and mine["outcome"] != "no_verdict"
+        assert mine["facts"] == theirs["facts"] and "judged by score-models" in mine["sentence"]

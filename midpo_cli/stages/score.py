@@ -269,11 +269,11 @@ def toy_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if row.get("is_harmful") is not None:
             by_set.setdefault(str(row.get("prompt_set", "")), []).append(row)
+    toy = {name for name, items in by_set.items() if is_toy_world(items)}  # by its prompts, not its name
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for items in by_set.values():
-        if is_toy_world(items):  # every prompt the toy world's, whatever the set is called (judges/toy.py)
-            for row in items:
-                groups.setdefault((row["model"], row["prompt_set"]), []).append(row)
+    for row in rows:
+        if row.get("is_harmful") is not None and str(row.get("prompt_set", "")) in toy:
+            groups.setdefault((row["model"], row["prompt_set"]), []).append(row)
     table = []
     for (model, prompt_set), items in groups.items():
         rates = toy_rates(items)
