@@ -203,3 +203,34 @@ def test_a_dev_choice_is_judged_by_the_named_judge_or_the_first_that_can_and_say
     with pytest.raises(InputError, match=r"router: no judge of stages.score.judge can judge the dev set dev \(toy: "
                                          r"not the toy world's prompts; score-models: no reward model\)"):
         dev_judge(ctx, "dev", own)
+
+
+def test_preflight_says_what_a_judge_lacks_before_a_folder_is_touched(tmp_path, monkeypatch) -> None:
+    from midpo_cli.pipeline.preflight import preflight
+
+    monkeypatch.delenv("MIDPO_NO_SUCH_KEY", raising=False)
+    judge = "stages.score.judge=[toy, {openai: {base_url: 'http://localhost:1/v1', model: m, api_key_env: " \
+            "MIDPO_NO_SUCH_KEY}}]"
+    with pytest.raises(InputError, match=r"stages.score.judge\[1\] \(openai\).api_key_env: MIDPO_NO_SUCH_KEY is not "
+                                         "set in the environment"):
+        preflight(load_recipe(None, [f"run_dir={tmp_path}", judge]), "score")
+    with pytest.raises(InputError, match=r"stages.score.judge\[0\] \(guard\).model: .*no-guard"):
+        preflight(load_recipe(None, [f"run_dir={tmp_path}", f"stages.score.judge={{guard: {tmp_path}/no-guard}}"]),
+                  "score")
+    assert not (tmp_path / "score").exists()
+
+
+def test_naming_judges_puts_them_into_the_fingerprint_of_every_stage_that_chooses_on_dev() -> None:
+    from midpo_cli.pipeline.graph import stage_config
+
+    dev = ["stages.safety_expert.select=dev", "stages.safety_expert.select_every=2"]
+    plain, named = load_recipe(None, dev), load_recipe(None, [*dev, "stages.score.judge=[score-models, toy]"])
+    assert "dev_judge" not in stage_config(plain, "safety_expert")  # the default: fingerprints as before
+    assert stage_config(named, "safety_expert")["dev_judge"]["judge"] == [{"score_models": {"name": None,
+                                                                                            "reward": None,
+                                                                                            "cost": None}},
+                                                                         {"toy": {"name": None}}]
+    assert "dev_judge" not in stage_config(named, "helpfulness_expert")  # select: last chooses nothing on dev
+    assert "dev_judge" not in stage_config(named, "router")  # a learned router alone chooses nothing on dev
+    switch = load_recipe(None, ["stages.score.judge=[score-models, toy]", "stages.router.kind=probe"])
+    assert "dev_judge" in stage_config(switch, "router")  # the hard probe switch's threshold
