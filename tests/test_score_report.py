@@ -58,7 +58,9 @@ def test_score_writes_per_answer_scores_summary_and_a_self_contained_report(tmp_
                             scorer=fake_scorer)
     with open(tmp_path / "out" / "scores.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == list(SCORE_COLUMNS) and len(rows) == 72
+    judges = [f"judge:{j}:{f}" for j in ("toy", "score-models")
+              for f in ("safe", "refused", "helpful", "outcome", "raw")]
+    assert list(rows[0]) == [*SCORE_COLUMNS, *judges] and len(rows) == 72  # the default judges' labels last
     detector = RefusalDetector()
     for r in rows:
         reward, cost = fake_scorer("", "reward", [], [r["answer"]])[0], fake_scorer("", "cost", [], [r["answer"]])[0]
