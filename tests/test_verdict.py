@@ -103,7 +103,7 @@ def test_no_verdict_without_a_judge_and_the_decision_table_itself() -> None:
     s = summary()
     s["routing"][SET].update(metric=None, diff=None, diff_by_category=None, best_in_sample=None)
     v = one(s)
-    assert v["outcome"] == "no_verdict" and "no ground-truth judge" in v["sentence"]
+    assert v["outcome"] == "no_verdict" and "no judge can judge this set" in v["sentence"]
     s["router_probe"] = {"input_probe_auroc": 0.5}
     assert one(s)["outcome"] == "cannot_route"  # the probe needs no judge
     assert decide(vs_dev=1, vs_hindsight=1, routes=True, probe=None) == "routes_and_wins"
