@@ -33,6 +33,7 @@ from midpo_cli import console
 from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, split_label
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.evaluation.answers import append_rows, read_answers
+from midpo_cli.io import check_output
 from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.policy import Policy, load_policy
 from midpo_cli.recipe import GenerationSettings
@@ -159,9 +160,7 @@ def generate_to_file(
     whose rows all exist is not loaded at all, and consecutive entries of one MidPO folder (a gate or
     dial sweep) share one loaded model, switched by `set_fixed_gates` / `set_safety_bias`.
     """
-    output = Path(output)
-    if output.is_dir():
-        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
+    output = check_output(output, "--output")  # a FIFO blocked the resume's read forever
     output.parent.mkdir(parents=True, exist_ok=True)
     generation = (settings or GenerationSettings()).but(**changes)
     with output_lock(output):
