@@ -5,6 +5,7 @@ without, `try_read_json`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -120,6 +121,25 @@ def check_output(path: str | os.PathLike[str], flag: str, *, folder: bool = Fals
     if problem:
         raise InputError(f"{flag} {path}: {problem}")
     return path
+
+
+LOW_SPACE = 64 << 20  # bytes left on a device that cannot take a checkpoint's next file: "full"
+
+
+def as_disk_full(exc: BaseException, path: str | os.PathLike[str]) -> BaseException:
+    """torch's zip writer (torch.save, DeepSpeed's checkpoints) reports a full disk as RuntimeError("... file write
+    failed"), not OSError(ENOSPC), so it exited 1 as a crash; when the device under `path` has (almost) no space
+    left, this is the OSError(ENOSPC) the CLI says in one line (exit 2). Anything else comes back as it was."""
+    if not isinstance(exc, RuntimeError) or "write failed" not in str(exc):
+        return exc
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return exc
+    return OSError(errno.ENOSPC, "No space left on device", str(path)) if free < LOW_SPACE else exc
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

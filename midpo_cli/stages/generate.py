@@ -199,9 +199,9 @@ def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptS
     run = _Run(output, recorded, _gen_id(recorded), generation, {})
     other = next((r for r in existing if r.get("gen_id") != run.gen_id), None)
     if other is not None:
-        was = other.get("gen") or other.get("gen_id")
-        raise InputError(f"{output} holds answers generated with other settings ({was} vs {recorded}); "
-                         "use another --output or delete the file")
+        changed = _settings_changed(other, recorded)
+        raise InputError(f"{output} holds answers generated with other settings ({changed}); use another --output, "
+                         "the same settings, or delete the file")
     ids = _check_models(models, existing, output)
     done = {(r["model"], r["prompt_set"], int(r["index"])) for r in existing}
     todo = {(m.label, s.name): [p for p in s.prompts if (m.label, s.name, p["row"]) not in done]
@@ -222,6 +222,17 @@ def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptS
                      tokens_per_s=round(run.stats["answer_tokens"] / wall, 1) if wall else None,
                      rows_total=len(existing) + rows_written)
     return run.stats
+
+
+def _settings_changed(row: dict[str, Any], recorded: dict[str, Any]) -> str:
+    """`key was → now` for each setting (the template included: rows keep it apart from `gen`) that differs between
+    an existing row and this run; the template was left out of the message, so a resume that only changed it
+    was refused without saying why."""
+    was = {"template": row.get("template"), **(row.get("gen") or {})} if isinstance(row.get("gen"), dict) else None
+    if was is None:
+        return f"gen_id {row.get('gen_id')!r}, now {_gen_id(recorded)!r}"
+    return "; ".join(f"{k} {was.get(k)!r} → {recorded.get(k)!r}" for k in sorted(set(was) | set(recorded))
+                     if was.get(k) != recorded.get(k)) or "the same settings, another gen_id"
 
 
 def _check_models(models: Sequence[ModelEntry], existing: list[dict[str, Any]], output: Path) -> dict[str, str]:
