@@ -17,7 +17,7 @@ from midpo_cli.manifest import read_manifest
 from midpo_cli.pipeline.owned import ATTEMPT, FAILED, FINGERPRINT_FILE, PREVIOUS, is_own, link_problem, strays
 from midpo_cli.pipeline.status import stage_done
 
-__all__ = ["ATTEMPT", "FINGERPRINT_FILE", "PREVIOUS", "check_links", "check_stage_folder", "pickup", "prepare_folder"]
+__all__ = ["ATTEMPT", "FINGERPRINT_FILE", "PREVIOUS", "check_folder", "check_links", "pickup", "prepare_folder"]
 
 
 def check_links(folder: Path) -> None:
@@ -74,6 +74,14 @@ def pickup(folder: Path, fingerprint: str) -> str | None:
     return None
 
 
+def check_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
+    """What `prepare_folder` refuses, checked on its own before a run starts anything: a link (always), and a
+    user's file when the folder is to be moved or cleared (every run but the resume of its own checkpoint)."""
+    check_links(folder)
+    if not (resume and pickup(folder, fingerprint) == "here"):
+        check_stage_folder(folder)
+
+
 def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
     """Check the folder, then, resuming, take what `pickup` finds; otherwise start afresh:
 
@@ -85,12 +93,11 @@ def prepare_folder(folder: Path, fingerprint: str, *, resume: bool) -> None:
       one is written, and a partial run of other settings is cleared.
     A folder holding a link is refused always, stray user files when anything is to be moved or cleared.
     """
-    check_links(folder)
+    check_folder(folder, fingerprint, resume=resume)
     folder.mkdir(parents=True, exist_ok=True)
     found = pickup(folder, fingerprint) if resume else None
     if found == "here":
         return
-    check_stage_folder(folder)
     backup, attempt = folder / PREVIOUS, folder / ATTEMPT
     if found == "previous":
         _clear(folder)

@@ -23,7 +23,14 @@ from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.io import atomic_write_json, try_read_json
 from midpo_cli.manifest import stage_dir
 from midpo_cli.pipeline.changes import SETTINGS_FILE
-from midpo_cli.pipeline.folders import PREVIOUS, abandon_folder, finish_folder, note_failure, prepare_folder
+from midpo_cli.pipeline.folders import (
+    PREVIOUS,
+    abandon_folder,
+    check_folder,
+    finish_folder,
+    note_failure,
+    prepare_folder,
+)
 from midpo_cli.pipeline.graph import dependencies, stage_config, stage_plans
 from midpo_cli.pipeline.owned import recording
 from midpo_cli.pipeline.status import folder_state, stage_done, unusable
@@ -138,11 +145,12 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
             f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
         )
     preflight(recipe, stage)
+    folder = stage_dir(recipe.run_dir, stage)
     if fingerprint is None:  # a stage command: the pipeline said what re-runs before it started
         step = stage_plans(recipe, [stage])[0]
+        check_folder(folder, step.fingerprint, resume=resume)
         warn_reruns([step])
         fingerprint = step.fingerprint
-    folder = stage_dir(recipe.run_dir, stage)
     prepare_folder(folder, fingerprint, resume=resume)
     atomic_write_json(folder / SETTINGS_FILE, stage_config(recipe, stage))  # names changed keys next time
     return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
@@ -203,6 +211,7 @@ def run_pipeline(
         for step in plans:  # bad data or settings fail now, not after hours of earlier stages
             if step.status != "done":
                 preflight(recipe, step.stage)
+                check_folder(stage_dir(recipe.run_dir, step.stage), step.fingerprint, resume=step.stage not in force)
         warn_reruns(plans)
         for step in plans:
             stage = step.stage
