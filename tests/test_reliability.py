@@ -336,6 +336,14 @@ def test_an_empty_run_dir_is_refused(tmp_path, capsys) -> None:
     assert "r.yaml:1 run_dir: must not be empty" in capsys.readouterr().err
 
 
+def test_a_recipe_over_1_mib_is_refused(tmp_path, capsys) -> None:
+    """The bound docs/reliability.md states ("at most 1 MiB"), shown."""
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (1 << 17) + "run_dir: x\n")
+    refused_here(["recipe", "check", str(big)], f"big.yaml: {big.stat().st_size} bytes; a recipe is at most 1048576",
+                 tmp_path, capsys=capsys)
+
+
 def test_recipe_show_does_not_replace_a_dangling_link(tmp_path, capsys) -> None:
     link = tmp_path / "mine.yaml"
     link.symlink_to(tmp_path / "nowhere.yaml")
@@ -478,3 +486,41 @@ def test_a_model_label_with_a_slash_is_an_error_about_the_label(tmp_path, capsys
     (tmp_path / "prompts.txt").write_text("Hello?\n")
     refused_here(["generate", "-m", "my/model=embedded:tiny-llama", "-p", str(tmp_path / "prompts.txt"),
                   "-o", str(tmp_path / "a.jsonl")], "label 'my/model'", tmp_path, capsys=capsys)
+
+
+# ------------------------------------------------------------------ the exit-code table (docs/reliability.md)
+
+@pytest.mark.parametrize(("error", "code"), [
+    (InputError("bad input"), 2), (OSError(errno.ENOSPC, "No space left on device", "f"), 2),
+    ("training", 3), ("artifact", 3), ("gate", 4), ("interrupted", 130), (ValueError("a bug"), 1),
+])
+def test_each_error_kind_exits_with_its_code_and_one_error_line(error, code, monkeypatch, capsys) -> None:
+    """What the exit-code table of docs/reliability.md says, through the CLI's one error mapping."""
+    from midpo_cli import cli, errors
+
+    made = {"training": errors.TrainingError("loss is nan at step 3"),
+            "artifact": errors.ArtifactCheckError("probe outputs differ"),
+            "gate": errors.GateError("pair_accuracy below min_accuracy"),
+            "interrupted": errors.Interrupted("interrupted at step 3")}.get(error, error)
+
+    def raises(*args, **kwargs):
+        raise made
+
+    monkeypatch.setattr("midpo_cli.recipe.load_recipe", raises)
+    assert cli.main(["recipe", "check", "r.yaml"]) == code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[0].startswith("error: ") and len(err) == (1 if code == 2 else 2), err  # else: the --debug hint
+
+
+def test_a_score_model_below_its_audit_floor_is_refused_with_exit_code_4(tmp_path) -> None:
+    from midpo_cli.errors import GateError
+    from midpo_cli.stages.kit.context import StageContext
+    from midpo_cli.stages.kit.inputs import require_audit
+
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", "stages.cost_model.min_accuracy=0.7"])
+    audit = {"pair_accuracy": 0.9, "sign_accuracy": 0.65}
+    ctx = StageContext(recipe, "rank", tmp_path / "rank", {"cost_model": {"audit": audit}}, "f")
+    with pytest.raises(GateError, match="sign_accuracy = 0.650 on the eval split is below "
+                                        "stages.cost_model.min_accuracy = 0.7") as caught:
+        require_audit(ctx, "cost_model")
+    assert caught.value.exit_code == 4
