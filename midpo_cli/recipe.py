@@ -285,10 +285,11 @@ class ModpoStage(BaselineStage):
     @classmethod
     def _positive_weights(cls, value: list[float]) -> list[float]:
         if len(value) != 2 or not all(w == w and 0 <= w <= MAX_WEIGHT for w in value):
-            raise ValueError(f"must be [w_helpfulness, w_safety], two numbers in [0, {MAX_WEIGHT:g}], got {value}")
+            raise ValueError(f"must be [w_helpfulness, w_safety], two finite numbers >= 0 and <= {MAX_WEIGHT:g}, "
+                             f"got {value}")
         if value[0] <= 0 or value[1] > MAX_WEIGHT * value[0]:
-            raise ValueError(f"must have w_helpfulness > 0 and w_safety / w_helpfulness <= {MAX_WEIGHT:g} (MODPO "
-                             f"divides by w_helpfulness), got {value}")
+            raise ValueError(f"must sum to a positive number with w_helpfulness > 0 (MODPO divides by it) and "
+                             f"w_safety / w_helpfulness <= {MAX_WEIGHT:g}, got {value}")
         return value
 
     def normalised(self) -> tuple[float, float]:
