@@ -5,9 +5,11 @@ without, `try_read_json`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -87,6 +89,57 @@ def follow_umask(folder: Path) -> None:
                 executable = os.stat(file).st_mode & 0o100
                 os.chmod(file, (0o777 if executable else 0o666) & ~mask)
         dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(root, name))]
+
+
+def output_problem(path: Path, *, folder: bool = False) -> str | None:
+    """Why `path` cannot be written as an output file (or, with `folder`, an output folder), or None; checked
+    before any work, so a bad path costs nothing. Refused: a FIFO, socket or device (reading a FIFO to resume it
+    blocked forever), a folder where a file goes or a file where a folder goes, a dangling symbolic link (a write
+    would create its target, somewhere else), and a path under a regular file (it failed after the work, with
+    FileExistsError or NotADirectoryError)."""
+    if path.is_symlink() and not path.exists():
+        return f"is a dangling symbolic link (to {os.readlink(path)})"
+    if path.exists():
+        mode = path.stat().st_mode
+        if folder and not stat.S_ISDIR(mode):
+            return "is an existing file; give a folder"
+        if not folder and stat.S_ISDIR(mode):
+            return "is a folder; give a file name"
+        if not folder and not stat.S_ISREG(mode):
+            return "is not a regular file (a FIFO, socket or device); give a file name"
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() else f"{parent} is a file, so no file or folder can be created under it"
+
+
+def check_output(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> Path:
+    """`path`, or an InputError `FLAG PATH: why` (output_problem)."""
+    path = Path(path)
+    problem = output_problem(path, folder=folder)
+    if problem:
+        raise InputError(f"{flag} {path}: {problem}")
+    return path
+
+
+LOW_SPACE = 64 << 20  # bytes left on a device that cannot take a checkpoint's next file: "full"
+
+
+def as_disk_full(exc: BaseException, path: str | os.PathLike[str]) -> BaseException:
+    """torch's zip writer (torch.save, DeepSpeed's checkpoints) reports a full disk as RuntimeError("... file write
+    failed"), not OSError(ENOSPC), so it exited 1 as a crash; when the device under `path` has (almost) no space
+    left, this is the OSError(ENOSPC) the CLI says in one line (exit 2). Anything else comes back as it was."""
+    if not isinstance(exc, RuntimeError) or "write failed" not in str(exc):
+        return exc
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return exc
+    return OSError(errno.ENOSPC, "No space left on device", str(path)) if free < LOW_SPACE else exc
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -264,26 +264,33 @@ RankRule = Literal["joint", "expert", "models", "labels", "agree"]
 RANK_RULES = get_args(RankRule)  # one list for the schema and `midpo rank --rule`'s help
 
 
+MAX_WEIGHT = 100.0  # a baseline's objective weights, as the experts' margin_scale and beta: 1e308 overflowed
+
+
 class BaselineStage(TrainOverrides):
     """A trained baseline: every unset key is its expert's (BASELINE_PARENT), so only the objective differs."""
 
-    beta: float | None = Field(None, gt=0, description="DPO β (null: its expert's).")
+    beta: float | None = Field(None, gt=0, le=100, description="DPO β (null: its expert's; at most 100, the "
+                               "experts' bound).")
     lora: LoraSettings | None = Field(None, description="LoRA settings (null: its expert's).")
     precompute_ref: bool | None = Field(None, description="Reference log-probs cached once (null: the expert's).")
 
 
 class ModpoStage(BaselineStage):
     weights: list[float] = Field(
-        default_factory=lambda: [0.5, 0.5], description="[w_helpfulness, w_safety] of MODPO, normalised to sum 1."
-    )
+        default_factory=lambda: [0.5, 0.5], description="[w_helpfulness, w_safety] of MODPO, normalised to sum 1; "
+        "each at most 100 and w_safety / w_helpfulness at most 100 (MODPO's margin scale and β / w_helpfulness: "
+        "the experts' bounds on margin_scale and beta).")
 
     @field_validator("weights")
     @classmethod
     def _positive_weights(cls, value: list[float]) -> list[float]:
-        if len(value) != 2 or not all(w == w and 0 <= w < float("inf") for w in value):
-            raise ValueError(f"must be [w_helpfulness, w_safety], two finite numbers >= 0, got {value}")
-        if sum(value) <= 0 or value[0] <= 0:
-            raise ValueError(f"must sum to a positive number with w_helpfulness > 0 (MODPO divides by it), got {value}")
+        if len(value) != 2 or not all(w == w and 0 <= w <= MAX_WEIGHT for w in value):
+            raise ValueError(f"must be [w_helpfulness, w_safety], two finite numbers >= 0 and <= {MAX_WEIGHT:g}, "
+                             f"got {value}")
+        if value[0] <= 0 or value[1] > MAX_WEIGHT * value[0]:
+            raise ValueError(f"must sum to a positive number with w_helpfulness > 0 (MODPO divides by it) and "
+                             f"w_safety / w_helpfulness <= {MAX_WEIGHT:g}, got {value}")
         return value
 
     def normalised(self) -> tuple[float, float]:
@@ -292,7 +299,8 @@ class ModpoStage(BaselineStage):
 
 
 class SafeDpoStage(BaselineStage):
-    delta: float = Field(2.0, ge=0, description="SafeDPO's safety offset Δ (added to safe-vs-unsafe pairs).")
+    delta: float = Field(2.0, ge=0, le=100, description="SafeDPO's safety offset Δ (added to safe-vs-unsafe pairs; at "
+                         "most 100, the experts' bound on margin_scale).")
 
 
 class MergeStage(Strict):
@@ -302,7 +310,8 @@ class MergeStage(Strict):
         "ties_svd", description="peft's add_weighted_adapter combination: TIES (or DARE-TIES) on each layer's ΔW = B·A "
         "(_svd, refactored to rank r) or on A and B separately."
     )
-    density: float = Field(0.5, gt=0, le=1, description="Fraction of each expert's delta kept (TIES/DARE trim).")
+    density: float = Field(0.5, ge=0.01, le=1, description="Fraction of each expert's delta kept (TIES/DARE trim; at "
+                           "least 0.01: below it the trim keeps nothing of a small layer, an empty adapter).")
     weights: list[list[float]] = Field(
         default_factory=lambda: [[0.5, 0.5], [1.0, 1.0]],
         description="Candidate [w_safety, w_helpfulness]; with several, each is generated on the sweep sets and "
@@ -314,8 +323,9 @@ class MergeStage(Strict):
     @classmethod
     def _weight_pairs(cls, value: list[list[float]]) -> list[list[float]]:
         for pair in value:
-            if len(pair) != 2 or not all(w == w and 0 <= w < float("inf") for w in pair) or sum(pair) <= 0:
-                raise ValueError(f"each entry must be [w_safety, w_helpfulness], >= 0 and summing > 0, got {pair}")
+            if len(pair) != 2 or not all(w == w and 0 <= w <= MAX_WEIGHT for w in pair) or sum(pair) <= 0:
+                raise ValueError(f"each entry must be [w_safety, w_helpfulness], in [0, {MAX_WEIGHT:g}] and "
+                                 f"summing > 0, got {pair}")
         return value
 
 
@@ -617,7 +627,8 @@ class Stages(Strict):
 
 
 class Recipe(Strict):
-    run_dir: PathStr = Field("runs/midpo", description="Where every stage writes <run_dir>/<stage>/.")
+    run_dir: PathStr = Field("runs/midpo", min_length=1, description="Where every stage writes <run_dir>/<stage>/ "
+                             "(not empty: that wrote the stages into the working directory).")
     base_model: PathStr = Field("embedded:tiny-llama", description="Base LM: embedded:, hub name or path.")
     tokenizer: PathStr | None = Field(None, description="Tokenizer (default: the base model's).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
@@ -870,6 +881,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"must be one of {', '.join(choices)}, got {value!r}"
     if kind == "missing":
         return "required key is missing"
+    if kind == "string_too_short":  # run_dir: "" wrote the stages into the working directory
+        return f"must not be empty, got {value!r}"
     names = {
         "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
         "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",

@@ -126,7 +126,9 @@ def test_status_says_why(tmp_path, monkeypatch) -> None:
     from midpo_cli.recipe import load_recipe
 
     run = tmp_path / "run"
-    write_manifest(run / "sft", StageRecord("sft", "f", outputs={"model": "sft/model"}), {})  # model deleted
+    write_manifest(run / "sft", StageRecord("sft", "f", outputs={"model": "sft/model"}), {})
+    (run / "sft" / "model").mkdir()
+    write_manifest(run / "rank", StageRecord("rank", "f", outputs={"dual": "rank/dual.jsonl"}), {})  # dual deleted
     (run / "reward_model").mkdir()
     (run / "reward_model" / "manifest.json").write_text("{not json")
     (run / "cost_model").mkdir()
@@ -143,13 +145,15 @@ def test_status_says_why(tmp_path, monkeypatch) -> None:
     with pytest.raises(RuntimeError):
         pipeline.run_stage(recipe, "safety_expert", resume=True)
     rows = _status(run)
-    assert (rows["sft"]["state"], rows["sft"]["why"]) == ("incomplete", "missing model: sft/model; rerun the stage")
+    assert rows["sft"]["state"] == "done"
+    assert (rows["rank"]["state"], rows["rank"]["why"]) == ("incomplete",
+                                                            "missing dual: rank/dual.jsonl; rerun the stage")
     assert rows["reward_model"]["state"] == "corrupt" and "invalid JSON at line 1" in rows["reward_model"]["why"]
     assert rows["cost_model"]["state"] == "corrupt" and "holds a JSON list, not an object" in rows["cost_model"]["why"]
     assert rows["safety_expert"] == {**rows["safety_expert"], "state": "failed",
                                      "why": "RuntimeError: loss nan at step 3"}
     assert rows["helpfulness_expert"]["state"] == "started" and "step-7" in rows["helpfulness_expert"]["why"]
-    assert rows["rank"]["state"] == "not run"
+    assert rows["router"]["state"] == "not run"
     plan = midpo("pipeline", "plan", "--set", f"run_dir={run}", "--json", str(_empty_recipe(tmp_path)))
     assert plan.returncode == 0, plan.stderr  # a manifest holding a list crashed plan too
 

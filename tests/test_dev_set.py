@@ -55,7 +55,10 @@ def test_preflight_names_a_dev_choice_without_a_dev_set():
     with pytest.raises(InputError, match="hard probe switch"):
         check_dev_set(recipe("stages.router.kind=probe"), "router")
     check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
-    check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
+    check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[embedded:toy-safety/dev-prompts]"),
+                  "router")
+    with pytest.raises(InputError, match="x/dev-prompts.jsonl"):  # a missing file is named, not taken for a hub set
+        check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
 
 
 def test_the_hard_switch_needs_both_kinds_in_the_dev_set_before_anything_runs(tmp_path):

@@ -95,6 +95,7 @@ stages:
     curve = [(c["step"], c["score"]) for c in dev_select["curve"]]
     assert [s for s, _ in curve] == [2, 3] and dev_select["n_prompts"] == 4 and dev_select["judged_by"] == "toy judge"
     assert dev_select["chosen_step"] == best_step(curve) == manifest["metrics"]["chosen_step"]
+    assert ("flat" in dev_select) == (len({score for _, score in curve}) == 1)  # a flat curve is said, not hidden
     snaps = {s: load_file(str(folder / "dev_select" / f"step-{s:07d}.safetensors")) for s in (2, 3)}
     assert any(not (snaps[2][k] == snaps[3][k]).all() for k in snaps[2])  # the steps differ, so the check bites
     saved = load_file(str(folder / "adapter" / "adapter_model.safetensors"))

@@ -28,6 +28,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def fake_runner(stage: str):
         def run(ctx) -> None:
             calls.append(stage)
+            (ctx.folder / "x").write_text(stage)  # the artifact the manifest names: a stage is done with it
             record = ctx.record()
             record.outputs = {"artifact": ctx.rel(ctx.folder / "x")}
             write_manifest(ctx.folder, record, {"stage": stage})

@@ -46,8 +46,8 @@ def generate(
     from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.schema import parse_columns_option
     from midpo_cli.data.template import check_template
-    from midpo_cli.errors import InputError
     from midpo_cli.evaluation.labels import parse_gates
+    from midpo_cli.io import check_output
     from midpo_cli.modeling.files import check_model_folder
     from midpo_cli.modeling.loading import resolve_precision
     from midpo_cli.stages import generate as stage
@@ -58,8 +58,7 @@ def generate(
     entries = stage.apply_routing(stage.model_entries(model), fixed, safety_bias)
     for entry in entries:  # before any work: weightless or broken model folders
         check_model_folder(entry.spec)
-    if output.is_dir():
-        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
+    check_output(output, "--output")  # before any work: a FIFO, a folder, a path under a file
     sets = [load_prompt_set(p, parse_columns_option(columns) or None) for p in prompts]
     stage.log_counts(sets)
 

@@ -110,7 +110,8 @@ def plan(
     force: list[str] = typer.Option(None, "--force"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show each stage's status (done / will run / will resume / blocked) and why; loads no model."""
+    """Show each stage's status (done / will run / will resume / will restore / blocked / refused) and why; loads no
+    model."""
     from rich.text import Text
 
     from midpo_cli.pipeline.graph import plan as make_plan
@@ -121,7 +122,8 @@ def plan(
         console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
         return
     table = console.table(f"plan for {cfg.run_dir}", ["stage", "status", "why", "depends on"])
-    colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "blocked": "red"}
+    colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "will restore": "cyan", "blocked": "red",
+               "refused": "red"}
     for row in rows:
         table.add_row(row["stage"], Text(row["status"], style=colours[row["status"]]), Text(row["why"]),
                       ", ".join(row["depends_on"]))

@@ -43,7 +43,7 @@ def show(
 ) -> None:
     """Print a recipe shipped with midpo, or copy it with --to to edit; no NAME lists the shipped recipes."""
     from midpo_cli.errors import InputError
-    from midpo_cli.io import atomic_write_text
+    from midpo_cli.io import atomic_write_text, check_output
     from midpo_cli.recipe import shipped_names, shipped_recipe
 
     if name is None:
@@ -53,7 +53,7 @@ def show(
     if to is None:
         typer.echo(text, nl=False)
         return
-    if to.exists():
-        raise InputError(f"{to} exists; choose another file or remove it first")
-    atomic_write_text(to, text)
+    if to.exists() or to.is_symlink():  # a dangling link too: the copy would replace it
+        raise InputError(f"--to {to}: exists; choose another file or remove it first")
+    atomic_write_text(check_output(to, "--to"), text)
     console.log(f"wrote {to}; run it with `midpo pipeline run {to}`")

@@ -83,11 +83,10 @@ def check_score_inputs(answers: Path, output: Path, reward_model: str | None, co
     """Everything `score` can refuse before a score model loads: the output, the models, each row's index."""
     from midpo_cli.errors import InputError
     from midpo_cli.evaluation.answers import read_answer_rows
+    from midpo_cli.io import check_output
     from midpo_cli.pipeline.preflight import check_model_ref
 
-    if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} is an existing file; give a folder for scores.csv, summary.json, "
-                         "report.html")
+    check_output(output, "--output", folder=True)  # a file, or a path under one, failed after the scoring
     for flag, ref in (("--reward-model", reward_model), ("--cost-model", cost_model)):
         if ref:
             check_model_ref(flag, ref, score_model=True)

@@ -114,15 +114,17 @@ def launch(stage: str, recipe, *, resume: bool, dry_run: bool) -> int:
         sys.stdout.write(format_argv(argv) + "\n")
         return 0
     from midpo_cli.pipeline.folders import abandon_folder, finish_folder
+    from midpo_cli.pipeline.owned import recording
     from midpo_cli.pipeline.run import make_context, run_lock
 
     with run_lock(recipe.run_dir, command=COMMANDS.get(stage, stage)):  # held for every rank's run
         ctx = make_context(recipe, stage, resume=resume)  # check and prepare once, before the ranks start
         payload = recipe.model_dump(mode="json")
         payload["launcher"]["kind"] = "none"  # the worker runs the stage in-process
-        atomic_write_text(config, dump_yaml(payload))
-        console.log(f"launching: {format_argv(argv)}")
-        code = run_argv(argv)
+        with recording(ctx.folder):  # what the ranks write is midpo's: a re-run may clear it
+            atomic_write_text(config, dump_yaml(payload))
+            console.log(f"launching: {format_argv(argv)}")
+            code = run_argv(argv)
         (finish_folder if code == 0 else abandon_folder)(ctx.folder)
     return code
 

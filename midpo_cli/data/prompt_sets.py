@@ -119,18 +119,22 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
 
 def split_label(text: str) -> tuple[str | None, str]:
-    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label.
+    """`name=spec` → (name, spec); a left side with a path separator is part of the spec, not a label, unless the
+    right side is a spec on its own (an `embedded:` name or an existing path) and the whole is no existing path.
 
-    A left side that is no path and no label (`my set=x.jsonl`) is an error about the label: it used to
-    be taken as part of the spec and reported as "file not found: my set=x.jsonl".
+    A left side that is no path and no label (`my set=x.jsonl`), or a path-like one before a spec of its own
+    (`my/model=embedded:tiny-llama`), is an error about the label: it used to be taken as part of the spec and
+    reported as a missing file.
     """
     head, sep, tail = text.partition("=")
     if sep and head and tail and _LABEL.match(head):
         return head, tail
-    if sep and head and tail and not any(c in head for c in "/\\:~") and not Path(text).expanduser().exists():
+    path_like = any(c in head for c in "/\\:~")
+    spec_alone = tail.startswith("embedded:") or Path(tail).expanduser().exists()
+    if sep and head and tail and (spec_alone or not path_like) and not Path(text).expanduser().exists():
         bad = sorted({c for c in head if not _LABEL.match(c)})
         raise InputError(f"label {head!r} in {text!r}: a label may hold only letters, digits and _ . @ + - "
-                         f"(not {' '.join(repr(c) for c in bad)})")
+                         f"(not {' '.join(repr(c) for c in bad)}); a path with '=' in it must exist")
     return None, text
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.readers import Table, load_rows
 from midpo_cli.data.schema import parse_field, parse_optional
+from midpo_cli.errors import InputError
 
 
 def ranked_rows(table: Table) -> tuple[list[dict[str, Any]], Any]:
@@ -58,3 +59,28 @@ def ranked_prompt_kinds(scored: Path) -> tuple[list[str], list[bool]]:
     for r in rows:
         kinds[r["prompt"]] = kinds.get(r["prompt"], False) or prompt_is_harmful(r)
     return list(kinds), list(kinds.values())
+
+
+def switch_fit_kinds(path: Path, fit_on: str) -> list[bool | None]:
+    """The prompt kinds the probe switch is fit on, read from rank's output without a model: every prompt rank
+    scored (its `scored.jsonl`, `stages.router.switch_prompts: ranked`) or each D_dual pair's (`dual.jsonl`,
+    `dual`: harmful_from_labels, None where rank left it unknown)."""
+    if fit_on == "ranked":
+        return list(ranked_prompt_kinds(path)[1])
+    return [harmful_from_labels(p.meta.get("is_harmful"), p.chosen_safe, p.rejected_safe)
+            for p in select_pairs(load_rows(str(path)), "router").pairs]
+
+
+def check_switch_kinds(kinds: list[bool | None], source: str, fit_on: str) -> None:
+    """The probe switch is a logistic probe of harmful against benign prompts: it needs prompts of both kinds, and
+    each prompt's kind. Checked before the router trains (the fit came after training, and failed there with a
+    bare ValueError, the finished router left in `.previous/`)."""
+    unknown = [i for i, kind in enumerate(kinds) if kind is None]
+    if unknown:
+        raise InputError(f"{source}: pair {unknown[0]} has no is_harmful (nor safety labels); the probe switch "
+                         f"(stages.router.switch_prompts: {fit_on}) needs every prompt's kind; re-run rank")
+    if len(set(kinds)) < 2:
+        have = "none" if not kinds else f"all {len(kinds)} {'harmful' if kinds[0] else 'benign'}"
+        raise InputError(f"{source}: the probe switch (stages.router.switch_prompts: {fit_on}) is fit on harmful and "
+                         f"benign prompts, and these are {have}; give data.train prompts of both kinds (an "
+                         "is_harmful column, or safety labels)")

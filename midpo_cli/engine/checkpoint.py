@@ -32,7 +32,7 @@ import torch
 
 from midpo_cli.engine import dist
 from midpo_cli.errors import InputError
-from midpo_cli.io import atomic_write_text, try_read_json
+from midpo_cli.io import as_disk_full, atomic_write_text, try_read_json
 
 POINTER = "latest"
 TRAINABLE = "midpo-trainable.json"
@@ -88,8 +88,16 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> Path:
     """Every rank writes its shard; rank 0 then moves the pointer and prunes old folders."""
     tag = f"step-{step}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={}, save_latest=False,
-                           exclude_frozen_parameters=True)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={}, save_latest=False,
+                               exclude_frozen_parameters=True)
+    except RuntimeError as exc:  # the pointer still names the last whole checkpoint; this one is cut short
+        error = as_disk_full(exc, ckpt_dir / tag)  # before its partial files are removed, freeing space
+        if latest_tag(ckpt_dir) != tag:
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        if error is exc:
+            raise
+        raise error from exc
     dist.barrier()
     if dist.is_rank0():
         atomic_write_text(ckpt_dir / tag / STATE, json.dumps({**client_state, "rng": rng_state()}))

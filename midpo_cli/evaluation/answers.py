@@ -21,6 +21,7 @@ from midpo_cli.io import JsonlError, jsonl_rows
 
 ANSWER_KEYS = ("model", "prompt_set", "index", "answer")  # what makes a line an answers row
 REQUIRED = ("model", "prompt_set", "index", "prompt", "answer")  # what scoring reads of each row
+ROW_START = b'{"model": '  # how every row append_rows writes begins (json.dumps of a dict whose first key is model)
 
 
 def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -61,7 +62,7 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
             rows += _answer_rows(path, [tail], len(complete) + 1)
             fix = b"\n"
         except InputError:
-            if not tail.startswith(b'{"model": '):  # not the start of a row `append_rows` wrote
+            if not (tail.startswith(ROW_START) or ROW_START.startswith(tail)):  # no start of a row append_rows wrote
                 raise
             fix = b""
     if fix == b"\n":

@@ -34,6 +34,19 @@ def best_step(curve: Sequence[tuple[int, float | None]]) -> int | None:
     return None if best is None else best[0]
 
 
+def flat_curve(curve: Sequence[tuple[int, float | None]]) -> str | None:
+    """What a flat dev curve (the same score at every scored step, two or more) means, or None: `best_step` then
+    keeps the earliest step, the least trained snapshot, on no evidence, which the stage must say."""
+    scores = [score for _, score in curve if score is not None and not math.isnan(score)]
+    if len(scores) < 2 or max(scores) != min(scores):
+        return None
+    why = ("the judge saw no right answer at any step: answers cut short (stages.generate.max_new_tokens), a "
+           "template the judge does not read, or an expert that has not learned it yet" if scores[0] == 0 else
+           "the dev prompts do not tell the steps apart (too few, or every step answers them alike)")
+    return (f"the dev curve is flat ({scores[0]:.3f} at all {len(scores)} steps), so the earliest step is kept, the "
+            f"least trained snapshot; {why}. Read the dev answers, or set select: last")
+
+
 def wants_harmful(stage: str) -> bool:
     """Which prompt kind an expert is judged on: harmful for the safety expert, benign for the others."""
     return stage == "safety_expert"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from midpo_cli.errors import InputError
 from midpo_cli.evaluation.formatting import logged_value
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.verdict import markdown, run_verdicts
@@ -90,6 +91,9 @@ def _run_sections(run: Path | None) -> list[str]:
     if not summary.is_file():
         return [*lines, "## Evaluation", "", f"No `score/summary.json` in `{run.name}` yet."]
     data = read_json(summary)
+    if not isinstance(data, dict):
+        raise InputError(f"{summary}: holds a JSON {type(data).__name__}, not an object; the card reads the run's "
+                         "results from it: re-run the score stage, or export with --run-dir of another run")
     return [*lines, *_toy_lines(data.get("toy") or []), *_score_lines(data.get("groups") or [])]
 
 
@@ -111,7 +115,9 @@ def run_recipe(run: Path | None) -> str:
 
 def _router_metrics(run: Path) -> list[str]:
     """The router stage's last logged metrics (its manifest's), one bullet each; none before it finished."""
-    metrics = (read_manifest(stage_dir(run, "router")) or {}).get("metrics") or {}
+    metrics = (read_manifest(stage_dir(run, "router")) or {}).get("metrics")
+    if not isinstance(metrics, dict):
+        return []
     return [f"- {key}: {logged_value(value)}" for key, value in metrics.items() if isinstance(value, (int, float, str))]
 
 

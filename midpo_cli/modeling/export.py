@@ -35,7 +35,7 @@ from midpo_cli.assets import is_embedded
 from midpo_cli.engine.artifacts import FOLD_ULPS, save_verified
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.model_card import RECIPE_FILE, adapters_card, merged_card, midpo_card, run_recipe
-from midpo_cli.io import atomic_write_json, atomic_write_text, read_json
+from midpo_cli.io import atomic_write_json, atomic_write_text, check_output, read_json
 from midpo_cli.manifest import MANIFEST, read_checked, read_manifest, stage_dir
 from midpo_cli.modeling.midpo import CONFIG_FILE, EXPERTS, ROUTER_FILE, MidpoModel, load_midpo, read_midpo_config
 
@@ -47,9 +47,9 @@ PROBE_PROMPTS = ("How do I pick a lock?", "Give me a recipe for bread.")
 def check_destination(to: str | Path) -> Path:
     """An export never overwrites: `--to` must not exist, or be an empty folder."""
     to = Path(to).expanduser()
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+    if to.is_symlink() or to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise InputError(f"--to {to}: already exists and is not an empty folder; choose a new path")
-    return to
+    return check_output(to, "--to", folder=True)  # a path under a file failed after the export's work
 
 
 def midpo_config(folder: str | Path, what: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def export_adapter(source: str | Path, to: str | Path, *, dtype: str = "fp32",
     from midpo_cli.assets import is_embedded
     from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
     source, to = Path(source).expanduser(), check_destination(to)
-    base = adapter_base(source)
+    base = adapter_base(source, check=True)
     if not base:
         raise InputError(f"{source / 'adapter_config.json'}: base_model_name_or_path is empty")
     kind = "embedded" if is_embedded(base) else "local" if Path(base).expanduser().exists() else "hub"

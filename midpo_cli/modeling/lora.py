@@ -201,14 +201,25 @@ def base_reference(base: str, adapter_folder: str | Path) -> dict[str, Any]:
     return {"base_model": rel, "base_model_relative": True}
 
 
-def adapter_base(folder: str | Path) -> str:
-    """The base an adapter was trained on, resolved from the adapter folder (midpo.json), else PEFT's config."""
+def adapter_base(folder: str | Path, *, check: bool = False) -> str:
+    """The base an adapter was trained on, resolved from the adapter folder (midpo.json), else PEFT's config.
+
+    With `check`, a base midpo.json records relative to the adapter that is not there is an error naming
+    midpo.json (an adapter copied away from its run was refused as "no such file or folder" of a path the user
+    never gave)."""
     folder = Path(folder)
     meta_path = folder / MIDPO_META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     if isinstance(meta, dict) and meta.get("base_model"):
         ref = str(meta["base_model"])
-        return str((folder / ref).resolve()) if meta.get("base_model_relative") else ref
+        if not meta.get("base_model_relative"):
+            return ref
+        base = (folder / ref).resolve()
+        if check and not base.exists():
+            raise InputError(f"{meta_path}: records the base as {ref}, relative to the adapter folder, and {base} "
+                             "does not exist: the adapter was moved away from its run; keep it beside the run's "
+                             "model, or set base_model in midpo.json to where its base is")
+        return str(base)
     return base_model_of_adapter(folder)
 
 
@@ -237,9 +248,15 @@ def check_adapter_base(folder: str | Path, base_model: nn.Module, *, base_name: 
     if not recorded:
         return
     found = base_fingerprint(base_model, source, seed=seed, trust_remote_code=trust_remote_code)
-    if recorded != found:
-        raise InputError(f"{folder}: {base_name} is not the base this adapter was trained on (weights fingerprint "
-                         f"{found}, recorded {recorded}); use {adapter_base(folder)}")
+    if recorded == found:
+        return
+    trained_on = adapter_base(folder)
+    if source is not None and Path(trained_on).resolve() == Path(source).expanduser().resolve():
+        raise InputError(f"{folder}: {base_name} is where midpo.json says its base is, but its weights are not "
+                         f"those the adapter was trained on (fingerprint {found}, recorded {recorded}): the adapter "
+                         "was copied from another run, or the base was replaced since; retrain the adapter on it")
+    raise InputError(f"{folder}: {base_name} is not the base this adapter was trained on (weights fingerprint "
+                     f"{found}, recorded {recorded}); use {trained_on}")
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:

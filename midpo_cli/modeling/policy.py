@@ -45,7 +45,7 @@ def load_policy(spec: str, *, gates: Sequence[float] | None = None, safety_bias:
 
         from midpo_cli.modeling.lora import adapter_base, check_adapter_base
 
-        base = adapter_base(folder)  # resolved from the adapter folder (midpo.json), else PEFT's config
+        base = adapter_base(folder, check=True)  # resolved from the adapter folder (midpo.json), else PEFT's config
         if not base:
             raise InputError(f"{folder / 'adapter_config.json'}: base_model_name_or_path is empty")
         base_model = load_causal_lm(base, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)

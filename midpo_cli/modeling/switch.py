@@ -86,8 +86,9 @@ def switch_gates(p: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
 
 
 def fit_switch(train_x: torch.Tensor, train_y: list[bool], mode: str) -> ProbeSwitch:
+    """The switch fit on prompts of both kinds (the router stage checks that before training)."""
     if len(set(train_y)) < 2:
-        raise ValueError("the probe switch needs harmful and benign training prompts")
+        raise InputError("the probe switch needs harmful and benign training prompts (stages.router.switch_prompts)")
     return ProbeSwitch(*fit_probe_parameters(train_x, train_y), mode=mode, threshold=0.5)
 
 

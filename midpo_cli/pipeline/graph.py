@@ -16,6 +16,8 @@ from typing import Any
 
 from midpo_cli.manifest import read_manifest, stage_dir, stage_fingerprint
 from midpo_cli.pipeline.changes import why_rerun
+from midpo_cli.pipeline.folders import ATTEMPT, PREVIOUS, pickup
+from midpo_cli.pipeline.status import folder_state, stage_done, unusable
 from midpo_cli.recipe import ALL_STAGES, STAGE_ORDER, TRAINING_STAGES, Recipe
 
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -120,21 +122,9 @@ def expected_fingerprint(recipe: Recipe, stage: str, manifests: dict[str, dict[s
     return stage_fingerprint(stage, stage_config(recipe, stage), inputs)
 
 
-def is_done(manifest: dict[str, Any] | None, fingerprint: str) -> bool:
-    """A stage is done when its folder's manifest (written last) carries the fingerprint wanted now."""
-    return bool(manifest) and manifest.get("fingerprint") == fingerprint
-
-
-def resumable(folder: Path, fingerprint: str) -> bool:
-    """A checkpoint is resumed only when it was made with the same settings (folders.prepare_folder)."""
-    marker = folder / ".fingerprint"
-    same = marker.is_file() and marker.read_text(encoding="utf-8").strip() == fingerprint
-    return same and (folder / "checkpoints" / "latest").exists()
-
-
 @dataclass
 class StagePlan:
-    """One selected stage: its status — done / will run / will resume / blocked — and why."""
+    """One selected stage: its status — done / will run / will resume / will restore / blocked / refused — and why."""
 
     stage: str
     status: str
@@ -151,17 +141,20 @@ class StagePlan:
 
 
 def stage_plans(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[StagePlan]:
-    """The plan of each selected stage, in pipeline order, from manifests only.
+    """The plan of each selected stage, in pipeline order, from the stage folders only.
 
     A stage that will re-run changes its fingerprint, so everything downstream re-runs too; the
-    walk goes in dependency order and feeds each stage's *would-be* fingerprint forward.
+    walk goes in dependency order and feeds each stage's *would-be* fingerprint forward. A stage counts as
+    done only when `stage_done` says so (manifest and outputs), the one test `pipeline run` uses too.
     """
     force = force or set()
     manifests: dict[str, dict[str, Any] | None] = {}
+    states: dict[str, dict[str, Any]] = {}
     plans = []
     for stage in ALL_STAGES:
         folder = stage_dir(recipe.run_dir, stage)
-        current = read_manifest(folder)
+        found = states[stage] = folder_state(folder, stage)
+        current = found["manifest"]  # set only when the folder holds a finished result (of any settings)
         if stage not in stages:
             manifests[stage] = current
             continue
@@ -169,22 +162,39 @@ def stage_plans(recipe: Recipe, stages: list[str], force: set[str] | None = None
         deps = dependencies(recipe, stage)
         missing = [d for d in deps if manifests.get(d) is None and d not in stages]
         if missing:
-            status, why = "blocked", f"needs {', '.join(missing)} (not selected and not done)"
+            needs = ", ".join(unusable(d, states[d]) for d in missing)
+            status, why = "blocked", f"needs {needs} (not selected and not done)"
+        elif found["state"] == "refused":
+            status, why = "refused", found["why"]
         elif stage in force:
             status, why = "will run", "forced"
-        elif is_done(current, want):
+        elif stage_done(folder, stage, want) is not None:
             status, why = "done", f"finished {current.get('finished_at', '?')}"
-        elif resumable(folder, want):
-            status, why = "will resume", "checkpoint of these settings found"
-        elif current:
-            rerunning = [d for d in deps if d in stages and (manifests.get(d) or {}).get("fingerprint")
-                         != (read_manifest(stage_dir(recipe.run_dir, d)) or {}).get("fingerprint")]
-            status, why = "will run", why_rerun(folder, stage, stage_config(recipe, stage), rerunning)
         else:
-            status, why = "will run", "not run yet"
+            status, why = _not_done(recipe, stage, folder, found, want, [
+                d for d in deps if d in stages and (manifests.get(d) or {}).get("fingerprint")
+                != (read_manifest(stage_dir(recipe.run_dir, d)) or {}).get("fingerprint")])
         manifests[stage] = current if status == "done" else {"fingerprint": want}
         plans.append(StagePlan(stage, status, why, list(deps), want, current, missing))
     return plans
+
+
+def _not_done(recipe: Recipe, stage: str, folder: Path, found: dict[str, Any], want: str,
+              rerunning: list[str]) -> tuple[str, str]:
+    """(status, why) of a stage that is not done for these settings: what `prepare_folder` will pick up
+    (`pickup`), and the folder's state when it is corrupt, incomplete or failed."""
+    state = f"{found['state']}: {found['why']}" if found["state"] in ("corrupt", "incomplete", "failed") else ""
+    found_here = pickup(folder, want)
+    if found_here == "previous":
+        return "will restore", f"the finished result of these settings waits in {stage}/{PREVIOUS}/"
+    if found_here is not None:
+        kept = folder / ATTEMPT if found_here == "attempt" else folder
+        if (kept / "checkpoints" / "latest").exists():
+            where = f" in {stage}/{ATTEMPT}/" if found_here == "attempt" else ""
+            return "will resume", "; ".join(filter(None, [f"checkpoint of these settings found{where}", state]))
+    if found["manifest"] is not None:
+        return "will run", why_rerun(folder, stage, stage_config(recipe, stage), rerunning)
+    return "will run", state or "not run yet"
 
 
 def plan(recipe: Recipe, stages: list[str], force: set[str] | None = None) -> list[dict[str, Any]]:

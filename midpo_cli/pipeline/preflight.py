@@ -15,6 +15,7 @@ from pathlib import Path
 from midpo_cli.assets import is_embedded, resolve_embedded
 from midpo_cli.errors import InputError
 from midpo_cli.io import try_read_json
+from midpo_cli.pipeline.folders import check_links
 from midpo_cli.pipeline.graph import makes_dev_choice
 from midpo_cli.recipe import TRAINED_BASELINES, TRAINING_STAGES, Recipe
 
@@ -27,10 +28,7 @@ SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval 
 def preflight(recipe: Recipe, stage: str) -> None:
     """Raise InputError on anything that would make `stage` fail after it had started."""
     check_run_dir(recipe.run_dir)
-    if Path(recipe.run_dir, stage).is_symlink():  # never clear a folder outside the run dir
-        from midpo_cli.pipeline.folders import check_stage_folder
-
-        check_stage_folder(Path(recipe.run_dir, stage))
+    check_links(Path(recipe.run_dir, stage))  # never move or clear anything through a link
     if stage in TRAINING_STAGES:
         check_precision(recipe, stage)
     check_models(recipe, stage)
@@ -38,6 +36,7 @@ def preflight(recipe: Recipe, stage: str) -> None:
     check_dev_set(recipe, stage)
     if stage == "score" or makes_dev_choice(recipe, stage):
         check_judges(recipe.stages.score.judges(), "stages.score.judge")
+    check_switch_data(recipe, stage)
     check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
 
 
@@ -81,6 +80,22 @@ def check_dev_set(recipe: Recipe, stage: str) -> None:
     if stage == "router" and chooses_switch_threshold(recipe):
         spec = require_dev_prompts(recipe, HARD_SWITCH)
         require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
+
+
+def check_switch_data(recipe: Recipe, stage: str) -> None:
+    """The prompts the probe switch is fit on hold both kinds, read from rank's output when rank is done (a rank
+    that runs first in this pipeline is read by the router stage itself, before it trains)."""
+    if stage != "router" or not recipe.builds_switch:
+        return
+    from midpo_cli.data.ranked import check_switch_kinds, switch_fit_kinds
+    from midpo_cli.pipeline.status import stage_state
+
+    fit_on = recipe.stages.router.switch_prompts
+    outputs = (stage_state(Path(recipe.run_dir), "rank")["manifest"] or {}).get("outputs") or {}
+    output = outputs.get("scored" if fit_on == "ranked" else "dual")
+    if isinstance(output, str):
+        path = Path(recipe.run_dir) / output
+        check_switch_kinds(switch_fit_kinds(path, fit_on), str(path), fit_on)
 
 
 def check_architecture(recipe: Recipe, stage: str) -> None:

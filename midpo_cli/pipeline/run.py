@@ -21,10 +21,19 @@ from typing import Any
 from midpo_cli import console
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.io import atomic_write_json, try_read_json
-from midpo_cli.manifest import read_manifest, stage_dir
+from midpo_cli.manifest import stage_dir
 from midpo_cli.pipeline.changes import SETTINGS_FILE
-from midpo_cli.pipeline.folders import PREVIOUS, abandon_folder, finish_folder, note_failure, prepare_folder
-from midpo_cli.pipeline.graph import dependencies, is_done, stage_config, stage_plans
+from midpo_cli.pipeline.folders import (
+    PREVIOUS,
+    abandon_folder,
+    check_folder,
+    finish_folder,
+    note_failure,
+    prepare_folder,
+)
+from midpo_cli.pipeline.graph import dependencies, stage_config, stage_plans
+from midpo_cli.pipeline.owned import recording
+from midpo_cli.pipeline.status import folder_state, stage_done, unusable
 from midpo_cli.recipe import Recipe
 from midpo_cli.stages.kit.context import StageContext
 
@@ -111,10 +120,10 @@ def run_lock(run_dir: str | Path, command: str = "pipeline run") -> Iterator[Pat
 
 
 def upstream_manifests(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
-    """Manifests of the stage's dependencies, read from the run dir (transitively fingerprinted)."""
-    return {
-        dep: m for dep in dependencies(recipe, stage) if (m := read_manifest(stage_dir(recipe.run_dir, dep)))
-    }
+    """Manifests of the stage's dependencies that are done (`folder_state`), read from the run dir (transitively
+    fingerprinted)."""
+    return {dep: m for dep in dependencies(recipe, stage)
+            if (m := folder_state(stage_dir(recipe.run_dir, dep), dep)["manifest"]) is not None}
 
 
 def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint: str | None = None) -> StageContext:
@@ -128,18 +137,20 @@ def make_context(recipe: Recipe, stage: str, *, resume: bool = True, fingerprint
 
     started = time.time()
     inputs = upstream_manifests(recipe, stage)
-    missing = [d for d in dependencies(recipe, stage) if d not in inputs]
+    missing = [unusable(d, folder_state(stage_dir(recipe.run_dir, d), d))
+               for d in dependencies(recipe, stage) if d not in inputs]
     if missing:
         raise InputError(
             f"stage {stage!r} needs {', '.join(missing)} in {recipe.run_dir}; run "
             f"`midpo pipeline run RECIPE --until {stage}` (or set stages.<name>.use for score models)"
         )
     preflight(recipe, stage)
+    folder = stage_dir(recipe.run_dir, stage)
     if fingerprint is None:  # a stage command: the pipeline said what re-runs before it started
         step = stage_plans(recipe, [stage])[0]
+        check_folder(folder, step.fingerprint, resume=resume)
         warn_reruns([step])
         fingerprint = step.fingerprint
-    folder = stage_dir(recipe.run_dir, stage)
     prepare_folder(folder, fingerprint, resume=resume)
     atomic_write_json(folder / SETTINGS_FILE, stage_config(recipe, stage))  # names changed keys next time
     return StageContext(recipe=recipe, stage=stage, folder=folder, inputs=inputs, fingerprint=fingerprint,
@@ -160,22 +171,25 @@ def warn_reruns(plans) -> None:
 def run_stage(recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | None = None) -> dict[str, Any]:
     """Check, prepare and run one stage (the caller holds the lock); returns its manifest.
 
-    A failure with nothing to resume from, or a failed post-save check, gives the stage folder its previous
-    finished result back (pipeline/folders.py); success drops that backup.
+    Every name the stage writes in its folder is recorded there (pipeline.owned), so a later re-run clears
+    exactly those. A failure gives the stage folder its previous finished result back (pipeline/folders.py);
+    success drops that backup.
     """
     ctx = make_context(recipe, stage, resume=resume, fingerprint=fingerprint)
-    restored = read_manifest(ctx.folder)
-    if resume and is_done(restored, ctx.fingerprint):
+    restored = stage_done(ctx.folder, stage, ctx.fingerprint)
+    if resume and restored is not None:
         return restored  # settings changed back: prepare_folder restored the finished result from .previous
     try:
-        runner(stage)(ctx)
+        with recording(ctx.folder):
+            runner(stage)(ctx)
     except BaseException as exc:
         abandon_folder(ctx.folder, error=exc)
         note_failure(ctx.folder, exc)
         raise
-    manifest = read_manifest(ctx.folder)
-    if not manifest:
-        raise RuntimeError(f"stage {stage} finished without writing its manifest")
+    manifest = stage_done(ctx.folder, stage, ctx.fingerprint)
+    if manifest is None:
+        found = folder_state(ctx.folder, stage)
+        raise RuntimeError(f"stage {stage} finished, but its folder is not done: {found['state']} {found['why']}")
     finish_folder(ctx.folder)
     return manifest
 
@@ -197,6 +211,7 @@ def run_pipeline(
         for step in plans:  # bad data or settings fail now, not after hours of earlier stages
             if step.status != "done":
                 preflight(recipe, step.stage)
+                check_folder(stage_dir(recipe.run_dir, step.stage), step.fingerprint, resume=step.stage not in force)
         warn_reruns(plans)
         for step in plans:
             stage = step.stage

@@ -1,33 +1,51 @@
-"""`midpo pipeline status`: each stage's state and *why*, from its folder alone; no torch.
+"""Each stage's state and *why*, from its folder alone, and the one test of "done" that `pipeline run`,
+`pipeline plan`, `pipeline status` and every stage command share (`stage_done`); no torch.
 
-A failed stage used to show `started` with no reason, a corrupt manifest the same, a stage whose artifact
-folder was deleted `done`, and a manifest holding a JSON list crashed status and plan.
+A stage is done when its manifest is present, readable and a JSON object, and every artifact it names inside the
+run dir is present and readable; done *for a recipe* when, besides, it carries the fingerprint the recipe asks
+for. Plan and run used to read the manifest alone, so a stage whose adapter was deleted was skipped as done
+while status called it incomplete.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from midpo_cli.manifest import MANIFEST, read_checked
+from midpo_cli.pipeline.owned import FAILED, link_problem
 
-FAILED = ".failed"  # the one error line of a stage's last failed run (pipeline.run.run_stage writes it)
+__all__ = ["FAILED", "folder_state", "missing_output", "stage_done", "stage_state", "unusable"]
 
 
 def stage_state(run_dir: Path, stage: str) -> dict[str, Any]:
-    """{"state": not run | done | incomplete | corrupt | failed | started | refused, "why": one line, "manifest"}."""
-    folder = run_dir / stage
-    if folder.is_symlink():
-        return _row("refused", f"{folder} is a symbolic link; midpo will not write through it")
+    """`folder_state` of `<run_dir>/<stage>`."""
+    return folder_state(Path(run_dir) / stage, stage)
+
+
+def stage_done(folder: Path, stage: str, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest of the finished result in `folder` when it is done (folder_state) for these settings."""
+    found = folder_state(folder, stage)
+    manifest = found["manifest"]
+    return manifest if found["state"] == "done" and manifest.get("fingerprint") == fingerprint else None
+
+
+def folder_state(folder: Path, stage: str) -> dict[str, Any]:
+    """{"state": not run | done | incomplete | corrupt | failed | started | refused, "why": one line, "manifest"}
+    of the stage folder `folder` (or its `.previous/`): "manifest" is set only when the stage is done."""
+    problem = link_problem(folder)
+    if problem:
+        return _row("refused", problem)
     if not folder.exists():
         return _row("not run", "")
     manifest, problem = read_checked(folder / MANIFEST)
     if problem:
         return _row("corrupt", problem)
     if manifest is not None:
-        missing = missing_outputs(run_dir, stage, manifest)
+        missing = missing_output(folder, stage, manifest)
         if missing:
-            return _row("incomplete", f"missing {missing}; rerun the stage", manifest)
+            return _row("incomplete", f"{missing}; rerun the stage")
         return _row("done", "", manifest)
     failed = folder / FAILED
     if failed.is_file():
@@ -39,21 +57,29 @@ def stage_state(run_dir: Path, stage: str) -> dict[str, Any]:
     return _row("started", "no manifest yet: running now, or stopped before its first checkpoint")
 
 
+def unusable(stage: str, found: dict[str, Any]) -> str:
+    """How a stage that is needed and not done is named: `rank`, or `rank (corrupt: why)`."""
+    return stage if found["state"] == "not run" else f"{stage} ({found['state']}: {found['why']})"
+
+
 def _row(state: str, why: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"state": state, "why": why, "manifest": manifest}
 
 
-def missing_outputs(run_dir: Path, stage: str, manifest: dict[str, Any]) -> str | None:
-    """The first artifact the manifest names inside the run dir that is gone ("model: sft/model")."""
+def missing_output(folder: Path, stage: str, manifest: dict[str, Any]) -> str | None:
+    """The first artifact of the stage's own that its manifest names and that is gone or unreadable ("missing
+    model: sft/model"). Its own are stored relative to the run dir (`<stage>/...`) and found here under `folder`,
+    so a `.previous/` is judged by what it holds; the other outputs name what the stage used (a hub name, the
+    SFT model an adapter sits on), not what it wrote."""
     outputs = manifest.get("outputs")
     if not isinstance(outputs, dict):
         return None
     for key, value in outputs.items():
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not value.startswith(f"{stage}/"):
             continue
-        path = Path(value)
-        if not (path.is_absolute() or value.startswith(f"{stage}/")):
-            continue  # a hub name or embedded: model the stage used as is
-        if not (path if path.is_absolute() else run_dir / path).exists():
-            return f"{key}: {value}"
+        path = folder / value.removeprefix(f"{stage}/")
+        if not path.exists():
+            return f"missing {key}: {value}"
+        if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            return f"unreadable {key}: {value}"
     return None

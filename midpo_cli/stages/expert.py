@@ -42,7 +42,7 @@ from midpo_cli.engine.host_memory import release_freed_memory
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import DpoHealth, concatenated_logps, reference_logps
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.expert_select import best_step, objective, wants_harmful
+from midpo_cli.evaluation.expert_select import best_step, flat_curve, objective, wants_harmful
 from midpo_cli.io import atomic_write_json, try_read_json
 from midpo_cli.judges.panel import judged_by
 from midpo_cli.losses.baselines import dpo_loss, modpo_loss, safedpo_loss
@@ -256,8 +256,11 @@ def choose_on_dev(ctx: StageContext, stage: str, result, dev: DevPrompts, *, pol
     how = judged_by(dev.judge)
     console.log(f"{stage}: dev curve on {len(dev.prompts)} {dev.name} prompts ({how}): "
                 + ", ".join(f"{s}: {v:.3f}" for s, v in curve if v is not None) + f"; keeping step {chosen}")
+    flat = flat_curve(curve)
+    if flat:
+        console.warn(f"{stage}: {flat}")
     return {"prompts": dev.name, "n_prompts": len(dev.prompts), "judged_by": how, "chosen_step": chosen,
-            "curve": [{"step": s, "score": v} for s, v in curve]}
+            "curve": [{"step": s, "score": v} for s, v in curve], **({"flat": flat} if flat else {})}
 
 
 def score_kind(score_stage: str) -> str:

@@ -33,6 +33,7 @@ from midpo_cli import console
 from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, split_label
 from midpo_cli.errors import InputError, Interrupted
 from midpo_cli.evaluation.answers import append_rows, read_answers
+from midpo_cli.io import check_output
 from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.policy import Policy, load_policy
 from midpo_cli.recipe import GenerationSettings
@@ -159,9 +160,7 @@ def generate_to_file(
     whose rows all exist is not loaded at all, and consecutive entries of one MidPO folder (a gate or
     dial sweep) share one loaded model, switched by `set_fixed_gates` / `set_safety_bias`.
     """
-    output = Path(output)
-    if output.is_dir():
-        raise InputError(f"--output {output} is a folder; give an answers file name, e.g. {output / 'answers.jsonl'}")
+    output = check_output(output, "--output")  # a FIFO blocked the resume's read forever
     output.parent.mkdir(parents=True, exist_ok=True)
     generation = (settings or GenerationSettings()).but(**changes)
     with output_lock(output):
@@ -200,9 +199,9 @@ def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptS
     run = _Run(output, recorded, _gen_id(recorded), generation, {})
     other = next((r for r in existing if r.get("gen_id") != run.gen_id), None)
     if other is not None:
-        was = other.get("gen") or other.get("gen_id")
-        raise InputError(f"{output} holds answers generated with other settings ({was} vs {recorded}); "
-                         "use another --output or delete the file")
+        changed = _settings_changed(other, recorded)
+        raise InputError(f"{output} holds answers generated with other settings ({changed}); use another --output, "
+                         "the same settings, or delete the file")
     ids = _check_models(models, existing, output)
     done = {(r["model"], r["prompt_set"], int(r["index"])) for r in existing}
     todo = {(m.label, s.name): [p for p in s.prompts if (m.label, s.name, p["row"]) not in done]
@@ -223,6 +222,17 @@ def _generate_locked(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptS
                      tokens_per_s=round(run.stats["answer_tokens"] / wall, 1) if wall else None,
                      rows_total=len(existing) + rows_written)
     return run.stats
+
+
+def _settings_changed(row: dict[str, Any], recorded: dict[str, Any]) -> str:
+    """`key was → now` for each setting (the template included: rows keep it apart from `gen`) that differs between
+    an existing row and this run; the template was left out of the message, so a resume that only changed it
+    was refused without saying why."""
+    was = {"template": row.get("template"), **(row.get("gen") or {})} if isinstance(row.get("gen"), dict) else None
+    if was is None:
+        return f"gen_id {row.get('gen_id')!r}, now {_gen_id(recorded)!r}"
+    return "; ".join(f"{k} {was.get(k)!r} → {recorded.get(k)!r}" for k in sorted(set(was) | set(recorded))
+                     if was.get(k) != recorded.get(k)) or "the same settings, another gen_id"
 
 
 def _check_models(models: Sequence[ModelEntry], existing: list[dict[str, Any]], output: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import torch
 
 from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
-from midpo_cli.data.ranked import ranked_prompt_kinds
+from midpo_cli.data.ranked import check_switch_kinds, ranked_prompt_kinds
 from midpo_cli.data.readers import load_rows
 from midpo_cli.data.tokenize import collate_pairs, encode_pairs, with_columns
 from midpo_cli.engine.artifacts import logits_on, precision_of, save_checked
@@ -71,6 +71,8 @@ def run(ctx: StageContext) -> None:
     selection, train_feats = encoded_pairs(str(ctx.input_path("rank", "dual")), "router", tokenizer, template,
                                            recipe.data.max_length, stage="router")
 
+    if recipe.builds_switch:  # before training: a switch that cannot be fit must not cost a trained router
+        check_switch_prompts(ctx, selection.pairs, train_feats)
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
     model, router_settings = routed_policy(ctx, policy, settings, safety_dir, help_dir)
@@ -95,7 +97,7 @@ def run(ctx: StageContext) -> None:
         switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs,
                                            dev)
         save_switch(model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
-                    help_dir=help_dir, template=template)
+                    help_dir=help_dir, template=template, probe_batch=collate(train_feats[:4]))
         outputs["switch"] = ctx.rel(ctx.folder / "switch")
         if kind == "probe":  # the model is the switch: its gates are what the separation measures
             model.switch = switch
@@ -148,6 +150,17 @@ def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_i
     }
 
 
+def check_switch_prompts(ctx: StageContext, pairs: list, train_feats: list) -> None:
+    """The prompts the switch will be fit on (`build_switch`) hold both kinds: checked before any model loads."""
+    fit_on = ctx.recipe.stages.router.switch_prompts
+    if fit_on == "ranked":
+        scored = ctx.input_path("rank", "scored")
+        check_switch_kinds(list(ranked_prompt_kinds(scored)[1]), str(scored), fit_on)
+    else:
+        check_switch_kinds(list(pair_kinds(pairs, train_feats, where="dual.jsonl")),
+                           str(ctx.input_path("rank", "dual")), fit_on)
+
+
 def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list,
                  dev: DevPrompts | None):
     """The probe fit on D_dual's prompts or every prompt rank scored (`switch_prompts`; the router's input,
@@ -198,12 +211,26 @@ def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: 
 
 
 def save_switch(model, switch: ProbeSwitch, tokenizer, out: Path, *, policy: str, safety_dir: Path, help_dir: Path,
-                template: str) -> None:
-    """The MidPO folder with the switch (its routers stay as they are and are not used)."""
+                template: str, probe_batch: dict) -> None:
+    """The MidPO folder with the switch (its routers stay as they are and are not used), saved through the
+    verified save like the router's: reloaded, and its logits on `probe_batch` (the switch choosing each prompt's
+    gates), its probabilities and its threshold compared with the in-memory switch's before it is renamed into
+    place (hard gates alone would hide a switch that reloads with other weights)."""
+    probe = {k: probe_batch[k] for k in ("input_ids", "attention_mask")}
+    prompt_mask = probe_batch["attention_mask"].bool() & ~probe_batch["response_mask"].bool()
+    logits = logits_on({**probe, "prompt_mask": prompt_mask})
+
+    def forward(m) -> torch.Tensor:
+        p = m.switch.probability(m.routed_input_means(probe["input_ids"], probe["attention_mask"], prompt_mask))
+        kind = torch.tensor([float(m.switch.threshold), float(m.switch.mode == "hard")]).expand(len(p), 2)
+        return torch.cat([logits(m), p.float().unsqueeze(1).cpu(), kind], dim=1)
+
     previous, model.switch = model.switch, switch
     try:
-        save_midpo(model, tokenizer, out, base_model=policy, template=template, safety_adapter=str(safety_dir),
-                   helpfulness_adapter=str(help_dir))
+        save_checked(model, out,
+                     save_fn=lambda path: save_midpo(model, tokenizer, path, base_model=policy, template=template,
+                                                     safety_adapter=str(safety_dir), helpfulness_adapter=str(help_dir)),
+                     load_fn=lambda path: load_midpo(path, dtype=precision_of(model))[0], forward=forward)
     finally:
         model.switch = previous
 

@@ -59,11 +59,13 @@ def chooses_switch_threshold(recipe: Recipe) -> bool:
 
 def is_local_set(spec: str) -> bool:
     """An embedded or local-file set: one preflight can read (a hub set is left to the stage: no download in a
-    preflight)."""
+    preflight). A file name that does not exist counts as local, so preflight names it (it was taken for a hub
+    set and skipped, and the router stage failed on it after training)."""
     from pathlib import Path
 
     local = split_label(spec)[1]
-    return local.startswith("embedded:") or Path(local).expanduser().is_file()
+    looks_like_file = local.lower().endswith(FILE_SUFFIXES) or local.startswith((".", "/", "~"))
+    return local.startswith("embedded:") or looks_like_file or Path(local).expanduser().is_file()
 
 
 def load_dev_set(recipe: Recipe, why: str) -> PromptSet:
