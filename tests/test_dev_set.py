@@ -55,7 +55,9 @@ def test_preflight_names_a_dev_choice_without_a_dev_set():
     with pytest.raises(InputError, match="hard probe switch"):
         check_dev_set(recipe("stages.router.kind=probe"), "router")
     check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
-    check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
+    # a dev set that looks like a file but is missing is reported now, not left to a hub lookup at the stage
+    with pytest.raises(InputError, match="stages.generate.prompts: file not found: x/dev-prompts.jsonl"):
+        check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
 
 
 def test_the_hard_switch_needs_both_kinds_in_the_dev_set_before_anything_runs(tmp_path):

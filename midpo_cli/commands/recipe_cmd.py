@@ -19,16 +19,19 @@ def register(app: typer.Typer) -> None:
 
 
 def check(
-    file: Path = typer.Argument(..., help="Recipe YAML file."),
+    file: Path = typer.Argument(..., help="Recipe YAML file, or a shipped recipe's name."),
     overrides: list[str] = SetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Validate FILE (and --set overrides); print the resolved recipe or every problem with its line."""
+    """Validate FILE (and --set overrides) and every file, folder and model the stages that would run name; print
+    the resolved recipe, or every problem with its line or key."""
     from rich.markup import escape
 
+    from midpo_cli.pipeline.preflight import check_whole_run
     from midpo_cli.recipe import dump_yaml, load_recipe
 
     recipe = load_recipe(file, overrides or [])
+    check_whole_run(recipe)
     resolved = recipe.resolved()
     if as_json:
         console.emit_json(resolved)
