@@ -115,10 +115,18 @@ def read_prompt_set(recipe: Recipe, spec: str):
 
 
 def check_prompt_sets(recipe: Recipe, stage: str) -> None:
-    """Generate answers every prompt set (Recipe.prompt_sets): each local one exists and holds prompts."""
-    if stage == "generate":
-        for spec in recipe.prompt_sets():
+    """Generate answers every prompt set (Recipe.prompt_sets): each local one exists and holds prompts; every
+    one that does not is named."""
+    if stage != "generate":
+        return
+    problems = []
+    for spec in recipe.prompt_sets():
+        try:
             read_prompt_set(recipe, spec)
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def check_dev_set(recipe: Recipe, stage: str) -> None:
