@@ -23,6 +23,7 @@ import yaml
 
 from midpo_cli.data.split import Sizes, Split, check_both_kinds, split_pairs
 from midpo_cli.errors import InputError
+from midpo_cli.recipe import MAX_SEED
 
 PRESETS = ("tiny", "pretrained")
 SFT_CHOICES = "auto, off, or a prompt/answer file"
@@ -75,7 +76,10 @@ def new_recipe(opts: NewOptions) -> NewRun:
 
     preset = resolve_preset(opts)
     check_inputs(opts)
-    table = load_rows(opts.data, columns=opts.columns or None)
+    try:
+        table = load_rows(opts.data, columns=opts.columns or None)
+    except InputError as exc:
+        raise InputError(f"--data: {exc}") from None
     split = split_pairs(table.rows, opts.sizes, table.source)
     check_both_kinds(split)
     folder = opts.out_data or opts.to.with_name(f"{opts.to.stem}-data")
@@ -113,6 +117,8 @@ def check_inputs(opts: NewOptions) -> None:
     for flag, value in (("--dev", sizes.dev), ("--eval", sizes.eval), ("--max-train", sizes.max_train)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
+    if not 0 <= sizes.seed <= MAX_SEED:
+        raise InputError(f"--seed {sizes.seed}: must be in 0 … {MAX_SEED} (the recipe's train.seed)")
     if opts.to.suffix not in (".yaml", ".yml"):
         raise InputError(f"--to {opts.to}: a recipe is a .yaml file")
 
