@@ -32,7 +32,7 @@ FILES = {"train": "train.jsonl", "test": "test.jsonl", "dev": "dev.jsonl", "eval
 # time), local-model-cpu.yaml's for a pretrained base (min, max optimizer steps, the data's size deciding between)
 PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     "tiny": {"max_length": 128, "precision": "fp32", "batch_size": 8, "eval_each_epoch": False,
-             "sft": {"epochs": 3, "lr": 2e-3}, "score": {"epochs": 4, "lr": 2e-3}, "min_accuracy": 0.6,
+             "sft": {"max_steps": 16, "lr": 2e-3}, "score": {"max_steps": 24, "lr": 2e-3}, "min_accuracy": 0.6,
              "expert_steps": (8, 8), "snapshots": 2, "expert_lr": (3e-4, 1e-4), "max_new_tokens": 16,
              "gen_batch": 64},
     "pretrained": {"max_length": 256, "precision": "auto", "batch_size": 8, "eval_each_epoch": True,
