@@ -4,14 +4,14 @@
                                     [--set KEY=VALUE ...] [--until STAGE] [--prepare-only] [--speed-batch 8]
                                     [--full-prompts] [--sft no-safety]
 
-1. Writes balanced slices of the embedded toy world into OUT/data/ (the recipe's data budget: train 400
-   pairs, test 100 pairs, SFT 256 rows, 40 dev and 40 eval prompts, 20 traps; half harmful, half benign each;
-   dev chooses the best fixed blend, eval and traps report it; `--full-prompts`: all 160 dev, 160 eval prompts
-   and 100 traps, issue 30's protocol). `--sft no-safety`: the SFT slice of the paper's setting (its base,
+1. The data: the recipe's own balanced slices of the embedded toy world, shipped with midpo (train 400 pairs,
+   test 100 pairs, SFT 256 rows, 40 dev and 40 eval prompts, 20 traps; half harmful, half benign each; dev
+   chooses the best fixed blend, eval and traps report it). `--full-prompts`: all 160 dev, 160 eval prompts and
+   100 traps, issue 30's protocol. `--sft no-safety`: the SFT slice of the paper's setting (its base,
    Alpaca-7B, was instruction-tuned with no safety data, so it complies with harmful requests): 256 rows of
-   benign prompts as they come in the split (answered H, W or R), no harmful prompt at all; written as
-   sft-no-safety.jsonl. Nothing else changes: the preference pairs, their labels and every prompt set are
-   the standard slices.
+   benign prompts as they come in the split (answered H, W or R), no harmful prompt at all; written to
+   OUT/data/sft-no-safety.jsonl. Nothing else changes: the preference pairs, their labels and every prompt set
+   are the standard slices.
 2. Runs each stage of the recipe as its own `midpo pipeline run --only STAGE` child process, so wall time
    (interpreter and imports included) and peak RSS (the child's ru_maxrss) are that stage's alone; a stage
    already finished with the same settings is skipped by the pipeline and costs seconds. Tokens/s are the
@@ -40,23 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "reward_model", "cost_model", "safety_expert", "helpfulness_expert", "rank", "router",
           "generate", "score")
-SLICES = {"train": ("train", 400), "test": ("test", 100), "sft": ("sft", 256), "dev-prompts": ("dev-prompts", 40),
-          "eval-prompts": ("eval-prompts", 40), "traps": ("traps", 20)}
-
-
-def balanced(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The first n/2 harmful and n/2 benign rows in file order (the files are shuffled), interleaved."""
-    harmful = [r for r in rows if r.get("is_harmful")][: n // 2]
-    benign = [r for r in rows if not r.get("is_harmful")][: n - len(harmful)]
-    return [r for pair in zip(harmful, benign, strict=False) for r in pair] + harmful[len(benign):] + \
-        benign[len(harmful):]
-
-
-# issue 30's pretrained-base protocol: every dev and eval prompt and every trap of the toy world (160/160/100),
-# so that a difference of 0.1 in toy score can exclude zero
-FULL_PROMPTS = {"dev-prompts": ("dev-prompts", 160), "eval-prompts": ("eval-prompts", 160), "traps": ("traps", 100)}
-
-
+# issue 30's pretrained-base protocol: every dev and eval prompt and every trap of the toy world (160/160/100), so
+# that a difference of 0.1 in toy score can exclude zero
+FULL_PROMPTS = ("data.dev_prompts=dev-prompts=embedded:toy-safety/dev-prompts@160",
+                "data.eval_prompts=[eval-prompts=embedded:toy-safety/eval-prompts@160, "
+                "traps=embedded:toy-safety/traps@100]")
 SFT_SLICES = ("standard", "no-safety")  # --sft: the recipe's slice, or the paper's setting (docstring, 1.)
 
 
@@ -65,33 +53,28 @@ def no_safety(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [r for r in rows if not r.get("is_harmful")][:n]
 
 
-def prepare_data(out: Path, full_prompts: bool = False, sft: str = "standard") -> dict[str, Path]:
-    """OUT/data/<name>.jsonl slices of the embedded toy splits; rewritten only when missing."""
-    from midpo_cli.assets import resolve_embedded
+def prepare_data(out: Path, full_prompts: bool = False, sft: str = "standard") -> list[str]:
+    """The recipe overrides of this protocol: none for the recipe's own slices; the full prompt sets; the
+    paper's SFT slice, written to OUT/data/sft-no-safety.jsonl (rewritten only when missing)."""
+    from midpo_cli.data.readers import load_rows
 
-    folder = out / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, (split, n) in {**SLICES, **(FULL_PROMPTS if full_prompts else {})}.items():
-        variant = name == "sft" and sft == "no-safety"
-        path = paths[name] = folder / (f"{name}-no-safety.jsonl" if variant else f"{name}.jsonl")
-        if path.exists():
-            continue
-        source = resolve_embedded(f"embedded:toy-safety/{split}")
-        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = no_safety(rows, n) if variant else balanced(rows, n)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
-    return paths
+    sets = list(FULL_PROMPTS) if full_prompts else []
+    if sft == "no-safety":
+        path = out / "data" / "sft-no-safety.jsonl"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = no_safety(load_rows("embedded:toy-safety/sft").rows, 256)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, path)
+        sets.append(f"data.sft={path}")
+    return sets
 
 
-def overrides(args: argparse.Namespace, data: dict[str, Path]) -> list[str]:
-    """The recipe pointed at this model folder, this output folder and these data slices (user --set last)."""
-    sets = [f"run_dir={args.out}", f"base_model={Path(args.model_dir).expanduser().resolve()}",
-            f"data.train={data['train']}", f"data.eval={data['test']}", f"data.sft={data['sft']}",
-            f"stages.generate.prompts=[{data['dev-prompts']}, {data['eval-prompts']}, {data['traps']}]"]
-    return [*sets, *args.set]
+def overrides(args: argparse.Namespace, data: list[str]) -> list[str]:
+    """The recipe pointed at this model folder, this output folder and this protocol's data (user --set last)."""
+    sets = [f"run_dir={args.out}", f"base_model={Path(args.model_dir).expanduser().resolve()}"]
+    return [*sets, *data, *args.set]
 
 
 def run_stage(args: argparse.Namespace, stage: str, sets: list[str]) -> dict[str, Any]:
@@ -154,10 +137,11 @@ def print_toy(out: Path) -> None:
               f"{f(e['toy_score']):>7}{f(e['exact_template_rate']):>7}")
 
 
-def greedy_speed(out: Path, prompts_file: Path, batch: int, new_tokens: int, template: str) -> None:
+def greedy_speed(out: Path, prompt_set: str, batch: int, new_tokens: int, template: str) -> None:
     """Tokens/s of greedy, cached decoding: MidPO model vs its base policy, same prompts, batch and length."""
     import torch
 
+    from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.tokenize import encode_prompts, pad_sequences
     from midpo_cli.modeling.policy import load_policy
 
@@ -165,7 +149,7 @@ def greedy_speed(out: Path, prompts_file: Path, batch: int, new_tokens: int, tem
     sft = json.loads((out / "sft" / "manifest.json").read_text())
     specs = {"base": str(out / sft["outputs"]["model"]) if (out / sft["outputs"]["model"]).exists()
              else sft["outputs"]["model"], "midpo": str(out / router["outputs"]["model"])}
-    prompts = [json.loads(x)["prompt"] for x in prompts_file.read_text().splitlines() if x.strip()][:batch]
+    prompts = [p["prompt"] for p in load_prompt_set(prompt_set).prompts][:batch]
     print(f"\ngreedy decoding, KV cache on: {len(prompts)} prompts in one batch, {new_tokens} new tokens each")
     rates = {}
     for name, spec in specs.items():
@@ -194,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "local-model-cpu.yaml"))
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override (repeatable).")
     parser.add_argument("--until", choices=STAGES, default="score", help="Last stage to run.")
-    parser.add_argument("--prepare-only", action="store_true", help="Write the data slices and stop.")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="Write the data this protocol adds to the package's slices (--sft no-safety) and stop.")
     parser.add_argument("--full-prompts", action="store_true",
-                        help="All 160 dev and 160 eval prompts and 100 traps (issue 30's protocol; a fresh --out).")
+                        help="All 160 dev and 160 eval prompts and 100 traps (issue 30's protocol).")
     parser.add_argument("--sft", choices=SFT_SLICES, default="standard",
                         help="The SFT slice: the recipe's (standard) or the paper's setting (no-safety, above).")
     parser.add_argument("--speed-batch", type=int, default=8, help="Prompts in the decoding-speed batch.")
@@ -208,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = str(Path(args.out).resolve())
     data = prepare_data(Path(args.out), args.full_prompts, args.sft)
     if args.prepare_only:
-        print(Path(args.out) / "data")
+        print("\n".join(data))
         return 0
     sets = overrides(args, data)
     rows = []
@@ -221,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     print_toy(out)
     if all(r["rc"] == 0 for r in rows) and (out / "router" / "manifest.json").exists():
         template = json.loads((out / "router" / "manifest.json").read_text()).get("template", "auto")
-        greedy_speed(out, data["eval-prompts"], args.speed_batch, args.speed_tokens, template)
+        from midpo_cli.recipe import load_recipe
+
+        eval_set = load_recipe(args.recipe, sets).data.eval_prompts[0]
+        greedy_speed(out, eval_set, args.speed_batch, args.speed_tokens, template)
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 
 

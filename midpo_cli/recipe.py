@@ -52,6 +52,7 @@ STAGE_ORDER = (
 OPTIONAL_STAGES = ("dpo_expert",)
 # Every stage in dependency order; the baselines run when `stages.baselines` lists them, before generate.
 ALL_STAGES = (*STAGE_ORDER[:-2], *BASELINE_STAGES, *STAGE_ORDER[-2:], *OPTIONAL_STAGES)
+DEFAULT_PROMPTS = ("embedded:toy-safety/eval-prompts",)  # what a recipe that names no prompt set answers
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeders take 0 … 2³²−1; −1 or 1e23 failed later with a ValueError
 
 
@@ -137,12 +138,25 @@ class DataSettings(Strict):
     eval: PathStr | None = Field("embedded:toy-safety/test", description="Held-out pairs for evaluation and audits.")
     sft: PathStr | None = Field("embedded:toy-safety/sft", description="Prompt/answer rows for train-sft.")
     columns: dict[str, str] = Field(default_factory=dict, description="Canonical column → source column.")
+    dev_prompts: PathStr | None = Field(
+        None, description="The dev prompt set (`prompt`, `is_harmful`, optional `category`): every dev choice — the "
+        "best fixed blend, the probe switch's threshold, an expert's `select: dev` — is made on it; generate answers "
+        "it. Null: the entry of stages.generate.prompts named *dev-prompts (or stages.score.select_on).")
+    eval_prompts: list[PathStr] = Field(
+        default_factory=list, description="The prompt sets the report is about (same schema); generate answers them.")
     max_length: int = Field(256, gt=8, description="Max tokens of prompt + answer.")
     max_prompt_length: int | None = Field(None, gt=0, description="Max prompt tokens (left-truncated).")
     template: Template = Field(
         "auto", description="Prompt template: auto (the tokenizer's chat template if it has one, else safe-rlhf), "
         "safe-rlhf, or chat."
     )
+
+
+    @field_validator("eval_prompts", mode="before")
+    @classmethod
+    def _one_set_is_a_list(cls, value: Any) -> Any:
+        """`eval_prompts: x.jsonl` means the list of that one set."""
+        return [value] if isinstance(value, str) else value
 
 
 class DeepSpeedSettings(Strict):
@@ -417,8 +431,9 @@ class GenerationSettings(Strict):
 
 class GenerateStage(GenerationSettings):
     batch_size: int = Field(32, gt=0, description="Prompts per batch (`midpo generate` answers 16).")
-    prompts: list[PathStr] = Field(
-        default_factory=lambda: ["embedded:toy-safety/eval-prompts"], min_length=1, description="Prompt sets."
+    prompts: list[PathStr] | None = Field(
+        None, description="Prompt sets answered beside data.dev_prompts and data.eval_prompts (null: none, or the "
+        "toy world's eval-prompts when the recipe names no prompt set at all; Recipe.prompt_sets)."
     )
     models: list[Literal["base", "safety_expert", "helpfulness_expert", "midpo", "probe_switch"]] = Field(
         default_factory=lambda: ["base", "safety_expert", "helpfulness_expert", "midpo"], min_length=1
@@ -668,6 +683,22 @@ class Recipe(Strict):
         """The stages of `stages.baselines`, in pipeline order."""
         return tuple(s for s in BASELINE_STAGES if s.removeprefix("baseline_") in self.stages.baselines)
 
+    def prompt_sets(self) -> list[str]:
+        """Every prompt set generate answers, in order: the dev set, the eval sets, then stages.generate.prompts;
+        a recipe that names none answers the toy world's eval prompts (what every recipe answered before roles)."""
+        named = [*([self.data.dev_prompts] if self.data.dev_prompts else []), *self.data.eval_prompts,
+                 *(self.stages.generate.prompts or [])]
+        if not named and self.stages.generate.prompts is None:
+            named = list(DEFAULT_PROMPTS)
+        return list(dict.fromkeys(named))
+
+    @model_validator(mode="after")
+    def _some_prompts(self) -> Recipe:
+        if not self.prompt_sets():
+            raise ValueError("stages.generate.prompts: no prompt set to answer; name data.dev_prompts / "
+                             "data.eval_prompts, or list sets here")
+        return self
+
     @property
     def builds_switch(self) -> bool:
         """The router stage builds the probe switch: it is the run's router (`kind: probe`), or generate answers
@@ -866,14 +897,50 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return next((m for a in get_args(annotation) if (m := _section_model(a)) is not None), None)
 
 
+# Keys users bring from Hugging Face TrainingArguments / TRL / PEFT configs → midpo's key, as a path from the section
+# where midpo has it (difflib alone sent `per_device_train_batch_size` to `eval_batch_size`).
+FOREIGN_KEYS = {
+    "learning_rate": "lr", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs", "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_ratio",
+    "logging_steps": "log_every", "eval_steps": "eval_every", "save_steps": "checkpoint.every_steps",
+    "save_total_limit": "checkpoint.keep", "gradient_checkpointing": "activation_checkpointing",
+    "bf16": "precision", "fp16": "precision", "output_dir": "run_dir", "model_name_or_path": "base_model",
+    "model_name": "base_model", "tokenizer_name": "tokenizer", "tokenizer_name_or_path": "tokenizer",
+    "dataset_name": "data.train", "train_file": "data.train", "eval_file": "data.eval",
+    "max_seq_length": "max_length", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
+}
+
+
+def foreign_key_hint(parent: type[BaseModel] | None, key: str) -> str | None:
+    """midpo's name for a Hugging Face / TRL key, quoted, relative to `parent` when it lives there (`'lr'` in a
+    stage section), else its full path (`'train.lr'`, `'run_dir'` at the top level); None for other keys."""
+    target = FOREIGN_KEYS.get(key)
+    if target is None:
+        return None
+    head, _, rest = target.partition(".")
+    if parent is not None and head in parent.model_fields:
+        return f"{target!r}"
+    if rest and parent is not None and parent is _model_at((head,)):
+        return f"{rest!r}"
+    for section in ("train", "data", "logging"):
+        if head in _model_at((section,)).model_fields:
+            return f"{section + '.' + target!r}"
+    if head not in Recipe.model_fields:
+        return None
+    return f"{target!r}" if rest else f"the top-level key {target!r}"
+
+
 def _describe(err: dict[str, Any]) -> str:
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     loc = tuple(err["loc"])
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
+        foreign = foreign_key_hint(parent, str(loc[-1]))
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = f" (did you mean {foreign}?)" if foreign else f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}; allowed: {', '.join(allowed)}"
     if kind == "literal_error":
         expected = ctx.get("expected", "")
@@ -924,14 +991,12 @@ def load_recipe(
     base: dict[str, Any] | None = None,
 ) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    path = recipe_file(path) if path is not None else None
     source = str(path) if path is not None else "<defaults>"
     data: Any = {}
     lines: dict[str, int] = {}
     if path is not None:
-        file = Path(path)
-        if not file.exists():
-            raise InputError(f"recipe file not found: {file}")
-        text = _read_text(file)
+        text = _read_text(path)
         data, lines = parse_yaml(text, source)
         if data is None:  # blank, only comments, or `null`; `{}` is not
             raise InputError(f"{source}: the recipe is empty, so every key would take its default (run_dir "
@@ -947,6 +1012,17 @@ def load_recipe(
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_problem_lines(exc, source, lines, origin)) from None
+
+
+def recipe_file(path: str | Path) -> Path:
+    """A recipe file, or a shipped recipe by the name `midpo recipe show` lists (`midpo pipeline run quickstart`);
+    a file of that name in the working folder comes first."""
+    file = Path(path)
+    if file.exists():
+        return file
+    if file.name == str(path) and file.stem in shipped_names():
+        return shipped_recipe(file.stem)
+    raise InputError(f"recipe file not found: {file} (shipped recipes, by name: {', '.join(shipped_names())})")
 
 
 def _read_text(file: Path) -> str:

@@ -57,7 +57,8 @@ def test_preflight_names_a_dev_choice_without_a_dev_set():
     check_dev_set(recipe("stages.router.kind=probe", "stages.router.switch=soft"), "router")
     check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[embedded:toy-safety/dev-prompts]"),
                   "router")
-    with pytest.raises(InputError, match="x/dev-prompts.jsonl"):  # a missing file is named, not taken for a hub set
+    # a dev set that looks like a file but is missing is reported now, not left to a hub lookup at the stage
+    with pytest.raises(InputError, match="stages.generate.prompts: file not found: x/dev-prompts.jsonl"):
         check_dev_set(recipe("stages.router.kind=probe", "stages.generate.prompts=[x/dev-prompts.jsonl]"), "router")
 
 

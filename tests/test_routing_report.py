@@ -353,22 +353,29 @@ def test_toy_slices_saved_as_files_keep_the_judge_dev_set_included() -> None:
 
 
 def test_the_paper_setting_sft_slice_has_no_harmful_prompt_and_leaves_every_other_slice_alone(tmp_path) -> None:
-    """benchmarks/real_model.py --sft no-safety: Alpaca's kind of SFT data (no safety data), nothing else moved."""
+    """benchmarks/real_model.py --sft no-safety: Alpaca's kind of SFT data (no safety data), nothing else moved;
+    --full-prompts: every toy prompt, named as the recipe's slices are."""
     import importlib.util
+
+    from midpo_cli.data.prompt_sets import load_prompt_set
+    from midpo_cli.recipe import load_recipe
 
     spec = importlib.util.spec_from_file_location("real_model", Path(__file__).parents[1] / "benchmarks" /
                                                   "real_model.py")
     real_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real_model)
-    standard = real_model.prepare_data(tmp_path / "a", full_prompts=True)
+    assert real_model.prepare_data(tmp_path / "a") == []  # the recipe's own slices, shipped with midpo
     variant = real_model.prepare_data(tmp_path / "b", full_prompts=True, sft="no-safety")
-    rows = [json.loads(x) for x in variant["sft"].read_text().splitlines()]
-    assert variant["sft"].name == "sft-no-safety.jsonl" and len(rows) == 256
-    assert not any(r["is_harmful"] for r in rows)
+    path = tmp_path / "b" / "data" / "sft-no-safety.jsonl"
+    assert variant[-1] == f"data.sft={path}"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == 256 and not any(r["is_harmful"] for r in rows)
     assert {r["answer_type"] for r in rows} == {"H", "W", "R"}  # benign refusals are instruction data, kept
-    for name in ("train", "test", "dev-prompts", "eval-prompts", "traps"):
-        assert variant[name].read_bytes() == standard[name].read_bytes(), name
-    assert len(variant["eval-prompts"].read_text().splitlines()) == 160
+    shipped = load_recipe(Path(__file__).parents[1] / "recipes" / "local-model-cpu.yaml")
+    full = load_recipe(Path(__file__).parents[1] / "recipes" / "local-model-cpu.yaml", variant)
+    assert (full.data.train, full.data.eval) == (shipped.data.train, shipped.data.eval)
+    sizes = {load_prompt_set(s).name: len(load_prompt_set(s).prompts) for s in full.prompt_sets()}
+    assert sizes == {"dev-prompts": 160, "eval-prompts": 160, "traps": 100}
 
 
 def test_own_data_gets_a_verdict_from_the_score_models_with_no_judge_setting(tmp_path) -> None:

@@ -49,7 +49,9 @@ def show(
     ),
     rows: int = typer.Option(3, "--rows", min=0, help="How many formatted examples to show."),
     columns: str | None = typer.Option(None, "--columns", help="Map columns: prompt=question,response_0=a."),
-    rule: str = typer.Option("labels", "--rule", help="Router label rule: labels or agree."),
+    rule: str = typer.Option("labels", "--rule", help="The router row's filter: labels (the paper's D_dual) or "
+                             "agree. The pipeline's rank stage chooses the router's pairs by stages.rank.rule "
+                             "instead (default joint; `midpo rank --rule`)."),
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", help=f"Tokenizer for length stats (default {DEFAULT_TOKENIZER}; 'none' skips)."
     ),

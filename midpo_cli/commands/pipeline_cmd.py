@@ -38,7 +38,7 @@ def _selection(start: str | None, until: str | None, only: list[str] | None, rec
 
 
 def run(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML, or a shipped recipe by name (`midpo recipe show`)."),
     overrides: list[str] = SetOpt,
     start: str = typer.Option(None, "--from", help=f"First stage to run. {StageHelp}"),
     until: str = typer.Option(None, "--until", help="Last stage to run."),
@@ -102,7 +102,7 @@ def report_path(run_dir: Path) -> Path | None:
 
 
 def plan(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML, or a shipped recipe by name (`midpo recipe show`)."),
     overrides: list[str] = SetOpt,
     start: str = typer.Option(None, "--from"),
     until: str = typer.Option(None, "--until"),
@@ -110,20 +110,21 @@ def plan(
     force: list[str] = typer.Option(None, "--force"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show each stage's status (done / will run / will resume / will restore / blocked / refused) and why; loads no
-    model."""
+    """Show each stage's status (done / will run / will resume / will restore / will fail / blocked / refused) and
+    why; loads no model."""
     from rich.text import Text
 
     from midpo_cli.pipeline.graph import plan as make_plan
+    from midpo_cli.pipeline.preflight import plan_with_problems
 
     cfg = recipe_from(recipe, overrides)
-    rows = make_plan(cfg, _selection(start, until, only, cfg), set(force or []))
+    rows = plan_with_problems(cfg, make_plan(cfg, _selection(start, until, only, cfg), set(force or [])))
     if as_json:
         console.emit_json({"run_dir": cfg.run_dir, "stages": rows})
         return
     table = console.table(f"plan for {cfg.run_dir}", ["stage", "status", "why", "depends on"])
     colours = {"done": "green", "will run": "yellow", "will resume": "cyan", "will restore": "cyan", "blocked": "red",
-               "refused": "red"}
+               "refused": "red", "will fail": "red"}
     for row in rows:
         table.add_row(row["stage"], Text(row["status"], style=colours[row["status"]]), Text(row["why"]),
                       ", ".join(row["depends_on"]))

@@ -1,7 +1,8 @@
 """Read a dataset spec into plain rows: embedded assets, hub datasets, and local files.
 
 Spec syntax (checked in this order):
-- `embedded:NAME/SPLIT`  — a JSONL file shipped in `midpo_cli/assets/` (e.g. `embedded:toy-safety/train`);
+- `embedded:NAME/SPLIT`  — a JSONL file shipped in `midpo_cli/assets/` (e.g. `embedded:toy-safety/train`), or a
+  balanced slice of one, `embedded:NAME/SPLIT@N` (midpo_cli.assets.balanced);
 - an existing local path — `.jsonl`, `.json` (a list of objects, or JSON lines), `.parquet`, `.csv`,
   `.txt` (one prompt per line), `.arrow`, or a `datasets` `save_to_disk` folder; a folder that holds a
   DatasetDict takes its split as `FOLDER:SPLIT` (default `train`);
@@ -49,6 +50,19 @@ class Table:
         return list(seen)
 
 
+def is_local_spec(spec: str) -> bool:
+    """A spec read from this machine (embedded, a path, a `FOLDER:SPLIT`, or anything that looks like a file):
+    what a preflight reads. A missing file that looks like one is local too, so it is reported as missing
+    instead of being left to a hub lookup that would fail after earlier stages had run."""
+    from midpo_cli.assets import is_embedded
+
+    if is_embedded(spec):
+        return True
+    head = spec.rpartition(":")[0]
+    return Path(spec).expanduser().exists() or (bool(head) and Path(head).expanduser().is_dir()) or \
+        spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "/", "~")) or "\\" in spec
+
+
 def load_rows(spec: str, columns: dict[str, str] | None = None, split: str | None = None) -> Table:
     """Load `spec` (see the module docstring) and rename columns: `columns` maps canonical → source name.
 
@@ -86,13 +100,15 @@ def rename_columns(table: Table, columns: dict[str, str]) -> Table:
 
 
 def _read(spec: str, split: str | None) -> Table:
-    from midpo_cli.assets import is_embedded, resolve_embedded
+    from midpo_cli.assets import balanced, is_embedded, resolve_embedded, split_size
 
     if is_embedded(spec):
         path = resolve_embedded(spec)
         if path.is_dir():
             raise InputError(f"{spec} is a model, not a dataset")
-        return Table(*_read_jsonl(path, spec))
+        rows, source, skipped = _read_jsonl(path, spec)
+        size = split_size(spec)[1]
+        return Table(rows if size is None else balanced(rows, size, split_size(spec)[0]), source, skipped)
     path = Path(spec).expanduser()
     if path.exists():
         return _read_local(path, spec, split)

@@ -119,3 +119,36 @@ def weights_fingerprint(ref: str) -> str:
             fh.seek(max(size - chunk, 0))
             h.update(fh.read(chunk))
     return h.hexdigest()[:16]
+
+
+def has_chat_template(ref: str) -> bool | None:
+    """Whether a model ships a chat template — tokenizer_config.json's `chat_template`, or a chat_template.jinja /
+    .json beside it — read from its files without loading it: what `midpo recipe new` takes for "instruction-tuned".
+    None when the files are not on this machine (a hub model not downloaded yet: nothing is fetched here)."""
+    import json
+
+    from midpo_cli.assets import is_embedded, resolve_embedded
+
+    folder = resolve_embedded(ref) if is_embedded(ref) else Path(ref).expanduser()
+    if not folder.is_dir():
+        folder = _hub_snapshot(ref)
+        if folder is None:
+            return None
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template")) if config.is_file() else False
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _hub_snapshot(repo: str) -> Path | None:
+    """The folder of a hub model's cached tokenizer_config.json, without a download; None when not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "tokenizer_config.json")
+    except Exception:  # an invalid repo id, or no huggingface_hub: not known here
+        return None
+    return Path(found).parent if isinstance(found, str) else None

@@ -69,9 +69,11 @@ def makes_dev_choice(recipe: Recipe, stage: str) -> bool:
 
 
 def stage_data(recipe: Recipe, stage: str) -> dict[str, Any]:
-    """The data keys a stage reads: sft reads only data.sft, the others never read it, and generate/score
-    read neither split, so editing one dataset re-runs only the stages that use it."""
+    """The data keys a stage reads: sft reads only data.sft, the others never read it, generate/score read
+    neither split, and a prompt set named by its role counts for the stages that read it (`prompt_roles`), so
+    editing one dataset re-runs only the stages that use it."""
     data = recipe.data.model_dump(mode="json")
+    roles = {key: data.pop(key) for key in PROMPT_ROLES}
     if stage == "sft":
         sft = recipe.stages.sft
         if sft.use or not sft.enabled:
@@ -81,7 +83,24 @@ def stage_data(recipe: Recipe, stage: str) -> dict[str, Any]:
     if stage in ("generate", "score"):
         data.pop("train", None)
         data.pop("eval", None)
-    return data
+    return {**data, **{key: roles[key] for key in prompt_roles(recipe, stage) if roles[key]}}
+
+
+PROMPT_ROLES = ("dev_prompts", "eval_prompts")
+
+
+def prompt_roles(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """The prompt roles a stage's result depends on: generate answers both, score and every dev choice (an
+    expert's `select: dev`, the hard probe switch's threshold) read the dev set. Unset roles leave a recipe
+    written before them with the fingerprints it had."""
+    from midpo_cli.stages.kit.dev_set import chooses_switch_threshold
+
+    if stage == "generate":
+        return PROMPT_ROLES
+    cfg = getattr(recipe.stages, stage, None)
+    dev = stage == "score" or getattr(cfg, "select", None) == "dev" or (
+        stage == "router" and chooses_switch_threshold(recipe))
+    return ("dev_prompts",) if dev else ()
 
 
 def dependencies(recipe: Recipe, stage: str) -> tuple[str, ...]:

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from midpo_cli.assets import is_embedded, resolve_embedded
+from midpo_cli.data.readers import is_local_spec
 from midpo_cli.errors import InputError
 from midpo_cli.io import try_read_json
 from midpo_cli.pipeline.folders import check_links
 from midpo_cli.pipeline.graph import makes_dev_choice
 from midpo_cli.recipe import TRAINED_BASELINES, TRAINING_STAGES, Recipe
 
-FILE_HINTS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
 PAIR_READERS = ("reward_model", "cost_model", "safety_expert", "helpfulness_expert", "dpo_expert", "rank",
                 *TRAINED_BASELINES)
 SFT_EVAL_FRACTION = 0.05  # stages/sft.py holds this many rows out for its eval loss
 
 
-def preflight(recipe: Recipe, stage: str) -> None:
-    """Raise InputError on anything that would make `stage` fail after it had started."""
+def preflight(recipe: Recipe, stage: str, *, load_models: bool = True) -> None:
+    """Raise InputError on anything that would make `stage` fail after it had started.
+
+    `load_models=False` leaves out the one check that imports transformers (a weightless copy of the base):
+    `pipeline plan` and `recipe check` load no model library.
+    """
     check_run_dir(recipe.run_dir)
     check_links(Path(recipe.run_dir, stage))  # never move or clear anything through a link
     if stage in TRAINING_STAGES:
@@ -37,7 +42,93 @@ def preflight(recipe: Recipe, stage: str) -> None:
     if stage == "score" or makes_dev_choice(recipe, stage):
         check_judges(recipe.stages.score.judges(), "stages.score.judge")
     check_switch_data(recipe, stage)
-    check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
+    check_prompt_sets(recipe, stage)
+    if load_models:
+        check_architecture(recipe, stage)  # last: it imports torch and transformers, the checks above do not
+
+
+def run_problems(recipe: Recipe, stages: list[str], *, load_models: bool = True) -> dict[str, str]:
+    """The whole run's preflight: each of `stages` (those that will run) → the first problem its checks find.
+
+    Why all of them first: a missing prompt file of a late stage used to surface after the earlier stages had
+    trained for minutes; `pipeline run` refuses to start, `pipeline plan` shows "will fail", `recipe check` fails.
+    """
+    problems = {}
+    for stage in stages:
+        try:
+            preflight(recipe, stage, load_models=load_models)
+        except InputError as exc:
+            problems[stage] = str(exc)
+    return problems
+
+
+def problems_error(problems: dict[str, str]) -> InputError:
+    """One InputError for every problem found (each said once, by the first stage that has it)."""
+    first: dict[str, str] = {}
+    for stage, message in problems.items():
+        first.setdefault(message, stage)
+    if len(first) == 1:
+        return InputError(next(iter(first)))
+    return InputError(f"{len(first)} problems with what the run needs, found before any stage started:\n" +
+                      "\n".join(f"{stage}: {message}" for message, stage in first.items()))
+
+
+WILL_RUN = ("will run", "will resume")
+
+
+def plan_with_problems(recipe: Recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`pipeline plan`'s rows (pipeline.graph.plan), each stage that would run but fails its preflight shown as
+    "will fail" with the problem, the path or key named, instead of "will run"."""
+    problems = run_problems(recipe, [r["stage"] for r in rows if r["status"] in WILL_RUN], load_models=False)
+    return [{**r, "status": "will fail", "why": problems[r["stage"]]} if r["stage"] in problems else r
+            for r in rows]
+
+
+def check_whole_run(recipe: Recipe) -> None:
+    """`recipe check`: every stage the pipeline would run now (the default selection, minus what the run dir
+    holds done) passes its preflight; else one InputError naming every problem."""
+    from midpo_cli.pipeline.graph import select_stages, stage_plans
+
+    plans = stage_plans(recipe, select_stages(recipe=recipe))
+    problems = run_problems(recipe, [p.stage for p in plans if p.status in WILL_RUN], load_models=False)
+    if problems:
+        raise problems_error(problems)
+
+
+def prompt_set_key(recipe: Recipe, spec: str) -> str:
+    """The recipe key that names prompt set `spec`: its role, or stages.generate.prompts."""
+    if spec == recipe.data.dev_prompts:
+        return "data.dev_prompts"
+    return "data.eval_prompts" if spec in recipe.data.eval_prompts else "stages.generate.prompts"
+
+
+def read_prompt_set(recipe: Recipe, spec: str):
+    """A local prompt set, read (it exists and holds prompts) with its recipe key in any error; None for a
+    hub set or preset (no download in a preflight)."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
+    from midpo_cli.stages.kit.dev_set import is_local_set
+
+    if not is_local_set(spec):
+        return None
+    try:
+        return load_prompt_set(spec, recipe.data.columns or None)
+    except InputError as exc:
+        raise InputError(f"{prompt_set_key(recipe, spec)}: {exc}") from None
+
+
+def check_prompt_sets(recipe: Recipe, stage: str) -> None:
+    """Generate answers every prompt set (Recipe.prompt_sets): each local one exists and holds prompts; every
+    one that does not is named."""
+    if stage != "generate":
+        return
+    problems = []
+    for spec in recipe.prompt_sets():
+        try:
+            read_prompt_set(recipe, spec)
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def check_judges(entries, where: str) -> None:
@@ -67,7 +158,6 @@ def check_dev_set(recipe: Recipe, stage: str) -> None:
         HARD_SWITCH,
         chooses_switch_threshold,
         dev_prompts_of_kind,
-        is_local_set,
         require_both_kinds,
         require_dev_prompts,
     )
@@ -75,11 +165,12 @@ def check_dev_set(recipe: Recipe, stage: str) -> None:
     cfg = getattr(recipe.stages, stage, None)
     if getattr(cfg, "select", None) == "dev":
         why = f"stages.{stage}.select: dev"
-        if is_local_set(require_dev_prompts(recipe, why)):
+        if read_prompt_set(recipe, require_dev_prompts(recipe, why)) is not None:
             dev_prompts_of_kind(recipe, wants_harmful(stage), why)
     if stage == "router" and chooses_switch_threshold(recipe):
         spec = require_dev_prompts(recipe, HARD_SWITCH)
-        require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
+        if read_prompt_set(recipe, spec) is not None:
+            require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
 
 
 def check_switch_data(recipe: Recipe, stage: str) -> None:
@@ -220,7 +311,8 @@ def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
         if sft.enabled and not sft.use:
             key, spec = ("stages.sft.data", sft.data) if sft.data else ("data.sft", data.sft)
             if not spec:
-                raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data")
+                raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data, or stages.sft.enabled: "
+                                 "false to use base_model as the policy (an instruction-tuned base)")
             specs[key] = spec
             if sft.corpus:
                 specs["stages.sft.corpus"] = sft.corpus
@@ -234,22 +326,13 @@ def data_specs(recipe: Recipe, stage: str) -> dict[str, str]:
     return specs
 
 
-def _is_local(spec: str) -> bool:
-    if is_embedded(spec):
-        return True
-    head = spec.rpartition(":")[0]
-    path = Path(spec).expanduser()
-    return path.exists() or (bool(head) and Path(head).expanduser().is_dir()) or spec.lower().endswith(
-        FILE_HINTS) or spec.startswith((".", "/", "~"))
-
-
 def check_data(recipe: Recipe, stage: str) -> None:
     """Read each local dataset the stage uses: it exists, parses, has the columns, and fills one step."""
     from midpo_cli.data.filters import pair_filter, select_pairs
     from midpo_cli.data.readers import load_rows
 
     for n, (key, spec) in enumerate(data_specs(recipe, stage).items()):
-        if not _is_local(spec):
+        if not is_local_spec(spec):
             continue
         try:
             # data.columns maps the pair / SFT data; a corpus has its own one column, `text`

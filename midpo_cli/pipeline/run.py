@@ -198,7 +198,7 @@ def run_pipeline(
     recipe: Recipe, *, stages: list[str], force: set[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run the selected stages; return one row per stage: stage, action (skipped/ran), wall_s, metrics."""
-    from midpo_cli.pipeline.preflight import preflight
+    from midpo_cli.pipeline.preflight import problems_error, run_problems
 
     force = force or set()
     summary = []
@@ -208,9 +208,12 @@ def run_pipeline(
             from midpo_cli.engine.subnormals import flush_subnormals
 
             flush_subnormals()
-        for step in plans:  # bad data or settings fail now, not after hours of earlier stages
+        # every file, folder and model of every stage that will run, before the first one starts
+        problems = run_problems(recipe, [step.stage for step in plans if step.status != "done"])
+        if problems:
+            raise problems_error(problems)
+        for step in plans:
             if step.status != "done":
-                preflight(recipe, step.stage)
                 check_folder(stage_dir(recipe.run_dir, step.stage), step.fingerprint, resume=step.stage not in force)
         warn_reruns(plans)
         for step in plans:

@@ -369,15 +369,17 @@ def log_counts(prompt_sets: Sequence[PromptSet]) -> None:
 def run(ctx: Any) -> None:
     """The pipeline's generate stage: stages.generate.models, the gate and dial sweeps, the gate maps."""
     from midpo_cli.io import atomic_write_json
+    from midpo_cli.stages.kit.dev_set import dev_set_name
     from midpo_cli.stages.kit.inputs import baseline_models, model_ref, policy_ref, tokenizer_ref
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.generate
     refs = {"base": lambda: policy_ref(ctx), "safety_expert": lambda: str(ctx.input_path("safety_expert", "adapter")),
             "helpfulness_expert": lambda: str(ctx.input_path("helpfulness_expert", "adapter")),
             "midpo": lambda: model_ref(ctx, "router"), "probe_switch": lambda: model_ref(ctx, "router", "switch")}
-    sets = [load_prompt_set(p, recipe.data.columns or None) for p in cfg.prompts]
+    sets = [load_prompt_set(p, recipe.data.columns or None) for p in recipe.prompt_sets()]
     log_counts(sets)
-    entries = stage_entries(cfg, refs, sets)
+    dev = dev_set_name(recipe)
+    entries = stage_entries(cfg, refs, sets, dev)
     entries += [ModelEntry(label, spec, sets=only)  # stages.baselines, beside MidPO
                 for label, spec, only in baseline_models(ctx, _sweep_sets(sets, cfg.sweep_prompts))]
 
@@ -393,7 +395,7 @@ def run(ctx: Any) -> None:
     if cfg.gate_maps and "midpo" in cfg.models:
         router = next(e for e in entries if e.label == "midpo")
         maps = gate_maps(loader(router), sets, per_kind=cfg.gate_maps, label="midpo", template=recipe.data.template,
-                         max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length)
+                         max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length, dev=dev)
         if maps["prompts"]:
             atomic_write_json(ctx.folder / "gate_maps.json", maps)
             record.outputs["gate_maps"] = ctx.rel(ctx.folder / "gate_maps.json")
@@ -402,7 +404,13 @@ def run(ctx: Any) -> None:
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["generate"])
 
 
-def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[PromptSet]) -> list[ModelEntry]:
+def is_dev(name: str, dev: str | None) -> bool:
+    """The set is the recipe's dev set (`dev`: its name); without a recipe, the one named *dev-prompts."""
+    return name == dev if dev is not None else name.endswith("dev-prompts")
+
+
+def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[PromptSet],
+                  dev: str | None = None) -> list[ModelEntry]:
     """The stage's models: stages.generate.models, then the fixed blends and the dial settings of midpo.
 
     Blends answer every sweep set (the dev set chooses the best one, the others report it); dials skip
@@ -415,7 +423,7 @@ def stage_entries(cfg: Any, refs: dict[str, Callable[[], str]], sets: Sequence[P
     sweep_sets = _sweep_sets(sets, cfg.sweep_prompts)
     midpo = refs["midpo"]() if cfg.gate_blends() or cfg.dial_biases() else ""
     entries += [ModelEntry(blend_label("midpo", g), midpo, g, sets=sweep_sets) for g in cfg.gate_blends()]
-    reported = tuple(s.name for s in sets if not s.name.endswith("dev-prompts")
+    reported = tuple(s.name for s in sets if not is_dev(s.name, dev)
                      and (sweep_sets is None or s.name in sweep_sets))
     dial_sets = reported or sweep_sets
     entries += [ModelEntry(dial_label("midpo", b), midpo, safety_bias=b, sets=dial_sets) for b in cfg.dial_biases()]
@@ -430,7 +438,7 @@ def _sweep_sets(sets: Sequence[PromptSet], wanted: Sequence[str] | None) -> tupl
     for w in wanted:
         hit = [s.name for s in sets if w in (s.name, s.spec) or s.name.endswith(("/" + w, ":" + w))]
         if not hit:
-            raise InputError(f"stages.generate.sweep_prompts: {w!r} is not one of stages.generate.prompts "
+            raise InputError(f"stages.generate.sweep_prompts: {w!r} is not one of the prompt sets generate answers "
                              f"({', '.join(s.name for s in sets)})")
         names += hit
     return tuple(names)
@@ -439,14 +447,15 @@ def _sweep_sets(sets: Sequence[PromptSet], wanted: Sequence[str] | None) -> tupl
 # ---------------------------------------------------------------------------------------------- gate maps
 
 
-def pick_gate_prompts(sets: Sequence[PromptSet], per_kind: int) -> list[tuple[str, PromptSet, dict[str, Any]]]:
+def pick_gate_prompts(sets: Sequence[PromptSet], per_kind: int,
+                      dev: str | None = None) -> list[tuple[str, PromptSet, dict[str, Any]]]:
     """(kind, set, prompt) for a few harmful, benign and trap prompts, from the first evaluation set.
 
     Traps come from a set named `*traps` (half harmful, half benign where it has both); harmful and
     benign prompts from the first other set that is not a dev set (the dev set if it is all there is).
     """
     traps = [s for s in sets if s.name.endswith("traps")]
-    plain = [s for s in sets if s not in traps and not s.name.endswith("dev-prompts")] or \
+    plain = [s for s in sets if s not in traps and not is_dev(s.name, dev)] or \
         [s for s in sets if s not in traps]
     out: list[tuple[str, PromptSet, dict[str, Any]]] = []
     if plain:
@@ -462,7 +471,7 @@ def pick_gate_prompts(sets: Sequence[PromptSet], per_kind: int) -> list[tuple[st
 
 
 def gate_maps(policy: Policy, sets: Sequence[PromptSet], *, per_kind: int, label: str, template: str,
-              max_new_tokens: int, max_prompt_length: int | None = None) -> dict[str, Any]:
+              max_new_tokens: int, max_prompt_length: int | None = None, dev: str | None = None) -> dict[str, Any]:
     """Per routed layer × answer token gates of a MidPO model on a few prompts (the report's heatmaps).
 
     The answer is generated greedily, then teacher-forced through the model; column k holds the gates
@@ -473,7 +482,7 @@ def gate_maps(policy: Policy, sets: Sequence[PromptSet], *, per_kind: int, label
 
     from midpo_cli.modeling.generation import generate_answers
 
-    picked = pick_gate_prompts(sets, per_kind)
+    picked = pick_gate_prompts(sets, per_kind, dev)
     model, tok = policy.model, policy.tokenizer
     out: dict[str, Any] = {"model": label, "layers": list(model.routed), "prompts": []}
     if not picked:

@@ -1,8 +1,9 @@
 """Stages `reward_model` and `cost_model`: train (or adopt via `use:`) a score model, then audit it.
 
-The audit on the eval split lands in the manifest; every later stage that reads a score model
-checks it against `min_accuracy` first (`require_audit`), so a broken score model stops the
-pipeline before it silently shapes the experts' margins or D_dual.
+The audit on the eval split lands in the manifest. A model below `min_accuracy` fails its own stage (GateError,
+exit 4, no manifest: `pipeline status` shows the audit that failed), whether trained here or adopted with `use:`,
+so a broken score model stops the pipeline where it was made, before it silently shapes the experts' margins or
+D_dual; every later stage still checks the manifest's audit against the floor (`require_audit`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from midpo_cli.losses.preference import cost_model_loss, reward_model_loss
 from midpo_cli.manifest import write_manifest
 from midpo_cli.modeling.score_model import load_score_model, new_score_model, save_score_model, score_pairs
 from midpo_cli.stages.kit.context import StageContext
-from midpo_cli.stages.kit.inputs import encoded_pairs, engine_settings, model_ref, stage_template
+from midpo_cli.stages.kit.inputs import audit_gate, encoded_pairs, engine_settings, model_ref, stage_template
 
 KINDS = {"reward_model": "reward", "cost_model": "cost"}
 AUDIT_MAX_PAIRS = 2000
@@ -61,6 +62,9 @@ def _run(ctx: StageContext, stage: str) -> None:
     record.extra["audit"] = {**audit, "min_accuracy": cfg.min_accuracy, "template": template}
     console.log(f"{stage}: audit on {audit['eval_pairs']} eval pairs: " +
                 ", ".join(f"{k}={v:.3f}" for k, v in audit.items() if isinstance(v, float)))
+    failed = audit_gate(stage, audit, cfg.min_accuracy, record.outputs["model"])
+    if failed is not None:  # the stage fails here, with no manifest: nothing downstream starts on this model
+        raise failed
     write_manifest(ctx.folder, record, recipe.resolved()["stages"][stage])
 
 

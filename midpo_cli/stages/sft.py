@@ -84,7 +84,8 @@ def run(ctx: StageContext) -> None:
 def sft_rows(spec: str | None, answers: str, columns: dict[str, str]) -> list[dict]:
     """Prompt/answer rows: an `answer` column, or the better/safer response of a pair dataset."""
     if not spec:
-        raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data")
+        raise InputError("stages.sft: no SFT data; set data.sft or stages.sft.data, or stages.sft.enabled: false to "
+                         "use base_model as the policy (an instruction-tuned base)")
     table = load_rows(spec, columns=columns)
     if answers == "column":
         missing = [c for c in ("prompt", "answer") if table.rows and c not in table.rows[0]]

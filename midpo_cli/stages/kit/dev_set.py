@@ -2,10 +2,11 @@
 
 The best fixed blend (score), the probe switch's threshold (midpo_cli.evaluation.probe_switch) and each
 expert's step (`stages.<expert>.select: dev`, midpo_cli.evaluation.expert_select) are all chosen on the same
-set, so pointing a recipe at other prompt files needs one edit. The set is `stages.score.select_on` when it is
-given, else the one of `stages.generate.prompts` whose name ends in `dev-prompts`; it must be one of
-`stages.generate.prompts` (generate answers it, score chooses on it). Preflight checks a local set before any
-folder is touched; a stage loads it once, here. Imports no torch.
+set, so pointing a recipe at other prompt files needs one edit. The set is named by its role,
+`data.dev_prompts`; a recipe written before roles names it in `stages.score.select_on`, or as the one of
+`stages.generate.prompts` whose name ends in `dev-prompts`. Generate answers it (`Recipe.prompt_sets`), score
+chooses on it. Preflight checks a local set before any folder is touched; a stage loads it once, here. Imports
+no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from midpo_cli.data.prompt_sets import PromptSet, load_prompt_set, prompt_set_name, split_label
+from midpo_cli.data.readers import is_local_spec
 from midpo_cli.errors import InputError
 from midpo_cli.recipe import Recipe
 
@@ -26,12 +28,23 @@ def _name(entry: str) -> str:
     return name.rsplit("/", 1)[-1].rsplit(".", 1)[0] if name.endswith(FILE_SUFFIXES) else name
 
 
+def _names(wanted: str, entry: str) -> bool:
+    """`select_on` names this entry: its spec, its set name, or a tail of either."""
+    return wanted in (entry, _name(entry)) or _name(entry).endswith(wanted) or wanted.endswith(_name(entry))
+
+
 def dev_prompt_spec(recipe: Recipe) -> str | None:
-    """The entry of stages.generate.prompts every dev choice reads, or None when the recipe names none."""
-    prompts = recipe.stages.generate.prompts
+    """The prompt set every dev choice reads — data.dev_prompts, else the entry of stages.generate.prompts that
+    stages.score.select_on names or whose name ends in dev-prompts — or None when the recipe names none."""
     wanted = recipe.stages.score.select_on
+    if recipe.data.dev_prompts is not None:
+        if wanted is not None and not _names(wanted, recipe.data.dev_prompts):
+            raise InputError(f"stages.score.select_on {wanted!r} is not data.dev_prompts "
+                             f"({recipe.data.dev_prompts}): the dev set is named once; drop select_on")
+        return recipe.data.dev_prompts
+    prompts = recipe.prompt_sets()
     if wanted is not None:
-        hit = [p for p in prompts if wanted in (p, _name(p)) or _name(p).endswith(wanted) or wanted.endswith(_name(p))]
+        hit = [p for p in prompts if _names(wanted, p)]
         if len(hit) != 1:
             raise InputError(f"stages.score.select_on {wanted!r}: {'no' if not hit else 'more than one'} entry of "
                              f"stages.generate.prompts matches ({', '.join(prompts)})")
@@ -47,8 +60,9 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
     """dev_prompt_spec, or an error saying which setting needs it."""
     spec = dev_prompt_spec(recipe)
     if spec is None:
-        raise InputError(f"{why} chooses on the dev prompt set, and the recipe names none: add a set whose name "
-                         "ends in dev-prompts to stages.generate.prompts, or name it in stages.score.select_on")
+        raise InputError(f"{why} chooses on the dev prompt set, and the recipe names none: set data.dev_prompts "
+                         "(a prompt file with an is_harmful column), or add a set whose name ends in dev-prompts to "
+                         "stages.generate.prompts")
     return spec
 
 
@@ -58,14 +72,9 @@ def chooses_switch_threshold(recipe: Recipe) -> bool:
 
 
 def is_local_set(spec: str) -> bool:
-    """An embedded or local-file set: one preflight can read (a hub set is left to the stage: no download in a
-    preflight). A file name that does not exist counts as local, so preflight names it (it was taken for a hub
-    set and skipped, and the router stage failed on it after training)."""
-    from pathlib import Path
-
-    local = split_label(spec)[1]
-    looks_like_file = local.lower().endswith(FILE_SUFFIXES) or local.startswith((".", "/", "~"))
-    return local.startswith("embedded:") or looks_like_file or Path(local).expanduser().is_file()
+    """An embedded or local set, or one that looks like a file (a missing file is reported by the preflight that
+    reads it); a hub set is left to the stage: no download in a preflight."""
+    return is_local_spec(split_label(spec)[1])
 
 
 def load_dev_set(recipe: Recipe, why: str) -> PromptSet:

@@ -118,22 +118,32 @@ def stage_template(ctx: StageContext, tokenizer: Any = None) -> str:
     return template
 
 
-def require_audit(ctx: StageContext, stage: str) -> None:
-    """Refuse to use a score model whose audit fell below min_accuracy (recipe key)."""
-    manifest = ctx.inputs.get(stage) or {}
-    audit = manifest.get("audit") or {}
-    floor = getattr(ctx.recipe.stages, stage).min_accuracy
+def audit_gate(stage: str, audit: dict[str, Any], floor: float, model: Any) -> GateError | None:
+    """The error a score model's audit earns below `stages.<stage>.min_accuracy` (pair accuracy; for costs the
+    sign accuracy too), or None when it passes. One test, for the score stage itself and every stage after it."""
     checks = {"pair_accuracy": audit.get("pair_accuracy")}
     if stage == "cost_model":
         checks["sign_accuracy"] = audit.get("sign_accuracy")
     for name, value in checks.items():
         if value is None:
-            raise GateError(f"{stage} ({manifest.get('outputs', {}).get('model')}) has no audit {name}; re-run it")
+            return GateError(f"{stage} ({model}) has no audit {name}; re-run it")
         if value < floor:
-            raise GateError(
-                f"{stage} ({manifest.get('outputs', {}).get('model')}) {name} = {value:.3f} on the eval split is "
-                f"below stages.{stage}.min_accuracy = {floor}; train it longer, fix the data, or lower the floor"
+            return GateError(
+                f"audit {name} {value:.3f} < {floor} (stages.{stage}.min_accuracy): the {stage} ({model}) on "
+                f"{audit.get('eval_pairs', '?')} pairs of {audit.get('source', 'data.eval')}; train it longer, fix "
+                f"the data, or lower stages.{stage}.min_accuracy"
             )
+    return None
+
+
+def require_audit(ctx: StageContext, stage: str) -> None:
+    """Refuse to use a score model whose audit fell below min_accuracy (recipe key): one that ran before its stage
+    gated itself, or under a floor the recipe has since raised."""
+    manifest = ctx.inputs.get(stage) or {}
+    failed = audit_gate(stage, manifest.get("audit") or {}, getattr(ctx.recipe.stages, stage).min_accuracy,
+                        manifest.get("outputs", {}).get("model"))
+    if failed is not None:
+        raise failed
 
 
 def ref_cache(ctx: StageContext, template: str):
