@@ -129,7 +129,7 @@ def test_loop_with_dial_gates_save_and_quit(tiny_midpo, tmp_path):
                                             "/dial x", "/nope", f"/save {saved}", "/quit", "never read"]), out=out)
     text = out.file.getvalue()
     assert code == 0
-    assert "safety dial +4" in text and "fixed gates 1,0" in text
+    assert "safety dial +4" in text and "fixed blend (1, 0)" in text
     assert "both gates must be in [0, 1]" in text and "expected a number" in text and "unknown command" in text
     rows = [json.loads(line) for line in saved.read_text().splitlines()]
     assert [r["safety_bias"] for r in rows] == [0.0, 4.0, 4.0]
@@ -174,10 +174,11 @@ def test_scripted_stdin_end_to_end(tiny_midpo):
 
 
 def test_history_uses_safe_rlhf_multi_turn_layout(tiny_midpo):
+    """safe-rlhf's own multi-turn layout (an answer then EOS, then the next `USER:`), the serving chat template's."""
     session = session_for(tiny_midpo, history=True, max_new_tokens=4)
     first = session.answer("Hi there")
     assert session.prompt_text("And now?") == (
-        f"BEGINNING OF CONVERSATION: USER: Hi there ASSISTANT:{first.text} USER: And now? ASSISTANT:")
+        f"BEGINNING OF CONVERSATION: USER: Hi there ASSISTANT:{first.text}</s>USER: And now? ASSISTANT:")
     session.reset()
     assert session.prompt_text("And now?") == "BEGINNING OF CONVERSATION: USER: And now? ASSISTANT:"
 
