@@ -46,6 +46,27 @@ def build_tiny_midpo(root: Path, *, granularity: str = "token", target_modules=(
     return save_midpo(model, load_tokenizer(EMBEDDED), root / "midpo", base_model=EMBEDDED)
 
 
+def toy_prompts(n_each: int, skip: int = 0) -> tuple[list[str], list[bool]]:
+    """Harmful and benign prompts of the embedded toy world's eval set, alternating, with their kinds."""
+    from midpo_cli.data.prompt_sets import load_prompt_set
+
+    rows = load_prompt_set("embedded:toy-safety/eval-prompts").prompts
+    harmful = [r["prompt"] for r in rows if r["is_harmful"]][skip:skip + n_each]
+    benign = [r["prompt"] for r in rows if not r["is_harmful"]][skip:skip + n_each]
+    return [p for pair in zip(harmful, benign, strict=True) for p in pair], [True, False] * n_each
+
+
+def build_tiny_switch(root: Path, *, mode: str = "hard", n_each: int = 8) -> Path:
+    """A probe-switch folder on the tiny MidPO model: the switch fit (the router stage's own fit) on `toy_prompts`,
+    which it separates, so both experts get chosen on them."""
+    from midpo_cli.modeling.switch import fit_switch, prompt_text_features
+
+    model, tokenizer = load_midpo(build_tiny_midpo(root))
+    texts, kinds = toy_prompts(n_each)
+    model.switch = fit_switch(prompt_text_features(model, tokenizer, "safe-rlhf", texts), kinds, mode)
+    return save_midpo(model, tokenizer, root / "switch", base_model=EMBEDDED, template="safe-rlhf")
+
+
 @pytest.fixture(scope="module")
 def tiny_midpo(tmp_path_factory) -> Path:
     return build_tiny_midpo(tmp_path_factory.mktemp("export"))
