@@ -124,6 +124,7 @@ def conversation_ids(messages: list[dict[str, str]], tokenizer: Any, template: s
     """A conversation (OpenAI-style `role`/`content` messages) as the model reads it, ending where the answer
     begins: rendered by `serving_chat_template`, so chat's history, `midpo serve` and an export's chat template
     encode the same ids, and a single user message the ids training saw."""
+    messages = [{**m, "content": str(m.get("content", "")).strip()} for m in messages]  # as format_prompt's
     try:
         rendered = tokenizer.apply_chat_template(messages, chat_template=serving_chat_template(tokenizer, template),
                                                  add_generation_prompt=True, tokenize=False)
