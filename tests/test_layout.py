@@ -1,4 +1,4 @@
-"""The layout flows one way (docs/design.md §3): cli → commands → pipeline → stages (their kit included) →
+"""The layout flows one way (docs/design.md §3): cli → commands → serve → pipeline → stages (their kit included) →
 modeling → engine → {data, evaluation} → recipe → losses.
 
 Read from the source with ast, imports inside functions included, so a lazy import that runs back up
@@ -104,6 +104,7 @@ def test_module_level_imports_have_no_cycle() -> None:
 LAYERS = (
     ("cli", "worker"),
     ("commands",),
+    ("serve",),  # `midpo serve`'s HTTP app and its batching engine, over the modeling layer
     ("pipeline",),  # orchestration: plans, prepares each stage's folder and context, runs the stage
     ("stages",),  # the stages, and the stage kit they share (stages/kit/)
     ("modeling",),

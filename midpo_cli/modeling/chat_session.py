@@ -28,20 +28,13 @@ from typing import Any
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.template import (
-    check_template,
-    conversation_ids,
-    recorded_template,
-    resolve_template,
-    warn_mismatch,
-)
+from midpo_cli.data.template import conversation_ids
 from midpo_cli.data.tokenize import encode_prompts
 from midpo_cli.errors import InputError
 from midpo_cli.io import write_jsonl
 from midpo_cli.modeling.decoding import Rows, TextStream, decode, eos_ids, mean_pairs, pad_id_of
 from midpo_cli.modeling.generation import context_limit
-from midpo_cli.modeling.midpo import CONFIG_FILE, read_midpo_config
-from midpo_cli.modeling.policy import load_policy
+from midpo_cli.modeling.policy import open_policy
 from midpo_cli.recipe import GenerationSettings
 
 TokenCallback = Callable[[str, "tuple[float, float] | None"], None]
@@ -223,37 +216,8 @@ class ChatSession:
 def open_session(spec: str, *, template: str | None, safety_bias: float | None, gates: tuple[float, float] | None,
                  dtype: str, trust_remote_code: bool, device: str | None = None,
                  settings: GenerationSettings | None = None, history: bool = False) -> ChatSession:
-    """Load the model (load_policy) on `device`, resolve its template, apply the starting dial and gates.
-
-    The flags' checks run before the model loads; their errors name the `midpo chat` flag."""
-    if template is not None:
-        check_template(template)
-    is_midpo = (Path(spec).expanduser() / CONFIG_FILE).is_file()
-    for flag, value in (("--safety-bias", safety_bias), ("--gates", gates)):
-        if value is not None and not is_midpo:
-            raise InputError(f"{flag} applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    policy = load_policy(spec, gates=gates, dtype=dtype, trust_remote_code=trust_remote_code)
-    if safety_bias is not None:
-        policy.model.set_safety_bias(safety_bias)
-    policy.model.to(device)
-    trained = recorded_template_of(spec, policy)
-    used = resolve_template(template or trained or "auto", policy.tokenizer)
-    warn_mismatch(f"model {spec}", trained, used)
+    """Load the model on `device` with its template, dial and gates (midpo_cli.modeling.policy.open_policy)."""
+    policy, used = open_policy(spec, template=template, safety_bias=safety_bias, gates=gates, dtype=dtype,
+                               trust_remote_code=trust_remote_code, device=device)
     console.log(f"chat: {spec} ({policy.kind}), template {used}")
     return ChatSession(policy, spec, template=used, settings=settings, history=history)
-
-
-def recorded_template_of(spec: str, policy: Any) -> str | None:
-    """The template a midpo-trained model recorded: midpo_config.json, else the HF config."""
-    if policy.kind == "midpo":
-        from midpo_cli.modeling.export import trained_template
-
-        return trained_template(read_midpo_config(Path(spec).expanduser()), policy.model)
-    return recorded_template(getattr(policy.model, "config", None))

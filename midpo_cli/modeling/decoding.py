@@ -123,16 +123,26 @@ def mean_pairs(steps: Sequence[tuple[float, float]]) -> dict[str, float] | None:
 
 
 class TextStream:
-    """An answer's text as it grows, piece by piece: the decoded ids so far, less what was shown; held back while
-    the text ends inside a multi-byte character."""
+    """An answer's text as it grows, piece by piece: the decoded ids so far (no special tokens, no leading space),
+    less what was shown. Held back while the text ends inside a multi-byte character, in white space (the final
+    text is stripped) or in what could still become a stop string; cut before the first stop string."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.shown = tokenizer, ""
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()) -> None:
+        self.tokenizer, self.stops, self.shown, self.stopped = tokenizer, [s for s in stops if s], "", False
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
 
-    def push(self, ids: list[int]) -> str:
+    def push(self, ids: list[int], final: bool = False) -> str:
+        """The new piece after `ids` (all of the answer's ids so far); `final`: the answer ended, show the rest."""
         text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-        piece = text[len(self.shown):] if text.startswith(self.shown) and not text.endswith("\ufffd") else ""
-        self.shown += piece
+        cuts = [text.find(s) for s in self.stops if s in text]
+        if cuts:
+            text, self.stopped, final = text[:min(cuts)], True, True
+        ready = text.rstrip()
+        if not final:
+            ready = self.shown if text.endswith("\ufffd") else ready[:max(len(self.shown), len(ready) - self.hold)]
+        if not ready.startswith(self.shown):  # the decoded text changed under what was shown: wait
+            return ""
+        piece, self.shown = ready[len(self.shown):], ready
         return piece
 
 
