@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     prompts = toy_prompts(args.prompts)
     rate, reference = generate_rate(args.model, prompts, args.max_tokens, args.batch_size)
-    rows = [("`midpo generate` (in process, batch %d)" % args.batch_size, rate, True)]
+    rows = [(f"`midpo generate` (in process, batch {args.batch_size})", rate, True)]
     proc, url = start_server(args.model, args.batch_size)
     try:
         for clients in (1, 16):
