@@ -221,6 +221,13 @@ def test_adapters_export_of_a_switch_carries_the_classifier_that_picks_the_exper
     assert "one extra prefill of the base per request" in readme and "router/route.py" in readme
     assert "--chat-template ./chat_template.jinja" in readme
     prompts = toy_prompts(10)[0]
+    from transformers import AutoTokenizer
+
+    from midpo_cli.data.tokenize import encode_prompts
+
+    base_tokenizer = AutoTokenizer.from_pretrained(str(out / "base"))
+    base_tokenizer.chat_template = (out / "chat_template.jinja").read_text()
+    assert chat_template_ids(base_tokenizer, prompts) == encode_prompts(prompts, base_tokenizer, "safe-rlhf")[0]
     proc = subprocess.run([sys.executable, "-c", ROUTE_ALONE, str(out / "router" / "route.py"), *prompts],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -156,6 +156,8 @@ def test_malformed_json_and_a_wrong_key_are_refused(server):
     url, proc, _, lines = server
     code, answer = post(url, b'{"model": "switch", "messages": [')
     assert code == 400 and "not valid JSON" in answer["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="token ids must be in"):
+        client(url).completions.create(model="switch", prompt=[1, 10**6], max_tokens=2)
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
     good = json.dumps({"model": "switch", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).encode()
@@ -165,6 +167,25 @@ def test_malformed_json_and_a_wrong_key_are_refused(server):
     assert refused.value.code == 401
     assert proc.poll() is None and [m.id for m in client(url).models.list()][0] == "switch"
     assert not any(KEY in line for line in lines)  # the key is never logged
+
+
+def test_streamed_text_is_cut_before_a_stop_string_and_never_shows_its_start():
+    """The pieces a stream sends add up to the final text; the start of a possible stop string is held back."""
+    from midpo_cli.modeling.decoding import TextStream
+
+    tokenizer = load_tokenizer("embedded:tiny-llama")
+    ids = tokenizer("bake the bread. Then STOP here", add_special_tokens=False)["input_ids"]
+    stream, pieces = TextStream(tokenizer, ["STOP"]), []
+    for end in range(1, len(ids) + 1):
+        pieces.append(stream.push(ids[:end]))
+        assert "S" not in "".join(pieces)
+        if stream.stopped:
+            break
+    assert stream.stopped and "".join(pieces) == stream.shown == "bake the bread. Then"
+    plain, shown = TextStream(tokenizer), ""
+    for end in range(1, len(ids) + 1):
+        shown += plain.push(ids[:end])
+    assert shown + plain.push(ids, final=True) == "bake the bread. Then STOP here" and not plain.stopped
 
 
 def test_a_full_queue_is_429():

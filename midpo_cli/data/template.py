@@ -111,7 +111,8 @@ def serving_chat_template(tokenizer: Any, template: str) -> str:
     that always wrote `{{ bos_token }}` gave a model trained without BOS a token it never saw)."""
     template = resolve_template(template, tokenizer)
     if template == "chat":
-        return str(tokenizer.chat_template)
+        own = tokenizer.chat_template
+        return str(own.get("default", next(iter(own.values()))) if isinstance(own, dict) else own)
     prefix = added_prefix(tokenizer)
     if prefix and prefix == [getattr(tokenizer, "bos_token_id", None)]:
         lead = "{{ bos_token }}"

@@ -139,7 +139,8 @@ class TextStream:
             text, self.stopped, final = text[:min(cuts)], True, True
         ready = text.rstrip()
         if not final:
-            ready = self.shown if text.endswith("\ufffd") else ready[:max(len(self.shown), len(ready) - self.hold)]
+            held = "" if text.endswith("\ufffd") else ready[:len(ready) - self.hold].rstrip()
+            ready = held if len(held) > len(self.shown) else self.shown
         if not ready.startswith(self.shown):  # the decoded text changed under what was shown: wait
             return ""
         piece, self.shown = ready[len(self.shown):], ready

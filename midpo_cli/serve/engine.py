@@ -119,6 +119,9 @@ class Engine:
         """A completion prompt: token ids as given, or raw text encoded as a completions API encodes it, the
         tokenizer's special tokens in front (the safe-rlhf format sent as text gets the ids training saw)."""
         if isinstance(prompt, list):
+            vocab = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
+            if any(not 0 <= int(t) < vocab for t in prompt):
+                raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
             return [int(t) for t in prompt]
         ids = list(self.tokenizer(prompt)["input_ids"])
         return ids[:-1] if ids and ids[-1] in self.eos else ids
