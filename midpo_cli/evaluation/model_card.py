@@ -199,7 +199,7 @@ def _folded_table(intro: list[str], head: list[str], rows: list[tuple[str, str]]
     return [*lines, ""]
 
 
-CHAT_TEMPLATE_NOTE = ("It renders a user message to exactly the token ids training saw ({layout}), so a chat API "
+CHAT_TEMPLATE_NOTE = ("it renders a user message to exactly the token ids training saw ({layout}), so a chat API "
                       "(vLLM's, TGI's, `midpo serve`) answers as the model was trained.")
 
 
