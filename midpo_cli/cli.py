@@ -23,6 +23,7 @@ from midpo_cli.commands import (
     pipeline_cmd,
     recipe_cmd,
     score_cmd,
+    serve_cmd,
     stage_cmds,
 )
 from midpo_cli.errors import MidpoError
@@ -39,8 +40,8 @@ app = typer.Typer(
 DEBUG_HINT = "(rerun with --debug for a traceback)"
 
 # Each module exposes register(app); order is the order shown in --help.
-COMMAND_MODULES = (pipeline_cmd, stage_cmds, generate_cmd, score_cmd, chat_cmd, export_cmd, data_cmd, recipe_cmd,
-                   env_cmd)
+COMMAND_MODULES = (pipeline_cmd, stage_cmds, generate_cmd, score_cmd, chat_cmd, serve_cmd, export_cmd, data_cmd,
+                   recipe_cmd, env_cmd)
 
 
 def _version(value: bool) -> None:

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 from rich.console import Console
-from test_export import build_tiny_midpo
+from test_export import build_tiny_midpo, build_tiny_switch, toy_prompts
 
 from midpo_cli.cli import main
 from midpo_cli.commands.chat_ui import run_chat
@@ -69,6 +69,43 @@ def test_chat_answer_and_gates_equal_midpo_generate(tmp_path, granularity):
         assert len({g for g in answer.token_gates}) == 1
     else:  # token routers with random weights: gates vary along the answer
         assert len({round(g[0], 6) for g in answer.token_gates}) > 1
+
+
+def chat_json(folder, prompts, monkeypatch, capsys, *args) -> list[dict]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(prompts) + "\n"))
+    assert main(["--quiet", "chat", str(folder), "--json", *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def generated(folder, prompts, tmp_path, *args) -> list[dict]:
+    """`midpo generate`'s rows for `prompts` (one batch, left-padded), in prompt order."""
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "answers.jsonl"
+    assert main(["--quiet", "generate", "-m", str(folder), "-p", str(tmp_path / "prompts.txt"), "-o", str(out),
+                 *args]) == 0
+    return sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["index"])
+
+
+@pytest.mark.parametrize("kind", ["learned router", "probe switch"])
+def test_chat_json_and_generate_give_the_same_answers_and_gates(tmp_path, monkeypatch, capsys, kind):
+    """Greedy: `midpo chat --json` (one prompt at a time) and `midpo generate` (one left-padded batch) on the same
+    prompts. The switch decides once per prompt: every answer token carries the corner it chose (chat used to
+    recompute it from each new token alone), and both corners occur, so the comparison covers both experts."""
+    folder = build_tiny_switch(tmp_path) if kind == "probe switch" else build_tiny_midpo(tmp_path, seed=3)
+    prompts = toy_prompts(4)[0]
+    chats = chat_json(folder, prompts, monkeypatch, capsys, "--max-new-tokens", "8")
+    rows = generated(folder, prompts, tmp_path, "--max-new-tokens", "8")
+    assert [c["answer"] for c in chats] == [r["answer"] for r in rows]
+    assert len({c["answer"] for c in chats}) > 1  # the prompts are answered differently
+    for c, r in zip(chats, rows, strict=True):
+        assert c["answer_tokens"] == r["answer_tokens"] and c["finished"] == r["finished"]
+        assert c["gates"] == pytest.approx(r["gates"], abs=1e-6)
+        assert c["router"].startswith(kind)
+    if kind == "probe switch":
+        corners = {(c["gates"]["safety"], c["gates"]["helpfulness"]) for c in chats}
+        assert corners == {(1.0, 0.0), (0.0, 1.0)}
+        for c in chats:
+            assert {(t["safety"], t["helpfulness"]) for t in c["token_gates"]} == {tuple(c["gates"].values())}
 
 
 def test_json_mode_prints_one_answer_with_a_gate_per_token(tiny_midpo):
@@ -129,7 +166,7 @@ def test_loop_with_dial_gates_save_and_quit(tiny_midpo, tmp_path):
                                             "/dial x", "/nope", f"/save {saved}", "/quit", "never read"]), out=out)
     text = out.file.getvalue()
     assert code == 0
-    assert "safety dial +4" in text and "fixed gates 1,0" in text
+    assert "safety dial +4" in text and "fixed blend (1, 0)" in text
     assert "both gates must be in [0, 1]" in text and "expected a number" in text and "unknown command" in text
     rows = [json.loads(line) for line in saved.read_text().splitlines()]
     assert [r["safety_bias"] for r in rows] == [0.0, 4.0, 4.0]
@@ -174,10 +211,11 @@ def test_scripted_stdin_end_to_end(tiny_midpo):
 
 
 def test_history_uses_safe_rlhf_multi_turn_layout(tiny_midpo):
+    """safe-rlhf's own multi-turn layout (an answer then EOS, then the next `USER:`), the serving chat template's."""
     session = session_for(tiny_midpo, history=True, max_new_tokens=4)
     first = session.answer("Hi there")
     assert session.prompt_text("And now?") == (
-        f"BEGINNING OF CONVERSATION: USER: Hi there ASSISTANT:{first.text} USER: And now? ASSISTANT:")
+        f"BEGINNING OF CONVERSATION: USER: Hi there ASSISTANT:{first.text}</s>USER: And now? ASSISTANT:")
     session.reset()
     assert session.prompt_text("And now?") == "BEGINNING OF CONVERSATION: USER: And now? ASSISTANT:"
 

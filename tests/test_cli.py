@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("torch", "transformers", "datasets", "deepspeed", "peft")
+HEAVY = ("torch", "transformers", "datasets", "deepspeed", "peft", "fastapi", "uvicorn")
 
 
 def _run_in_fresh_process(code: str) -> subprocess.CompletedProcess[str]:

@@ -1,5 +1,5 @@
-"""The layout flows one way (docs/design.md §3): cli → commands → pipeline → stages (their kit included) → judges →
-modeling → engine → {data, evaluation} → recipe → losses.
+"""The layout flows one way (docs/design.md §3): cli → commands → serve → pipeline → stages (their kit included) →
+judges → modeling → engine → {data, evaluation} → recipe → losses.
 
 Read from the source with ast, imports inside functions included, so a lazy import that runs back up
 fails here as well as a module-level one. Seen folder by folder (`midpo_cli.X`, the evaluation layer one
@@ -104,6 +104,7 @@ def test_module_level_imports_have_no_cycle() -> None:
 LAYERS = (
     ("cli", "worker"),
     ("commands",),
+    ("serve",),  # `midpo serve`'s HTTP app and its batching engine, over the modeling layer
     ("pipeline",),  # orchestration: plans, prepares each stage's folder and context, runs the stage
     ("stages",),  # the stages, and the stage kit they share (stages/kit/)
     ("judges",),  # what labels each answer: the toy world's truth, score models, a guard model, an LLM over HTTP

@@ -449,11 +449,11 @@ print(json.dumps(out))
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rendered = json.loads(proc.stdout)
-    bos = AutoTokenizer.from_pretrained(folders[0]).bos_token or ""
-    assert rendered[folders[0]] == bos + format_prompt("Hi there", "safe-rlhf")  # exactly the trained format
+    # exactly the trained format: the embedded tokenizer adds no BOS, so the template writes none
+    assert rendered[folders[0]] == format_prompt("Hi there", "safe-rlhf")
     assert rendered[folders[1]] == "<|user|> Hi there <|a|>"  # the base's own, kept
     card = (tmp_path / "plain" / "merged" / "README.md").read_text()
-    assert "chat template (the safe-rlhf format above)" in card
+    assert "carries the chat template: it renders a user message to exactly the token ids training saw" in card
 
 
 def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_apart(tmp_path) -> None:
@@ -474,7 +474,7 @@ def test_midpo_card_leads_with_results_names_the_package_and_keeps_the_recipe_ap
            "target_modules": ["model.layers.0.mlp.down_proj"], "scaling": {"safety": 2.0, "helpfulness": 2.0}}
     card = midpo_card(cfg, name="m", base="org/base", kind="hub", template="chat", run=run, router_params=10,
                       adapters={"safety": {}, "helpfulness": {}})
-    assert "pip install midpo-cli" in card and "pip install midpo " not in card
+    assert 'pip install "midpo-cli[serve]"' in card and "pip install midpo " not in card
     assert card.index("| midpo | eval |") < card.index("## Contents")  # results first
     assert "key59" not in card and RECIPE_FILE in card
     assert len(card.splitlines()) < 200

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 HELPFUL_RGB, SAFE_RGB = (64, 150, 255), (255, 72, 72)  # g_safety 0 → blue, 1 → red
 HELP_TEXT = """commands:
   /dial B          safety dial: add B to every safety-gate logit, subtract it from the helpfulness one
-  /gates G_S,G_H   fixed gates in [0, 1] at every token and layer; /gates off: the routers again
+  /gates G_S,G_H   fixed gates in [0, 1] at every token and layer; /gates off: the router (or switch) again
   /reset           forget the conversation, restore the starting dial and gates
   /save FILE       write the transcript (JSONL, with gates); /save! FILE replaces an existing file
   /help, /quit     this text; leave (also Ctrl-D; Ctrl-C stops an answer, twice at the prompt leaves)"""
@@ -71,9 +71,8 @@ def legend() -> Any:
 def settings_line(session: ChatSession) -> str:
     if not session.routed:
         return f"{session.kind} model, template {session.template}"
-    gates = session.fixed_gates
-    mode = f"fixed gates {gates[0]:g},{gates[1]:g}" if gates is not None else "learned routers"
-    return f"MidPO model, {mode}, safety dial {session.safety_bias:+g}, template {session.template}"
+    return (f"MidPO model, {session.model.router_kind}, safety dial {session.safety_bias:+g}, "
+            f"template {session.template}")
 
 
 def handle_command(session: ChatSession, line: str, out: Any) -> bool:

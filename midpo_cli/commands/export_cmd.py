@@ -19,7 +19,8 @@ def export(
                                  "--adapters also one adapter folder (an expert's or a baseline's)."),
     to: Path = typer.Option(..., "--to", help="Output folder; must not exist or be empty."),
     merged: bool = typer.Option(False, "--merged", help="Fold both experts at --gates into a plain HF model."),
-    adapters: bool = typer.Option(False, "--adapters", help="Each expert as a PEFT adapter (vLLM multi-LoRA)."),
+    adapters: bool = typer.Option(False, "--adapters", help="Each expert as a PEFT adapter (vLLM multi-LoRA), with "
+                                  "the chat template and, for a probe switch, the classifier that picks the expert."),
     midpo: bool = typer.Option(False, "--midpo", help="A self-contained MidPO folder with a model card."),
     gates: str = typer.Option(None, "--gates", help="G_SAFETY,G_HELPFULNESS in [0, 1] for --merged."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (--merged, --adapters)."),

@@ -23,13 +23,16 @@ from midpo_cli.errors import InputError
 TEMPLATES = ("safe-rlhf", "chat")  # what a resolved template can be
 CHOICES = ("auto", *TEMPLATES)  # what a user may ask for
 SAFE_RLHF = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
-# The safe-rlhf format as a chat template, for folders served by a chat API (vLLM, TGI): one user turn renders
-# exactly BOS + format_prompt's text, a later turn continues "USER: ... ASSISTANT:" as safe-rlhf does.
+# The safe-rlhf format as a chat template, for a chat API (`midpo serve`, vLLM, TGI): safe-rlhf's own multi-turn layout
+# (its `format_prompt`: `BEGINNING OF CONVERSATION: ` then `USER: {p} ASSISTANT:` per user turn and `{a}` + EOS per
+# answer), so one user message renders exactly format_prompt's text. `{prefix}` is what the tokenizer adds in front
+# of a text (its BOS, or nothing): training encoded the text with the tokenizer's special tokens, a chat API renders
+# the template and adds none (serving_chat_template).
 SAFE_RLHF_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
-    "{% if loop.first %}BEGINNING OF CONVERSATION: {% else %} {% endif %}USER: {{ m['content'] | trim }} ASSISTANT:"
-    "{% elif m['role'] == 'assistant' %}{{ m['content'] | trim }}{% if not loop.last %}{{ eos_token }}{% endif %}"
-    "{% endif %}{% endfor %}"
+    "{prefix}BEGINNING OF CONVERSATION: {{% for m in messages %}}{{% if m['role'] == 'user' %}}"
+    "USER: {{{{ m['content'] | trim }}}} ASSISTANT:{{% elif m['role'] == 'assistant' %}}"
+    "{{{{ m['content'] | trim }}}}{{{{ eos_token }}}}{{% else %}}{{{{ raise_exception('safe-rlhf prompts have "
+    "no ' ~ m['role'] ~ ' role: put its text in the user message') }}}}{{% endif %}}{{% endfor %}}"
 )
 RECORD_KEY = "midpo_template"  # config.json key naming the template a saved model was trained with
 _warned: set[tuple[str, str, str]] = set()
@@ -88,6 +91,47 @@ def format_prompt(prompt: str, template: str = "safe-rlhf", tokenizer: Any = Non
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt.strip()}], tokenize=False, add_generation_prompt=True
     )
+
+
+def added_prefix(tokenizer: Any) -> list[int]:
+    """The ids a tokenizer puts in front of a text when it adds special tokens (its BOS, or none)."""
+    plain = list(tokenizer("x y", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("x y", add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: its special tokens change the text's "
+                     "own tokens, so no chat template can reproduce its encoding")
+
+
+def serving_chat_template(tokenizer: Any, template: str) -> str:
+    """The chat template that encodes a conversation's first user message exactly as training encoded the prompt
+    (`template`, resolved): the tokenizer's own for `chat` (training rendered it), else the safe-rlhf layout led by
+    the tokens the tokenizer adds in front of a text (BOS when it adds one, nothing when it does not: a template
+    that always wrote `{{ bos_token }}` gave a model trained without BOS a token it never saw)."""
+    template = resolve_template(template, tokenizer)
+    if template == "chat":
+        own = tokenizer.chat_template
+        return str(own.get("default", next(iter(own.values()))) if isinstance(own, dict) else own)
+    prefix = added_prefix(tokenizer)
+    if prefix and prefix == [getattr(tokenizer, "bos_token_id", None)]:
+        lead = "{{ bos_token }}"
+    else:
+        lead = "".join(tokenizer.convert_ids_to_tokens(prefix))
+    return SAFE_RLHF_CHAT_TEMPLATE.format(prefix=lead)
+
+
+def conversation_ids(messages: list[dict[str, str]], tokenizer: Any, template: str) -> list[int]:
+    """A conversation (OpenAI-style `role`/`content` messages) as the model reads it, ending where the answer
+    begins: rendered by `serving_chat_template`, so chat's history, `midpo serve` and an export's chat template
+    encode the same ids, and a single user message the ids training saw."""
+    messages = [{**m, "content": str(m.get("content", "")).strip()} for m in messages]  # as format_prompt's
+    try:
+        rendered = tokenizer.apply_chat_template(messages, chat_template=serving_chat_template(tokenizer, template),
+                                                 add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # jinja's TemplateError: a role the template refuses, a malformed message
+        raise InputError(f"messages: {exc}") from None
+    return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
 def answer_text(answer: str, template: str = "safe-rlhf") -> str:

@@ -1,4 +1,4 @@
-"""The label scheme of answer rows, and the one parser of `G_S,G_H` gate pairs.
+"""The label scheme of answer rows, the one parser of `G_S,G_H` gate pairs, and a MidPO model's router kind in words.
 
 An answer row's `model` is a label: `NAME` is the model as given (for a MidPO model, its learned
 routers), `NAME@gates=G_S,G_H` the same model at fixed gates (a blend of the sweep), `NAME@dial=+B`
@@ -10,7 +10,8 @@ and the generate stage needs no statistics module to name its rows. Pure Python,
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from midpo_cli.errors import InputError
 
@@ -41,6 +42,19 @@ def parse_label(label: str) -> tuple[str, tuple[float, float] | None, float | No
 def is_sweep_label(label: str) -> bool:
     """A blend or dial variant (kept out of the win-rate and category tables, which compare models)."""
     return parse_label(label)[0] != label
+
+
+def router_kind(switch: Mapping[str, Any] | None, fixed: Sequence[float] | None) -> str:
+    """How a MidPO model sets its gates, in words: `learned router`, `probe switch (hard, threshold 0.43)` or
+    `fixed blend (1, 0)`. `switch`: midpo_config.json's `switch` entry; `fixed`: its fixed gates (they bypass a
+    switch as they bypass the routers). One wording for chat's banner, serve's responses and the export cards."""
+    if fixed is not None:
+        return f"fixed blend ({float(fixed[0]):g}, {float(fixed[1]):g})"
+    if switch:
+        mode = switch.get("mode", "hard")
+        return f"probe switch (hard, threshold {float(switch.get('threshold', 0.5)):.4g})" if mode == "hard" \
+            else "probe switch (soft)"
+    return "learned router"
 
 
 def parse_gates(text: str, what: str = "--gates") -> tuple[float, float]:

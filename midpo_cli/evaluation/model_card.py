@@ -15,7 +15,8 @@ from typing import Any
 
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.formatting import logged_value
-from midpo_cli.evaluation.labels import is_sweep_label
+from midpo_cli.evaluation.labels import is_sweep_label, router_kind
+from midpo_cli.evaluation.probe_switch import switch_lines
 from midpo_cli.evaluation.verdict import markdown, run_verdicts
 from midpo_cli.io import read_json
 from midpo_cli.manifest import read_manifest, stage_dir
@@ -23,52 +24,96 @@ from midpo_cli.manifest import read_manifest, stage_dir
 USE_SNIPPET = """## Use
 
 ```bash
-pip install midpo-cli                   # then, from this folder's parent:
+pip install "midpo-cli[serve]"          # then, from this folder's parent:
 midpo chat {name}                       # talk to it; answers coloured by the safety gate, /dial B
 echo "How do I bake bread?" | midpo chat {name} --json
+midpo serve {name}                      # an OpenAI-compatible server: http://127.0.0.1:8000/v1
 midpo export {name} --merged --gates 0.5,0.5 --to {name}-merged   # a plain transformers/vLLM/TGI folder
 ```
 
 ```python
 from midpo_cli import load_midpo
-model, tokenizer = load_midpo("{name}")          # routers as trained
+model, tokenizer = load_midpo("{name}")          # {kind}
 model.set_safety_bias(1.0)                         # the safety dial: > 0 leans safe, < 0 leans helpful
 ```
 """
 
 
 def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template: str | None, run: Path | None,
-               router_params: int, adapters: dict[str, dict[str, Any]]) -> str:
-    """README.md of an exported MidPO folder: what it is, how it was trained, what it measured."""
-    router = cfg["router"]
+               router_params: int, adapters: dict[str, dict[str, Any]], run_model: bool = True) -> str:
+    """README.md of an exported MidPO folder: what it is, how it was trained, what it measured. `run_model`: the
+    folder is the model the run's verdict judged (its router stage's `model`); a probe switch saved beside a learned
+    router is not, and its card gives the switch's numbers, not the router's."""
+    router, switch = cfg["router"], cfg.get("switch")
+    routing = router_kind(switch, cfg.get("fixed_gates"))
     front = ["---", "library_name: midpo", "tags: [midpo, lora, dpo, safety, helpfulness]"]
     if kind == "hub":
         front.append(f"base_model: {base}")
-    lines = [*front, "---", "", "# MidPO model", "", *_verdict_lines(run),
-             "A base causal LM with two LoRA experts — **safety** and **helpfulness**, each trained with SPE-DPO "
-             "(DPO whose margin comes from a cost or reward model) — mixed inside the base by small learned "
-             "per-layer routers: `y = W h + s_s·g_s(h)·B_s A_s h + s_h·g_h(h)·B_h A_h h`, with gates g in (0, 1) "
-             f"per token and routed layer ({len(cfg['target_modules'])} layers).", "",
-             *_run_sections(run), "", USE_SNIPPET.format(name=name), "",
+    lines = [*front, "---", "", "# MidPO model", "", *(_verdict_lines(run) if run_model else []),
+             _what_it_is(cfg, routing), "",
+             *(_run_sections(run) if run_model else _switch_sections(run)), "",
+             USE_SNIPPET.format(name=name, kind=routing), "",
              "## Contents", "", "| path | what |", "|---|---|",
              f"| `base/` | the base model ({'copied from ' + base if kind == 'local' else base}) |" if kind != "hub"
              else f"| (hub) `{base}` | the base model, referenced |",
              "| `adapters/safety/`, `adapters/helpfulness/` | the experts (PEFT LoRA folders) |",
-             f"| `router.safetensors` | the routers ({router_params:,} parameters) |",
+             *([f"| `{switch.get('file', 'switch.safetensors')}` | the probe switch (mean, std, weight, bias) |"]
+               if switch else []),
+             f"| `router.safetensors` | the routers ({router_params:,} parameters)"
+             + (", not used: the switch sets the gates |" if switch else " |"),
              "| `midpo_config.json` | routed modules, LoRA scalings, router settings |", "",
              "## How it was trained", "",
              f"- prompt template: `{template}`" if template else "- prompt template: not recorded (midpo resolves "
              "`auto`: the tokenizer's chat template if it has one, else safe-rlhf)",
              f"- routed modules: `{cfg['target_modules'][0]}` … ({len(cfg['target_modules'])})",
-             f"- router: granularity `{router['granularity']}`, input `{router['input']}`, "
-             f"hidden `{router['hidden']}`, initial gates {router['init_gates']}",
-             f"- fixed gates: {cfg.get('fixed_gates')}" if cfg.get("fixed_gates") else "- gates: the learned routers"]
+             f"- gates: {routing}" + ("" if switch or cfg.get("fixed_gates") else
+                                      f"; granularity `{router['granularity']}`, input `{router['input']}`, hidden "
+                                      f"`{router['hidden']}`, initial gates {router['init_gates']}")]
     for expert, a in adapters.items():
         lines.append(f"- {expert} expert: LoRA r={a.get('r')}, alpha={a.get('lora_alpha')}, "
                      f"targets {a.get('target_modules')}, scaling {cfg['scaling'][expert]}")
     if run is not None and run_recipe(run):
         lines += ["", f"The settings of every stage of run `{run.name}` are in `{RECIPE_FILE}`."]
     return "\n".join(lines) + "\n"
+
+
+def _what_it_is(cfg: dict[str, Any], routing: str) -> str:
+    """One paragraph: the experts, and how this folder's gates are set."""
+    layers = len(cfg["target_modules"])
+    experts = ("A base causal LM with two LoRA experts — **safety** and **helpfulness**, each trained with SPE-DPO "
+               "(DPO whose margin comes from a cost or reward model) — ")
+    mix = "`y = W h + s_s·g_s·B_s A_s h + s_h·g_h·B_h A_h h`"
+    if cfg.get("fixed_gates"):
+        return experts + f"mixed at fixed gates in every one of {layers} layers: {mix}, {routing}."
+    switch = cfg.get("switch")
+    if switch:
+        threshold = float(switch.get("threshold", 0.5))
+        how = (f"it sends the prompt to the safety expert, gates (1, 0), when p ≥ {threshold:.4g}, else to the "
+               "helpfulness expert, (0, 1)" if switch.get("mode", "hard") == "hard" else "the gates are (p, 1 − p)")
+        return experts + (f"chosen per prompt by a **probe switch**: a logistic probe on the prompt's mean input of "
+                          f"the {layers} routed layers (the base alone) gives p(harmful), and {how}, held for the "
+                          f"whole answer: {mix}. The learned routers are not used.")
+    return experts + (f"mixed inside the base by small learned per-layer routers: {mix}, with gates g in (0, 1) per "
+                      f"token and routed layer ({layers} layers).")
+
+
+def _switch_sections(run: Path | None) -> list[str]:
+    """A probe switch saved beside a learned router: its own numbers (the router stage's threshold choice, the
+    score stage's switch-against-router lines); the run's verdict and router metrics are the learned router's."""
+    info = ((read_manifest(stage_dir(run, "router")) or {}).get("probe_switch") if run is not None else None) or {}
+    lines = ["## The probe switch", ""]
+    if info:
+        lines.append(f"- fit on {info.get('fit_on_prompts')} prompts, {info.get('fit_on_harmful')} of them harmful "
+                     f"(`switch_prompts: {info.get('fit_on')}`)")
+    if "threshold" in info:
+        lines.append(f"- threshold {logged_value(info['threshold'])} chosen on the dev prompts `{info.get('prompts')}` "
+                     f"({info.get('judged_by')}): dev score {logged_value(info.get('dev_score'))}")
+    summary = stage_dir(run, "score") / "summary.json" if run is not None else None
+    if summary is not None and summary.is_file():
+        lines += [f"- {line}" for line in switch_lines(read_json(summary).get("routing") or {})]
+    if len(lines) == 2:
+        lines.append("No run directory with the switch's measurements was found next to this model.")
+    return lines
 
 
 def _verdict_lines(run: Path | None) -> list[str]:
@@ -160,8 +205,17 @@ def _folded_table(intro: list[str], head: list[str], rows: list[tuple[str, str]]
     return [*lines, ""]
 
 
-def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str | None,
-                chat: str | None = None) -> str:
+CHAT_TEMPLATE_NOTE = ("it renders a user message to exactly the token ids training saw ({layout}), so a chat API "
+                      "(vLLM's, TGI's, `midpo serve`) answers as the model was trained.")
+
+
+def _template_note(template: str) -> str:
+    layout = ("safe-rlhf's layout, `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`, led by the BOS only when "
+              "the tokenizer adds one" if template == "safe-rlhf" else "the tokenizer's own chat template")
+    return CHAT_TEMPLATE_NOTE.format(layout=layout)
+
+
+def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], template: str) -> str:
     """README.md of a merged export: what the fixed gates kept and lost, the prompt format, how to serve it."""
     return "\n".join([
         "---", "tags: [midpo, merged]", "---", "", "# Merged MidPO model", "",
@@ -170,36 +224,60 @@ def merged_card(source: Path, cfg: dict[str, Any], gates: tuple[float, float], t
         f"{len(cfg['target_modules'])} layers. A plain Hugging Face model folder: transformers, vLLM and TGI load "
         "it without midpo. The learned routers are not in it (they choose gates per token, which no single "
         "weight matrix can hold); the export checked that its logits equal the MidPO model's at these gates.",
-        "", f"Prompt template: `{template or 'safe-rlhf (not recorded)'}` — prompts must use it "
-        "(safe-rlhf: `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:`). "
-        + (f"The tokenizer carries a chat template ({chat}), so chat APIs (vLLM's, TGI's) can serve it."
-           if chat else "The tokenizer has no chat template: send completion requests with the prompt formatted."),
+        "", f"Prompt template: `{template}`. The tokenizer carries the chat template: " + _template_note(template),
         "",
         "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "model = AutoModelForCausalLM.from_pretrained(\".\")", "tokenizer = AutoTokenizer.from_pretrained(\".\")",
         "```", "", "```bash", "vllm serve .        # or: text-generation-launcher --model-id .", "```", ""])
 
 
-def adapters_card(source: Path, base: str, kind: str, template: str | None, rank: int) -> str:
-    """README.md of the exported PEFT adapters; `rank`: the larger LoRA rank of the two (vLLM's --max-lora-rank)."""
+def adapters_card(source: Path, base: str, kind: str, template: str, rank: int,
+                  switch: dict[str, Any] | None = None) -> str:
+    """README.md of the exported PEFT adapters; `rank`: the larger LoRA rank of the two (vLLM's --max-lora-rank);
+    `switch`: midpo_config.json's entry when the model is a probe switch (its classifier is in `router/`)."""
     base_arg = base if kind == "hub" else "./base"
+    choose = ("`router/` holds the model's probe switch, the classifier that picks the expert for each prompt (below)."
+              if switch else "midpo's learned routers are not in them (they mix both experts per token and layer, "
+              "which a one-adapter-per-request server cannot do): choose an expert per prompt outside midpo, use "
+              "`midpo export --merged` for a fixed mix, or `midpo serve` for the routed model.")
     return "\n".join([
         "---", "tags: [midpo, lora, peft]", "---", "", "# MidPO experts as PEFT adapters", "",
         f"The two experts of the MidPO model `{source.name}`: `safety/` and `helpfulness/`, standalone PEFT LoRA "
         f"adapters on the base `{base_arg}`" + (" (copied here: it is not on the hub)" if kind != "hub" else "")
-        + ". midpo's routers are not in them: choose an expert per prompt outside midpo (prompt-level routing), "
-        "or use `midpo export --merged` for a fixed mix.", "",
+        + ". " + choose, "",
         f"Each `adapter_config.json` names its base as `{base_arg}`"
         + (" (the hub name)." if kind == "hub" else ", relative to this folder, not a path of the machine that "
-           "exported it: load from here, or edit `base_model_name_or_path`.") , "",
-        f"Prompt template: `{template or 'safe-rlhf (not recorded)'}`.", "",
+           "exported it: load from here, or edit `base_model_name_or_path`."), "",
+        f"Prompt template: `{template}`. `chat_template.jinja` is its chat template: " + _template_note(template), "",
         "## vLLM multi-LoRA", "", "```bash",
         f"vllm serve {base_arg} --enable-lora --max-lora-rank {rank} \\",
-        "    --lora-modules safety=./safety helpfulness=./helpfulness",
+        "    --lora-modules safety=./safety helpfulness=./helpfulness --chat-template ./chat_template.jinja",
         "# then request model \"safety\" or \"helpfulness\" per prompt (OpenAI API: \"model\": \"safety\")",
-        "```", "", "## transformers + peft", "", "```python",
+        "```", "", *(_router_section(switch, template) if switch else []), "## transformers + peft", "", "```python",
         "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
         f"base = AutoModelForCausalLM.from_pretrained(\"{base_arg}\")",
         "model = PeftModel.from_pretrained(base, \"./safety\", adapter_name=\"safety\")",
         "model.load_adapter(\"./helpfulness\", adapter_name=\"helpfulness\")",
         "model.set_adapter(\"helpfulness\")", "```", ""])
+
+
+def _router_section(switch: dict[str, Any], template: str) -> list[str]:
+    """How to choose the expert per prompt with the exported probe switch, and what it costs."""
+    rule = (f"the safety expert when p(harmful) ≥ {float(switch.get('threshold', 0.5)):.4g}, else the helpfulness "
+            "expert" if switch.get("mode", "hard") == "hard" else
+            "gates (p, 1 − p); a one-adapter-per-request server gets the expert with the larger gate")
+    return [
+        "## Choosing the expert per prompt: the probe switch", "",
+        "`router/switch.safetensors` is a logistic probe (mean, std, weight, bias) on the base's hidden states; "
+        "`router/router.json` says what it reads — the input of each listed layer averaged over the prompt's tokens, "
+        f"the base alone, the prompt in the `{template}` template — and its rule: {rule}. "
+        "`router/route.py` is a reference router in plain Python + transformers (no midpo): it computes the features, "
+        "picks the expert, and asks any OpenAI-compatible multi-LoRA server for the answer with "
+        "`model=safety|helpfulness`.", "",
+        "```bash", "pip install torch transformers safetensors",
+        "python router/route.py \"How do I patch a hole in drywall?\"      # {\"p_harmful\": …, \"expert\": …}",
+        "python router/route.py --server http://127.0.0.1:8000/v1 \"How do I patch a hole in drywall?\"", "```", "",
+        "**Cost: one extra prefill of the base per request.** The probe reads the base's hidden states with no "
+        "adapter; the server then prefills the prompt again with the chosen adapter (a prefix cache is kept per "
+        "adapter, so the first pass is not reused). `midpo serve` on the MidPO folder routes the same way, that "
+        "prefill included.", ""]

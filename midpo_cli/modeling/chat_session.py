@@ -1,26 +1,26 @@
-"""The model side of `midpo chat`: a loaded model, its conversation, and an answer decoded token by token.
+"""The model side of `midpo chat`: a loaded model, its conversation, and an answer streamed token by token.
 
-Why a hand-written decoding loop instead of `generate` + a streamer: the loop runs one forward per
-token with the KV cache, so after each step the gates that produced that token (`model.gates()`, the
-last position, averaged over routed layers — the same quantity `midpo generate` records) are at hand,
-and a stop request (Ctrl-C in the terminal) can end the answer between two steps, leaving a consistent
-partial answer and the session alive. Routers that read the prompt (granularity `prompt`, input
-`token+prompt`) get what `MidpoModel.generate` gives them: the prompt's mean hidden state is computed at
-the first forward and held for every later step. Greedy decoding (the default) gives the answer
-`midpo generate` gives; the decoding settings are `midpo generate`'s (`recipe.GenerationSettings`).
+Decoding is `midpo generate`'s own pass (midpo_cli.modeling.decoding): Hugging Face `generate` with the KV cache,
+`MidpoModel.generate` for a MidPO model — so a probe switch decides once per prompt and holds it, and routers that
+read the prompt hold its mean hidden state — with a per-step hook that streams each token's text and gates (the
+gates at the last position, averaged over routed layers, as `midpo generate` records them) and polls the stop
+request (Ctrl-C in the terminal), which ends the answer between two steps and leaves the session alive. Greedy
+decoding (the default) gives the answer and the gates `midpo generate` gives; the decoding settings are
+`midpo generate`'s (`recipe.GenerationSettings`), and sampling is seeded with `seed` for every answer, as
+`midpo generate` seeds one prompt.
 
 Conversation: each message is answered on its own by default — the experts and routers were trained
-and evaluated on single-turn prompts. `history` keeps earlier turns in the prompt: the tokenizer's
-chat template with every message, or safe-rlhf's multi-turn layout
-`BEGINNING OF CONVERSATION: USER: p1 ASSISTANT:a1 USER: p2 ASSISTANT:`.
+and evaluated on single-turn prompts. `history` keeps earlier turns in the prompt, laid out by the model's
+serving chat template (midpo_cli.data.template.conversation_prompt: the tokenizer's chat template, or safe-rlhf's
+multi-turn layout `BEGINNING OF CONVERSATION: USER: p1 ASSISTANT:a1</s>USER: p2 ASSISTANT:`), the one an export
+writes and `midpo serve` reads.
 
 The terminal around it (colours, /commands, Ctrl-C) is `commands/chat_ui.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,20 +28,13 @@ from typing import Any
 import torch
 
 from midpo_cli import console
-from midpo_cli.data.template import (
-    SAFE_RLHF,
-    adds_special_tokens,
-    check_template,
-    format_prompt,
-    recorded_template,
-    resolve_template,
-    warn_mismatch,
-)
+from midpo_cli.data.template import conversation_ids
+from midpo_cli.data.tokenize import encode_prompts
 from midpo_cli.errors import InputError
 from midpo_cli.io import write_jsonl
+from midpo_cli.modeling.decoding import Rows, TextStream, decode, eos_ids, mean_pairs, pad_id_of
 from midpo_cli.modeling.generation import context_limit
-from midpo_cli.modeling.midpo import CONFIG_FILE, read_midpo_config
-from midpo_cli.modeling.policy import load_policy
+from midpo_cli.modeling.policy import open_policy
 from midpo_cli.recipe import GenerationSettings
 
 TokenCallback = Callable[[str, "tuple[float, float] | None"], None]
@@ -66,11 +59,7 @@ class Answer:
         """Mean over the steps that produced the answer, EOS included: the `gates` of `midpo generate`."""
         if self.token_gates is None:
             return None
-        steps = self.token_gates + ([self.eos_gates] if self.eos_gates is not None else [])
-        if not steps:
-            return None
-        return {"safety": round(sum(g[0] for g in steps) / len(steps), 6),
-                "helpfulness": round(sum(g[1] for g in steps) / len(steps), 6)}
+        return mean_pairs(self.token_gates + ([self.eos_gates] if self.eos_gates is not None else []))
 
     def to_json(self) -> dict[str, Any]:
         gates = None
@@ -80,36 +69,6 @@ class Answer:
         return {"prompt": self.prompt, "answer": self.text, "answer_tokens": len(self.token_ids),
                 "prompt_tokens": self.prompt_tokens, "finished": self.finished, "interrupted": self.interrupted,
                 "gates": self.mean_gates(), "token_gates": gates, **self.settings}
-
-
-def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The generation config's EOS ids and the tokenizer's: an answer ends at any of them."""
-    found: set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [tokenizer.eos_token_id]:
-        if value is not None:
-            found.add(int(value))
-    return found
-
-
-def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling from `generator`."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-    if top_p < 1.0:
-        ordered, index = probs.sort(descending=True)
-        keep = ordered.cumsum(0) - ordered < top_p  # the smallest prefix whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-@contextlib.contextmanager
-def held_prompt(model: Any, routed: bool) -> Iterator[bool]:
-    """For routers that read the prompt: hold its mean h from the first forward on (as MidpoModel.generate)."""
-    needs = routed and model.state.needs_prompt
-    with model.holding_prompt() if needs else contextlib.nullcontext():
-        yield needs
 
 
 class ChatSession:
@@ -125,10 +84,7 @@ class ChatSession:
         self.settings = settings if settings is not None else GenerationSettings()
         self.routed = self.kind == "midpo"
         self.eos = eos_ids(self.model, self.tokenizer)
-        if not self.eos:
-            raise InputError(f"{spec}: the tokenizer has no EOS token, so an answer could never end")
         self._check_room()
-        self.generator = torch.Generator().manual_seed(self.settings.seed)
         self.turns: list[tuple[str, str]] = []
         self.transcript: list[dict[str, Any]] = []
         self.start = (self.safety_bias, self.fixed_gates) if self.routed else (None, None)
@@ -170,25 +126,28 @@ class ChatSession:
             self.model.set_fixed_gates(self.start[1])
 
     # -- prompts ------------------------------------------------------------------------------------
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        """The conversation to answer: the earlier turns (with `history`) and this prompt."""
+        earlier = [m for p, a in (self.turns if self.history else ()) for m in
+                   ({"role": "user", "content": p}, {"role": "assistant", "content": a})]
+        return [*earlier, {"role": "user", "content": prompt.strip()}]
+
     def prompt_text(self, prompt: str) -> str:
-        if not self.history or not self.turns:
-            return format_prompt(prompt, self.template, self.tokenizer)
-        if self.template == "chat":
-            messages = [m for p, a in self.turns for m in ({"role": "user", "content": p},
-                                                            {"role": "assistant", "content": a})]
-            return self.tokenizer.apply_chat_template([*messages, {"role": "user", "content": prompt.strip()}],
-                                                      tokenize=False, add_generation_prompt=True)
-        earlier = "".join(f"USER: {p} ASSISTANT:{a} " for p, a in self.turns)
-        return SAFE_RLHF.format(prompt=prompt.strip()).replace("USER: ", earlier + "USER: ", 1)
+        """What the model reads (for a person: the ids are `prompt_ids`)."""
+        return self.tokenizer.decode(self._encode(prompt))
+
+    def _encode(self, prompt: str) -> list[int]:
+        """One message: encoded as `midpo generate` encodes a prompt; a conversation: by the serving chat template,
+        whose first turn encodes the same ids (midpo_cli.data.template.conversation_ids)."""
+        if self.history and self.turns:
+            return conversation_ids(self.messages(prompt), self.tokenizer, self.template)
+        return encode_prompts([prompt], self.tokenizer, self.template)[0][0]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Encoded prompt that leaves room for the answer: oldest turns dropped first, then the left cut."""
         limit = context_limit(self.model)
-        special = adds_special_tokens(self.template)
         while True:
-            ids = list(self.tokenizer(self.prompt_text(prompt), add_special_tokens=special)["input_ids"])
-            if ids and ids[-1] in self.eos and special:
-                ids = ids[:-1]  # some tokenizers append EOS; a prompt never ends with one
+            ids = self._encode(prompt)
             if limit is None or len(ids) + self.settings.max_new_tokens <= limit or not (self.history and self.turns):
                 break
             self.turns.pop(0)
@@ -209,6 +168,7 @@ class ChatSession:
         answer = self._decode(ids, stop, on_token)
         answer.prompt = prompt
         answer.settings = {"model": self.spec, "kind": self.kind, "template": self.template,
+                           "router": self.model.router_kind if self.routed else None,
                            "safety_bias": self.safety_bias,
                            "fixed_gates": list(self.fixed_gates) if self.fixed_gates is not None else None,
                            "max_new_tokens": self.settings.max_new_tokens, "temperature": self.settings.temperature,
@@ -218,46 +178,27 @@ class ChatSession:
         self.transcript.append({"turn": len(self.transcript) + 1, **answer.to_json()})
         return answer
 
-    def _step_gates(self) -> tuple[float, float] | None:
-        if not self.routed:
-            return None
-        mean = torch.stack([g[0, -1, :].float() for g in self.model.gates()]).mean(0)
-        return float(mean[0]), float(mean[1])
-
     def _decode(self, prompt_ids: list[int], stop: Callable[[], bool], on_token: TokenCallback | None) -> Answer:
-        model, device = self.model, self.model.device
-        step_input = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        out_ids: list[int] = []
-        pieces: list[str] = []
-        gates: list[tuple[float, float]] = []
-        eos_gate, finished, interrupted, past, shown = None, False, False, None, ""
-        with torch.no_grad(), held_prompt(model, self.routed) as needs_prompt:
-            for step in range(self.settings.max_new_tokens):
-                if stop():
-                    interrupted = True
-                    break
-                extra = {"prompt_mask": torch.ones_like(step_input)} if needs_prompt and step == 0 else {}
-                out = model(input_ids=step_input, past_key_values=past, use_cache=True, **extra)
-                past = out.past_key_values
-                gate = self._step_gates()
-                token = pick_token(out.logits[0, -1], self.settings.temperature, self.settings.top_p, self.generator)
-                if token in self.eos:
-                    eos_gate, finished = gate, True
-                    break
-                out_ids.append(token)
-                text = self.tokenizer.decode(out_ids, skip_special_tokens=True).lstrip()
-                piece = text[len(shown):] if text.startswith(shown) and not text.endswith("\ufffd") else ""
-                shown += piece
-                pieces.append(piece)
-                if gate is not None:
-                    gates.append(gate)
-                if on_token is not None and piece:
-                    on_token(piece, gate)
-                step_input = torch.tensor([[token]], dtype=torch.long, device=device)
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=True).strip()
-        return Answer(prompt="", text=text, token_ids=out_ids, pieces=pieces,
-                      token_gates=gates if self.routed else None, eos_gates=eos_gate, finished=finished,
-                      interrupted=interrupted, prompt_tokens=len(prompt_ids))
+        """`midpo generate`'s decoding pass on one prompt (midpo_cli.modeling.decoding), streamed."""
+        stream, pieces = TextStream(self.tokenizer), []
+
+        def each_step(rows: Rows, took: list[bool]) -> list[bool]:
+            if took[0] and not rows.finished[0]:
+                pieces.append(stream.push(rows.ids[0]))
+                gate = rows.gates[0][-1] if rows.gates[0] else None
+                if on_token is not None and pieces[-1]:
+                    on_token(pieces[-1], gate)
+            return [stop()]
+
+        torch.manual_seed(self.settings.seed)  # sampling: each answer as `midpo generate` answers this prompt
+        rows = decode(self.model, [prompt_ids], pad_id=pad_id_of(self.tokenizer), eos=self.eos,
+                      max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature,
+                      top_p=self.settings.top_p, on_step=each_step)
+        out_ids, gates = rows.ids[0], rows.gates[0]
+        return Answer(prompt="", text=self.tokenizer.decode(out_ids, skip_special_tokens=True).strip(),
+                      token_ids=out_ids, pieces=pieces, token_gates=gates[:len(out_ids)] if self.routed else None,
+                      eos_gates=gates[len(out_ids)] if self.routed and rows.finished[0] else None,
+                      finished=rows.finished[0], interrupted=rows.stopped[0], prompt_tokens=len(prompt_ids))
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """The transcript so far as JSONL (one answer a line, with its gates), written atomically.
@@ -275,37 +216,8 @@ class ChatSession:
 def open_session(spec: str, *, template: str | None, safety_bias: float | None, gates: tuple[float, float] | None,
                  dtype: str, trust_remote_code: bool, device: str | None = None,
                  settings: GenerationSettings | None = None, history: bool = False) -> ChatSession:
-    """Load the model (load_policy) on `device`, resolve its template, apply the starting dial and gates.
-
-    The flags' checks run before the model loads; their errors name the `midpo chat` flag."""
-    if template is not None:
-        check_template(template)
-    is_midpo = (Path(spec).expanduser() / CONFIG_FILE).is_file()
-    for flag, value in (("--safety-bias", safety_bias), ("--gates", gates)):
-        if value is not None and not is_midpo:
-            raise InputError(f"{flag} applies to MidPO model folders only; {spec} is not one (no midpo_config.json)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    policy = load_policy(spec, gates=gates, dtype=dtype, trust_remote_code=trust_remote_code)
-    if safety_bias is not None:
-        policy.model.set_safety_bias(safety_bias)
-    policy.model.to(device)
-    trained = recorded_template_of(spec, policy)
-    used = resolve_template(template or trained or "auto", policy.tokenizer)
-    warn_mismatch(f"model {spec}", trained, used)
+    """Load the model on `device` with its template, dial and gates (midpo_cli.modeling.policy.open_policy)."""
+    policy, used = open_policy(spec, template=template, safety_bias=safety_bias, gates=gates, dtype=dtype,
+                               trust_remote_code=trust_remote_code, device=device)
     console.log(f"chat: {spec} ({policy.kind}), template {used}")
     return ChatSession(policy, spec, template=used, settings=settings, history=history)
-
-
-def recorded_template_of(spec: str, policy: Any) -> str | None:
-    """The template a midpo-trained model recorded: midpo_config.json, else the HF config."""
-    if policy.kind == "midpo":
-        from midpo_cli.modeling.export import trained_template
-
-        return trained_template(read_midpo_config(Path(spec).expanduser()), policy.model)
-    return recorded_template(getattr(policy.model, "config", None))

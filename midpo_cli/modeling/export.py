@@ -24,6 +24,7 @@ files at all (it is drawn from a seed), so its weights are written out.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch import nn
 from midpo_cli import console
 from midpo_cli.assets import is_embedded
 from midpo_cli.engine.artifacts import FOLD_ULPS, save_verified
-from midpo_cli.errors import InputError
+from midpo_cli.errors import ArtifactCheckError, InputError
 from midpo_cli.evaluation.model_card import RECIPE_FILE, adapters_card, merged_card, midpo_card, run_recipe
 from midpo_cli.io import atomic_write_json, atomic_write_text, check_output, read_json
 from midpo_cli.manifest import MANIFEST, read_checked, read_manifest, stage_dir
@@ -167,18 +168,16 @@ def export_merged(source: str | Path, to: str | Path, gates: tuple[float, float]
 
         setattr(hf.config, RECORD_KEY, template)
 
-    chat_template = serving_chat_template(tokenizer, template)
+    chat_template = checked_chat_template(tokenizer, template)
 
     def save(tmp: Path) -> None:
         from midpo_cli.modeling.loading import quiet_transformers
 
         with quiet_transformers():
             hf.save_pretrained(str(tmp))
-        if chat_template is not None:
-            tokenizer.chat_template = chat_template
+        tokenizer.chat_template = chat_template
         tokenizer.save_pretrained(str(tmp))
-        chat = ("the safe-rlhf format above" if chat_template else "the base's" if tokenizer.chat_template else None)
-        atomic_write_text(tmp / "README.md", merged_card(source, cfg, gates, template, chat))
+        atomic_write_text(tmp / "README.md", merged_card(source, cfg, gates, served_template(tokenizer, template)))
 
     def load(tmp: Path) -> nn.Module:
         from midpo_cli.modeling.loading import quiet_transformers, torch_dtype
@@ -194,15 +193,31 @@ def export_merged(source: str | Path, to: str | Path, gates: tuple[float, float]
             "template": template, "routed_layers": len(cfg["target_modules"])}
 
 
-def serving_chat_template(tokenizer: Any, template: str | None) -> str | None:
-    """The chat template a merged folder carries so a chat API (vLLM's, TGI's) can serve it: the base's own
-    when it has one (kept as it is), else, for a model trained on safe-rlhf prompts, that format as a template.
-    None: the tokenizer's (or none) is saved unchanged."""
-    from midpo_cli.data.template import SAFE_RLHF_CHAT_TEMPLATE, has_chat_template
+def served_template(tokenizer: Any, template: str | None) -> str:
+    """The prompt template an export serves with: the one the model recorded, else what `auto` resolves to."""
+    from midpo_cli.data.template import resolve_template
 
-    if has_chat_template(tokenizer) or template not in (None, "safe-rlhf"):
-        return None
-    return SAFE_RLHF_CHAT_TEMPLATE
+    return template or resolve_template("auto", tokenizer)
+
+
+def checked_chat_template(tokenizer: Any, template: str | None) -> str:
+    """The chat template an export carries (midpo_cli.data.template.serving_chat_template), checked on the probe
+    prompts: rendered and encoded as a chat API does (Hugging Face's `apply_chat_template`, no special tokens added),
+    a user message must give exactly the ids training saw; otherwise nothing is written."""
+    from midpo_cli.data.template import serving_chat_template
+    from midpo_cli.data.tokenize import encode_prompts
+
+    used = served_template(tokenizer, template)
+    chat = serving_chat_template(tokenizer, used)
+    for prompt in PROBE_PROMPTS:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], chat_template=chat,
+                                            add_generation_prompt=True, tokenize=True)
+        got = list(out["input_ids"] if isinstance(out, Mapping) else out)
+        want = encode_prompts([prompt], tokenizer, used)[0][0]
+        if got != want:
+            raise ArtifactCheckError(f"the chat template for template {used!r} encodes {prompt!r} as {got[:8]}…, "
+                                     f"training as {want[:8]}…: no export would answer as the model was trained")
+    return chat
 
 
 def write_base(dst: Path, base: str, kind: str, tokenizer: Any, *, trust_remote_code: bool = False) -> None:
@@ -224,17 +239,23 @@ def write_base(dst: Path, base: str, kind: str, tokenizer: Any, *, trust_remote_
 
 def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
                     trust_remote_code: bool = False) -> dict[str, Any]:
-    """Each expert as a standalone PEFT adapter folder (+ `base/` when the base is not on the hub)."""
+    """Each expert as a standalone PEFT adapter folder (+ `base/` when the base is not on the hub), the chat template
+    training's prompts need, and for a probe switch the classifier that picks the expert (midpo_cli.modeling
+    .export_switch)."""
+    from midpo_cli.modeling.export_switch import ROUTER_DIR, check_router, write_router
+
     source, to = Path(source).expanduser(), check_destination(to)
     cfg = midpo_config(source, "--adapters")
     base, kind = base_location(source, cfg)
     model, tokenizer = load_midpo(source, dtype=dtype, trust_remote_code=trust_remote_code)
-    template = trained_template(cfg, model)
+    template = served_template(tokenizer, trained_template(cfg, model))
+    chat_template = checked_chat_template(tokenizer, template)
     ids = probe_batch(tokenizer, model.device)
     references = {}
     for name, gates in (("safety", (1.0, 0.0)), ("helpfulness", (0.0, 1.0))):
         with model.fixed_gates(*gates):
             references[name] = midpo_logits(model, ids)
+    switch_p = switch_probabilities(model, tokenizer, template)
     del model
     base_ref = base if kind == "hub" else PORTABLE_BASE  # never an absolute path of this machine
 
@@ -248,14 +269,36 @@ def export_adapters(source: str | Path, to: str | Path, *, dtype: str = "fp32",
             atomic_write_json(tmp / name / "adapter_config.json", adapter_cfg)
         if kind != "hub":
             write_base(tmp / "base", base, kind, tokenizer, trust_remote_code=trust_remote_code)
-        atomic_write_text(tmp / "README.md", adapters_card(source, base, kind, template, rank=max(ranks)))
+        atomic_write_text(tmp / CHAT_TEMPLATE_FILE, chat_template)
+        if switch_p is not None:
+            write_router(tmp / ROUTER_DIR, source, cfg, template, base if kind == "hub" else "../base", kind != "hub")
+        atomic_write_text(tmp / "README.md", adapters_card(source, base, kind, template, rank=max(ranks),
+                                                           switch=cfg.get("switch")))
 
-    save_verified(save, to, load_fn=lambda tmp: _peft_experts(tmp, base if kind == "hub" else str(tmp / "base"),
-                                                             dtype, trust_remote_code),
-                  probe_fn=lambda peft: _peft_probe(peft, ids), reference=torch.stack(list(references.values())),
-                  dtype=_dtype(dtype))
+    def load(tmp: Path) -> nn.Module:
+        peft = _peft_experts(tmp, base if kind == "hub" else str(tmp / "base"), dtype, trust_remote_code)
+        if switch_p is not None:
+            check_router(tmp / ROUTER_DIR, peft, tokenizer, list(PROBE_PROMPTS), switch_p)
+        return peft
+
+    save_verified(save, to, load_fn=load, probe_fn=lambda peft: _peft_probe(peft, ids),
+                  reference=torch.stack(list(references.values())), dtype=_dtype(dtype))
     return {"target": "adapters", "source": str(source), "to": str(to), "base": base_ref if kind != "hub" else base,
-            "base_copied": kind != "hub", "adapters": {n: str(to / n) for n in EXPERTS}, "template": template}
+            "base_copied": kind != "hub", "adapters": {n: str(to / n) for n in EXPERTS}, "template": template,
+            "chat_template": str(to / CHAT_TEMPLATE_FILE),
+            "router": str(to / ROUTER_DIR) if switch_p is not None else None}
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # beside the adapters: `vllm serve … --chat-template` reads it
+
+
+def switch_probabilities(model: MidpoModel, tokenizer: Any, template: str) -> list[float] | None:
+    """midpo's p(harmful) of the probe prompts for a probe switch (what the exported router must give), else None."""
+    if model.switch is None:
+        return None
+    from midpo_cli.modeling.switch import prompt_probabilities
+
+    return prompt_probabilities(model, model.switch, tokenizer, template, list(PROBE_PROMPTS))
 
 
 PORTABLE_BASE = "./base"  # adapters' base_model_name_or_path for a copied base: relative to the export folder
@@ -320,7 +363,8 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
         atomic_write_json(tmp / CONFIG_FILE, new)
         lora = {n: read_json(tmp / "adapters" / n / "adapter_config.json") for n in EXPERTS}
         card = midpo_card(new, name=to.name, base=base, kind=kind, template=template, run=run,
-                          router_params=router_params, adapters=lora)
+                          router_params=router_params, adapters=lora,
+                          run_model=run is None or run_role(source, run) != "switch")
         atomic_write_text(tmp / "README.md", card)
         if run_recipe(run):
             atomic_write_text(tmp / RECIPE_FILE, run_recipe(run))
@@ -332,7 +376,7 @@ def export_midpo(source: str | Path, to: str | Path, *, run_dir: str | Path | No
 
 
 def check_same_router(source: Path, run: Path) -> None:
-    """--run-dir must be the run `source` came from (its router stage's model, by path or by identical router
+    """--run-dir must be the run `source` came from (its router stage's model or switch, by path or by identical
     weights): the card copies that run's settings, and another run's would describe a different model."""
     manifest, problem = read_checked(stage_dir(run, "router") / MANIFEST)
     model = (manifest or {}).get("outputs", {}).get("model") if isinstance((manifest or {}).get("outputs"), dict) \
@@ -340,17 +384,36 @@ def check_same_router(source: Path, run: Path) -> None:
     if not isinstance(model, str):
         raise InputError(f"--run-dir {run}: {problem or 'no finished router stage (router/manifest.json)'}; the card "
                          "could not say which run made the model")
-    trained = Path(model) if Path(model).is_absolute() else run / model
-    same = trained.resolve() == source.resolve()
-    if not same and (trained / ROUTER_FILE).is_file() and (source / ROUTER_FILE).is_file():
-        same = (trained / ROUTER_FILE).read_bytes() == (source / ROUTER_FILE).read_bytes()
-    if not same:
+    if run_role(source, run) is None:
+        trained = Path(model) if Path(model).is_absolute() else run / model
         raise InputError(f"--run-dir {run}: its router model is {trained}, not {source} (their {ROUTER_FILE} "
                          "differ); give the run the model came from, or leave --run-dir out")
 
 
+def run_role(source: Path, run: Path) -> str | None:
+    """Which output of the run's router stage `source` is: `model` (what the run's verdict judged) or `switch` (a
+    probe switch saved beside a learned router); by path, else by identical router and switch weights."""
+    manifest = read_manifest(stage_dir(run, "router")) or {}
+    outputs = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
+    for role in ("model", "switch"):
+        ref = outputs.get(role)
+        if isinstance(ref, str) and same_model(Path(ref) if Path(ref).is_absolute() else run / ref, source):
+            return role
+    return None
+
+
+def same_model(trained: Path, source: Path) -> bool:
+    if trained.resolve() == source.resolve():
+        return True
+    from midpo_cli.modeling.switch import SWITCH_FILE
+
+    files = [(trained / name, source / name) for name in (ROUTER_FILE, SWITCH_FILE)]
+    return (trained / ROUTER_FILE).is_file() and all(
+        (a.is_file() == b.is_file()) and (not a.is_file() or a.read_bytes() == b.read_bytes()) for a, b in files)
+
+
 def find_run_dir(source: Path, run_dir: str | Path | None) -> Path | None:
-    """The run the model came from: given, or `<run_dir>/router/model` recognised by its manifest."""
+    """The run the model came from: given, or `<run_dir>/router/model` (or `/switch`) recognised by its manifest."""
     if run_dir is not None:
         run = Path(run_dir).expanduser()
         if not run.is_dir():

@@ -10,10 +10,9 @@ Why these choices:
   the answer depends on. Truncated prompts are flagged per row.
 - **Greedy when temperature == 0**, else sampling with temperature/top-p; the global torch seed is
   set once from `seed`, so a run is reproducible for the same prompts and batch size.
-- **Gates** (MidPO models): a forward hook records, at every decoding step, the gates at the last
-  position — the position whose output is the next answer token — averaged over routed layers.
-  The answer's gates are the mean over the steps that produced its tokens (EOS included, padding
-  after EOS excluded).
+- **One decoding pass** per batch, the one `midpo chat` and `midpo serve` run too
+  (midpo_cli.modeling.decoding): an answer and its gates — the mean, over the steps that produced it, of
+  the gates at the last position averaged over routed layers — do not depend on the command.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ from typing import Any
 import torch
 
 from midpo_cli.data.template import recorded_template, resolve_template, warn_mismatch
-from midpo_cli.data.tokenize import encode_prompts, pad_sequences
+from midpo_cli.data.tokenize import encode_prompts
 from midpo_cli.errors import InputError
+from midpo_cli.modeling.decoding import Rows, decode, eos_ids, pad_id_of
 from midpo_cli.recipe import GenerationSettings
 
 
@@ -36,41 +36,6 @@ def context_limit(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [tokenizer.eos_token_id]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
-    if not ids:
-        raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token")
-    return ids
-
-
-class _GateRecorder:
-    """Per decoding step, the (B, 2) gates at the last position, averaged over routed layers."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.steps: list[torch.Tensor] = []
-        self.handle = model.model.register_forward_hook(self._hook)
-
-    def _hook(self, module: Any, args: Any, output: Any) -> None:
-        try:
-            layers = self.model.gates()  # list of (B, T, 2)
-        except RuntimeError:  # routing disabled: no gates to report
-            return
-        self.steps.append(torch.stack([g[:, -1, :].float() for g in layers]).mean(0).cpu())
-
-    def close(self) -> torch.Tensor | None:
-        self.handle.remove()
-        return torch.stack(self.steps) if self.steps else None  # (S, B, 2)
-
-
-def is_routed(model: Any) -> bool:
-    return bool(getattr(model, "routed", None)) and callable(getattr(model, "gates", None))
 
 
 def generate_answers(
@@ -104,11 +69,8 @@ def generate_answers(
     if limit is not None and any(len(p) > limit for p in full):
         ids, _ = encode_prompts(list(prompts), tokenizer, template, limit)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = _eos_ids(model, tokenizer)
-    sampling = {"do_sample": True, "temperature": float(s.temperature), "top_p": float(s.top_p)} \
-        if s.temperature > 0 else {"do_sample": False}
-    device = getattr(model, "device", torch.device("cpu"))
+    pad_id = pad_id_of(tokenizer)
+    eos = eos_ids(model, tokenizer)
     torch.manual_seed(s.seed)
     was_training = getattr(model, "training", False)
     model.eval()
@@ -116,42 +78,23 @@ def generate_answers(
         for start in range(0, len(order), s.batch_size):
             batch = order[start:start + s.batch_size]
             seqs = [ids[i] for i in batch]
-            padded = pad_sequences(seqs, [len(s) for s in seqs], pad_id, padding_side="left")
-            recorder = _GateRecorder(model) if is_routed(model) else None
-            try:
-                with torch.no_grad():
-                    out = model.generate(
-                        input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device),
-                        max_new_tokens=s.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos, use_cache=True,
-                        **sampling,
-                    )
-            finally:
-                steps = recorder.close() if recorder is not None else None
-            new = out[:, padded["input_ids"].shape[1]:].cpu()
-            yield [_row(i, b, new[b], seqs[b], full[i], eos, tokenizer, steps) for b, i in enumerate(batch)]
+            rows = decode(model, seqs, pad_id=pad_id, eos=eos, max_new_tokens=s.max_new_tokens,
+                          temperature=s.temperature, top_p=s.top_p)
+            yield [_row(i, b, rows, seqs[b], full[i], tokenizer) for b, i in enumerate(batch)]
     finally:
         if was_training:
             model.train()
 
 
-def _row(index: int, b: int, new: torch.Tensor, prompt_ids: list[int], full_ids: list[int], eos: list[int],
-         tokenizer: Any, steps: torch.Tensor | None) -> dict[str, Any]:
-    tokens = new.tolist()
-    stop = next((k for k, t in enumerate(tokens) if t in eos), None)
-    answer_ids = tokens if stop is None else tokens[:stop]
-    produced = len(tokens) if stop is None else stop + 1  # the steps that produced this answer's tokens
-    gates = None
-    if steps is not None:
-        mean = steps[: min(produced, steps.shape[0]), b].mean(0)
-        gates = {"safety": round(float(mean[0]), 6), "helpfulness": round(float(mean[1]), 6)}
+def _row(index: int, b: int, rows: Rows, prompt_ids: list[int], full_ids: list[int], tokenizer: Any) -> dict[str, Any]:
     return {
         "index": index,
-        "answer": tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+        "answer": tokenizer.decode(rows.ids[b], skip_special_tokens=True).strip(),
         "prompt_tokens": len(prompt_ids),
-        "answer_tokens": len(answer_ids),
+        "answer_tokens": len(rows.ids[b]),
         "truncated": len(full_ids) > len(prompt_ids),
-        "finished": stop is not None,
-        "gates": gates,
+        "finished": rows.finished[b],
+        "gates": rows.mean_gates(b),
         "prompt_ids": list(prompt_ids),  # what the model saw (after truncation): for teacher-forced gate maps
-        "produced_ids": tokens[:produced],  # the answer's ids and its EOS when produced (gates' steps)
+        "produced_ids": rows.produced_ids(b),  # the answer's ids and its EOS when produced (gates' steps)
     }

@@ -141,7 +141,7 @@ class RoutingState:
     hold: bool = False  # generation: the prompt's mean h computed by the first forward, reused afterwards
     safety_bias: float = 0.0  # the safety dial (see Router)
     router_input: str = "token"  # "token" or "token+prompt" (RouterSettings.input)
-    row_gates: torch.Tensor | None = None  # (B, 1, 2) per-prompt gates of the probe switch, set around a forward
+    row_gates: torch.Tensor | None = None  # (B, 1, 2) the probe switch's per-prompt gates (MidpoModel._switched)
 
     @property
     def needs_prompt(self) -> bool:
@@ -276,7 +276,9 @@ class MidpoModel(nn.Module):
     @contextlib.contextmanager
     def _switched(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                   prompt_mask: torch.Tensor | None) -> Iterator[None]:
-        """With a probe switch (and routing on, gates not fixed): the prompt's gates, held for this call."""
+        """With a probe switch (and routing on, gates not fixed): the prompt's gates, for this call — and, inside
+        `holding_prompt`, for every later call too: a decoding loop's next forwards see one new token, whose
+        features are not the prompt's, so the switch decides once per prompt and the decision is held."""
         st = self.state
         if self.switch is None or st.fixed is not None or not st.enabled or st.row_gates is not None \
                 or input_ids is None:
@@ -289,13 +291,21 @@ class MidpoModel(nn.Module):
         try:
             yield
         finally:
-            st.row_gates = None
+            if not st.hold:
+                st.row_gates = None
+
+    @property
+    def router_kind(self) -> str:
+        """How this model sets its gates, in words (chat's banner, serve's responses, the export cards)."""
+        from midpo_cli.evaluation.labels import router_kind
+
+        return router_kind(self.switch.config() if self.switch is not None else None, self.state.fixed)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """HF `generate`, KV cache included; prompt gates are computed at the first step and held."""
         if self.switch is not None:
             ids = kwargs.get("input_ids", args[0] if args else None)
-            with self._switched(ids, kwargs.get("attention_mask"), None):
+            with self.holding_prompt(), self._switched(ids, kwargs.get("attention_mask"), None):
                 return self.model.generate(*args, **kwargs)
         if not self.state.needs_prompt:
             return self.model.generate(*args, **kwargs)
@@ -321,13 +331,15 @@ class MidpoModel(nn.Module):
 
     @contextlib.contextmanager
     def holding_prompt(self) -> Iterator[MidpoModel]:
-        """Routers that read the prompt compute its mean h at the first forward and hold it until the end."""
+        """Routers that read the prompt compute its mean h at the first forward and hold it until the end; a probe
+        switch holds the gates it chose for the prompt."""
         self.state.hold = True
         try:
             yield self
         finally:
             self.state.hold = False
             self.state.prompt_mask = None
+            self.state.row_gates = None  # the switch's decision for the prompt (_switched)
             for mod in self.routed.values():
                 mod.held_mean = None
 
