@@ -16,7 +16,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.answers import read_answer_rows
+from midpo_cli.evaluation.answers import model_specs, read_answer_rows
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
 from midpo_cli.evaluation.summary import gate_summary, summarize
@@ -95,7 +95,7 @@ def score_answers(
     """
     from midpo_cli.evaluation.report_html import write_report
     from midpo_cli.evaluation.report_tables import print_tables
-    from midpo_cli.evaluation.verdict import lines as verdict_lines
+    from midpo_cli.evaluation.verdict import print_verdicts
 
     detector = RefusalDetector(refusal_patterns or RefusalDetector.patterns, refusal_window)  # checks patterns early
     if not reward_model and not cost_model:
@@ -113,6 +113,7 @@ def score_answers(
     summary["refusal"] = {"patterns": "built-in" if not refusal_patterns else list(refusal_patterns),
                           "window": refusal_window}
     summary["toy"] = toy_table(rows)
+    summary["model_specs"] = model_specs(rows)  # the verdict's command names the folder to ship
     add_routing(summary, scored, answers_path, select_on=select_on, bootstrap=bootstrap, seed=seed)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "scores.csv", csv_text(scored))
@@ -120,8 +121,7 @@ def score_answers(
         atomic_write_text(out_dir / "gate_maps.json", Path(gate_maps).read_text(encoding="utf-8"))
     atomic_write_json(out_dir / "summary.json", summary)
     print_tables(summary)
-    for line in verdict_lines(summary["verdict"]):
-        console.log(f"verdict · {line}")
+    print_verdicts(summary["verdict"])
     if report:
         path = write_report(scored, summary, out_dir)
         console.log(f"report: {path}")

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from midpo_cli import console
 from midpo_cli.recipe import GenerationSettings
 
 Variant = TypeVar("Variant", bound=Hashable)
@@ -62,18 +63,22 @@ class Judged:
 
 
 def judge_on_dev(model: Any, variants: Mapping[Variant, Callable[[], AbstractContextManager[Any]]],
-                 dev: DevPrompts, *, tokenizer: Any, template: str, settings: GenerationSettings
-                 ) -> dict[Variant, Judged]:
-    """Each variant's answers to the dev prompts and their judgement by `dev.judge`, in the variants' order.
+                 dev: DevPrompts, *, tokenizer: Any, template: str, settings: GenerationSettings,
+                 label: str = "dev choice") -> dict[Variant, Judged]:
+    """Each variant's answers to the dev prompts and their judgement by `dev.judge`, in the variants' order;
+    `label` names the choice in the progress display (`safety_expert: select: dev`).
 
     A variant is a callable whose context sets the model up (loads a snapshot, fixes the gates). Every variant
     answers before any is judged, so a score model is loaded only once the policy's answers are all written.
     """
     answers = {}
-    for key, variant in variants.items():
-        with variant():
-            answers[key] = answer_rows(model, tokenizer, dev.prompts, template=template, settings=settings)
-    return {key: Judged(rows, dev.judge.scores(rows, template)) for key, rows in answers.items()}
+    with console.progress(f"{label}: dev answers", len(variants) * len(dev.prompts), unit="answers") as bar:
+        for key, variant in variants.items():
+            with variant():
+                answers[key] = answer_rows(model, tokenizer, dev.prompts, template=template, settings=settings)
+            bar.advance(len(dev.prompts))
+    with console.progress(label):  # names the score models' passes, where they judge
+        return {key: Judged(rows, dev.judge.scores(rows, template)) for key, rows in answers.items()}
 
 
 def answer_rows(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], *, template: str,
