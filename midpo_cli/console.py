@@ -171,13 +171,14 @@ class Bar:
 
     def update(self, *, completed: int | None = None, info: str | None = None, description: str | None = None
                ) -> None:
-        """Move the bar, replace its info text (a rate, a loss) or its description."""
+        """Move the bar, replace its info text (a rate, a loss) or its description (a plain line only on a move)."""
+        moved = completed is not None and completed != self.completed
         self.completed = self.completed if completed is None else completed
         self.info = self.info if info is None else info
         self.description = self.description if description is None else description
         if self.task is not None:
             _display().update(self.task, completed=self.completed, info=self.info, description=self.label())
-        elif self._plain() and time.perf_counter() - self.last_line >= PLAIN_EVERY:
+        elif moved and self._plain() and time.perf_counter() - self.last_line >= PLAIN_EVERY:
             self.last_line = time.perf_counter()
             self._print(f"{self.completed}/{self.total} {self.unit} ({self._percent()}) {self._rate()} "
                         f"ETA {self._eta()}")

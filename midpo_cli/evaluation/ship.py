@@ -65,10 +65,12 @@ def what_happened(outcome: str, facts: Mapping[str, Any], entry: Mapping[str, An
         return "no verdict: " + ("no ground-truth judge for this set" if not entry.get("metric")
                                  else "the dev-chosen blend did not answer this set")
     if outcome == "cannot_route":
-        why = f"its base cannot tell them apart (input probe AUROC {facts['probe']:.2f} ≤ {MIN_AUROC:g})"
+        probe = f"input probe AUROC {facts['probe']:.2f} ≤ {MIN_AUROC:g}"
+        yet = "; yet it beats every fixed blend" if _beats_every_blend(facts) else ""
         if routes is False and gates:
-            return f"the router does not route: {gates}; {why}"
-        return f"the router cannot route on this base: {why.replace('them', 'harmful from benign prompts')}"
+            return f"the router does not route: {gates}; its base cannot tell them apart ({probe}){yet}"
+        return ("the router cannot route on this base: its input does not tell harmful from benign prompts apart "
+                f"({probe}){yet}")
     if outcome == "routes_and_wins":
         return f"the router routes and wins: {gates}" if gates else "the router routes and wins"
     if outcome == "wins_without_routing":
@@ -76,6 +78,12 @@ def what_happened(outcome: str, facts: Mapping[str, Any], entry: Mapping[str, An
     verb = "ties" if outcome == "ties" else "loses to"
     clause = {True: f"; it routes: {gates}", False: f"; it does not route: {gates}"}.get(routes, "") if gates else ""
     return f"the router {verb} the dev-chosen blend {dev}{clause}"
+
+
+def _beats_every_blend(facts: Mapping[str, Any]) -> bool:
+    """The router clearly beats the blend best in hindsight (else, not measured, the dev-chosen one)."""
+    vs_hind = facts.get("vs_hindsight")
+    return vs_hind == 1 or (vs_hind is None and facts.get("vs_dev") == 1)
 
 
 def _win_without_routing(facts: Mapping[str, Any], entry: Mapping[str, Any], gates: str | None, dev: str) -> str:

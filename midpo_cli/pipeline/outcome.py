@@ -35,14 +35,13 @@ def stage_lines(stage: str, metrics: Mapping[str, Any], run_dir: Path) -> list[s
 
 def score_lines(run_dir: Path) -> list[str]:
     """The verdict of each reported set, and router / best blend / Δ / oracle on the first one (the eval set)."""
-    from midpo_cli.evaluation.report_tables import short_names
     from midpo_cli.evaluation.verdict import run_verdicts
 
     summary = try_read_json(run_dir / "score" / "summary.json")
     items = run_verdicts(run_dir) or []
     if not isinstance(summary, dict) or not items:
         return []
-    names, _ = short_names([v["prompt_set"] for v in items], 24)
+    names = _short([v["prompt_set"] for v in items])
     first = (summary.get("routing") or {}).get(items[0]["prompt_set"]) or {}
     lines = [f"{names[items[0]['prompt_set']]}: {items[0]['label']}"]
     if first.get("diff"):
@@ -51,6 +50,13 @@ def score_lines(run_dir: Path) -> list[str]:
         lines += [f"router {number(first['router'].get('score'))} · best blend {number(best.get('score'))} {blend}",
                   f"Δ {compact_interval(first['diff'], signed=True)} · oracle {number(oracle.get('score'))}"]
     return lines + [f"{names[v['prompt_set']]}: {v['label']}" for v in items[1:]]
+
+
+def _short(names: Sequence[str]) -> dict[str, str]:
+    """`embedded:toy-safety/eval-prompts` → `eval-prompts`, when no two sets share that last part."""
+    tails = [n.replace(":", "/").rstrip("/").rsplit("/", 1)[-1] for n in names]
+    unique = len(set(tails)) == len(tails)
+    return {n: t if unique else n for n, t in zip(names, tails, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------- next steps
