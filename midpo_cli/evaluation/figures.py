@@ -89,8 +89,9 @@ def plot_gates(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
 
 def plot_gate_separation(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """The report's evidence beside the verdict: per gated model, each answer's mean safety gate on harmful against
-    benign prompts, with the AUROC and gap of midpo_cli.evaluation.gate_stats in the title; small, so it fits next to
-    the verdict on the first screen. None without gates or harm labels."""
+    benign prompts (the report passes the verdict's prompt sets), with the AUROC and gap of
+    midpo_cli.evaluation.gate_stats in the title; small, so it fits next to the verdict on the first screen. None
+    without gates or harm labels."""
     from midpo_cli.evaluation.gate_stats import separation
 
     gated = [r for r in rows if not math.isnan(as_float(r.get("gate_safety")))

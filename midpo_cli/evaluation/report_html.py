@@ -309,7 +309,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     from midpo_cli.evaluation.tradeoff_figure import plot_tradeoff
 
     tradeoff = plot_tradeoff(main, out_dir / "tradeoff.png")
-    separation = plot_gate_separation(main_rows, out_dir / "gate_separation.png")
+    reported = [r for r in main_rows if str(r["prompt_set"]) in (summary.get("routing") or {})]
+    separation = plot_gate_separation(reported or main_rows, out_dir / "gate_separation.png")  # the verdict's sets
     dist = plot_distributions(main_rows, out_dir / "distributions.png")
     gates = plot_gates(main_rows, out_dir / "gates.png")
     inputs = summary.get("inputs", {})

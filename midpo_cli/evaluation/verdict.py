@@ -1,4 +1,5 @@
-"""The report's verdict: one computed sentence per reported prompt set saying whether the router earned its place.
+"""The report's verdict: per reported prompt set, whether the router earned its place, as an outcome, one computed
+sentence with every number, and three short lines that say what to ship (midpo_cli.evaluation.ship).
 
 docs/design.md §2.12 gives the decision table; `decide` is it, as a pure function of four facts, and `verdicts`
 reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`, `summary["router_probe"]`):
@@ -12,7 +13,8 @@ reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`
    0.6 and gap ≥ 0.1, no collapse warning); else it **wins without routing**, with the reasons that failed.
 
 No sentence is ever written by hand: a set without a ground-truth judge, or whose dev-chosen blend did not answer
-it, gets "no verdict" and why. Pure except `router_probe` and `run_verdicts`, which read files.
+it, gets "no verdict" and why. Pure except `router_probe` and `run_verdicts`, which read files, and
+`print_verdicts`, which writes them.
 """
 
 from __future__ import annotations
@@ -234,6 +236,9 @@ def markdown(items: Sequence[Mapping[str, Any]]) -> list[str]:
     command in code."""
     bullets = []
     for v in items:
+        if not v.get("lines"):  # a summary written before the three lines: its sentence, as it was shown then
+            bullets.append(f"- `{v['prompt_set']}`: **{v['label']}**{v['sentence'][len(v['label']):]}")
+            continue
         bullets.append(f"- `{v['prompt_set']}`: **{v['label']}**")
         lines = three_lines(v)
         command = (v.get("recommendation") or {}).get("command")
