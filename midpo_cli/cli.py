@@ -60,6 +60,8 @@ def root(
 ) -> None:
     """Align language models for safety and helpfulness with MidPO."""
     console.configure(quiet=quiet, debug=debug)
+    if not debug:
+        console.hide_library_warnings()
 
 
 for _module in COMMAND_MODULES:

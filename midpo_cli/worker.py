@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if os.environ.get("RANK", "0") != "0":
         console.configure(quiet=True)
+    console.hide_library_warnings()
     from midpo_cli.commands.stage_cmds import execute
     from midpo_cli.recipe import load_recipe
 

@@ -303,8 +303,10 @@ def test_score_puts_routing_gates_and_report_sections_together(tmp_path, capsys)
     # the verdict (one per reported set) opens the report, then the headline figure, then the tables
     assert [v["prompt_set"] for v in saved["verdict"]] == ["x/eval-prompts", "x/traps"]
     assert page.index("class='verdict'") < page.index('alt="safety vs helpfulness"') < page.index("<h2>Summary")
-    assert f"<b>x/eval-prompts: {saved['verdict'][0]['label']}</b>" in page
-    assert f"verdict · x/traps: {saved['verdict'][1]['sentence'][:30]}" in capsys.readouterr().err
+    assert f"<h3>x/eval-prompts: {saved['verdict'][0]['label']}</h3><ol><li>" in page
+    assert f"<details><summary>all the numbers</summary>{saved['verdict'][0]['sentence'][:30]}" in page
+    assert f"verdict · x/traps: {saved['verdict'][1]['label']}\n  {saved['verdict'][1]['lines'][0][:30]}" in \
+        capsys.readouterr().err
 
 
 def test_report_escapes_every_name_from_data(tmp_path) -> None:

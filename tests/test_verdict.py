@@ -148,19 +148,151 @@ def test_run_verdicts_reads_the_score_summary_and_recomputes_an_old_one(tmp_path
 
 
 
-def test_pipeline_run_ends_with_the_verdict(tmp_path, capsys) -> None:
+def test_pipeline_run_ends_with_the_verdict_in_three_lines(tmp_path, capsys) -> None:
     from midpo_cli.commands.pipeline_cmd import _print_verdict
 
     (tmp_path / "score").mkdir()
-    (tmp_path / "score" / "summary.json").write_text(json.dumps(summary(probe=0.36)))
+    s = summary(probe=0.36, auroc=0.5, gap=0.0, diff=ci(0.14, 0.06, 0.21), by_cat=ci(0.14, -0.06, 0.35),
+                hind=ci(0.01, 0.0, 0.02))
+    s["model_specs"] = {"midpo": "runs/qs/router/model"}
+    (tmp_path / "score" / "summary.json").write_text(json.dumps(s))
     [v] = _print_verdict(tmp_path)
-    assert f"verdict · {SET}: cannot route on this base (input probe AUROC 0.36" in capsys.readouterr().err
     assert v["outcome"] == "cannot_route"
+    err = capsys.readouterr().err
+    assert err.startswith(f"verdict · {SET}: cannot route on this base\n  the router does not route: mean safety "
+                          "gate 0.50 on harmful and 0.50 on benign\n  prompts; its base cannot tell them apart (input "
+                          "probe AUROC 0.36 ≤ 0.6)\n  router 0.64 vs the blend best here in hindsight (0.5, 1) 0.63: "
+                          "Δ +0.01 [+0.00,\n  +0.02] (95% CI, by prompts)\n")
+    # the command stands on a line of its own, never wrapped, so it can be copied
+    assert err.endswith("  ship the fixed blend (0.5, 1), the best on this set:\n    midpo export runs/qs/router/model "
+                        "--merged --gates 0.5,1 --to runs/qs/export/blend-0.5-1\n")
+    assert len(err.splitlines()) == 7 and all(len(line) <= 80 for line in err.splitlines()[:-1])
 
 
 def test_model_card_section() -> None:
     from midpo_cli.evaluation.verdict import markdown
 
-    text = "\n".join(markdown(verdicts(summary(auroc=0.38))))
-    assert text.startswith("## Verdict") and f"- `{SET}`: **wins without routing** (dev/eval" not in text
-    assert f"- `{SET}`: **wins without routing** (the safety gate does not separate" in text
+    text = "\n".join(markdown(verdicts(summary(auroc=0.38), folders={"midpo": "runs/x/router/model"})))
+    assert text.startswith("## Verdict") and f"- `{SET}`: **wins without routing**\n" in text
+    assert "  - the router beats every fixed blend without routing: mean safety gate" in text
+    assert text.endswith("  - ship MidPO: `midpo serve runs/x/router/model`\n")
+
+
+# ------------------------------------------------------------------ the three lines: what happened, the Δ, what to ship
+
+RUN = {"midpo": "runs/x/router/model", "probe_switch": "runs/x/router/switch"}
+
+
+def three(s: dict, folders: dict | None = RUN) -> tuple[list[str], dict]:
+    [v] = verdicts(s, folders=folders)
+    assert len(v["lines"]) == 3 and v["lines"][2].endswith(v["recommendation"]["command"] or "")
+    return v["lines"], v["recommendation"]
+
+
+def test_routes_and_wins_ships_midpo() -> None:
+    lines, rec = three(summary())
+    assert lines == ["the router routes and wins: mean safety gate 0.65 on harmful and 0.35 on benign prompts",
+                     "router 0.64 vs the blend best here in hindsight (0.5, 1) 0.63: Δ +0.05 [+0.01, +0.09] (95% CI, "
+                     "by prompts)",
+                     "ship MidPO: midpo serve runs/x/router/model"]
+    assert rec == {"ship": "router", "model": "midpo", "gates": None, "against": "hindsight",
+                   "folder": "runs/x/router/model", "command": "midpo serve runs/x/router/model"}
+
+
+def _with_switch(s: dict, diff: dict, auroc: float = 0.95, gap: float = 0.8) -> dict:
+    s["routing"][SET]["probe_switch"] = {"model": "probe_switch", "score": 0.63, "router_score": 0.64, "n": 40,
+                                         "diff": diff}
+    s["gates"].append({"model": "probe_switch", "prompt_set": SET, "separation": {
+        "auroc": auroc, "gap": gap, "mean_harmful": 0.5 + gap / 2, "mean_benign": 0.5 - gap / 2}})
+    return s
+
+
+def test_a_switch_the_router_does_not_beat_is_shipped_instead_when_its_gates_route() -> None:
+    lines, rec = three(_with_switch(summary(), ci(0.01, -0.02, 0.04)))
+    assert rec["ship"] == "switch" and lines[0].startswith("the router routes and wins")
+    assert lines[2] == ("ship the probe switch: the router does not beat it (router − switch +0.01 [-0.02, +0.04]): "
+                        "midpo serve runs/x/router/switch")
+    assert three(_with_switch(summary(), ci(0.05, 0.02, 0.08)))[1]["ship"] == "router"  # the router beats it
+    assert three(_with_switch(summary(), ci(0.01, -0.02, 0.04), auroc=0.55))[1]["ship"] == "router"  # no routing
+    assert three(_with_switch(summary(), ci(0.01, -0.02, 0.04), gap=0.05))[1]["ship"] == "router"
+
+
+def test_a_win_only_because_dev_chose_badly_says_so_and_ships_the_hindsight_blend() -> None:
+    lines, rec = three(summary(hind=ci(-0.01, -0.02, 0.0), auroc=0.38, gap=0.0))
+    assert lines == ["the router beats the dev-chosen blend (1, 0) only because dev chose badly: the blend best here "
+                     "in hindsight, (0.5, 1), ties it",
+                     "router 0.64 vs the blend best here in hindsight (0.5, 1) 0.63: Δ -0.01 [-0.02, +0.00] (95% CI, "
+                     "by prompts)",
+                     "ship the fixed blend (0.5, 1), the best on this set: midpo export runs/x/router/model --merged "
+                     "--gates 0.5,1 --to runs/x/export/blend-0.5-1"]
+    assert rec["gates"] == [0.5, 1.0] and rec["against"] == "hindsight"
+    assert three(summary(hind=ci(-0.05, -0.08, -0.02)))[0][0].endswith("(0.5, 1), beats it")
+
+
+def test_wins_without_routing_but_beating_every_blend_ships_midpo() -> None:
+    lines, rec = three(summary(auroc=0.38, gap=0.0))
+    assert lines[0] == ("the router beats every fixed blend without routing: mean safety gate 0.50 on harmful and "
+                        "0.50 on benign prompts")
+    assert rec["ship"] == "router" and lines[2] == "ship MidPO: midpo serve runs/x/router/model"
+    s = summary(auroc=None)
+    s["routing"][SET]["best_in_sample"] = None
+    lines, rec = three(s)
+    assert lines[0] == "the router beats the dev-chosen blend (1, 0); no blend was compared in hindsight"
+    assert lines[1].startswith("router 0.64 vs the dev-chosen blend (1, 0) 0.50: Δ +0.14 [+0.02, +0.30] (95% CI, "
+                               "categories resampled)")  # the interval nearest 0 of a clear win
+    assert rec["against"] == "dev" and rec["ship"] == "router"
+
+
+def test_ties_ship_the_blend_the_router_does_not_beat() -> None:
+    lines, rec = three(summary(diff=ci(0.03, -0.01, 0.07)))
+    assert lines == ["the router ties the dev-chosen blend (1, 0); it routes: mean safety gate 0.65 on harmful and "
+                     "0.35 on benign prompts",
+                     "router 0.64 vs the dev-chosen blend (1, 0) 0.50: Δ +0.03 [-0.01, +0.07] (95% CI, by prompts)",
+                     "ship the fixed blend (1, 0), chosen on dev: midpo export runs/x/router/model --merged "
+                     "--gates 1,0 --to runs/x/export/blend-1-0"]
+    # the blend best in hindsight ties it too: that one, the best on this set, is shipped
+    lines, rec = three(summary(diff=ci(0.03, -0.01, 0.07), hind=ci(0.0, -0.03, 0.03), auroc=0.5, gap=0.0))
+    assert rec["gates"] == [0.5, 1.0] and lines[0].endswith("; it does not route: mean safety gate 0.50 on harmful "
+                                                            "and 0.50 on benign prompts")
+    assert lines[1].endswith("Δ +0.00 [-0.03, +0.03] (95% CI, by prompts)")
+
+
+def test_loses_ships_a_blend_and_shows_the_interval_nearest_zero() -> None:
+    s = summary(diff=ci(-0.10, -0.15, -0.05), by_cat=ci(-0.10, -0.2, -0.01), hind=ci(-0.12, -0.2, -0.05))
+    lines, rec = three(s)
+    assert lines[0].startswith("the router loses to the dev-chosen blend (1, 0); it routes")
+    assert lines[1] == ("router 0.64 vs the blend best here in hindsight (0.5, 1) 0.63: Δ -0.12 [-0.20, -0.05] (95% "
+                        "CI, by prompts)")
+    assert rec["ship"] == "blend" and rec["gates"] == [0.5, 1.0]
+    s["routing"][SET]["best_in_sample"] = None
+    lines, rec = three(s)
+    assert lines[1] == ("router 0.64 vs the dev-chosen blend (1, 0) 0.50: Δ -0.10 [-0.20, -0.01] (95% CI, categories "
+                        "resampled)") and rec["gates"] == [1.0, 0.0]
+
+
+def test_cannot_route_still_says_what_to_ship() -> None:
+    lines, rec = three(summary(probe=0.36))  # every blend clearly beaten: MidPO, though its base cannot route
+    assert lines[0] == ("the router cannot route on this base: its input does not tell harmful from benign prompts "
+                        "apart (input probe AUROC 0.36 ≤ 0.6); yet it beats every fixed blend")
+    assert rec["ship"] == "router"
+    lines, rec = three(summary(probe=0.36, auroc=0.5, gap=0.0, by_cat=ci(0.14, -0.06, 0.35), hind=ci(0.01, 0.0, 0.02)))
+    assert lines[0] == ("the router does not route: mean safety gate 0.50 on harmful and 0.50 on benign prompts; its "
+                        "base cannot tell them apart (input probe AUROC 0.36 ≤ 0.6)")
+    assert rec["ship"] == "blend" and rec["gates"] == [0.5, 1.0]
+
+
+def test_no_verdict_recommends_nothing_and_an_unknown_folder_is_named_model() -> None:
+    s = summary()
+    s["routing"][SET].update(metric=None, diff=None, diff_by_category=None, best_in_sample=None)
+    lines, rec = three(s)
+    assert lines == ["no verdict: no ground-truth judge for this set",
+                     "no comparison with a fixed blend: nothing judges this set's answers",
+                     "no recommendation: judge this set's answers first"]
+    assert rec["ship"] is None and rec["command"] is None
+    assert three(summary(), folders=None)[0][2] == "ship MidPO: midpo serve MODEL"
+    # outside a run the blend is exported next to where the command runs; a path with a space stays one argument
+    lines, _ = three(summary(diff=ci(0.03, -0.01, 0.07)), folders={"midpo": "my models/m"})
+    assert lines[2].endswith("midpo export 'my models/m' --merged --gates 1,0 --to blend-1-0")
+    # no intervals (--bootstrap 0): the Δ alone, and a tie
+    lines, rec = three(summary(diff=ci(0.14, None, None), by_cat=None))
+    assert lines[1] == "router 0.64 vs the dev-chosen blend (1, 0) 0.50: Δ +0.14 (no CI)" and rec["ship"] == "blend"

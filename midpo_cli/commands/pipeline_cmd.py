@@ -59,33 +59,41 @@ def run(
     summary = run_pipeline(cfg, stages=stages, force=set(force or []))
     _print_summary(cfg, summary)
     verdict = _print_verdict(Path(cfg.run_dir)) if any(row["stage"] == "score" for row in summary) else None
+    steps = _print_next_steps(Path(cfg.run_dir), verdict)
     if as_json:
-        console.emit_json({"run_dir": cfg.run_dir, "stages": summary, "verdict": verdict})
+        console.emit_json({"run_dir": cfg.run_dir, "stages": summary, "verdict": verdict, "next_steps": steps})
 
 
 def _print_verdict(run_dir: Path) -> list[dict] | None:
-    """The score stage's verdict (midpo_cli.evaluation.verdict), last on stderr, where a finished run ends."""
-    from midpo_cli.evaluation.verdict import lines, run_verdicts
+    """The score stage's verdict (midpo_cli.evaluation.verdict), below the stage table, where a finished run ends."""
+    from midpo_cli.evaluation.verdict import print_verdicts, run_verdicts
 
     verdict = run_verdicts(run_dir)
-    for line in lines(verdict or []):
-        console.log(f"verdict · {line}")
+    print_verdicts(verdict or [])
     return verdict
+
+
+def _print_next_steps(run_dir: Path, verdict: list[dict] | None) -> list[dict]:
+    """The commands that chat with, export and serve what the verdict recommends (midpo_cli.pipeline.outcome)."""
+    from midpo_cli.pipeline.outcome import next_steps, print_next_steps
+
+    steps = next_steps(run_dir, verdict, report=report_path(run_dir))
+    print_next_steps(steps)
+    return steps
 
 
 def _print_summary(cfg, summary: list[dict]) -> None:
     from rich.text import Text
 
+    from midpo_cli.pipeline.outcome import stage_lines
+
     # progress, so on stderr; wrapped like the status table (a metric name folds, never ends in '…')
     table = console.table(f"pipeline {cfg.run_dir}", ["stage", "action", "wall s", "key metrics"])
     for row in summary:
-        metrics = "\n".join(f"{k}={status_value(v)}" for k, v in list(row["metrics"].items())[:4])
-        table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", Text(metrics))
+        lines = stage_lines(row["stage"], row["metrics"], Path(cfg.run_dir))
+        table.add_row(row["stage"], row["action"], f"{row['wall_s']:.0f}", Text("\n".join(lines)))
     if not console.quiet():
         console.err.print(table)
-    report = report_path(Path(cfg.run_dir))
-    if report is not None:
-        console.log(f"report: {report}")
 
 
 def report_path(run_dir: Path) -> Path | None:

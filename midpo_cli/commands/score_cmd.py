@@ -105,6 +105,8 @@ def check_score_inputs(answers: Path, output: Path, reward_model: str | None, co
 
 def report(
     path: Path = typer.Argument(..., help="A `midpo score` output folder (or its summary.json), or a run dir."),
+    screenshot: bool = typer.Option(False, "--screenshot", help="Also write report.png: the report's first screen "
+                                    "at 1280×800, as headless Chromium draws it (needs chromium on PATH)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-draw the plots and report.html from scores.csv + summary.json."""
@@ -116,5 +118,11 @@ def report(
     print_tables(summary)
     html = write_report(rows, summary, folder)
     console.log(f"report: {html}")
+    png = None
+    if screenshot:
+        from midpo_cli.evaluation.report_screenshot import screenshot as take
+
+        png = take(html)
+        console.log(f"screenshot: {png}")
     if as_json:
-        console.emit_json({"report": str(html), "folder": str(folder)})
+        console.emit_json({"report": str(html), "folder": str(folder), "screenshot": str(png) if png else None})

@@ -7,12 +7,17 @@ is created once per process and reused by every later `train()` call (tests, the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as tdist
+
+from midpo_cli import console
 
 SINGLE_PROCESS_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 MARKER = "MIDPO_SINGLE_PROCESS"  # holds the MASTER_PORT we chose: the variables above are ours, not a launcher's
@@ -45,8 +50,10 @@ def setup() -> None:
 
     if use_cuda():
         torch.cuda.set_device(local_rank())
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", auto_mpi_discovery=False,
-                               verbose=False)
+    # DeepSpeed prints "… built successfully" for its shared-memory op: on stdout, where --json goes
+    with contextlib.redirect_stdout(sys.stderr if console.debug() else io.StringIO()):
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", auto_mpi_discovery=False,
+                                   verbose=False)
 
 
 def device() -> torch.device:

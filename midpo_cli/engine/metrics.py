@@ -1,5 +1,5 @@
 """Where training numbers go: `<stage>/metrics.jsonl`, the trackers of `logging.report_to` (TensorBoard,
-W&B, MLflow: engine/trackers.py), and a progress display on rank 0.
+W&B, MLflow: engine/trackers.py), and the progress of training on rank 0.
 
 metrics.jsonl holds one JSON object per logged step: `{"split": "train", "step", "epoch", "lr", "loss",
 ...stage metrics, "samples_per_s", "tokens_per_s"}`; evaluations are `{"split": "eval", "step", "epoch",
@@ -72,15 +72,9 @@ class MetricsSink:
             tracker.close()
 
 
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 class Progress:
-    """A rich progress bar when stderr is a terminal and not --quiet; plain log lines otherwise."""
+    """Training progress on rank 0: the shared console bar on a terminal (`console.Bar`, its info the last logged
+    loss, lr and speed); one plain line per logged step otherwise (log files, CI)."""
 
     def __init__(self, *, enabled: bool, total: int, start: int, stage_name: str) -> None:
         self.enabled = enabled
@@ -88,14 +82,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.bar = None
         if enabled and console.err.is_terminal and not console.quiet():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                    console=console.err, transient=False)
-            self.task = self.bar.add_task(stage_name, total=total, completed=start, info="")
-            self.bar.start()
+            self.bar = console.Bar(stage_name, total, unit="steps", completed=start, lines=False)
 
     def eta(self, step: int) -> float:
         done = step - self.start_step
@@ -106,25 +93,24 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            info = ""
+            info = None
             if record:
                 info = (f"loss {record['loss']:.4g}  lr {record['lr']:.2e}  "
                         f"{record['samples_per_s']:.1f} samples/s  {record['tokens_per_s']:.0f} tok/s")
-            self.bar.update(self.task, completed=step, **({"info": info} if info else {}))
+            self.bar.update(completed=step, info=info)
         elif record:
             eta = self.eta(step)
             if not console.quiet():  # one line per record, never wrapped at 80 columns (log files, CI)
                 console.err.print(f"{self.stage_name}: step {step}/{self.total} epoch {record['epoch']:g} "
                                   f"loss {record['loss']:.4g} lr {record['lr']:.2e} "
                                   f"{record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tokens/s "
-                                  f"ETA {format_eta(eta) if math.isfinite(eta) else '?'}",
+                                  f"ETA {console.format_eta(eta) if math.isfinite(eta) else '?'}",
                                   soft_wrap=True, highlight=False, markup=False)
 
     def message(self, text: str) -> None:
         if self.enabled:
-            # plain text: messages carry paths and metric names, never markup
-            (self.bar.console.print(text, markup=False) if self.bar is not None else console.log(text))
+            console.log(text)  # plain text: messages carry paths and metric names, never markup
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()

@@ -79,6 +79,7 @@ def fill_ref_logps(
     *,
     batch_size: int,
     reference: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    label: str = "reference log-probs",
 ) -> tuple[list[dict], int]:
     """(the features with 'ref_chosen_logps'/'ref_rejected_logps' added, how many pairs needed a forward pass).
 
@@ -100,7 +101,7 @@ def fill_ref_logps(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with reference():
+    with reference(), console.progress(label, len(todo), unit="pairs") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             batch = {k: v.to(device) if torch.is_tensor(v) else v
@@ -109,6 +110,7 @@ def fill_ref_logps(
             for (f, kc, kr), c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
                 refs[id(f)] = c, r
                 cache.values[kc], cache.values[kr] = c, r
+            bar.advance(len(chunk))
     model.train(was_training)
     if device.type == "cpu":  # so training does not start on this pass's freed memory (host_memory)
         release_freed_memory()
@@ -125,7 +127,7 @@ def reference_logps(model, features: list[dict], selection: Any, collate: Callab
     if not features:
         return features
     features, computed = fill_ref_logps(model, features, selection.pairs, collate, cache, batch_size=batch_size,
-                                        reference=reference)
+                                        reference=reference, label=f"{stage}: reference log-probs")
     console.log(f"{stage}: reference log-probs: {len(features) - computed} cached, {computed} computed")
     return features
 

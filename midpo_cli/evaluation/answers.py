@@ -47,6 +47,16 @@ def read_answer_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def model_specs(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each model label's folder (or hub name) as generate recorded it (`model_spec`): what the verdict's command
+    names. Rows without one (answers written by hand) are left out."""
+    out: dict[str, str] = {}
+    for r in rows:
+        if r.get("model_spec") and str(r["model"]) not in out:
+            out[str(r["model"])] = str(r["model_spec"])
+    return out
+
+
 def read_answers(path: Path) -> list[dict[str, Any]]:
     """Rows of an answers file about to be resumed. Everything is checked before anything is written: a
     file that is not an answers file is refused untouched; then a trailing partial line (a crash mid-append)

@@ -3,6 +3,7 @@
 - `distributions.png`: per-model box plots of reward and of cost;
 - `gates.png` (MidPO models only): histograms of each answer's mean safety / helpfulness gate on harmful vs
   benign prompts;
+- `gate_separation.png`: the safety gate alone, small, beside the verdict (does the router route?);
 - `gate_map_<kind>.png`: per-token, per-layer gates of a few prompts of each kind.
 
 Each figure has its caption here, the sentence the report prints under it: what to look at.
@@ -21,6 +22,8 @@ DIST_CAPTION = ("Look at whether a model's whole box moves (most answers changed
                 "answers did); the dotted line is cost 0, below which an answer is judged safe.")
 GATES_CAPTION = ("Look for separation: in the safety-gate panels the red (harmful) bars should sit right of the blue "
                  "(benign) ones; bars that overlap mean the router treats both prompt kinds alike.")
+SEPARATION_CAPTION = ("Does it route? Red (harmful prompts) right of blue (benign): the safety expert opens where it "
+                      "should; overlapping bars: both kinds are treated alike.")
 MAP_CAPTION = ("Look at whole columns: a router that routes keeps the safety gate open (red) through the answer "
                "of a harmful prompt and closed (blue) on a benign one; the same pattern on every kind means it "
                "does not route by prompt.")
@@ -75,21 +78,52 @@ def plot_gates(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     plt = pyplot()
     models = list(dict.fromkeys(str(r["model"]) for r in gated))
     fig, axes = plt.subplots(len(models), 2, figsize=(9, 2.8 * len(models) + 0.6), dpi=110, squeeze=False)
-    bins = [i / 20 for i in range(21)]
     for row_axes, model in zip(axes, models, strict=True):
         mine = [r for r in gated if str(r["model"]) == model]
         for ax, key, title in zip(row_axes, ("gate_safety", "gate_helpfulness"), ("safety gate", "helpfulness gate"),
                                   strict=True):
-            for label, color, want in (("harmful", "tab:red", True), ("benign", "tab:blue", False),
-                                       ("unlabelled", "0.5", None)):
-                values = [as_float(r[key]) for r in mine if as_bool(r.get("is_harmful")) is want]
-                if values:
-                    ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{label} (n={len(values)})")
-            ax.set_xlim(0, 1)
-            ax.set_ylabel("answers")
+            _gate_histogram(ax, mine, key)
             ax.set_title(f"{model}: mean {title} per answer", fontsize=10)
-            ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_gate_separation(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """The report's evidence beside the verdict: per gated model, each answer's mean safety gate on harmful against
+    benign prompts (the report passes the verdict's prompt sets), with the AUROC and gap of
+    midpo_cli.evaluation.gate_stats in the title; small, so it fits next to the verdict on the first screen. None
+    without gates or harm labels."""
+    from midpo_cli.evaluation.gate_stats import separation
+
+    gated = [r for r in rows if not math.isnan(as_float(r.get("gate_safety")))
+             and as_bool(r.get("is_harmful")) is not None]
+    if not gated:
+        return None
+    plt = pyplot()
+    models = list(dict.fromkeys(str(r["model"]) for r in gated))
+    fig, axes = plt.subplots(len(models), 1, figsize=(4.8, 1.45 * len(models) + 0.45), dpi=110, squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        mine = [r for r in gated if str(r["model"]) == model]
+        sep = separation([as_float(r["gate_safety"]) for r in mine], [bool(as_bool(r["is_harmful"])) for r in mine])
+        _gate_histogram(ax, mine, "gate_safety")
+        auroc = "—" if sep["auroc"] is None else f"{sep['auroc']:.2f}"
+        gap = "—" if sep["gap"] is None else f"{sep['gap']:+.2f}"
+        ax.set_title(f"{model}: safety gate, AUROC {auroc}, gap {gap}", fontsize=9)
+    axes[-1, 0].set_xlabel("mean safety gate of an answer", fontsize=8)
+    return save_figure(fig, path)
+
+
+def _gate_histogram(ax, rows: Sequence[Mapping[str, Any]], key: str) -> None:
+    """Histograms of one gate per answer: harmful prompts red, benign blue, unlabelled grey."""
+    bins = [i / 20 for i in range(21)]
+    for label, color, want in (("harmful", "tab:red", True), ("benign", "tab:blue", False),
+                               ("unlabelled", "0.5", None)):
+        values = [as_float(r[key]) for r in rows if as_bool(r.get("is_harmful")) is want]
+        if values:
+            ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{label} (n={len(values)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylabel("answers", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
 
 
 def plot_gate_maps(maps: Mapping[str, Any], kind: str, path: Path) -> Path | None:

@@ -21,15 +21,17 @@ from midpo_cli.evaluation.figures import (
     DIST_CAPTION,
     GATES_CAPTION,
     MAP_CAPTION,
+    SEPARATION_CAPTION,
     plot_distributions,
     plot_gate_maps,
+    plot_gate_separation,
     plot_gates,
 )
 from midpo_cli.evaluation.formatting import compact_interval, gate_pair, mean_and_interval, number, percent
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.report_columns import COLUMNS, confidence_percent, missing_note, shown_columns
 from midpo_cli.evaluation.summary import as_bool, as_float
-from midpo_cli.evaluation.verdict import pareto_verdict, verdicts
+from midpo_cli.evaluation.verdict import pareto_verdict, three_lines, verdicts
 from midpo_cli.io import atomic_write_text, read_json
 
 CSS = """
@@ -37,8 +39,12 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px a
 line-height:1.4;padding:0 16px}
 h1{font-size:24px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .meta{color:#666;font-size:13px}.cap{color:#444;font-size:13px;margin:0 0 16px}
-.verdict{border:2px solid #999;border-radius:6px;padding:8px 14px;margin:12px 0;font-size:15px}
-.verdict li{margin:4px 0}.verdict b{font-size:16px}.note{color:#8a5a00;font-size:13px}
+.top{display:flex;gap:16px;align-items:flex-start;margin:12px 0}.top>.verdict{flex:1 1 0;margin:0;min-width:0}
+.top>figure{flex:0 0 390px;margin:0}.top>figure img{margin:0}.top>figure .cap{margin:2px 0 0;font-size:12px}
+.verdict{border:2px solid #999;border-radius:6px;padding:6px 14px;margin:12px 0;font-size:14px}
+.verdict h3{font-size:15px;margin:8px 0 2px}.verdict ol{margin:2px 0 6px;padding-left:22px}.verdict li{margin:1px 0}
+.verdict code{background:#f3f3f3;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere;font-size:12.5px}
+.verdict details{font-size:12px;color:#555}.note{color:#8a5a00;font-size:13px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fafafa}
@@ -307,6 +313,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     from midpo_cli.evaluation.tradeoff_figure import plot_tradeoff
 
     tradeoff = plot_tradeoff(main, out_dir / "tradeoff.png")
+    reported = [r for r in main_rows if str(r["prompt_set"]) in (summary.get("routing") or {})]
+    separation = plot_gate_separation(reported or main_rows, out_dir / "gate_separation.png")  # the verdict's sets
     dist = plot_distributions(main_rows, out_dir / "distributions.png")
     gates = plot_gates(main_rows, out_dir / "gates.png")
     inputs = summary.get("inputs", {})
@@ -324,9 +332,9 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
             "(midpo_cli/evaluation/refusal.py).")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>midpo evaluation report</title><style>{CSS}</style></head>
-<body><h1>midpo evaluation report</h1>{_verdict_html(summary)}
-<p class="meta">{meta}</p>{f'<p class="note">{html_escape(note)}</p>' if note else ''}
+<body><h1>midpo evaluation report</h1>{_top_html(summary, separation)}
 {inline_image(tradeoff, "safety vs helpfulness", tradeoff_caption(main)) if tradeoff else ''}
+<p class="meta">{meta}</p>{f'<p class="note">{html_escape(note)}</p>' if note else ''}
 <h2>Summary</h2>{_summary_table(main)}
 <p class="meta">Bold: the best value within each prompt set.</p>
 {methods_html(summary)}
@@ -342,12 +350,30 @@ def write_report(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     return atomic_write_text(out_dir / "report.html", page)
 
 
+def _top_html(summary: Mapping[str, Any], separation: Path | None) -> str:
+    """The first screen: the verdict and, beside it, the gate-separation figure (the evidence of routing)."""
+    verdict = _verdict_html(summary)
+    if separation is None:
+        return verdict
+    figure = inline_image(separation, "gate separation", SEPARATION_CAPTION)
+    return f"<div class='top'>{verdict or '<div></div>'}<figure>{figure}</figure></div>"
+
+
 def _verdict_html(summary: Mapping[str, Any]) -> str:
-    """The verdict box that opens the report (midpo_cli.evaluation.verdict; recomputed for an older summary)."""
+    """The verdict box that opens the report (midpo_cli.evaluation.verdict; recomputed for an older summary): per
+    reported set its label, its three lines (the command in code) and, folded, the sentence with every number."""
     items = summary["verdict"] if "verdict" in summary else verdicts(summary)
     if not items:
         return ""
-    rows = "".join(f"<li><b>{html_escape(v['prompt_set'])}: {html_escape(v['label'])}</b>"
-                   f"{html_escape(v['sentence'][len(v['label']):])}</li>" for v in items)
-    return ("<div class='verdict'>Verdict, computed (docs/design.md §2.12): does the learned router earn its place "
-            f"over fixed blends of the same two experts?<ul>{rows}</ul></div>")
+    parts = []
+    for v in items:
+        lines, command = three_lines(v), (v.get("recommendation") or {}).get("command")
+        shown = [html_escape(line) for line in lines]
+        if command and lines[-1].endswith(command):
+            shown[-1] = f"{html_escape(lines[-1][:-len(command)])}<code>{html_escape(command)}</code>"
+        parts.append(f"<h3>{html_escape(v['prompt_set'])}: {html_escape(v['label'])}</h3><ol>"
+                     + "".join(f"<li>{line}</li>" for line in shown) + "</ol>"
+                     + (f"<details><summary>all the numbers</summary>{html_escape(v['sentence'])}</details>"
+                        if v.get("lines") else ""))
+    return ("<div class='verdict'><div class='meta'>Verdict (docs/design.md §2.12): does the router earn its place "
+            f"over fixed blends of the same two experts, and what to ship?</div>{''.join(parts)}</div>")

@@ -1,4 +1,5 @@
-"""The report's verdict: one computed sentence per reported prompt set saying whether the router earned its place.
+"""The report's verdict: per reported prompt set, whether the router earned its place, as an outcome, one computed
+sentence with every number, and three short lines that say what to ship (midpo_cli.evaluation.ship).
 
 docs/design.md §2.12 gives the decision table; `decide` is it, as a pure function of four facts, and `verdicts`
 reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`, `summary["router_probe"]`):
@@ -13,7 +14,8 @@ reads those facts from a score summary (`summary["routing"]`, `summary["gates"]`
 
 No sentence is ever written by hand: a set no judge can judge, or whose dev-chosen blend did not answer it, gets
 "no verdict" and why. The outcomes are those of the set's judge (midpo_cli.evaluation.judge_summary; the routing
-entry names it), and the sentence says which. Pure except `router_probe` and `run_verdicts`, which read files.
+entry names it), and the sentence says which. Pure except `router_probe` and `run_verdicts`, which read files, and
+`print_verdicts`, which writes them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from midpo_cli import console
+from midpo_cli.evaluation import ship
 from midpo_cli.evaluation.formatting import gate_pair, number, signed_bounds, signed_interval
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings
 from midpo_cli.io import try_read_json
@@ -91,8 +95,13 @@ def routes(sep: Mapping[str, Any] | None) -> bool | None:
 
 
 def verdict(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: float | None,
-            prompt_set: str) -> dict[str, Any]:
-    """One prompt set's verdict from its routing entry, its gate separation and the probe ceiling."""
+            prompt_set: str, *, switch_sep: Mapping[str, Any] | None = None, folders: Mapping[str, str] | None = None,
+            conf: int = 95) -> dict[str, Any]:
+    """One prompt set's verdict from its routing entry, its gate separation and the probe ceiling: the outcome, the
+    sentence with every number, and what to ship (midpo_cli.evaluation.ship: `lines`, `recommendation`).
+
+    `switch_sep` is the probe switch's gate separation on this set (its answers are in `entry["probe_switch"]`);
+    `folders` maps a model label to the folder generate answered with, for the recommendation's command."""
     hind = entry.get("best_in_sample") or {}
     facts = {"vs_dev": ci_side(entry.get("diff"), entry.get("diff_by_category")),
              "vs_hindsight": ci_side(hind.get("diff"), hind.get("diff_by_category")) if hind else None,
@@ -100,18 +109,28 @@ def verdict(entry: Mapping[str, Any], sep: Mapping[str, Any] | None, probe: floa
     outcome = decide(**facts)
     head = f"{LABELS[outcome]}{_reasons(outcome, facts, entry, sep)}"
     evidence = _evidence(entry, sep, probe)
+    switch = entry.get("probe_switch") or {}
+    holds = bool(switch.get("diff")) and (ci_side(switch["diff"]) or 0) <= 0 and routes(switch_sep) is True
+    rec = ship.recommend(facts, entry, switch_holds=holds)
+    rec["folder"] = (folders or {}).get(rec["model"]) if rec["model"] else None
+    rec["command"] = ship.command(rec)
     return {"prompt_set": prompt_set, "outcome": outcome, "label": LABELS[outcome], "facts": facts,
             "judge": entry.get("judge"), "judge_graded": entry.get("judge_graded"),
-            "sentence": f"{head} — {evidence}." if evidence else f"{head}."}
+            "sentence": f"{head} — {evidence}." if evidence else f"{head}.",
+            "lines": ship.three_lines(outcome, facts, entry, sep, rec, rec["command"], conf), "recommendation": rec}
 
 
-def verdicts(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One verdict per reported prompt set of `summary["routing"]` (the selection set chooses, so it has none)."""
+def verdicts(summary: Mapping[str, Any], folders: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One verdict per reported prompt set of `summary["routing"]` (the selection set chooses, so it has none);
+    `folders` (default: the summary's `model_specs`) name each model's folder for the recommended command."""
     probe = (summary.get("router_probe") or {}).get("input_probe_auroc")
+    folders = folders if folders is not None else summary.get("model_specs")
+    conf = round(100 * (summary.get("bootstrap") or {}).get("confidence", 0.95))
     out = []
     for prompt_set, entry in (summary.get("routing") or {}).items():
         sep = gate_separation(summary, entry["router"]["model"], prompt_set)
-        out.append(verdict(entry, sep, probe, prompt_set))
+        switch_sep = gate_separation(summary, (entry.get("probe_switch") or {}).get("model", ""), prompt_set)
+        out.append(verdict(entry, sep, probe, prompt_set, switch_sep=switch_sep, folders=folders, conf=conf))
     return out
 
 
@@ -196,16 +215,47 @@ def pareto_verdict(pareto: Mapping[str, Any]) -> str:
     return f"no fixed blend Pareto-dominates the router by reward and cost ({where})"
 
 
-def lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
-    """`set: sentence` per verdict (the terminal)."""
-    return [f"{v['prompt_set']}: {v['sentence']}" for v in items]
+def three_lines(item: Mapping[str, Any]) -> list[str]:
+    """A verdict's three lines (midpo_cli.evaluation.ship); a summary written before they existed has only its
+    sentence."""
+    return list(item.get("lines") or [item["sentence"]])
+
+
+def print_verdicts(items: Sequence[Mapping[str, Any]]) -> None:
+    """The terminal's verdict, last on stderr: `verdict · SET: label`, then its three lines, indented (a wrapped
+    line keeps the indent), the command on a line of its own that never wraps (it is copied); silent under
+    --quiet."""
+    if console.quiet():
+        return
+    import textwrap
+
+    width = max(40, min(console.err.width, 100))
+    for v in items:
+        lines, command = three_lines(v), (v.get("recommendation") or {}).get("command")
+        if command and lines[-1].endswith(f": {command}"):
+            lines[-1] = lines[-1][:-len(command) - 1]
+        text = [f"verdict · {v['prompt_set']}: {v['label']}"]
+        text += [textwrap.fill(line, width, initial_indent="  ", subsequent_indent="  ") for line in lines]
+        text += [f"    {command}"] if command else []
+        console.err.print("\n".join(text), soft_wrap=True, markup=False, highlight=False)
 
 
 def markdown(items: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The model card's verdict section: a heading, then one bullet per prompt set with its label in bold."""
-    bullets = [f"- `{v['prompt_set']}`: **{v['label']}**{v['sentence'][len(v['label']):]}" for v in items]
+    """The model card's verdict section: a heading, then per prompt set its label in bold and its three lines, the
+    command in code."""
+    bullets = []
+    for v in items:
+        if not v.get("lines"):  # a summary written before the three lines: its sentence, as it was shown then
+            bullets.append(f"- `{v['prompt_set']}`: **{v['label']}**{v['sentence'][len(v['label']):]}")
+            continue
+        bullets.append(f"- `{v['prompt_set']}`: **{v['label']}**")
+        lines = three_lines(v)
+        command = (v.get("recommendation") or {}).get("command")
+        if command and lines[-1].endswith(command):
+            lines[-1] = f"{lines[-1][:-len(command)]}`{command}`"
+        bullets += [f"  - {line}" for line in lines]
     return ["## Verdict", "", "Computed from the run's evaluation (docs/design.md §2.12 of midpo): does the learned "
-            "router earn its place over fixed blends of the same two experts?", "", *bullets, ""]
+            "router earn its place over fixed blends of the same two experts, and what to ship.", "", *bullets, ""]
 
 
 # --------------------------------------------------------------------------------------------- the inputs

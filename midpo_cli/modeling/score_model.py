@@ -382,10 +382,10 @@ def reading_template(requested: str, config: Any, tokenizer: Any) -> str:
 
 
 def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
-                batch_size: int = 32, template: str = "safe-rlhf", max_length: int | None = None
-                ) -> list[float]:
+                batch_size: int = 32, template: str = "safe-rlhf", max_length: int | None = None,
+                label: str = "scoring") -> list[float]:
     """End score of each (prompt, answer), in input order; `template` is the policy's, read by the score model
-    in its own format (`reading_template`).
+    in its own format (`reading_template`); `label` names the step in the progress display.
 
     Text is built exactly as training builds it (data.tokenize.prompt_answer_ids: template prompt,
     answer, then EOS), so the model scores what it was trained on. Sequences are sorted by length
@@ -406,7 +406,6 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None:
         raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token")
-    pad = eos if pad is None else pad
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
     p_ids, a_ids, _ = prompt_answer_ids(tokenizer, texts, list(answers), template)
     seqs = [p + a + [eos] for p, a in zip(p_ids, a_ids, strict=True)]
@@ -416,36 +415,44 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
         if cut:
             console.warn(f"score_texts: {cut} of {len(seqs)} texts exceed {limit} tokens and were cut")
             seqs = [s[:limit] for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    device = next(model.parameters()).device
-    out = [0.0] * len(seqs)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[row, : len(seqs[i])] = 1
-                _, end = model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                for i, value in zip(idx, end.float().cpu().tolist(), strict=True):
-                    out[i] = value
+        with console.progress(label, len(seqs), unit="answers") as bar:
+            return _end_scores(model, seqs, eos if pad is None else pad, batch_size, bar)
     finally:
         model.train(was_training)
+
+
+@torch.inference_mode()
+def _end_scores(model: ScoreModel, seqs: list[list[int]], pad: int, batch_size: int, bar: console.Bar
+                ) -> list[float]:
+    """The end score of each token sequence, batched longest first (so a batch pads to similar lengths)."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    device = next(model.parameters()).device
+    out = [0.0] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
+        _, end = model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        for i, value in zip(idx, end.float().cpu().tolist(), strict=True):
+            out[i] = value
+        bar.advance(len(idx))
     return out
 
 
 def score_pairs(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], chosen: Sequence[str],
-                rejected: Sequence[str], *, batch_size: int = 32, template: str = "safe-rlhf"
+                rejected: Sequence[str], *, batch_size: int = 32, template: str = "safe-rlhf", label: str = "scoring"
                 ) -> tuple[list[float], list[float]]:
     """(scores of the chosen answers, scores of the rejected ones), each in input order.
 
     One `score_texts` call over both sides, so chosen and rejected answers are batched together by length.
     """
     scores = score_texts(model, tokenizer, [*prompts, *prompts], [*chosen, *rejected], batch_size=batch_size,
-                         template=template)
+                         template=template, label=label)
     return scores[: len(prompts)], scores[len(prompts):]

@@ -19,7 +19,8 @@ def default_scorer(*, batch_size: int, template: str, trust_remote_code: bool = 
 
         model, tokenizer = load_score_model(path, expected_type=kind, trust_remote_code=trust_remote_code)
         try:
-            return score_texts(model, tokenizer, prompts, answers, batch_size=batch_size, template=template)
+            return score_texts(model, tokenizer, prompts, answers, batch_size=batch_size, template=template,
+                               label=f"scoring with the {kind} model")
         finally:
             del model
             gc.collect()

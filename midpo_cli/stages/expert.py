@@ -247,7 +247,7 @@ def choose_on_dev(ctx: StageContext, stage: str, result, dev: DevPrompts, *, pol
     tokenizer = load_tokenizer(tokenizer_ref(recipe, policy), trust_remote_code=recipe.trust_remote_code)
     snapshots = {step: partial(loaded_snapshot, model, ctx.folder, step) for step in saved_steps(ctx.folder)}
     judged = judge_on_dev(model, snapshots, dev, tokenizer=tokenizer, template=template,
-                          settings=recipe.stages.generate)
+                          settings=recipe.stages.generate, label=f"{stage}: select: dev")
     curve = [(step, objective(stage, j.outcomes)) for step, j in judged.items()]
     chosen = best_step(curve)
     if chosen is None:
@@ -436,7 +436,7 @@ def margin_scores(ctx: StageContext, score_stage: str, scorer: str, splits, temp
         chosen = [seen_answer(tokenizer, f, "chosen", p.chosen) for f, p in zip(feats, pairs, strict=True)]
         rejected = [seen_answer(tokenizer, f, "rejected", p.rejected) for f, p in zip(feats, pairs, strict=True)]
         values[name] = list(score_pairs(model, tok, [p.prompt for p in pairs], chosen, rejected, batch_size=32,
-                                        template=template))
+                                        template=template, label=f"{ctx.stage}: margins ({name} pairs)"))
     del model
     gc.collect()  # the score model leaves memory before the policy arrives
     release_freed_memory()  # ... and the process's resident set (midpo_cli/engine/host_memory.py)

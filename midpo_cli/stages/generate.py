@@ -262,7 +262,7 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
                   loader: Callable[[ModelEntry], Any], run: _Run) -> None:
     cached: tuple[str, Any, Any] | None = None  # (spec, policy, its routing state as loaded)
     try:
-        with _progress(total) as (progress, task):
+        with console.progress("generate", total, unit="answers") as bar:
             for entry in models:
                 if not any(todo[(entry.label, s.name)] for s in prompt_sets):
                     continue
@@ -277,7 +277,8 @@ def _generate_all(models: Sequence[ModelEntry], prompt_sets: Sequence[PromptSet]
                 if policy.kind == "midpo":  # one loaded model serves every blend and dial of its folder
                     policy.model.set_fixed_gates(entry.gates if entry.gates is not None else cached[2][0])
                     policy.model.set_safety_bias(entry.safety_bias)
-                _generate_entry(entry, policy, prompt_sets, todo, ids, run, progress, task)
+                _generate_entry(entry, policy, prompt_sets, todo, ids, run, bar)
+            bar.update(description="generate")  # the end line counts every model's answers
     finally:
         if cached is not None:
             _restore(cached)
@@ -302,12 +303,12 @@ def _restore(cached: tuple[str, Any, Any]) -> None:
 
 def _generate_entry(entry: ModelEntry, policy: Any, prompt_sets: Sequence[PromptSet],
                     todo: dict[tuple[str, str], list[dict[str, Any]]], ids: dict[str, str], run: _Run,
-                    progress: Any, task: Any) -> None:
+                    bar: console.Bar) -> None:
     from midpo_cli.modeling.generation import generate_answers
 
     for pset in prompt_sets:
         pending = todo[(entry.label, pset.name)]
-        progress.update(task, description=f"{entry.label} · {pset.name}")
+        bar.update(description=f"generate {entry.label} · {pset.name}")
         batches = generate_answers(policy.model, policy.tokenizer, [p["prompt"] for p in pending], run.generation,
                                    template=run.settings["template"])
         for batch in batches:
@@ -315,8 +316,7 @@ def _generate_entry(entry: ModelEntry, policy: Any, prompt_sets: Sequence[Prompt
             append_rows(run.output, rows)
             _count(run, batch, len(rows))
             elapsed = max(time.perf_counter() - run.started, 1e-9)
-            progress.update(task, advance=len(rows), rate=f"{run.stats['rows_written'] / elapsed:.1f} "
-                            f"answers/s · {run.stats['answer_tokens'] / elapsed:.0f} tok/s")
+            bar.advance(len(rows), info=f"{run.stats['answer_tokens'] / elapsed:.0f} tok/s")
 
 
 def _count(run: _Run, batch: list[dict[str, Any]], written: int) -> None:
@@ -337,25 +337,6 @@ def _answer_row(entry: ModelEntry, pset: PromptSet, prompt: dict[str, Any], out:
         "answer_tokens": out["answer_tokens"], "truncated": out["truncated"], "finished": out["finished"],
         "gates": out["gates"], "template": run.settings["template"], "gen": gen, "gen_id": run.gen_id,
     }
-
-
-class _progress:
-    """A rich progress bar on stderr (answers/s and tokens/s), silent under --quiet."""
-
-    def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                 console=console.err, disable=console.quiet(), transient=False)
-        self.total = total
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self.progress, self.progress.add_task("generate", total=self.total, rate="")
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
 
 
 def log_counts(prompt_sets: Sequence[PromptSet]) -> None:

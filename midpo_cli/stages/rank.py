@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> None:
                                             trust_remote_code=recipe.trust_remote_code)
         scores_0, scores_1 = score_pairs(model, tokenizer, [r["prompt"] for r in rows],
                                          [r["response_0"] for r in rows], [r["response_1"] for r in rows],
-                                         batch_size=cfg.batch_size, template=template)
+                                         batch_size=cfg.batch_size, template=template, label=f"rank: {kind} model")
         for r, s0, s1 in zip(rows, scores_0, scores_1, strict=True):
             r[f"{key}_0"], r[f"{key}_1"] = s0, s1
         del model

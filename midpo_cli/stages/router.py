@@ -146,7 +146,8 @@ def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_i
         "router_parameters": n_router,
         "pairs": pairs,
         "steps": result.global_step if result is not None else 0,
-        **({"switch_threshold": switch_info["threshold"]} if switch_info and "threshold" in switch_info else {}),
+        **({"switch_threshold": switch_info["threshold"], "switch_dev_score": switch_info["dev_score"]}
+           if switch_info and "threshold" in switch_info else {}),
     }
 
 
@@ -198,7 +199,7 @@ def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: 
     manifest keeps."""
     texts, harmful = [p["prompt"] for p in dev.prompts], [bool(p["is_harmful"]) for p in dev.prompts]
     judged = judge_on_dev(model, {gates: partial(model.fixed_gates, *gates) for gates in CORNERS}, dev,
-                          tokenizer=tokenizer, template=template, settings=gen)
+                          tokenizer=tokenizer, template=template, settings=gen, label="router: switch threshold")
     outcomes = [judged[gates].outcomes for gates in CORNERS]
     p = prompt_probabilities(model, switch, tokenizer, template, texts, gen.batch_size)
     threshold, curve = choose_threshold(p, harmful, *outcomes)

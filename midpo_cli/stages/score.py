@@ -18,7 +18,7 @@ from typing import Any
 
 from midpo_cli import console
 from midpo_cli.errors import InputError
-from midpo_cli.evaluation.answers import read_answer_rows
+from midpo_cli.evaluation.answers import model_specs, read_answer_rows
 from midpo_cli.evaluation.judge_labels import columns
 from midpo_cli.evaluation.labels import is_sweep_label
 from midpo_cli.evaluation.refusal import DEFAULT_WINDOW, RefusalDetector
@@ -128,6 +128,7 @@ def score_answers(
                           "window": refusal_window}
     summary["toy"] = toy_table(rows)
     summary.update(judge_sections(scored, panel.judged, panel.info, dev_set=dev_set, dev_judge=dev_judge))
+    summary["model_specs"] = model_specs(rows)  # the verdict's command names the folder to ship
     add_routing(summary, scored, answers_path, select_on=select_on, dev_set=dev_set, bootstrap=bootstrap, seed=seed)
     summary["by_judge"] = by_judge(summary, scored, panel.judged, select_on=select_on, bootstrap=bootstrap, seed=seed)
     write_outputs(scored, summary, Path(out_dir), columns(list(panel.judged)), gate_maps=gate_maps, report=report)
@@ -163,15 +164,14 @@ def write_outputs(scored: list[dict[str, Any]], summary: dict[str, Any], out_dir
     """scores.csv, gate_maps.json, summary.json, the terminal tables and verdict lines, then the report."""
     from midpo_cli.evaluation.report_html import write_report
     from midpo_cli.evaluation.report_tables import print_tables
-    from midpo_cli.evaluation.verdict import lines as verdict_lines
+    from midpo_cli.evaluation.verdict import print_verdicts
 
     atomic_write_text(out_dir / "scores.csv", csv_text(scored, judge_columns))
     if gate_maps is not None and Path(gate_maps).is_file():
         atomic_write_text(out_dir / "gate_maps.json", Path(gate_maps).read_text(encoding="utf-8"))
     atomic_write_json(out_dir / "summary.json", summary)
     print_tables(summary)
-    for line in verdict_lines(summary["verdict"]):
-        console.log(f"verdict · {line}")
+    print_verdicts(summary["verdict"])
     if report:
         path = write_report(scored, summary, out_dir)
         console.log(f"report: {path}")

@@ -125,7 +125,8 @@ def audit_score_model(model, tokenizer, recipe, score_type: str, template: str |
     stage = "reward_model" if score_type == "reward" else "cost_model"
     pairs = select_pairs(load_rows(spec, columns=recipe.data.columns), stage).pairs[:AUDIT_MAX_PAIRS]
     by_side = score_pairs(model, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs],
-                          [p.rejected for p in pairs], batch_size=32, template=template or recipe.data.template)
+                          [p.rejected for p in pairs], batch_size=32, template=template or recipe.data.template,
+                          label=f"{stage}: audit")
     scores = torch.tensor(by_side[0] + by_side[1], dtype=torch.float64)  # chosen answers, then rejected ones
     n = len(pairs)
     chosen, rejected = scores[:n], scores[n:]

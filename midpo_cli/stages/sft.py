@@ -19,7 +19,7 @@ from midpo_cli.engine.loop import train
 from midpo_cli.errors import InputError
 from midpo_cli.losses.preference import answer_nll
 from midpo_cli.manifest import write_manifest
-from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
+from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer, quiet_transformers
 from midpo_cli.stages.kit.context import StageContext
 from midpo_cli.stages.kit.inputs import engine_settings, stage_template, tokenizer_ref
 
@@ -135,5 +135,6 @@ def save_causal_lm(model, tokenizer, out, probe_batch: dict) -> None:
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
 
-    save_checked(model, out, save_fn=save_fn, forward=logits_on(probe),  # reloaded in the dtype it trained in
-                 load_fn=lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(model)))
+    with quiet_transformers():  # no "Writing model shards" / "Loading weights" bars between midpo's lines
+        save_checked(model, out, save_fn=save_fn, forward=logits_on(probe),  # reloaded in the dtype it trained in
+                     load_fn=lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(model)))

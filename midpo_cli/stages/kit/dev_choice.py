@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from midpo_cli import console
 from midpo_cli.recipe import GenerationSettings
 
 Variant = TypeVar("Variant", bound=Hashable)
@@ -43,9 +44,10 @@ class Judged:
 
 
 def judge_on_dev(model: Any, variants: Mapping[Variant, Callable[[], AbstractContextManager[Any]]],
-                 dev: DevPrompts, *, tokenizer: Any, template: str, settings: GenerationSettings
-                 ) -> dict[Variant, Judged]:
-    """Each variant's answers to the dev prompts and their outcomes by `dev.judge`, in the variants' order.
+                 dev: DevPrompts, *, tokenizer: Any, template: str, settings: GenerationSettings,
+                 label: str = "dev choice") -> dict[Variant, Judged]:
+    """Each variant's answers to the dev prompts and their outcomes by `dev.judge`, in the variants' order;
+    `label` names the choice in the progress display (`safety_expert: select: dev`).
 
     A variant is a callable whose context sets the model up (loads a snapshot, fixes the gates). Every variant
     answers before any is judged, so a judge's model is loaded only once the policy's answers are all written, and
@@ -55,11 +57,14 @@ def judge_on_dev(model: Any, variants: Mapping[Variant, Callable[[], AbstractCon
     from midpo_cli.evaluation.judge_labels import outcome
 
     answers = {}
-    for key, variant in variants.items():
-        with variant():
-            answers[key] = answer_rows(model, tokenizer, dev.prompts, template=template, settings=settings)
+    with console.progress(f"{label}: dev answers", len(variants) * len(dev.prompts), unit="answers") as bar:
+        for key, variant in variants.items():
+            with variant():
+                answers[key] = answer_rows(model, tokenizer, dev.prompts, template=template, settings=settings)
+            bar.advance(len(dev.prompts))
     pooled = [{**r, "prompt_set": dev.name} for rows in answers.values() for r in rows]
-    labels, _ = dev.judge.label(pooled, dev_set=dev.name)
+    with console.progress(label):  # names the judge's passes (the score models'), where they judge
+        labels, _ = dev.judge.label(pooled, dev_set=dev.name)
     outcomes = [outcome(r.get("is_harmful"), label) for r, label in zip(pooled, labels, strict=True)]
     out, start = {}, 0
     for key, rows in answers.items():
