@@ -275,7 +275,7 @@ def test_a_failed_audit_fails_its_own_stage_with_exit_4_and_status_says_why(tmp_
     assert main(["pipeline", "run", str(REPO / "recipes" / "quickstart.yaml"), "--only", "sft", "--only",
                  "cost_model", "--only", "safety_expert", *args]) == 4
     err = capsys.readouterr().err
-    assert "audit pair_accuracy" in err and "< 0.99 (stages.cost_model.min_accuracy)" in err
+    assert "audit pair_accuracy = " in err and "is below stages.cost_model.min_accuracy = 0.99" in err
     assert not (run / "cost_model" / "manifest.json").exists() and not (run / "safety_expert").exists()
     assert main(["pipeline", "status", str(run), "--json"]) == 0
     state = {r["stage"]: r for r in json.loads(capsys.readouterr().out)["stages"]}["cost_model"]

@@ -74,10 +74,11 @@ def test_score_writes_per_answer_scores_summary_and_a_self_contained_report(tmp_
     assert groups[("midpo", "toy")]["gate_safety_harmful"]["mean"] == pytest.approx(0.9)
     assert len(summary["win_rates"]) == 2 * 3 * 2  # prompt sets × model pairs × (reward, cost)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"]["cost_model"] == "C"
-    for name in ("tradeoff.png", "distributions.png", "gates.png", "report.html"):
+    figures = ("tradeoff.png", "gate_separation.png", "distributions.png", "gates.png")
+    for name in (*figures, "report.html"):
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == len(figures)  # each figure inlined once
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no network resources
     assert "prompt 0 &lt;b&gt;&amp;" in page and "<b>&" not in page.replace("<b>Prompt:</b>", "")
 

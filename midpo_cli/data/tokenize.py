@@ -17,7 +17,7 @@ texts to the same ids — are dropped and counted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -214,6 +214,14 @@ def encode_prompts(prompts: Sequence[str], tokenizer: Any, template: str,
             p = [bos, *p[len(p) - max_prompt_length + 1:]] if keep_bos else p[len(p) - max_prompt_length:]
         out.append(p)
     return out, counts
+
+
+def longest_first(seqs: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of `seqs`, longest first: each batch pads to similar lengths, so little compute is spent on
+    padding (generation, scoring and the guard judge batch this way)."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int,

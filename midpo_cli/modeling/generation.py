@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from midpo_cli.data.template import recorded_template, resolve_template, warn_mismatch
-from midpo_cli.data.tokenize import encode_prompts
+from midpo_cli.data.tokenize import encode_prompts, longest_first
 from midpo_cli.errors import InputError
 from midpo_cli.modeling.decoding import Rows, decode, eos_ids, pad_id_of
 from midpo_cli.recipe import GenerationSettings
@@ -68,15 +68,13 @@ def generate_answers(
     ids = full
     if limit is not None and any(len(p) > limit for p in full):
         ids, _ = encode_prompts(list(prompts), tokenizer, template, limit)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     pad_id = pad_id_of(tokenizer)
     eos = eos_ids(model, tokenizer)
     torch.manual_seed(s.seed)
     was_training = getattr(model, "training", False)
     model.eval()
     try:
-        for start in range(0, len(order), s.batch_size):
-            batch = order[start:start + s.batch_size]
+        for batch in longest_first(ids, s.batch_size):
             seqs = [ids[i] for i in batch]
             rows = decode(model, seqs, pad_id=pad_id, eos=eos, max_new_tokens=s.max_new_tokens,
                           temperature=s.temperature, top_p=s.top_p)

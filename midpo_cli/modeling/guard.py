@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from midpo_cli.data.tokenize import longest_first, pad_sequences
 from midpo_cli.errors import InputError
 
 
@@ -65,21 +66,13 @@ def conversation_ids(guard: Guard, prompt: str, answer: str | None) -> list[int]
 
 def unsafe_probabilities(guard: Guard, conversations: Sequence[list[int]], batch_size: int = 8) -> list[float]:
     """P(unsafe) of each conversation (module docstring), in input order; batches sorted by length."""
-    order = sorted(range(len(conversations)), key=lambda i: -len(conversations[i]))
     out = [0.0] * len(conversations)
     device = next(guard.model.parameters()).device
-    pad = guard.tokenizer.pad_token_id
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(conversations[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq = conversations[i]
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
-            logits = last_logits(guard.model, ids.to(device), mask.to(device))
+        for idx in longest_first(conversations, batch_size):
+            batch = pad_sequences([conversations[i] for i in idx], [0] * len(idx), guard.tokenizer.pad_token_id,
+                                  padding_side="left")
+            logits = last_logits(guard.model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
             pair = logits[:, [guard.unsafe_id, guard.safe_id]].float()
             for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].cpu().tolist(), strict=True):
                 out[i] = p

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from midpo_cli import console
+from midpo_cli.data.tokenize import longest_first, pad_sequences, prompt_answer_ids
 from midpo_cli.errors import InputError
 from midpo_cli.io import atomic_dir, read_json
 from midpo_cli.modeling.loading import (
@@ -394,7 +395,6 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
     safe-rlhf's tokenizer truncation does, with a warning.
     """
     from midpo_cli.data.template import format_prompt
-    from midpo_cli.data.tokenize import prompt_answer_ids
 
     template = reading_template(template, model.config, tokenizer)
     if len(prompts) != len(answers):
@@ -428,18 +428,11 @@ def score_texts(model: ScoreModel, tokenizer: Any, prompts: Sequence[str], answe
 def _end_scores(model: ScoreModel, seqs: list[list[int]], pad: int, batch_size: int, bar: console.Bar
                 ) -> list[float]:
     """The end score of each token sequence, batched longest first (so a batch pads to similar lengths)."""
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     device = next(model.parameters()).device
     out = [0.0] * len(seqs)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, : len(seqs[i])] = 1
-        _, end = model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    for idx in longest_first(seqs, batch_size):
+        batch = pad_sequences([seqs[i] for i in idx], [0] * len(idx), pad)
+        _, end = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         for i, value in zip(idx, end.float().cpu().tolist(), strict=True):
             out[i] = value
         bar.advance(len(idx))

@@ -128,10 +128,12 @@ def audit_gate(stage: str, audit: dict[str, Any], floor: float, model: Any) -> G
         if value is None:
             return GateError(f"{stage} ({model}) has no audit {name}; re-run it")
         if value < floor:
+            model_text = f" ({model})" if model else ""
+            pairs = audit.get("eval_pairs")
+            on = f"{pairs} pairs of {audit.get('source', 'data.eval')}" if pairs else "the eval split"
             return GateError(
-                f"audit {name} {value:.3f} < {floor} (stages.{stage}.min_accuracy): the {stage} ({model}) on "
-                f"{audit.get('eval_pairs', '?')} pairs of {audit.get('source', 'data.eval')}; train it longer, fix "
-                f"the data, or lower stages.{stage}.min_accuracy"
+                f"audit {name} = {value:.3f} on {on} is below stages.{stage}.min_accuracy = {floor}: the "
+                f"{stage}{model_text} fails its audit; train it longer, fix the data, or lower the floor"
             )
     return None
 
