@@ -252,6 +252,9 @@ class LoraSettings(Strict):
     target_modules: list[str] | None = Field(
         None, min_length=1, description="Linear layers to adapt (null: the architecture's MLP output, e.g. down_proj)."
     )
+    shared_a: bool = Field(False, description="Freeze lora_A at its seeded init and train lora_B only; set on both "
+                           "experts (same r, targets and seed) they share one A, so their updates live in one "
+                           "subspace and a mix of the two is a mix of B's (LoRI; docs/design.md §2.6).")
 
 
 class ExpertStage(TrainOverrides):
@@ -704,6 +707,25 @@ class Recipe(Strict):
         """The router stage builds the probe switch: it is the run's router (`kind: probe`), or generate answers
         with it beside the router (`probe_switch` in stages.generate.models)."""
         return self.stages.router.kind == "probe" or "probe_switch" in self.stages.generate.models
+
+    @model_validator(mode="after")
+    def _shared_a_on_both_experts(self) -> Recipe:
+        """`lora.shared_a` means one A for both experts: only when both freeze it at the same seeded init (same
+        seed, rank and targets) are their A's equal, so the experts differ in B alone."""
+        experts = ("safety_expert", "helpfulness_expert")
+        loras = [getattr(self.stages, e).lora for e in experts]
+        if not any(lora.shared_a for lora in loras):
+            return self
+        for key in ("shared_a", "r", "target_modules"):
+            values = [getattr(lora, key) for lora in loras]
+            if values[0] != values[1]:
+                raise ValueError(f"lora.shared_a: the experts differ in lora.{key} ({values[0]} vs {values[1]}); "
+                                 f"set stages.safety_expert.lora.{key} and stages.helpfulness_expert.lora.{key} alike")
+        seeds = [self.train_settings(e).seed for e in experts]
+        if seeds[0] != seeds[1]:
+            raise ValueError(f"lora.shared_a: the experts' seeds differ ({seeds[0]} vs {seeds[1]}), so their frozen "
+                             "A's would differ; give both stages.<expert>.seed the same value")
+        return self
 
     @model_validator(mode="after")
     def _select_dev_in_one_process(self) -> Recipe:

@@ -188,6 +188,19 @@ def add_lora(model: nn.Module, cfg: LoraConfig, *, seed: int | None = None) -> P
         return get_peft_model(model, cfg)
 
 
+def freeze_lora_a(model: nn.Module) -> int:
+    """Freeze every lora_A (recipe `lora.shared_a`): the adapter trains its B only, so two experts built with the
+    same seed, rank and targets keep one shared A and differ only in B. Returns how many tensors were frozen."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError("lora.shared_a: the model has no lora_A weights to freeze")
+    return frozen
+
+
 MIDPO_META = "midpo.json"
 
 

@@ -54,6 +54,7 @@ from midpo_cli.modeling.lora import (
     add_lora,
     base_reference,
     check_targets,
+    freeze_lora_a,
     load_snapshot,
     loaded_snapshot,
     lora_config,
@@ -157,6 +158,9 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
     gc.collect()
     release_freed_memory()
     model, base_fingerprint = lora_policy(policy, objective.lora, settings, trust_remote_code=recipe.trust_remote_code)
+    # what trains is fixed here: leaving peft's disable_adapter (the reference passes) marks the whole adapter
+    # trainable again, which would thaw a frozen lora_A (lora.shared_a)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in extras if k in features[0]),
@@ -176,7 +180,7 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
     loss_fn = make_pair_loss(objective.loss, reference=model.disable_adapter)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
-                   on_step=on_step)
+                   on_step=on_step, trainable=trainable)
     dev_select = choose_on_dev(ctx, stage, result, dev, policy=policy, template=template) if dev is not None else None
 
     out = ctx.folder / "adapter"
@@ -373,6 +377,8 @@ def lora_policy(policy: str, lora, settings, *, trust_remote_code: bool):
     base_id = base_fingerprint(model, policy, seed=settings.seed, trust_remote_code=trust_remote_code)
     model = add_lora(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                                         target_modules=tuple(targets)), seed=settings.seed)
+    if lora.shared_a:
+        freeze_lora_a(model)
     return model, base_id
 
 
