@@ -108,6 +108,13 @@ def test_dev_and_eval_hold_both_kinds_and_spread_the_categories() -> None:
     assert quotas(2, {True: 1, False: 9, None: 3}) == {True: 1, False: 1, None: 0}
 
 
+def test_small_parts_are_cautioned_and_large_ones_are_not() -> None:
+    from midpo_cli.pipeline.new_recipe import small_split_cautions
+
+    assert small_split_cautions(40, 40, 40) == [] and small_split_cautions(0, 20, 20) == []  # no test split: no audit
+    assert [c.split(":")[1].split()[0] for c in small_split_cautions(4, 19, 30)] == ["4", "19"]
+
+
 def test_too_few_prompts_for_the_parts_is_one_error_naming_the_flags() -> None:
     with pytest.raises(InputError, match="10 distinct prompts are too few .*--dev, --eval or --test-fraction"):
         split_pairs([pair(f"p{i}") for i in range(10)], Sizes(dev=5, eval=4))
@@ -129,6 +136,9 @@ def test_recipe_new_writes_a_recipe_that_checks_and_the_same_bytes_again(tmp_pat
     out, err = capsys.readouterr()
     assert out.strip() == f"midpo pipeline run {tmp_path / 'my.yaml'}"  # the one command, on stdout
     assert "59 by either response labelled unsafe" in err and "dev 5 prompts" in err
+    said = " ".join(err.split())  # the console wraps at 80 columns
+    assert "caution: 6 test pairs audit the score models: one pair moves their accuracy by 17 %" in said
+    assert "caution: 5 dev and 5 eval prompts" in said
     written = {p.name: p.read_bytes() for p in [tmp_path / "my.yaml", *(tmp_path / "my-data").iterdir()]}
     assert set(written) == {"my.yaml", "train.jsonl", "test.jsonl", "dev.jsonl", "eval.jsonl"}
     recipe = load_recipe(tmp_path / "my.yaml")

@@ -161,7 +161,7 @@ def test_the_report_arithmetic_matches_a_direct_computation(run_dir: Path) -> No
 
     No routing target is asserted here: on this 1.9 M-parameter base the router's outcome changes with the
     CPU's rounding (benchmarks/RESULTS.md), so which side of a threshold it lands on is not a property of the
-    code. The numbers are printed so the README table can be regenerated from a run."""
+    code. The numbers are printed so the table in docs/reference.md can be regenerated from a run."""
     routing = json.loads((run_dir / "score" / "summary.json").read_text())["routing"]
     assert DEV not in routing  # dev only chooses the blend
     e = routing[EVAL]

@@ -271,4 +271,22 @@ def summary_lines(run: NewRun) -> list[str]:
              *(f"{part} {len(rows)} prompts ({kinds[part][0]} harmful, {kinds[part][1]} benign)"
                for part, rows in (("dev", s.dev), ("eval", s.eval))),
              f"{run.sft}; preset {run.preset}"]
-    return lines
+    return lines + small_split_cautions(len(s.test), len(s.dev), len(s.eval))
+
+
+# below this many test pairs or dev/eval prompts a rate moves ≥ 5 % per row: the audit and the CIs are mostly chance
+FEW = 20
+
+
+def small_split_cautions(test: int, dev: int, eval_: int) -> list[str]:
+    """Said before anything trains: with a few rows per part the score models' audits (min_accuracy) and the
+    dev choices are decided by one or two rows (a 40-row file gave 4 test pairs, and an audit of 2/4 failed a run
+    after its score models had trained)."""
+    out = []
+    if 0 < test < FEW:
+        out.append(f"caution: {test} test pairs audit the score models: one pair moves their accuracy by "
+                   f"{100 / test:.0f} %, so stages.*.min_accuracy is mostly chance; more rows or --test-fraction")
+    if min(dev, eval_) < FEW:
+        out.append(f"caution: {dev} dev and {eval_} eval prompts: the dev choices and the verdict's CIs are wide "
+                   f"at this size (≥ {FEW} each is a start); more rows or --dev/--eval")
+    return out
