@@ -109,10 +109,12 @@ def test_dev_and_eval_hold_both_kinds_and_spread_the_categories() -> None:
 
 
 def test_small_parts_are_cautioned_and_large_ones_are_not() -> None:
-    from midpo_cli.pipeline.new_recipe import small_split_cautions
+    from midpo_cli.pipeline.new_recipe import audit_floor, small_split_cautions
 
     assert small_split_cautions(40, 40, 40) == [] and small_split_cautions(0, 20, 20) == []  # no test split: no audit
     assert [c.split(":")[1].split()[0] for c in small_split_cautions(4, 19, 30)] == ["4", "19"]
+    preset = {"min_accuracy": 0.6}
+    assert [audit_floor(preset, n) for n in (0, 4, 19, 20, 500)] == [0.6, 0.0, 0.0, 0.6, 0.6]
 
 
 def test_too_few_prompts_for_the_parts_is_one_error_naming_the_flags() -> None:
@@ -137,13 +139,14 @@ def test_recipe_new_writes_a_recipe_that_checks_and_the_same_bytes_again(tmp_pat
     assert out.strip() == f"midpo pipeline run {tmp_path / 'my.yaml'}"  # the one command, on stdout
     assert "59 by either response labelled unsafe" in err and "dev 5 prompts" in err
     said = " ".join(err.split())  # the console wraps at 80 columns
-    assert "caution: 6 test pairs audit the score models: one pair moves their accuracy by 17 %" in said
+    assert "caution: 6 test pairs cannot audit the score models (one pair moves their accuracy by 17 %)" in said
     assert "caution: 5 dev and 5 eval prompts" in said
     written = {p.name: p.read_bytes() for p in [tmp_path / "my.yaml", *(tmp_path / "my-data").iterdir()]}
     assert set(written) == {"my.yaml", "train.jsonl", "test.jsonl", "dev.jsonl", "eval.jsonl"}
     recipe = load_recipe(tmp_path / "my.yaml")
     assert recipe.data.dev_prompts == str(tmp_path / "my-data" / "dev.jsonl") and recipe.stages.router.kind == "probe"
     assert recipe.stages.safety_expert.select == "dev" and recipe.stages.sft.answers == "better"  # no chat template
+    assert recipe.stages.reward_model.min_accuracy == recipe.stages.cost_model.min_accuracy == 0  # 6 test pairs
     assert main(["recipe", "check", str(tmp_path / "my.yaml")]) == 0
     assert new(tmp_path) == 0  # same inputs: same files, nothing rewritten
     assert "every file was already up to date" in capsys.readouterr().err

@@ -205,7 +205,13 @@ def recipe_dict(opts: NewOptions, preset: str, split: Split, files: dict[str, Pa
             "train": {"epochs": 1, "batch_size": batch, "lr": 1e-4, "scheduler": "cosine", "warmup_ratio": 0.05,
                       "seed": opts.sizes.seed, "precision": p["precision"], "log_every": 5,
                       "eval_each_epoch": p["eval_each_epoch"]},
-            "stages": stage_settings(p, sft, len(split.train), batch)}
+            "stages": stage_settings(p, sft, len(split.train), batch, audit_floor(p, len(split.test)))}
+
+
+def audit_floor(p: dict[str, Any], test_pairs: int) -> float:
+    """The score models' min_accuracy: the preset's, or 0 (no audit) under FEW test pairs, where one pair moves the
+    accuracy by ≥ 5 % and a floor fails a sound model by chance (a 40-row file: 2 of 4 pairs, exit 4)."""
+    return p["min_accuracy"] if test_pairs == 0 or test_pairs >= FEW else 0.0
 
 
 def fitting_batch(split: Split, wanted: int) -> int:
@@ -228,7 +234,7 @@ def steps(rows: int, batch: int, bounds: tuple[int, int]) -> int:
     return max(bounds[0], min(bounds[1], math.ceil(rows / batch)))
 
 
-def stage_settings(p: dict[str, Any], sft: str, pairs: int, batch: int) -> dict[str, Any]:
+def stage_settings(p: dict[str, Any], sft: str, pairs: int, batch: int, floor: float) -> dict[str, Any]:
     """Each stage's section: SFT, the score models, the experts chosen on dev, rank, the probe switch, generate."""
     if sft == "off":
         sft_cfg: dict[str, Any] = {"enabled": False}
@@ -241,8 +247,8 @@ def stage_settings(p: dict[str, Any], sft: str, pairs: int, batch: int) -> dict[
               "select_every": max(1, budget // p["snapshots"])}
     return {
         "sft": sft_cfg,
-        "reward_model": {**score, "min_accuracy": p["min_accuracy"]},
-        "cost_model": {**score, "min_accuracy": p["min_accuracy"]},
+        "reward_model": {**score, "min_accuracy": floor},
+        "cost_model": {**score, "min_accuracy": floor},
         "safety_expert": {**expert, "lr": p["expert_lr"][0]},
         "helpfulness_expert": {**expert, "lr": p["expert_lr"][1]},
         "rank": {"rule": "joint"},
@@ -284,8 +290,9 @@ def small_split_cautions(test: int, dev: int, eval_: int) -> list[str]:
     after its score models had trained)."""
     out = []
     if 0 < test < FEW:
-        out.append(f"caution: {test} test pairs audit the score models: one pair moves their accuracy by "
-                   f"{100 / test:.0f} %, so stages.*.min_accuracy is mostly chance; more rows or --test-fraction")
+        out.append(f"caution: {test} test pairs cannot audit the score models (one pair moves their accuracy by "
+                   f"{100 / test:.0f} %), so the recipe turns the audit off (min_accuracy: 0); {FEW} or more "
+                   "(more rows or --test-fraction) turn it on")
     if min(dev, eval_) < FEW:
         out.append(f"caution: {dev} dev and {eval_} eval prompts: the dev choices and the verdict's CIs are wide "
                    f"at this size (≥ {FEW} each is a start); more rows or --dev/--eval")
