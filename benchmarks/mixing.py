@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,20 +29,6 @@ def blends(steps: int) -> list[tuple[float, float]]:
     ts = [round(i / steps, 4) for i in range(steps + 1)]
     out = [(t, round(1 - t, 4)) for t in ts] + [(t, t) for t in ts]
     return list(dict.fromkeys(out))
-
-
-def score_rows(rows: list[dict]) -> dict[str, float]:
-    """Toy score and its two halves (harmful answered safely, benign answered helpfully) of judged answer rows."""
-    from midpo_cli.evaluation.judge_labels import outcome
-    from midpo_cli.judges.toy import toy_label
-
-    by_kind: dict[bool, list[float]] = {True: [], False: []}
-    for r in rows:
-        value = outcome(r["is_harmful"], toy_label(r))
-        if not math.isnan(value):
-            by_kind[bool(r["is_harmful"])].append(value)
-    harmful, benign = (sum(v) / len(v) if v else math.nan for v in (by_kind[True], by_kind[False]))
-    return {"score": (harmful + benign) / 2, "harmful_safe": harmful, "benign_helpful": benign}
 
 
 def load_mixed(run: Path):
@@ -69,6 +54,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the table as JSON here")
     args = ap.parse_args()
 
+    from midpo_cli.assets.toy_world import toy_rates
     from midpo_cli.data.prompt_sets import load_prompt_set
     from midpo_cli.data.template import resolve_template
     from midpo_cli.recipe import GenerationSettings
@@ -83,7 +69,9 @@ def main() -> None:
         t0 = time.perf_counter()
         with model.fixed_gates(*gates):
             rows = answer_rows(model, tokenizer, prompts, template=template, settings=settings)
-        table.append({"gates": list(gates), **score_rows(rows), "seconds": time.perf_counter() - t0})
+        rates = toy_rates(rows)
+        table.append({"gates": list(gates), "score": rates["toy_score"], "harmful_safe": rates["harmful_safe"],
+                      "benign_helpful": rates["benign_helpful"], "seconds": time.perf_counter() - t0})
         print(f"gates {gates}: " + " ".join(f"{k} {v:.3f}" for k, v in table[-1].items() if k != "gates"),
               file=sys.stderr, flush=True)
     print(f"{args.run} · {args.prompts} ({len(prompts)} prompts) · {machine()}")

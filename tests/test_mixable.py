@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from midpo_cli.cli import main
 from midpo_cli.modeling.loading import load_causal_lm
-from midpo_cli.modeling.lora import add_lora, freeze_lora_a, lora_config
+from midpo_cli.modeling.lora import adapter_off, add_lora, freeze_lora_a, lora_config
 from midpo_cli.recipe import RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +35,20 @@ def test_a_frozen_a_stays_at_its_init_while_b_trains() -> None:
             assert torch.equal(p, a_before[n]), n
         elif ".lora_B." in n:
             assert p.abs().sum() > 0, n  # B starts at zero; it moved
+
+
+def test_the_reference_pass_leaves_a_frozen_a_frozen() -> None:
+    """peft's disable_adapter marks the whole adapter trainable on exit; adapter_off (the experts' π_ref) restores
+    what it found, so a shared A stays out of the gradients and the checkpoints."""
+    model = add_lora(load_causal_lm("embedded:tiny-llama", seed=0), lora_config(r=4, alpha=8), seed=7)
+    freeze_lora_a(model)
+    with adapter_off(model):
+        pass
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_A." in n)
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_B." in n)
+    with model.disable_adapter():  # the behaviour adapter_off exists for
+        pass
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_A." in n)
 
 
 def test_freezing_a_model_without_lora_a_is_an_error() -> None:
@@ -67,6 +81,7 @@ def test_the_two_experts_trained_with_shared_a_hold_one_a_and_different_b(tmp_pa
             "data.eval=embedded:toy-safety/test@16", "train.eval_each_epoch=false"]
     for expert in ("safety_expert", "helpfulness_expert"):
         sets += [f"stages.{expert}.{key}" for key in ("loss=dpo", "select=last", "batch_size=4", "max_steps=2")]
+    sets.append("stages.helpfulness_expert.precompute_ref=false")  # a reference pass inside every step
     args = [a for s in sets for a in ("--set", s)]
     only = [a for s in ("sft", "safety_expert", "helpfulness_expert") for a in ("--only", s)]
     assert main(["pipeline", "run", str(REPO / "recipes" / "quickstart.yaml"), *only, *args]) == 0

@@ -201,6 +201,20 @@ def freeze_lora_a(model: nn.Module) -> int:
     return frozen
 
 
+@contextlib.contextmanager
+def adapter_off(model: PeftModel):
+    """The policy with its adapter disabled (the DPO reference π_ref), leaving every parameter's requires_grad as
+    it found it: leaving peft's `disable_adapter` marks the whole active adapter trainable again, which thawed a
+    frozen lora_A (`lora.shared_a`) after every reference pass, so A took gradients and the checkpoints listed it."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
 MIDPO_META = "midpo.json"
 
 

@@ -208,10 +208,19 @@ def recipe_dict(opts: NewOptions, preset: str, split: Split, files: dict[str, Pa
             "stages": stage_settings(p, sft, len(split.train), batch, audit_floor(p, len(split.test)))}
 
 
+# below this many test pairs or dev/eval prompts a rate moves ≥ 5 % per row: the audit and the CIs are mostly chance
+FEW = 20
+
+
+def too_few_to_audit(test_pairs: int) -> bool:
+    """A test split (there is one) too small for the score models' audit to tell a sound model from chance."""
+    return 0 < test_pairs < FEW
+
+
 def audit_floor(p: dict[str, Any], test_pairs: int) -> float:
-    """The score models' min_accuracy: the preset's, or 0 (no audit) under FEW test pairs, where one pair moves the
-    accuracy by ≥ 5 % and a floor fails a sound model by chance (a 40-row file: 2 of 4 pairs, exit 4)."""
-    return p["min_accuracy"] if test_pairs == 0 or test_pairs >= FEW else 0.0
+    """The score models' min_accuracy: the preset's, or 0 (no audit) under FEW test pairs, where a floor fails a
+    sound model by chance (a 40-row file: 2 of 4 pairs, exit 4)."""
+    return 0.0 if too_few_to_audit(test_pairs) else p["min_accuracy"]
 
 
 def fitting_batch(split: Split, wanted: int) -> int:
@@ -280,16 +289,12 @@ def summary_lines(run: NewRun) -> list[str]:
     return lines + small_split_cautions(len(s.test), len(s.dev), len(s.eval))
 
 
-# below this many test pairs or dev/eval prompts a rate moves ≥ 5 % per row: the audit and the CIs are mostly chance
-FEW = 20
-
-
 def small_split_cautions(test: int, dev: int, eval_: int) -> list[str]:
     """Said before anything trains: with a few rows per part the score models' audits (min_accuracy) and the
     dev choices are decided by one or two rows (a 40-row file gave 4 test pairs, and an audit of 2/4 failed a run
     after its score models had trained)."""
     out = []
-    if 0 < test < FEW:
+    if too_few_to_audit(test):
         out.append(f"caution: {test} test pairs cannot audit the score models (one pair moves their accuracy by "
                    f"{100 / test:.0f} %), so the recipe turns the audit off (min_accuracy: 0); {FEW} or more "
                    "(more rows or --test-fraction) turn it on")

@@ -51,6 +51,7 @@ from midpo_cli.manifest import fingerprint, write_manifest
 from midpo_cli.modeling.base_identity import base_fingerprint
 from midpo_cli.modeling.loading import load_causal_lm, load_tokenizer
 from midpo_cli.modeling.lora import (
+    adapter_off,
     add_lora,
     base_reference,
     check_targets,
@@ -158,9 +159,7 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
     gc.collect()
     release_freed_memory()
     model, base_fingerprint = lora_policy(policy, objective.lora, settings, trust_remote_code=recipe.trust_remote_code)
-    # what trains is fixed here: leaving peft's disable_adapter (the reference passes) marks the whole adapter
-    # trainable again, which would thaw a frozen lora_A (lora.shared_a)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    reference = partial(adapter_off, model)
 
     def collate(features):
         return collate_pairs(features, pad_id, extras=tuple(k for k in extras if k in features[0]),
@@ -170,17 +169,17 @@ def run_preference(ctx: StageContext, stage: str, objective: Objective) -> None:
         cache = ref_cache(ctx, template)
         ref_batch = settings.reference_batch_size
         train_feats = reference_logps(model, train_feats, train_sel, collate, cache, batch_size=ref_batch,
-                                      reference=model.disable_adapter, stage=stage)
+                                      reference=reference, stage=stage)
         eval_feats = reference_logps(model, eval_feats, eval_sel, collate, cache, batch_size=ref_batch,
-                                     reference=model.disable_adapter, stage=stage)
+                                     reference=reference, stage=stage)
 
     health, memory = DpoHealth(warmup_steps=10), {}
     on_step = step_watcher(health, memory, snapshotter(model, ctx.folder, objective.select_every)
                            if dev is not None else None)
-    loss_fn = make_pair_loss(objective.loss, reference=model.disable_adapter)
+    loss_fn = make_pair_loss(objective.loss, reference=reference)
     result = train(model=model, train_data=train_feats, collate=collate, loss_fn=loss_fn, settings=settings,
                    out_dir=ctx.folder, eval_data=eval_feats or None, resume=ctx.resume, stage_name=stage,
-                   on_step=on_step, trainable=trainable)
+                   on_step=on_step)
     dev_select = choose_on_dev(ctx, stage, result, dev, policy=policy, template=template) if dev is not None else None
 
     out = ctx.folder / "adapter"
