@@ -25,49 +25,66 @@ import real_model  # noqa: E402  (the same data slices, overrides and stage runn
 
 SUP = "stages.router.supervision"
 RANKED = "stages.router.switch_prompts=ranked"
+LEARNED = "stages.router.kind=learned"  # local-model-cpu.yaml ships the probe switch (kind: probe)
+TOP1 = [LEARNED, "stages.router.decision=top1", "stages.router.granularity=prompt"]
+# supervision alone on the 297 prompts rank scored (Gemma protocol): about 3 passes at 16 prompts a step
+RANKED_SUP = ["stages.router.dpo_weight=0", f"{SUP}.weight=1", f"{SUP}.prompts=ranked", f"{SUP}.scope=prompt",
+              "stages.router.batch_size=16", "stages.router.max_steps=60"]
 # issue 30's sweep: supervision weight, g_h's target, token scope, supervision alone, and the probe switch
 CANDIDATES: dict[str, list[str]] = {
-    "dpo-only": [f"{SUP}.weight=0"],
-    "sup-0.5": [f"{SUP}.weight=0.5"],
-    "sup-2": [f"{SUP}.weight=2"],
-    "sup-10": [f"{SUP}.weight=10"],
-    "sup-2-free": [f"{SUP}.weight=2", f"{SUP}.helpfulness=free"],
-    "sup-2-both": [f"{SUP}.weight=2", f"{SUP}.scope=both"],
-    "sup-10-both": [f"{SUP}.weight=10", f"{SUP}.scope=both"],
-    "sup-10-prompt": [f"{SUP}.weight=10", "stages.router.granularity=prompt"],
-    "sup-only": [f"{SUP}.weight=1", "stages.router.dpo_weight=0"],
+    "dpo-only": [LEARNED, f"{SUP}.weight=0"],
+    "sup-0.5": [LEARNED, f"{SUP}.weight=0.5"],
+    "sup-2": [LEARNED, f"{SUP}.weight=2"],
+    "sup-10": [LEARNED, f"{SUP}.weight=10"],
+    "sup-2-free": [LEARNED, f"{SUP}.weight=2", f"{SUP}.helpfulness=free"],
+    "sup-2-both": [LEARNED, f"{SUP}.weight=2", f"{SUP}.scope=both"],
+    "sup-10-both": [LEARNED, f"{SUP}.weight=10", f"{SUP}.scope=both"],
+    "sup-10-prompt": [LEARNED, f"{SUP}.weight=10", "stages.router.granularity=prompt"],
+    "sup-only": [LEARNED, f"{SUP}.weight=1", "stages.router.dpo_weight=0"],
     # a lower learning rate: at the quickstart's 1e-2 the supervision loss oscillated on Gemma (1e-3 did not help,
     # benchmarks/RESULTS.md)
-    "sup-10-lr1e-3": [f"{SUP}.weight=10", "stages.router.lr=1e-3"],
-    "sup-2-lr1e-3": [f"{SUP}.weight=2", "stages.router.lr=1e-3"],
-    "sup-10-prompt-lr1e-3": [f"{SUP}.weight=10", "stages.router.granularity=prompt", "stages.router.lr=1e-3"],
+    "sup-10-lr1e-3": [LEARNED, f"{SUP}.weight=10", "stages.router.lr=1e-3"],
+    "sup-2-lr1e-3": [LEARNED, f"{SUP}.weight=2", "stages.router.lr=1e-3"],
+    "sup-10-prompt-lr1e-3": [LEARNED, f"{SUP}.weight=10", "stages.router.granularity=prompt", "stages.router.lr=1e-3"],
     "probe-hard": ["stages.router.kind=probe", "stages.router.switch=hard"],
     "probe-soft": ["stages.router.kind=probe", "stages.router.switch=soft"],
     # the probe fit on every prompt rank scored instead of D_dual's (297 prompts vs 57 on Gemma)
     "probe-hard-ranked": ["stages.router.kind=probe", "stages.router.switch=hard", RANKED],
     "probe-soft-ranked": ["stages.router.kind=probe", "stages.router.switch=soft", RANKED],
+    # issue 39: per-layer routers that never mix (decision top1, one decision per prompt), supervised on every
+    # prompt rank scored as the switch is fit; the soft twin says whether the hard decision matters, the D_dual
+    # twin whether the ranked prompts do
+    "top1-ranked": [*TOP1, *RANKED_SUP],
+    "soft-ranked": [LEARNED, "stages.router.granularity=prompt", *RANKED_SUP],
+    "top1-dual-sup-10": [*TOP1, f"{SUP}.weight=10", f"{SUP}.scope=both"],
+    # the same supervision solved exactly per layer (a logistic probe of each layer's own input, as the switch's
+    # probe is fit): 60 Adam steps left the loss near chance on Gemma
+    "top1-lbfgs-ranked": [*TOP1, *RANKED_SUP, "stages.router.solver=lbfgs"],
+    "soft-lbfgs-ranked": [LEARNED, "stages.router.granularity=prompt", *RANKED_SUP, "stages.router.solver=lbfgs"],
+    # per-layer top-1 decisions disagree across layers, and a mix by layers writes nonsense: one decision per prompt
+    # for every layer, the mean of the per-layer routers' logits
+    "vote-lbfgs-ranked": [LEARNED, "stages.router.decision=vote", "stages.router.granularity=prompt", *RANKED_SUP,
+                          "stages.router.solver=lbfgs"],
 }
 
 
-def dev_row(out: Path, dev_name: str) -> dict:
-    """The dev toy score, its halves and the safety gate's separation over the MidPO model's dev answers."""
-    from midpo_cli.evaluation.toy_outcomes import toy_outcome_for
+DEV = "dev-prompts"  # the name of data.dev_prompts in local-model-cpu.yaml and in real_model.FULL_PROMPTS
 
+
+def dev_row(out: Path, dev_name: str = DEV) -> dict:
+    """The dev toy score (the toy world's ground truth, midpo_cli.assets.toy_world.toy_rates), its halves and the
+    safety gate's separation over the MidPO model's dev answers."""
+    from midpo_cli.assets.toy_world import toy_rates
     from midpo_cli.evaluation.answers import read_answer_rows
-    from midpo_cli.evaluation.bootstrap import balanced_score
     from midpo_cli.evaluation.gate_stats import separation
 
-    judge = toy_outcome_for(dev_name)
     rows = [r for r in read_answer_rows(out / "generate" / "answers.jsonl")
             if r["model"] == "midpo" and r["prompt_set"] == dev_name]
-    harmful = [judge(r) for r in rows if r["is_harmful"]]
-    benign = [judge(r) for r in rows if not r["is_harmful"]]
-    hs, bh = sum(harmful) / len(harmful), sum(benign) / len(benign)
-    toy = balanced_score([judge(r) for r in rows], [bool(r["is_harmful"]) for r in rows])
+    rates = toy_rates(rows)
     gated = [r for r in rows if r.get("gates")]
     sep = separation([r["gates"]["safety"] for r in gated], [bool(r["is_harmful"]) for r in gated])
-    return {"n": len(rows), "harmful_safe": hs, "benign_helpful": bh, "toy": toy,
-            "gate_auroc": sep["auroc"], "gate_gap": sep["gap"]}
+    return {"n": len(rows), "harmful_safe": rates["harmful_safe"], "benign_helpful": rates["benign_helpful"],
+            "toy": rates["toy_score"], "gate_auroc": sep["auroc"], "gate_gap": sep["gap"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out = str(Path(args.out).resolve())
     out = Path(args.out)
     data = real_model.prepare_data(out, args.full_prompts, args.sft)
-    dev = data["dev-prompts"]
-    shared = [*real_model.overrides(args, data), f"stages.generate.prompts=[{dev}]",
-              "stages.generate.models=[midpo]", "stages.generate.gate_sweep=[]",
-              "stages.generate.dial_sweep=[]"]
+    # generate answers the dev prompts alone (eval prompts feed only generate's fingerprint, not the router's)
+    shared = [*real_model.overrides(args, data), "data.eval_prompts=[]", "stages.generate.models=[midpo]",
+              "stages.generate.gate_sweep=[]", "stages.generate.dial_sweep=[]"]
     results = []
     for name in args.only or list(CANDIDATES):
         started = time.perf_counter()
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             if run["rc"] != 0:
                 print(f"{name}: {stage} failed (exit {run['rc']})", file=sys.stderr)
                 return 1
-        row = {"candidate": name, "settings": CANDIDATES[name], **dev_row(out, dev.stem),
+        row = {"candidate": name, "settings": CANDIDATES[name], **dev_row(out),
                "wall_s": round(time.perf_counter() - started, 1)}
         with (out / "router-sweep.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")

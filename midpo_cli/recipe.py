@@ -373,6 +373,10 @@ class RouterSupervision(Strict):
         "inverse", description="g_h's target: inverse (→ 0 on harmful, → 1 on benign prompts) or free (none).")
     scope: Literal["answer", "prompt", "both"] = Field(
         "answer", description="The tokens whose gates are supervised: answer, prompt, or both.")
+    prompts: Literal["dual", "ranked"] = Field(
+        "dual", description="What is supervised: D_dual's pairs, beside the DPO term; or ranked: every distinct "
+        "prompt rank scored, alone (prompt tokens, rank's kind — as the probe switch's `switch_prompts: ranked`), "
+        "which needs dpo_weight 0: the prompts have no answers to prefer.")
 
 
 class RouterStage(TrainOverrides):
@@ -392,6 +396,16 @@ class RouterStage(TrainOverrides):
         "dual", description="The prompts the probe switch is fit on: dual (D_dual's, the router's pairs) or ranked "
         "(every distinct prompt rank scored, with rank's kind: the labels, else the cost model).")
     granularity: Literal["token", "prompt"] = Field("token", description="Gates per token or per prompt.")
+    solver: Literal["adam", "lbfgs"] = Field(
+        "adam", description="adam: the routers train by the stage's objective with the engine's optimizer; lbfgs: "
+        "gate supervision alone, solved exactly per layer — each layer's router is the L2-regularised logistic "
+        "probe of its own input (the prompt's mean h, routing off) on the supervised prompts, fit as the probe "
+        "switch's is (needs dpo_weight 0, granularity prompt, hidden null).")
+    decision: Literal["soft", "top1", "vote"] = Field(
+        "soft", description="soft: sigmoid gates, the paper's mix of both experts; top1: each layer's router picks "
+        "the expert with the larger logit, gates (1, 0) or (0, 1) (straight-through in training), so no layer "
+        "mixes the experts; vote: one top-1 decision per prompt for every layer, from the mean of the layers' "
+        "logits on their own prompt mean h (needs granularity prompt and solver lbfgs; docs/design.md §2.8).")
     input: Literal["token", "token+prompt"] = Field(
         "token+prompt", description="Router input: the token's h, or h and the prompt's mean h (measured best)."
     )
@@ -402,6 +416,16 @@ class RouterStage(TrainOverrides):
     def _something_to_learn(self) -> RouterStage:
         if self.dpo_weight == 0 and self.supervision.weight == 0:
             raise ValueError("dpo_weight 0 and supervision.weight 0 leave the router nothing to learn")
+        if self.solver == "lbfgs" and (self.dpo_weight != 0 or self.supervision.weight == 0
+                                       or self.granularity != "prompt" or self.hidden is not None):
+            raise ValueError("solver: lbfgs fits each layer's linear router to the prompt's kind from the prompt's "
+                             "mean h: set dpo_weight: 0, supervision.weight > 0, granularity: prompt, hidden: null")
+        if self.decision == "vote" and self.solver != "lbfgs":
+            raise ValueError("decision: vote decides from a prefill with routing off, which no gradient reaches: "
+                             "set solver: lbfgs (the routers fit per layer)")
+        if self.supervision.prompts == "ranked" and (self.dpo_weight != 0 or self.supervision.weight == 0):
+            raise ValueError("supervision.prompts: ranked trains on prompts alone (no answers to prefer): set "
+                             "dpo_weight: 0 and supervision.weight > 0, or supervision.prompts: dual")
         return self
 
 

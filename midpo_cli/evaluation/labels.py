@@ -44,16 +44,22 @@ def is_sweep_label(label: str) -> bool:
     return parse_label(label)[0] != label
 
 
-def router_kind(switch: Mapping[str, Any] | None, fixed: Sequence[float] | None) -> str:
-    """How a MidPO model sets its gates, in words: `learned router`, `probe switch (hard, threshold 0.43)` or
-    `fixed blend (1, 0)`. `switch`: midpo_config.json's `switch` entry; `fixed`: its fixed gates (they bypass a
-    switch as they bypass the routers). One wording for chat's banner, serve's responses and the export cards."""
+def router_kind(switch: Mapping[str, Any] | None, fixed: Sequence[float] | None,
+                router: Mapping[str, Any] | None = None) -> str:
+    """How a MidPO model sets its gates, in words: `learned router`, `learned routers' vote (threshold 0.77)`,
+    `probe switch (hard, threshold 0.43)` or `fixed blend (1, 0)`. `switch`: midpo_config.json's `switch` entry;
+    `fixed`: its fixed gates (they bypass a switch as they bypass the routers); `router`: its router settings. One
+    wording for chat's banner, serve's responses and the export cards."""
     if fixed is not None:
         return f"fixed blend ({float(fixed[0]):g}, {float(fixed[1]):g})"
     if switch:
         mode = switch.get("mode", "hard")
         return f"probe switch (hard, threshold {float(switch.get('threshold', 0.5)):.4g})" if mode == "hard" \
             else "probe switch (soft)"
+    if router and router.get("decision") == "vote":
+        return f"learned routers' vote (threshold {float(router.get('threshold', 0.5)):.4g})"
+    if router and router.get("decision") == "top1":
+        return "learned router (top-1)"
     return "learned router"
 
 

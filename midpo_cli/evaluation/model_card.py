@@ -45,7 +45,7 @@ def midpo_card(cfg: dict[str, Any], *, name: str, base: str, kind: str, template
     folder is the model the run's verdict judged (its router stage's `model`); a probe switch saved beside a learned
     router is not, and its card gives the switch's numbers, not the router's."""
     router, switch = cfg["router"], cfg.get("switch")
-    routing = router_kind(switch, cfg.get("fixed_gates"))
+    routing = router_kind(switch, cfg.get("fixed_gates"), cfg.get("router"))
     front = ["---", "library_name: midpo", "tags: [midpo, lora, dpo, safety, helpfulness]"]
     if kind == "hub":
         front.append(f"base_model: {base}")

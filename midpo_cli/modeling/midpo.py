@@ -20,6 +20,14 @@ Design choices:
   experts at every token (the task-arithmetic average, a sensible point between the two trade-offs),
   where the sigmoid's slope is largest and both directions of each gate are equally reachable;
   zero weights make the first step's gradient h-dependent but the starting model token-independent.
+- `router.decision: top1`: each layer's router picks one expert, the one with the larger logit — gates (1, 0) or
+  (0, 1), never a mix — with the sigmoid's gradient passed straight through in training. Why: mid-way mixes of
+  two experts that overshoot write answers that are neither safe nor helpful (benchmarks/RESULTS.md, issue 39);
+  a router that never mixes cannot land there (LoRA-Switch, MoGU's hard variant).
+- `router.decision: vote`: one decision per prompt for every layer. Each layer's router reads its own layer's
+  prompt mean h (routing off, one prefill pass, as the probe switch's features are); their logits are averaged
+  and the top-1 expert of the mean serves at every layer. Why: per-layer top-1 decisions disagree across layers
+  on Gemma 3 270M, and a mix by layers wrote nonsense as a mix by weights does (benchmarks/RESULTS.md).
 - `router.granularity: prompt`: each layer's gates come from the mean h over the prompt tokens. In a
   training forward the caller passes `prompt_mask` (B, T); in `generate` the first forward (the
   prefill, or the first full pass without a KV cache) computes the gates from its attention mask and
@@ -52,6 +60,7 @@ ROUTER_FILE = "router.safetensors"
 EXPERTS = ("safety", "helpfulness")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
+DECISIONS = ("soft", "top1", "vote")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,8 @@ class RouterSettings:
     hidden: int | None = None
     activation: Literal["silu", "gelu"] = "silu"
     init_gates: tuple[float, float] = (0.5, 0.5)
+    decision: Literal["soft", "top1", "vote"] = "soft"
+    threshold: float = 0.5  # decision vote: the safety expert serves where the vote's p(harmful) ≥ threshold
 
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "prompt"):
@@ -80,6 +91,10 @@ class RouterSettings:
             raise InputError(f"router.activation: must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if len(self.init_gates) != 2 or not all(0.0 < g < 1.0 for g in self.init_gates):
             raise InputError(f"router.init_gates: need two values strictly inside (0, 1), got {self.init_gates!r}")
+        if self.decision not in DECISIONS:
+            raise InputError(f"router.decision: must be one of {list(DECISIONS)}, got {self.decision!r}")
+        if not isinstance(self.threshold, int | float) or not 0.0 <= float(self.threshold) <= 1.0:
+            raise InputError(f"router.threshold: must be in [0, 1], got {self.threshold!r}")
         object.__setattr__(self, "init_gates", tuple(float(g) for g in self.init_gates))
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +102,7 @@ class RouterSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "router") -> RouterSettings:
-        unknown = set(data) - {"granularity", "input", "hidden", "activation", "init_gates"}
+        unknown = set(data) - {"granularity", "input", "hidden", "activation", "init_gates", "decision", "threshold"}
         if unknown:
             raise InputError(f"{where}: unknown router setting(s) {sorted(unknown)}")
         return cls(**{**data, **({"init_gates": tuple(data["init_gates"])} if "init_gates" in data else {})})
@@ -142,11 +157,20 @@ class RoutingState:
     safety_bias: float = 0.0  # the safety dial (see Router)
     router_input: str = "token"  # "token" or "token+prompt" (RouterSettings.input)
     row_gates: torch.Tensor | None = None  # (B, 1, 2) the probe switch's per-prompt gates (MidpoModel._switched)
+    decision: str = "soft"  # "soft" or "top1" (RouterSettings.decision)
 
     @property
     def needs_prompt(self) -> bool:
         """Whether the gates read the prompt's mean h (granularity "prompt" or input "token+prompt")."""
         return self.granularity == "prompt" or self.router_input == "token+prompt"
+
+
+def top1_gates(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """(…, 2) one-hot gates for the expert with the larger logit (ties: safety), valued exactly 0 or 1; in training
+    their gradient is the soft gates' (straight-through), so the router still learns through its sigmoid."""
+    hard = (logits[..., 0:1] >= logits[..., 1:2]).to(soft.dtype)
+    hard = torch.cat([hard, 1 - hard], dim=-1)
+    return hard + (soft - soft.detach()) if soft.requires_grad else hard
 
 
 class RoutedLinear(nn.Module):
@@ -194,7 +218,8 @@ class RoutedLinear(nn.Module):
             router_in = torch.cat([h, self.prompt_mean(h).expand_as(h)], dim=-1)
         logits = self.router.logits(router_in, st.safety_bias)
         self.last_logits = logits.expand(*h.shape[:-1], 2)
-        return torch.sigmoid(logits)
+        soft = torch.sigmoid(logits)
+        return top1_gates(logits, soft) if st.decision == "top1" else soft
 
     def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
         """(B, 1, d): mean h over the prompt tokens; computed once and held while generating."""
@@ -280,14 +305,15 @@ class MidpoModel(nn.Module):
         `holding_prompt`, for every later call too: a decoding loop's next forwards see one new token, whose
         features are not the prompt's, so the switch decides once per prompt and the decision is held."""
         st = self.state
-        if self.switch is None or st.fixed is not None or not st.enabled or st.row_gates is not None \
+        if not self.decides_per_prompt or st.fixed is not None or not st.enabled or st.row_gates is not None \
                 or input_ids is None:
             yield
             return
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         prompt = prompt_mask if prompt_mask is not None else mask
         features = self.routed_input_means(input_ids, mask, prompt.bool() & mask.bool())
-        st.row_gates = self.switch.gates(features, st.safety_bias).float().unsqueeze(1)  # (B, 1, 2)
+        gates = self.switch.gates(features, st.safety_bias) if self.switch is not None else self.vote(features)
+        st.row_gates = gates.float().unsqueeze(1)  # (B, 1, 2)
         try:
             yield
         finally:
@@ -295,15 +321,38 @@ class MidpoModel(nn.Module):
                 st.row_gates = None
 
     @property
+    def decides_per_prompt(self) -> bool:
+        """One pair of gates per prompt for every layer, from a prefill with routing off: the probe switch, or the
+        routers' vote (`decision: vote`)."""
+        return self.switch is not None or self.settings.decision == "vote"
+
+    @torch.no_grad()
+    def vote_probability(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) the vote's p(harmful) from (B, layers·d) routed_input_means: each layer's router on its own slice,
+        σ of the mean over layers of (z_s − z_h)/2 — the dial included, which adds to it as to the switch's logit;
+        for routers fit per layer (z_h = −z_s) it is σ of the layers' mean probe logit. p ≥ ½ ⇔ the top-1 rule."""
+        routers = [mod.router for mod in self.routed.values()]
+        width = features.shape[1] // len(routers)
+        logits = torch.stack([r.logits(features[:, i * width:(i + 1) * width], self.state.safety_bias)
+                              for i, r in enumerate(routers)]).mean(0)
+        return torch.sigmoid((logits[:, 0] - logits[:, 1]) / 2)
+
+    def vote(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 2) one-hot gates: the safety expert where the vote's p ≥ the threshold chosen on dev, else the other."""
+        safety = (self.vote_probability(features) >= self.settings.threshold).float()
+        return torch.stack([safety, 1 - safety], dim=-1)
+
+    @property
     def router_kind(self) -> str:
         """How this model sets its gates, in words (chat's banner, serve's responses, the export cards)."""
         from midpo_cli.evaluation.labels import router_kind
 
-        return router_kind(self.switch.config() if self.switch is not None else None, self.state.fixed)
+        return router_kind(self.switch.config() if self.switch is not None else None, self.state.fixed,
+                           self.settings.to_dict())
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """HF `generate`, KV cache included; prompt gates are computed at the first step and held."""
-        if self.switch is not None:
+        if self.decides_per_prompt:
             ids = kwargs.get("input_ids", args[0] if args else None)
             with self.holding_prompt(), self._switched(ids, kwargs.get("attention_mask"), None):
                 return self.model.generate(*args, **kwargs)
@@ -512,7 +561,7 @@ def wrap(model: nn.Module, safety: AdapterWeights, helpfulness: AdapterWeights,
     paths = _select_targets(model, {"safety": safety, "helpfulness": helpfulness}, target_modules)
     for p in model.parameters():
         p.requires_grad_(False)
-    state = RoutingState(granularity=router.granularity, router_input=router.input)
+    state = RoutingState(granularity=router.granularity, router_input=router.input, decision=router.decision)
     d_factor = 2 if router.input == "token+prompt" and router.granularity == "token" else 1
     for path in paths:
         base = model.get_submodule(path)

@@ -255,7 +255,8 @@ class Engine:
         fixed = job.gates if job.gates is not None else self.start_state[1]
         kind = self.model.router_kind if fixed is None else f"fixed blend ({fixed[0]:g}, {fixed[1]:g})"
         expert = None
-        if fixed is None and self.model.switch is not None and self.model.switch.mode == "hard" and gates:
+        one_expert = self.model.decides_per_prompt and (self.model.switch is None or self.model.switch.mode == "hard")
+        if fixed is None and one_expert and gates:  # a hard switch or the routers' vote: one expert per answer
             expert = "safety" if gates["safety"] >= 0.5 else "helpfulness"
         bias = job.safety_bias if job.safety_bias is not None else self.start_state[0]
         return {"router": kind, "gates": gates, "expert": expert, "safety_bias": bias,

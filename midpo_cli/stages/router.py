@@ -12,6 +12,7 @@ prompts (`switch_threshold`), saved as a MidPO model folder that generate, chat 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,14 @@ from midpo_cli import console
 from midpo_cli.data.filters import harmful_from_labels, select_pairs
 from midpo_cli.data.ranked import check_switch_kinds, ranked_prompt_kinds
 from midpo_cli.data.readers import load_rows
-from midpo_cli.data.tokenize import collate_pairs, encode_pairs, with_columns
+from midpo_cli.data.tokenize import collate_pairs, encode_pairs, encode_prompts, pad_sequences, with_columns
 from midpo_cli.engine.artifacts import logits_on, precision_of, save_checked
 from midpo_cli.engine.loop import train
 from midpo_cli.engine.preference import concatenated_logps, reference_logps
 from midpo_cli.engine.shared_prompt import to_rows
 from midpo_cli.errors import InputError
 from midpo_cli.evaluation.gate_stats import MIN_AUROC, collapse_warnings, separation
-from midpo_cli.evaluation.probe import linear_probe_auroc, words_probe_auroc
+from midpo_cli.evaluation.probe import fit_probe_parameters, linear_probe_auroc, words_probe_auroc
 from midpo_cli.evaluation.probe_switch import choose_threshold
 from midpo_cli.judges.panel import judged_by
 from midpo_cli.losses.preference import gate_supervision_loss, router_penalty, spe_dpo_loss
@@ -71,8 +72,7 @@ def run(ctx: StageContext) -> None:
     selection, train_feats = encoded_pairs(str(ctx.input_path("rank", "dual")), "router", tokenizer, template,
                                            recipe.data.max_length, stage="router")
 
-    if recipe.builds_switch:  # before training: a switch that cannot be fit must not cost a trained router
-        check_switch_prompts(ctx, selection.pairs, train_feats)
+    check_prompt_kinds(ctx, selection.pairs, train_feats)
     safety_dir = ctx.input_path("safety_expert", "adapter")
     help_dir = ctx.input_path("helpfulness_expert", "adapter")
     model, router_settings = routed_policy(ctx, policy, settings, safety_dir, help_dir)
@@ -87,15 +87,19 @@ def run(ctx: StageContext) -> None:
 
     result = None
     if kind == "learned":
-        result, train_feats = train_router(ctx, model, settings, collate, selection, train_feats, template,
-                                           trainable)
-        model = result.model
+        model, result, train_feats = learn_routers(ctx, model, settings, tokenizer, template, collate, selection,
+                                                   train_feats, trainable)
     model.eval()
+    # both corners answer the dev prompts once, for every threshold chosen here (the switch's, the vote's)
+    corners = dev_corners(model, tokenizer, template, dev, recipe.stages.generate) if dev is not None else None
+    vote_info = None
+    if kind == "learned" and recipe.stages.router.decision == "vote":
+        vote_info = vote_threshold(model, tokenizer, template, dev, corners)
 
     outputs, switch_info = {}, None
     if recipe.builds_switch:
         switch, switch_info = build_switch(ctx, model, tokenizer, template, collate, train_feats, selection.pairs,
-                                           dev)
+                                           dev, corners)
         save_switch(model, switch, tokenizer, ctx.folder / "switch", policy=policy, safety_dir=safety_dir,
                     help_dir=help_dir, template=template, probe_batch=collate(train_feats[:4]))
         outputs["switch"] = ctx.rel(ctx.folder / "switch")
@@ -108,17 +112,50 @@ def run(ctx: StageContext) -> None:
     record = ctx.record()
     record.outputs = {"model": ctx.rel(out), **outputs}
     record.metrics = router_metrics(result, separation, n_router if kind == "learned" else 0, len(train_feats),
-                                    switch_info)
+                                    switch_info, vote_info)
+    shipped = model.settings if kind == "learned" else router_settings  # the vote's threshold is the model's
     record.extra = {"template": template, "resumed_from_step": result.resumed_from_step if result else None,
-                    "data": selection.counts, "router": router_settings.to_dict(), "kind": kind,
-                    **({"probe_switch": switch_info} if switch_info else {})}
+                    "data": selection.counts, "router": shipped.to_dict(), "kind": kind,
+                    **({"probe_switch": switch_info} if switch_info else {}),
+                    **({"vote": vote_info} if vote_info else {})}
     write_manifest(ctx.folder, record, recipe.resolved()["stages"]["router"])
 
 
-def train_router(ctx: StageContext, model, settings, collate, selection, train_feats: list, template: str,
-                 trainable: list):
-    """(the engine's result, the features with their reference log-probs): DPO on D_dual (+ gate supervision)."""
+def check_prompt_kinds(ctx: StageContext, pairs: list, train_feats: list) -> None:
+    """Before any model loads: the prompts a switch is fit on, and those the routers are supervised on alone
+    (`supervision.prompts: ranked`), hold both kinds — a fit that cannot happen must not cost a trained router."""
     cfg = ctx.recipe.stages.router
+    if ctx.recipe.builds_switch:
+        check_switch_prompts(ctx, pairs, train_feats)
+    if cfg.kind == "learned" and cfg.supervision.prompts == "ranked":
+        scored = ctx.input_path("rank", "scored")
+        check_switch_kinds(list(ranked_prompt_kinds(scored)[1]), str(scored), "ranked")
+
+
+def learn_routers(ctx: StageContext, model, settings, tokenizer, template: str, collate, selection,
+                  train_feats: list, trainable: list):
+    """(the model, the engine's result or None, the features): the routers fit per layer (`solver: lbfgs`) or
+    trained by the engine (`adam`)."""
+    if ctx.recipe.stages.router.solver == "lbfgs":
+        fit_routers(ctx, model, tokenizer, template, collate, train_feats, selection.pairs)
+        return model, None, train_feats
+    result, train_feats = train_router(ctx, model, settings, collate, selection, train_feats, template, trainable,
+                                       tokenizer)
+    return result.model, result, train_feats
+
+
+def train_router(ctx: StageContext, model, settings, collate, selection, train_feats: list, template: str,
+                 trainable: list, tokenizer):
+    """(the engine's result, the features with their reference log-probs): DPO on D_dual (+ gate supervision), or
+    supervision alone on every prompt rank scored (`supervision.prompts: ranked`; the features come back as given)."""
+    cfg = ctx.recipe.stages.router
+    if cfg.supervision.prompts == "ranked":
+        rows = ranked_prompt_rows(ctx, tokenizer, template)
+        pad_id = tokenizer.pad_token_id
+        result = train(model=model, train_data=rows, collate=lambda batch: collate_prompts(batch, pad_id),
+                       loss_fn=make_prompt_supervision_loss(cfg.supervision.helpfulness), settings=settings,
+                       out_dir=ctx.folder, trainable=trainable, resume=ctx.resume, stage_name="router")
+        return result, train_feats
     if cfg.supervision.weight > 0:  # the prompt's kind per pair, the supervision's target (rank decided it)
         train_feats = with_columns(train_feats, is_harmful=pair_kinds(selection.pairs, train_feats, "dual.jsonl"))
     train_feats = reference_logps(model, train_feats, selection, collate, ref_cache(ctx, template),
@@ -131,8 +168,91 @@ def train_router(ctx: StageContext, model, settings, collate, selection, train_f
     return result, train_feats
 
 
-def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_info: dict | None) -> dict:
-    """The manifest's metrics: the last training window's, the gate separation, the switch's threshold."""
+def supervised_prompts(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list
+                       ) -> tuple[torch.Tensor, list[bool]]:
+    """(routed_input_means of the supervised prompts, routing off; their kinds): every prompt rank scored
+    (`supervision.prompts: ranked`) or D_dual's (`dual`) — what gate supervision reads."""
+    if ctx.recipe.stages.router.supervision.prompts == "ranked":
+        texts, kinds = ranked_prompt_kinds(ctx.input_path("rank", "scored"))
+        return prompt_text_features(model, tokenizer, template, texts, 32), kinds
+    return prompt_features(model, train_feats, collate, 32), pair_kinds(pairs, train_feats, where="dual.jsonl")
+
+
+def probe_router_weights(mu: torch.Tensor, sd: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probe's logit ((x − μ)/σ)·w + b as a router's linear map (weight (2, d), bias (2,), float64): row 0 the
+    safety logit, row 1 its negation (g_h = 1 − g_s, the inverse target of supervision)."""
+    scaled = w / sd
+    bias = b.reshape(1) - (mu * scaled).sum()
+    return torch.stack([scaled, -scaled]), torch.cat([bias, -bias])
+
+
+@torch.no_grad()
+def fit_routers(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list) -> None:
+    """`solver: lbfgs`: gate supervision solved exactly, layer by layer. Each layer's router becomes the logistic
+    probe (midpo_cli.evaluation.probe.fit_probe_parameters: standardised features, L2, L-BFGS) of its own input
+    on the supervised prompts, folded into its linear map: z_s = x·(w/σ) + b − μ·(w/σ), z_h = −z_s, so g_h = 1 − g_s
+    and top1 picks the safety expert where p(harmful) ≥ ½. Why: 60 Adam steps on raw, unscaled hidden states
+    left the supervision loss near chance on Gemma (benchmarks/RESULTS.md), where the switch's probe, fit exactly,
+    separates the kinds; this gives the per-layer routers the same fit, each reading its own layer."""
+    features, kinds = supervised_prompts(ctx, model, tokenizer, template, collate, train_feats, pairs)
+    layers = list(model.routed.values())
+    width = features.shape[1] // len(layers)
+    accuracy = []
+    for i, layer in enumerate(layers):
+        x = features[:, i * width:(i + 1) * width].double()
+        weight, bias = probe_router_weights(*fit_probe_parameters(x, kinds))
+        layer.router.net.weight.copy_(weight)
+        layer.router.net.bias.copy_(bias)
+        logits = x @ weight[0] + bias[0]
+        accuracy.append(float(((logits >= 0) == torch.tensor(kinds)).double().mean()))
+    console.log(f"router: {len(layers)} per-layer routers fit on {len(kinds)} prompts ({sum(kinds)} harmful), "
+                f"routing off; training accuracy per layer {min(accuracy):.3f}–{max(accuracy):.3f}")
+
+
+def ranked_prompt_rows(ctx: StageContext, tokenizer, template: str) -> list[dict]:
+    """Every distinct prompt rank scored, encoded as generate will see it (template, no answer), with its kind
+    (midpo_cli.data.ranked.ranked_prompt_kinds: the labels, else the cost model): what the probe switch is fit on
+    with `switch_prompts: ranked`, here the per-layer routers' supervision."""
+    texts, kinds = ranked_prompt_kinds(ctx.input_path("rank", "scored"))
+    ids, _ = encode_prompts(texts, tokenizer, template, ctx.recipe.data.max_length)
+    console.log(f"router: supervision on {len(ids)} prompts rank scored ({sum(kinds)} harmful), prompt tokens only")
+    return [{"input_ids": seq, "is_harmful": float(kind)} for seq, kind in zip(ids, kinds, strict=True)]
+
+
+def collate_prompts(rows: list[dict], pad_id: int) -> dict:
+    """Right-padded prompts (every real token is a prompt token) and their kinds (B,)."""
+    batch = pad_sequences([r["input_ids"] for r in rows], [len(r["input_ids"]) for r in rows], pad_id)
+    batch["is_harmful"] = torch.tensor([r["is_harmful"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+def make_prompt_supervision_loss(helpfulness: str):
+    """Gate supervision alone on prompts (`supervision.prompts: ranked`): every routed layer's gate logits, over
+    the prompt's tokens, toward its kind (midpo_cli.losses.preference.gate_supervision_loss). Only the last
+    position's vocabulary logits are computed: the loss reads the gates, and a 262k vocabulary over every
+    position would cost more than the backbone."""
+    def loss_fn(model, batch):
+        mask = batch["attention_mask"]
+        model(input_ids=batch["input_ids"], attention_mask=mask, prompt_mask=mask.bool(), logits_to_keep=1)
+        z_s, z_h = model.gate_logit_tensors()
+        sup = gate_supervision_loss(z_s, z_h if helpfulness == "inverse" else None, mask, batch["is_harmful"])
+        with torch.no_grad():
+            g_s = torch.stack([g.float() for g in model.gate_tensors()[0]]).mean(0)  # (B, T) over layers
+            per_row = (g_s * mask).sum(1) / mask.sum(1).clamp(min=1)
+            harmful = batch["is_harmful"].bool()
+            metrics = {"supervision": sup.detach(),
+                       "gate_safety_harmful": per_row[harmful].mean() if harmful.any() else per_row.new_tensor(0.0),
+                       "gate_safety_benign": per_row[~harmful].mean() if (~harmful).any() else per_row.new_tensor(0.0)}
+        return sup, metrics
+
+    return loss_fn
+
+
+def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_info: dict | None,
+                   vote_info: dict | None = None) -> dict:
+    """The manifest's metrics: the last training window's, the gate separation, the switch's and the vote's
+    thresholds."""
     last = result.last_metrics if result is not None else {}
     return {
         "train_loss": last.get("loss"),
@@ -148,6 +268,7 @@ def router_metrics(result, separation: dict, n_router: int, pairs: int, switch_i
         "steps": result.global_step if result is not None else 0,
         **({"switch_threshold": switch_info["threshold"], "switch_dev_score": switch_info["dev_score"]}
            if switch_info and "threshold" in switch_info else {}),
+        **({"vote_threshold": vote_info["threshold"], "vote_dev_score": vote_info["dev_score"]} if vote_info else {}),
     }
 
 
@@ -163,7 +284,7 @@ def check_switch_prompts(ctx: StageContext, pairs: list, train_feats: list) -> N
 
 
 def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, train_feats: list, pairs: list,
-                 dev: DevPrompts | None):
+                 dev: DevPrompts | None, corners: list | None = None):
     """The probe fit on D_dual's prompts or every prompt rank scored (`switch_prompts`; the router's input,
     routing off); hard: its threshold chosen on `dev`."""
     cfg = ctx.recipe.stages.router
@@ -177,7 +298,7 @@ def build_switch(ctx: StageContext, model, tokenizer, template: str, collate, tr
     info: dict[str, Any] = {"mode": cfg.switch, "fit_on": cfg.switch_prompts, "fit_on_prompts": len(kinds),
                             "fit_on_harmful": sum(kinds)}
     if dev is not None:
-        info.update(switch_threshold(model, switch, tokenizer, template, dev, ctx.recipe.stages.generate))
+        info.update(switch_threshold(model, switch, tokenizer, template, dev, ctx.recipe.stages.generate, corners))
     return switch, info
 
 
@@ -191,24 +312,45 @@ def switch_dev_prompts(ctx: StageContext) -> DevPrompts | None:
     return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, prompts))
 
 
-def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: DevPrompts, gen) -> dict[str, Any]:
-    """Choose the hard switch's threshold on the dev prompts: both corners answer each of them, greedy, with the
-    generate stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the dev judge's
-    (midpo_cli.evaluation.judge_labels: harmful answered safely, benign helped and not refused);
-    midpo_cli.evaluation.probe_switch.choose_threshold keeps the best. Sets `switch.threshold`; returns what the
-    manifest keeps."""
-    texts, harmful = [p["prompt"] for p in dev.prompts], [bool(p["is_harmful"]) for p in dev.prompts]
+def dev_corners(model, tokenizer, template: str, dev: DevPrompts, gen) -> list[list[float]]:
+    """Each corner's outcome on every dev prompt: both corners answer each of them, greedy, with the generate
+    stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the dev judge's
+    (midpo_cli.evaluation.judge_labels: harmful answered safely, benign helped and not refused)."""
     judged = judge_on_dev(model, {gates: partial(model.fixed_gates, *gates) for gates in CORNERS}, dev,
-                          tokenizer=tokenizer, template=template, settings=gen, label="router: switch threshold")
-    outcomes = [judged[gates].outcomes for gates in CORNERS]
-    p = prompt_probabilities(model, switch, tokenizer, template, texts, gen.batch_size)
-    threshold, curve = choose_threshold(p, harmful, *outcomes)
-    switch.threshold = threshold
+                          tokenizer=tokenizer, template=template, settings=gen, label="router: dev corners")
+    return [judged[gates].outcomes for gates in CORNERS]
+
+
+def threshold_on_dev(p: list[float], dev: DevPrompts, corners: list, what: str) -> dict[str, Any]:
+    """midpo_cli.evaluation.probe_switch.choose_threshold on the dev prompts' p(harmful) and the corners'
+    outcomes; what the manifest keeps."""
+    threshold, curve = choose_threshold(p, [bool(q["is_harmful"]) for q in dev.prompts], *corners)
     best = max(c["score"] for c in curve if c["score"] is not None)
     how = judged_by(dev.judge)
-    console.log(f"router: probe switch threshold {threshold:.4f} chosen on {len(texts)} {dev.name} prompts "
-                f"({how}): dev score {best:.3f}")
+    console.log(f"router: {what} threshold {threshold:.4f} chosen on {len(p)} {dev.name} prompts ({how}): dev "
+                f"score {best:.3f}")
     return {"prompts": dev.name, "threshold": threshold, "dev_score": best, "curve": curve, "judged_by": how}
+
+
+def switch_threshold(model, switch: ProbeSwitch, tokenizer, template: str, dev: DevPrompts, gen,
+                     corners: list | None = None) -> dict[str, Any]:
+    """Choose the hard switch's threshold on the dev prompts (`dev_corners`, unless given, and
+    `threshold_on_dev`). Sets `switch.threshold`; returns what the manifest keeps."""
+    corners = corners if corners is not None else dev_corners(model, tokenizer, template, dev, gen)
+    p = prompt_probabilities(model, switch, tokenizer, template, [q["prompt"] for q in dev.prompts], gen.batch_size)
+    info = threshold_on_dev(p, dev, corners, "probe switch")
+    switch.threshold = info["threshold"]
+    return info
+
+
+def vote_threshold(model, tokenizer, template: str, dev: DevPrompts, corners: list) -> dict[str, Any]:
+    """`decision: vote`: the vote's threshold on p(harmful) chosen on dev exactly as the hard switch's is, so the
+    two compare as equals; set in the model's router settings (saved with it)."""
+    texts = [q["prompt"] for q in dev.prompts]
+    p = model.vote_probability(prompt_text_features(model, tokenizer, template, texts, 32)).tolist()
+    info = threshold_on_dev(p, dev, corners, "routers' vote")
+    model.settings = replace(model.settings, threshold=info["threshold"])
+    return info
 
 
 def save_switch(model, switch: ProbeSwitch, tokenizer, out: Path, *, policy: str, safety_dir: Path, help_dir: Path,
@@ -242,7 +384,8 @@ def routed_policy(ctx: StageContext, policy: str, settings, safety_dir, help_dir
     recipe, cfg = ctx.recipe, ctx.recipe.stages.router
     base = load_causal_lm(policy, dtype=settings.precision, seed=settings.seed,
                           trust_remote_code=recipe.trust_remote_code)
-    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden)
+    router_settings = RouterSettings(granularity=cfg.granularity, input=cfg.input, hidden=cfg.hidden,
+                                     decision=cfg.decision)
     for adapter_dir in (safety_dir, help_dir):  # refuse experts trained on another base
         check_adapter_base(adapter_dir, base, base_name=policy, source=policy, seed=settings.seed,
                            trust_remote_code=recipe.trust_remote_code)

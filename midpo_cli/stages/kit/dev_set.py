@@ -67,8 +67,10 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
 
 
 def chooses_switch_threshold(recipe: Recipe) -> bool:
-    """The router stage chooses the hard probe switch's threshold on the dev set (when it builds the switch)."""
-    return recipe.builds_switch and recipe.stages.router.switch == "hard"
+    """The router stage chooses a threshold on the dev set: the hard probe switch's (when it builds the switch), or
+    the learned routers' vote's (`decision: vote`)."""
+    cfg = recipe.stages.router
+    return (recipe.builds_switch and cfg.switch == "hard") or (cfg.kind == "learned" and cfg.decision == "vote")
 
 
 def is_local_set(spec: str) -> bool:
