@@ -247,3 +247,14 @@ def test_the_option_paper_alpaca7b_documents_is_a_valid_router() -> None:
     merged = recipe.stages.router.model_validate({**recipe.stages.router.model_dump(), **option,
                                                   "supervision": option["supervision"]})
     assert merged.decision == "vote" and merged.solver == "lbfgs" and merged.supervision.prompts == "ranked"
+
+
+def test_a_vote_without_dev_prompts_is_refused_naming_the_vote() -> None:
+    from midpo_cli.errors import InputError
+    from midpo_cli.pipeline.preflight import check_dev_set
+
+    sets = ["stages.router.decision=vote", "stages.router.granularity=prompt", "stages.router.dpo_weight=0",
+            "stages.router.supervision.weight=1", "stages.router.solver=lbfgs", "data.dev_prompts=null",
+            "stages.generate.prompts=[embedded:toy-safety/eval-prompts]"]
+    with pytest.raises(InputError, match=r"the routers' vote \(stages.router.decision: vote\) chooses on the dev"):
+        check_dev_set(load_recipe(None, sets), "router")

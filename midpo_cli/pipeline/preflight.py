@@ -155,11 +155,11 @@ def check_dev_set(recipe: Recipe, stage: str) -> None:
     the expert's kind, or both kinds for the switch; said before any model loads or folder changes."""
     from midpo_cli.evaluation.expert_select import wants_harmful
     from midpo_cli.stages.kit.dev_set import (
-        HARD_SWITCH,
         chooses_switch_threshold,
         dev_prompts_of_kind,
         require_both_kinds,
         require_dev_prompts,
+        threshold_chooser,
     )
 
     cfg = getattr(recipe.stages, stage, None)
@@ -168,9 +168,10 @@ def check_dev_set(recipe: Recipe, stage: str) -> None:
         if read_prompt_set(recipe, require_dev_prompts(recipe, why)) is not None:
             dev_prompts_of_kind(recipe, wants_harmful(stage), why)
     if stage == "router" and chooses_switch_threshold(recipe):
-        spec = require_dev_prompts(recipe, HARD_SWITCH)
+        who = threshold_chooser(recipe)
+        spec = require_dev_prompts(recipe, who)
         if read_prompt_set(recipe, spec) is not None:
-            require_both_kinds(recipe, spec, "the hard probe switch chooses its threshold")
+            require_both_kinds(recipe, spec, f"{who.split(' (')[0]} chooses its threshold")
 
 
 def check_switch_data(recipe: Recipe, stage: str) -> None:

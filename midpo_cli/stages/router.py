@@ -41,7 +41,7 @@ from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, lo
 from midpo_cli.modeling.switch import ProbeSwitch, fit_switch, prompt_probabilities, prompt_text_features
 from midpo_cli.stages.kit.context import StageContext
 from midpo_cli.stages.kit.dev_choice import DevPrompts, judge_on_dev
-from midpo_cli.stages.kit.dev_set import HARD_SWITCH, chooses_switch_threshold, load_dev_set
+from midpo_cli.stages.kit.dev_set import chooses_switch_threshold, load_dev_set, threshold_chooser
 from midpo_cli.stages.kit.inputs import (
     dev_judge,
     encoded_pairs,
@@ -307,7 +307,7 @@ def switch_dev_prompts(ctx: StageContext) -> DevPrompts | None:
     before any model loads; None when the stage chooses no threshold."""
     if not chooses_switch_threshold(ctx.recipe):
         return None
-    pset = load_dev_set(ctx.recipe, HARD_SWITCH)
+    pset = load_dev_set(ctx.recipe, threshold_chooser(ctx.recipe))
     prompts = [p for p in pset.prompts if p.get("is_harmful") is not None]
     return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, prompts))
 

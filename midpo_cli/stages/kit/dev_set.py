@@ -66,6 +66,14 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
     return spec
 
 
+VOTE = "the routers' vote (stages.router.decision: vote)"  # chooses its threshold on the dev set too
+
+
+def threshold_chooser(recipe: Recipe) -> str:
+    """Who chooses a threshold on the dev set, in the words errors use: the hard switch, else the routers' vote."""
+    return HARD_SWITCH if recipe.builds_switch and recipe.stages.router.switch == "hard" else VOTE
+
+
 def chooses_switch_threshold(recipe: Recipe) -> bool:
     """The router stage chooses a threshold on the dev set: the hard probe switch's (when it builds the switch), or
     the learned routers' vote's (`decision: vote`)."""
