@@ -41,7 +41,7 @@ from midpo_cli.modeling.midpo import RouterSettings, count_router_parameters, lo
 from midpo_cli.modeling.switch import ProbeSwitch, fit_switch, prompt_probabilities, prompt_text_features
 from midpo_cli.stages.kit.context import StageContext
 from midpo_cli.stages.kit.dev_choice import DevPrompts, judge_on_dev
-from midpo_cli.stages.kit.dev_set import chooses_switch_threshold, load_dev_set, threshold_chooser
+from midpo_cli.stages.kit.dev_set import HARD_SWITCH, chooses_switch_threshold, load_dev_set, threshold_chooser
 from midpo_cli.stages.kit.inputs import (
     dev_judge,
     encoded_pairs,
@@ -79,10 +79,8 @@ def run(ctx: StageContext) -> None:
     trainable = model.router_parameters()
     n_router = count_router_parameters(model)
 
-    pad_id = tokenizer.pad_token_id
-
     def collate(features):
-        return collate_pairs(features, pad_id, extras=tuple(k for k in EXTRAS if k in features[0]),
+        return collate_pairs(features, tokenizer.pad_token_id, extras=tuple(k for k in EXTRAS if k in features[0]),
                              share_prompt=settings.share_prompt)
 
     result = None
@@ -90,11 +88,7 @@ def run(ctx: StageContext) -> None:
         model, result, train_feats = learn_routers(ctx, model, settings, tokenizer, template, collate, selection,
                                                    train_feats, trainable)
     model.eval()
-    # both corners answer the dev prompts once, for every threshold chosen here (the switch's, the vote's)
-    corners = dev_corners(model, tokenizer, template, dev, recipe.stages.generate) if dev is not None else None
-    vote_info = None
-    if kind == "learned" and recipe.stages.router.decision == "vote":
-        vote_info = vote_threshold(model, tokenizer, template, dev, corners)
+    corners, vote_info = dev_thresholds(ctx, model, tokenizer, template, dev)
 
     outputs, switch_info = {}, None
     if recipe.builds_switch:
@@ -312,12 +306,25 @@ def switch_dev_prompts(ctx: StageContext) -> DevPrompts | None:
     return DevPrompts(pset.name, prompts, dev_judge(ctx, pset.name, prompts))
 
 
-def dev_corners(model, tokenizer, template: str, dev: DevPrompts, gen) -> list[list[float]]:
+def dev_thresholds(ctx: StageContext, model, tokenizer, template: str, dev: DevPrompts | None):
+    """(both corners' dev outcomes or None, the vote's threshold record or None): the corners answer the dev prompts
+    once, for every threshold the stage chooses (the hard switch's, the routers' vote's)."""
+    if dev is None:
+        return None, None
+    cfg = ctx.recipe.stages.router
+    label = "router: switch threshold" if threshold_chooser(ctx.recipe) == HARD_SWITCH else "router: vote threshold"
+    corners = dev_corners(model, tokenizer, template, dev, ctx.recipe.stages.generate, label=label)
+    vote = cfg.kind == "learned" and cfg.decision == "vote"
+    return corners, vote_threshold(model, tokenizer, template, dev, corners) if vote else None
+
+
+def dev_corners(model, tokenizer, template: str, dev: DevPrompts, gen, label: str = "router: switch threshold"
+                ) -> list[list[float]]:
     """Each corner's outcome on every dev prompt: both corners answer each of them, greedy, with the generate
     stage's settings `gen` (midpo_cli.stages.kit.dev_choice); an answer's outcome is the dev judge's
     (midpo_cli.evaluation.judge_labels: harmful answered safely, benign helped and not refused)."""
     judged = judge_on_dev(model, {gates: partial(model.fixed_gates, *gates) for gates in CORNERS}, dev,
-                          tokenizer=tokenizer, template=template, settings=gen, label="router: dev corners")
+                          tokenizer=tokenizer, template=template, settings=gen, label=label)
     return [judged[gates].outcomes for gates in CORNERS]
 
 
