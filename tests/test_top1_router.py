@@ -178,7 +178,7 @@ def test_ranked_supervision_needs_supervision_alone() -> None:
     assert load_recipe(None, []).stages.router.decision == "soft"  # the paper's router stays the default
 
 
-def test_the_router_stage_trains_a_top1_router_on_every_ranked_prompt(tmp_path) -> None:
+def test_the_router_stage_trains_a_top1_router_on_every_ranked_prompt(tmp_path, capfd) -> None:
     """The stage end to end on the tiny model: supervision alone on the prompts rank scored, hard gates, a saved
     MidPO folder that reloads as top1 and routes generate's prompts with one-hot gates."""
     from test_user_trips import _small_world
@@ -225,7 +225,18 @@ def test_the_router_stage_trains_a_top1_router_on_every_ranked_prompt(tmp_path) 
 
     # the routers' vote: one decision per prompt for every layer, at a threshold chosen on dev as the switch's is
     args += ["--set", "stages.router.decision=vote"]
+    capfd.readouterr()
     assert main(["pipeline", "run", str(REPO / "recipes" / "quickstart.yaml"), "--until", "router", *args]) == 0
+    err = capfd.readouterr().err
+    # the quickstart builds its switch too: both thresholds are chosen on one set of corner answers, shown once
+    assert "routers' vote threshold" in err and "probe switch threshold" in err
+    assert err.count("router: switch threshold: dev answers") == 1 and "router: vote threshold" not in err
+    # no switch: the corners answer for the vote alone (generate.models is not in the router's fingerprint, so a
+    # router setting changes too, to re-run it)
+    args += ["--set", "stages.generate.models=[base, midpo]", "--set", "stages.router.max_steps=3"]
+    assert main(["pipeline", "run", str(REPO / "recipes" / "quickstart.yaml"), "--until", "router", *args]) == 0
+    err = capfd.readouterr().err
+    assert err.count("router: vote threshold: dev answers") == 1 and "probe switch threshold" not in err
     manifest = json.loads((run / "router" / "manifest.json").read_text())
     model, _ = load_midpo(run / "router" / "model")
     assert model.settings.decision == "vote" and manifest["router"]["decision"] == "vote"

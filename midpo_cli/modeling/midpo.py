@@ -22,7 +22,7 @@ Design choices:
   zero weights make the first step's gradient h-dependent but the starting model token-independent.
 - `router.decision: top1`: each layer's router picks one expert, the one with the larger logit — gates (1, 0) or
   (0, 1), never a mix — with the sigmoid's gradient passed straight through in training. Why: mid-way mixes of
-  two experts that overshoot write answers that are neither safe nor helpful (benchmarks/RESULTS.md, issue 39);
+  two experts that overshoot write answers that are neither safe nor helpful (Gemma 3 270M, benchmarks/RESULTS.md);
   a router that never mixes cannot land there (LoRA-Switch, MoGU's hard variant).
 - `router.decision: vote`: one decision per prompt for every layer. Each layer's router reads its own layer's
   prompt mean h (routing off, one prefill pass, as the probe switch's features are); their logits are averaged
@@ -157,7 +157,7 @@ class RoutingState:
     safety_bias: float = 0.0  # the safety dial (see Router)
     router_input: str = "token"  # "token" or "token+prompt" (RouterSettings.input)
     row_gates: torch.Tensor | None = None  # (B, 1, 2) the probe switch's per-prompt gates (MidpoModel._switched)
-    decision: str = "soft"  # "soft" or "top1" (RouterSettings.decision)
+    decision: str = "soft"  # RouterSettings.decision; the layers read only "top1" (a vote sets row_gates instead)
 
     @property
     def needs_prompt(self) -> bool:

@@ -69,16 +69,20 @@ def require_dev_prompts(recipe: Recipe, why: str) -> str:
 VOTE = "the routers' vote (stages.router.decision: vote)"  # chooses its threshold on the dev set too
 
 
+def builds_hard_switch(recipe: Recipe) -> bool:
+    return recipe.builds_switch and recipe.stages.router.switch == "hard"
+
+
 def threshold_chooser(recipe: Recipe) -> str:
     """Who chooses a threshold on the dev set, in the words errors use: the hard switch, else the routers' vote."""
-    return HARD_SWITCH if recipe.builds_switch and recipe.stages.router.switch == "hard" else VOTE
+    return HARD_SWITCH if builds_hard_switch(recipe) else VOTE
 
 
 def chooses_switch_threshold(recipe: Recipe) -> bool:
     """The router stage chooses a threshold on the dev set: the hard probe switch's (when it builds the switch), or
     the learned routers' vote's (`decision: vote`)."""
     cfg = recipe.stages.router
-    return (recipe.builds_switch and cfg.switch == "hard") or (cfg.kind == "learned" and cfg.decision == "vote")
+    return builds_hard_switch(recipe) or (cfg.kind == "learned" and cfg.decision == "vote")
 
 
 def is_local_set(spec: str) -> bool:
